@@ -1,0 +1,127 @@
+"""Fields every gmscavp_jax experiment shares (DESIGN §7), and their validation.
+
+Experiment files (`configs/cavp.py`, `configs/msa.py`, ...) start from `base_config()`,
+change what makes the experiment, and call `apply_variant(config, arg)` so that
+`--config=configs/msa.py:runlocal` gives the small CPU-sized variant of the same experiment.
+"""
+
+import ml_collections
+from ml_collections import config_dict
+
+# Sizes of the `runlocal` variant: a 2-core CPU trains it in minutes (DESIGN §4).
+RUNLOCAL = dict(num_frames=16, fps=8.0, image_size=64)
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """The full-size defaults (224x224 frames, 10 s clips at 8 kHz, batch 64, Adam 1e-4)."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.experiment = 'base'  # Set by each experiment file; shown in logs and results.
+
+  # Data. `synthetic` is the embedded procedural benchmark; anything else names a prepared
+  # TFDS dataset under `data_dir` (real datasets come with a later issue).
+  c.data = ml_collections.ConfigDict()
+  c.data.name = 'synthetic'
+  c.data.data_dir = config_dict.placeholder(str)
+  c.data.num_frames = 40  # T: video frames per clip.
+  c.data.fps = 4.0  # Clip length in seconds = num_frames / fps.
+  c.data.image_size = 224
+  c.data.num_classes = 16  # K source classes of the synthetic world.
+  c.data.num_train_clips = 1_000_000  # Size of the synthetic train split (random access).
+  c.data.max_onsets = 32  # Onset lists are padded with -1 to this length.
+  c.data.worker_count = 2  # grain worker processes per host (0 = in the main process).
+  c.data.prefetch_buffer_size = 4  # Batches each worker keeps ready.
+
+  # Audio features (DESIGN §3): 8 kHz, 400-sample window, 200-sample hop, 128 mels, log power.
+  c.audio = ml_collections.ConfigDict()
+  c.audio.sample_rate = 8000
+  c.audio.n_fft = 400
+  c.audio.win_length = 400
+  c.audio.hop_length = 200
+  c.audio.n_mels = 128
+  c.audio.fmin = 0.0
+  c.audio.fmax = 4000.0
+  c.audio.log_floor = 1e-5  # log(max(mel_power, log_floor)).
+
+  # Model (DESIGN §3). Scale l pools time by scale_pools[l]; the last pool equals num_frames,
+  # so the coarsest scale is the clip-level embedding (T_L = 1).
+  c.model = ml_collections.ConfigDict()
+  c.model.video_patch = 8  # Spatial stride of the video stem (a patchifying conv).
+  c.model.video_widths = (64, 128, 256)  # Channels per video stage; stages halve H and W.
+  c.model.audio_widths = (64, 128, 256)  # Channels per audio stage; stages halve Ta and F.
+  c.model.blocks_per_stage = 2
+  c.model.num_groups = 8  # GroupNorm groups (no BatchNorm: it couples examples).
+  c.model.embed_dim = 256  # D: width of the shared embedding space.
+  c.model.scale_pools = (1, 2, 4, 8, 40)
+  c.model.scale_grids = (1, 1, 1, 1, 1)  # g_l: video spatial grid per scale (S_l = g_l^2).
+  c.model.pyramid = 'pool'  # 'pool' (temporal pyramid pooling) or 'conv' (strided convs).
+
+  # MSA loss (eq. 3-5).
+  c.loss = ml_collections.ConfigDict()
+  c.loss.scale_weights = ()  # lambda_l per scale; empty = 1 for every scale.
+  c.loss.temperature_init = 0.07  # Learnable tau per scale.
+  c.loss.temperature_min = 0.01
+  c.loss.temperature_max = 1.0
+  c.loss.adaptive_weights = True  # Eq. 5: softmax-over-time weights per segment.
+  c.loss.adaptive_temperature = 0.1  # tau_w of eq. 5.
+  c.loss.adaptive_stop_gradient = True
+
+  # Optimisation.
+  c.train = ml_collections.ConfigDict()
+  c.train.num_steps = 100_000
+  c.train.batch_size = 64  # Global batch, split over the mesh's 'data' axis.
+  c.train.learning_rate = 1e-4
+  c.train.lr_schedule = 'cosine'  # 'cosine' (warmup then cosine decay) or 'constant'.
+  c.train.warmup_steps = 1_000
+  c.train.decay_steps = config_dict.placeholder(int)  # Defaults to num_steps.
+  c.train.end_lr_fraction = 0.1  # Cosine decays to this fraction of the peak.
+  c.train.weight_decay = 0.0  # > 0 switches Adam to AdamW.
+  c.train.grad_clip_norm = 1.0  # 0 disables clipping.
+  c.train.log_every_steps = 50
+  c.train.checkpoint_every_steps = 1_000
+  c.train.keep_checkpoints = 3
+  c.train.eval_every_steps = 5_000
+
+  # Evaluation (retrieval on the test split, DESIGN §5).
+  c.eval = ml_collections.ConfigDict()
+  c.eval.num_test_clips = 1_024
+  c.eval.batch_size = 64
+  c.eval.retrieval_scale = -1  # -1: concatenate every scale; else the index of one scale.
+  c.eval.top_k = (1, 5, 10)
+  return c
+
+
+def apply_variant(c: ml_collections.ConfigDict, arg: str | None) -> ml_collections.ConfigDict:
+  """Applies the variant named by `arg` ('' or None: full size; 'runlocal': CPU-sized)."""
+  arg = arg or ''
+  if arg not in ('', 'runlocal'):
+    raise ValueError(f"config variant {arg!r} is unknown; expected '' or 'runlocal'")
+  if arg == 'runlocal':
+    c.data.num_frames = RUNLOCAL['num_frames']
+    c.data.fps = RUNLOCAL['fps']
+    c.data.image_size = RUNLOCAL['image_size']
+    c.data.num_train_clips = 200_000
+    c.model.video_patch = 4
+    c.model.video_widths = (32, 64)
+    c.model.audio_widths = (32, 64)
+    c.model.blocks_per_stage = 1
+    c.model.embed_dim = 128
+    # Keep the experiment's number of scales, remapped onto T = 16 frames.
+    c.model.scale_pools = _runlocal_pools(c.model.scale_pools, c.data.num_frames)
+    c.model.scale_grids = tuple(c.model.scale_grids)[:len(c.model.scale_pools)]
+    c.train.num_steps = 1_500
+    c.train.batch_size = 32
+    c.train.learning_rate = 1e-3
+    c.train.warmup_steps = 100
+    c.train.log_every_steps = 50
+    c.train.checkpoint_every_steps = 500
+    c.train.eval_every_steps = 500
+    c.eval.num_test_clips = 512
+    c.eval.batch_size = 64
+  return c
+
+
+def _runlocal_pools(pools, num_frames):
+  """Keeps the fine-to-coarse structure of `pools` with the clip level at `num_frames`."""
+  fine = [p for p in pools[:-1] if num_frames % p == 0 and p < num_frames]
+  return tuple(fine) + (num_frames,)

@@ -1,0 +1,32 @@
+"""What every command-line entry point shares: runtime setup and clean error reporting."""
+
+import os
+import sys
+
+from absl import logging
+import jax
+
+from gmscavp_jax import config_validation
+
+# Errors that mean "the user asked for something that cannot work": reported as one line.
+USER_ERRORS = (config_validation.ConfigError, FileNotFoundError)
+
+
+def setup() -> None:
+  """Persistent compilation cache and logging, before any jax computation."""
+  cache = os.environ.get('GMSCAVP_COMPILATION_CACHE',
+                         os.path.join(os.path.expanduser('~'), '.cache', 'gmscavp_jax', 'xla'))
+  if cache:
+    jax.config.update('jax_compilation_cache_dir', cache)
+    jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
+  logging.set_verbosity(logging.INFO)
+
+
+def run_or_explain(fn, *args, **kwargs):
+  """Calls `fn`; a user error ends the program with its message and exit status 1."""
+  try:
+    return fn(*args, **kwargs)
+  except USER_ERRORS as e:
+    logging.error('%s', e)
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(1)

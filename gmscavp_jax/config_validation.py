@@ -1,0 +1,97 @@
+"""Checks a resolved config before any work starts, with one clear message per problem.
+
+ml_collections already rejects unknown fields and wrong types on the command line
+(`--config.train.batch_sise=8` fails there); this module checks values and the relations
+between fields that a type cannot express.
+"""
+
+import ml_collections
+
+
+class ConfigError(ValueError):
+  """A config field holds a value the code cannot run with."""
+
+
+def _require(ok: bool, field: str, expected: str, value) -> None:
+  if not ok:
+    raise ConfigError(f'config.{field}={value!r}: expected {expected}')
+
+
+def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) -> None:
+  """Raises ConfigError naming the first invalid field of `config`.
+
+  Args:
+    config: the resolved experiment config (configs/common.py fields).
+    num_devices: if given, batch sizes must divide over this many devices.
+  """
+  d, m, t, e, a, l = (config.data, config.model, config.train, config.eval, config.audio,
+                      config.loss)
+  _require(d.name == 'synthetic' or bool(d.data_dir), 'data.data_dir',
+           f'a directory for the prepared dataset {d.name!r}', d.data_dir)
+  _require(d.name == 'synthetic', 'data.name',
+           "'synthetic' (prepared real datasets are not supported yet)", d.name)
+  for field in ('num_frames', 'image_size', 'num_classes', 'num_train_clips', 'max_onsets'):
+    _require(d[field] > 0, f'data.{field}', 'a positive integer', d[field])
+  _require(d.fps > 0, 'data.fps', 'a positive frame rate', d.fps)
+  _require(d.worker_count >= 0, 'data.worker_count', 'an integer >= 0', d.worker_count)
+
+  _require(a.sample_rate > 0, 'audio.sample_rate', 'a positive rate in Hz', a.sample_rate)
+  _require(0 < a.win_length <= a.n_fft, 'audio.win_length', f'in (0, n_fft={a.n_fft}]',
+           a.win_length)
+  _require(0 < a.hop_length, 'audio.hop_length', 'a positive hop', a.hop_length)
+  _require(0 <= a.fmin < a.fmax <= a.sample_rate / 2, 'audio.fmax',
+           f'fmin < fmax <= sample_rate/2 = {a.sample_rate / 2}', a.fmax)
+  _require(a.log_floor > 0, 'audio.log_floor', 'a positive floor', a.log_floor)
+
+  pools, grids = tuple(m.scale_pools), tuple(m.scale_grids)
+  _require(len(pools) >= 1, 'model.scale_pools', 'at least one scale', pools)
+  _require(all(p > 0 and d.num_frames % p == 0 for p in pools), 'model.scale_pools',
+           f'pool factors that divide data.num_frames={d.num_frames}', pools)
+  _require(list(pools) == sorted(set(pools)), 'model.scale_pools',
+           'strictly increasing pool factors (fine to coarse)', pools)
+  _require(pools[-1] == d.num_frames, 'model.scale_pools',
+           f'the last (coarsest) pool equal to data.num_frames={d.num_frames} (clip level)',
+           pools)
+  _require(len(grids) == len(pools), 'model.scale_grids',
+           f'one grid per scale ({len(pools)})', grids)
+  _require(all(g >= 1 for g in grids), 'model.scale_grids', 'grids >= 1', grids)
+  _require(m.pyramid in ('pool', 'conv'), 'model.pyramid', "'pool' or 'conv'", m.pyramid)
+  _require(d.image_size % m.video_patch == 0, 'model.video_patch',
+           f'a divisor of data.image_size={d.image_size}', m.video_patch)
+  _require(m.embed_dim > 0, 'model.embed_dim', 'a positive width', m.embed_dim)
+  for field in ('video_widths', 'audio_widths'):
+    _require(all(w > 0 and w % m.num_groups == 0 for w in m[field]), f'model.{field}',
+             f'positive widths divisible by model.num_groups={m.num_groups}', m[field])
+
+  _require(len(l.scale_weights) in (0, len(pools)), 'loss.scale_weights',
+           f'empty or one weight per scale ({len(pools)})', l.scale_weights)
+  _require(0 < l.temperature_min <= l.temperature_init <= l.temperature_max,
+           'loss.temperature_init', 'temperature_min <= temperature_init <= temperature_max',
+           (l.temperature_min, l.temperature_init, l.temperature_max))
+  _require(l.adaptive_temperature > 0, 'loss.adaptive_temperature', 'a positive tau_w',
+           l.adaptive_temperature)
+
+  _require(t.num_steps > 0, 'train.num_steps', 'a positive step count', t.num_steps)
+  _require(t.batch_size > 0, 'train.batch_size', 'a positive global batch', t.batch_size)
+  _require(t.learning_rate > 0, 'train.learning_rate', 'a positive rate', t.learning_rate)
+  _require(t.lr_schedule in ('cosine', 'constant'), 'train.lr_schedule',
+           "'cosine' or 'constant'", t.lr_schedule)
+  _require(t.warmup_steps >= 0, 'train.warmup_steps', 'an integer >= 0', t.warmup_steps)
+  _require(t.decay_steps is None or t.decay_steps > t.warmup_steps, 'train.decay_steps',
+           f'unset or > warmup_steps={t.warmup_steps}', t.decay_steps)
+  _require(t.grad_clip_norm >= 0, 'train.grad_clip_norm', '>= 0 (0 disables)', t.grad_clip_norm)
+  for field in ('log_every_steps', 'checkpoint_every_steps', 'eval_every_steps',
+                'keep_checkpoints'):
+    _require(t[field] > 0, f'train.{field}', 'a positive integer', t[field])
+
+  _require(e.num_test_clips > 0, 'eval.num_test_clips', 'a positive integer', e.num_test_clips)
+  _require(e.batch_size > 0 and e.num_test_clips % e.batch_size == 0, 'eval.batch_size',
+           f'a divisor of eval.num_test_clips={e.num_test_clips}', e.batch_size)
+  _require(-1 <= e.retrieval_scale < len(pools), 'eval.retrieval_scale',
+           f'-1 (all scales) or a scale index below {len(pools)}', e.retrieval_scale)
+
+  if num_devices is not None:
+    _require(t.batch_size % num_devices == 0, 'train.batch_size',
+             f'a multiple of the device count ({num_devices})', t.batch_size)
+    _require(e.batch_size % num_devices == 0, 'eval.batch_size',
+             f'a multiple of the device count ({num_devices})', e.batch_size)

@@ -1,0 +1,1 @@
+"""Evaluators: pure metrics on arrays, and the evaluators that produce their inputs."""

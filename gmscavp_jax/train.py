@@ -1,0 +1,148 @@
+"""The one trainer: `train_and_evaluate(config, workdir)`, read top to bottom.
+
+validate config -> mesh -> data -> init or resume -> loop (log, checkpoint, evaluate) -> final
+evaluation and results.json. Restart is the default: a workdir with checkpoints continues.
+"""
+
+import functools
+import json
+import os
+
+from absl import logging
+import jax
+import ml_collections
+import numpy as np
+
+from gmscavp_jax import checkpointing
+from gmscavp_jax import config_validation
+from gmscavp_jax import metrics_io
+from gmscavp_jax import plotting
+from gmscavp_jax import sharding
+from gmscavp_jax import steps
+from gmscavp_jax.data import pipeline
+from gmscavp_jax.evaluators import retrieval
+from gmscavp_jax.models import gmscavp
+
+
+def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Writes the resolved config to WORKDIR/config.json (process 0)."""
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+      f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+  """The resolved config a run saved in `workdir` (for the evaluation and query CLIs)."""
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'{path} not found: is {workdir!r} the workdir of a training run?')
+  with open(path) as f:
+    config = ml_collections.ConfigDict(json.load(f))
+  # JSON turns tuples into lists; the model and loss expect tuples.
+  for group in config.values():
+    if isinstance(group, ml_collections.ConfigDict):
+      for k, v in group.items():
+        if isinstance(v, list):
+          group[k] = tuple(v)
+  return config
+
+
+def build(config: ml_collections.ConfigDict, mesh):
+  """Model, optimizer, and a freshly initialised train state laid out on `mesh`."""
+  model = gmscavp.build_model(config)
+  tx = steps.make_optimizer(config.train)
+  init = jax.jit(functools.partial(steps.init_state, config, model, tx),
+                 out_shardings=sharding.replicated(mesh))
+  state = init(jax.random.key(config.seed))
+  return model, tx, state
+
+
+def restore_params(workdir: str, config: ml_collections.ConfigDict, mesh):
+  """(model, params, step) from the newest checkpoint in `workdir` (for the CLIs)."""
+  model, _, state = build(config, mesh)
+  ckpt = checkpointing.Checkpointer(workdir, keep=config.train.keep_checkpoints)
+  restored = ckpt.restore_latest(checkpointing.abstract_like(state))
+  ckpt.close()
+  if restored is None:
+    raise FileNotFoundError(f'no checkpoint in {checkpointing.checkpoint_dir(workdir)}')
+  return model, restored[0].params, restored[1]
+
+
+def evaluate(evaluator, state, step: int, workdir: str, writer) -> dict:
+  """Retrieval on the test split: results.json, embeddings, similarity PNG, scalars."""
+  results, emb = evaluator.run(state.params)
+  results['step'] = step
+  logging.info('step %d retrieval: v2a R@1 %.2f%%  a2v R@1 %.2f%%  (chance %.2f%%)', step,
+               results['retrieval/v2a_R@1'], results['retrieval/a2v_R@1'],
+               results['retrieval/chance_R@1'])
+  writer.write_scalars(step, {k: v for k, v in results.items() if k != 'step'})
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, 'results.json'), 'w') as f:
+      json.dump(results, f, indent=2, sort_keys=True)
+    retrieval.save_embeddings(workdir, step, emb)
+    image = plotting.similarity_matrix(
+        emb['similarity'], os.path.join(workdir, 'plots', 'similarity.png'),
+        f'test similarity, step {step}')
+    writer.write_image(step, 'retrieval/similarity', image)
+  return results
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains `config` in `workdir` (resuming if it holds checkpoints); returns the last results."""
+  mesh = sharding.make_mesh()
+  config_validation.validate(config, num_devices=mesh.size)
+  os.makedirs(os.path.join(workdir, 'plots'), exist_ok=True)
+  save_config(config, workdir)
+  logging.info('experiment %s on %d devices (%d processes), workdir %s', config.experiment,
+               mesh.size, jax.process_count(), workdir)
+
+  model, tx, state = build(config, mesh)
+  logging.info('%d parameters', sum(x.size for x in jax.tree.leaves(state.params)))
+  train_iter = iter(pipeline.train_loader(config))
+  ckpt = checkpointing.Checkpointer(workdir, keep=config.train.keep_checkpoints)
+  restored = ckpt.restore_latest(checkpointing.abstract_like(state), train_iter)
+  start = 0
+  if restored is not None:
+    state, start = restored
+    logging.info('resumed from step %d', start)
+  metrics_jsonl = os.path.join(workdir, 'metrics.jsonl')
+  metrics_io.truncate_jsonl(metrics_jsonl, after_step=start)
+
+  repl, batch_sh = sharding.replicated(mesh), sharding.batch_sharded(mesh)
+  train_step = jax.jit(
+      functools.partial(steps.train_step, model=model, tx=tx, config=config),
+      in_shardings=(repl, batch_sh, repl), out_shardings=(repl, repl), donate_argnums=(0,))
+  evaluator = retrieval.RetrievalEvaluator(config, mesh, model)
+  writer = metrics_io.MetricWriter(workdir)
+  progress = metrics_io.Progress(start, config.train.num_steps)
+  rng = jax.random.key(config.seed + 1)
+  t = config.train
+  results, pending = {}, []
+
+  for step in range(start + 1, t.num_steps + 1):
+    batch = sharding.global_batch(mesh, pipeline.select(next(train_iter)))
+    state, metrics = train_step(state, batch, rng)
+    pending.append(metrics)
+    if step % t.log_every_steps == 0 or step == t.num_steps:
+      # Mean over the steps since the last log line; fetched once, so steps stay async.
+      summary = {k: float(np.mean([m[k] for m in jax.device_get(pending)]))
+                 for k in pending[0]}
+      pending = []
+      summary.update(progress.update(step))
+      summary['train/examples_per_sec'] = summary['steps_per_sec'] * t.batch_size
+      writer.write_scalars(step, summary)
+      logging.info('step %d  loss %.4f', step, summary['train/loss'])
+    if step % t.checkpoint_every_steps == 0 or step == t.num_steps:
+      ckpt.save(step, state, train_iter, config.to_json_best_effort())
+    if step % t.eval_every_steps == 0 or step == t.num_steps:
+      results = evaluate(evaluator, state, step, workdir, writer)
+
+  if start >= t.num_steps:
+    logging.info('workdir already trained to step %d; evaluating', start)
+    results = evaluate(evaluator, state, start, workdir, writer)
+  ckpt.close()
+  writer.close()
+  if jax.process_index() == 0:
+    plotting.loss_curves(metrics_io.read_jsonl(metrics_jsonl),
+                         os.path.join(workdir, 'plots', 'loss.png'))
+  return results

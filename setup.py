@@ -1,0 +1,25 @@
+"""gmscavp_jax: multi-scale contrastive + generative audio-video pretraining in JAX."""
+
+import pathlib
+
+import setuptools
+
+HERE = pathlib.Path(__file__).parent
+
+
+def _requirements(name):
+  lines = (HERE / name).read_text().splitlines()
+  return [l.strip() for l in lines if l.strip() and not l.startswith('#')]
+
+
+setuptools.setup(
+    name='gmscavp_jax',
+    version='0.1.0',
+    description='GMS-CAVP: multi-scale contrastive and generative audio-video pretraining',
+    long_description=(HERE / 'README.md').read_text(),
+    long_description_content_type='text/markdown',
+    python_requires='>=3.11',
+    packages=setuptools.find_packages(include=['gmscavp_jax', 'gmscavp_jax.*', 'configs']),
+    install_requires=_requirements('requirements.txt'),
+    extras_require={'test': _requirements('requirements-test.txt')},
+)
