@@ -1,0 +1,1 @@
+"""Data: audio features, the synthetic benchmark, media and input pipelines."""

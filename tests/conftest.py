@@ -1,0 +1,37 @@
+"""Shared test fixtures: tiny configs that train in seconds on a CPU."""
+
+import importlib
+import os
+import sys
+
+# Tests import configs/ and the package from the repository root.
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+  sys.path.insert(0, ROOT)
+
+from configs import common  # pylint: disable=g-import-not-at-top
+
+
+def tiny_config(name: str = 'msa', **overrides):
+  """`configs/NAME.py:runlocal` shrunk to 8 frames of 32x32, a tiny model and 4 steps."""
+  config = importlib.import_module(f'configs.{name}').get_config('runlocal')
+  config.data.num_frames = 8
+  config.data.image_size = 32
+  config.data.worker_count = 0
+  config.model.scale_pools = common.remap_pools(config.model.scale_pools, 8)
+  config.model.scale_grids = tuple(config.model.scale_grids)[:len(config.model.scale_pools)]
+  config.model.video_widths = (8, 16)
+  config.model.audio_widths = (8, 16)
+  config.model.embed_dim = 16
+  config.train.num_steps = 4
+  config.train.batch_size = 8
+  config.train.warmup_steps = 1
+  config.train.log_every_steps = 1
+  config.train.checkpoint_every_steps = 2
+  config.train.eval_every_steps = 4
+  config.eval.num_test_clips = 16
+  config.eval.batch_size = 8
+  for key, value in overrides.items():
+    group, field = key.split('.')
+    config[group][field] = value
+  return config

@@ -1,0 +1,81 @@
+"""Configs load, validate, and reject bad values with a message naming the field."""
+
+import subprocess
+import sys
+
+import pytest
+
+from configs import cavp, common, msa
+from gmscavp_jax import config_validation
+from tests.conftest import ROOT, tiny_config
+
+
+@pytest.mark.parametrize('module', [cavp, msa])
+@pytest.mark.parametrize('arg', [None, 'runlocal'])
+def test_configs_are_valid(module, arg):
+  config = module.get_config(arg)
+  config_validation.validate(config, num_devices=1)
+  for field in ('seed', 'train.num_steps', 'train.batch_size', 'train.learning_rate',
+                'train.checkpoint_every_steps', 'train.eval_every_steps', 'data.name',
+                'data.data_dir', 'eval.num_test_clips'):
+    group = config
+    for part in field.split('.'):
+      assert part in group, f'DESIGN §7 field {field} missing from {module.__name__}'
+      group = group[part]
+
+
+def test_cavp_is_msa_at_one_temporal_level_without_adaptive_weights():
+  c, m = cavp.get_config('runlocal'), msa.get_config('runlocal')
+  assert c.model.scale_pools == (1, c.data.num_frames)
+  assert len(m.model.scale_pools) > len(c.model.scale_pools)
+  assert m.model.scale_pools[-1] == m.data.num_frames
+  assert not c.loss.adaptive_weights and m.loss.adaptive_weights
+
+
+def test_learning_rate_default_is_the_papers():
+  assert msa.get_config().train.learning_rate == 1e-4
+
+
+def test_unknown_variant_is_rejected():
+  with pytest.raises(ValueError, match='variant'):
+    msa.get_config('runlcoal')
+
+
+@pytest.mark.parametrize('field,value,message', [
+    ('model.scale_pools', (1, 3, 8), 'divide data.num_frames'),
+    ('model.scale_pools', (1, 2, 4), 'coarsest'),
+    ('model.scale_grids', (1, 1), 'one grid per scale'),
+    ('train.batch_size', 0, 'positive'),
+    ('train.lr_schedule', 'linear', "'cosine' or 'constant'"),
+    ('eval.batch_size', 5, 'divisor of eval.num_test_clips'),
+    ('loss.temperature_init', 5.0, 'temperature_max'),
+    ('audio.fmax', 9000.0, 'sample_rate/2'),
+    ('data.name', 'vggsound', 'data.data_dir'),
+])
+def test_bad_values_name_the_field(field, value, message):
+  config = tiny_config('msa', **{field: value})
+  with pytest.raises(config_validation.ConfigError, match=message) as e:
+    config_validation.validate(config)
+  assert f'config.{field.split(".")[0]}' in str(e.value)
+
+
+def test_batch_not_divisible_by_devices():
+  config = tiny_config('msa', **{'train.batch_size': 12})
+  with pytest.raises(config_validation.ConfigError, match=r'multiple of the device count \(8\)'):
+    config_validation.validate(config, num_devices=8)
+
+
+def _main(*args):
+  return subprocess.run([sys.executable, '-m', 'gmscavp_jax.main', *args], cwd=ROOT,
+                        capture_output=True, text=True, timeout=300)
+
+
+def test_cli_rejects_unknown_field_and_bad_value(tmp_path):
+  r = _main('--config=configs/msa.py:runlocal', f'--workdir={tmp_path}',
+            '--config.train.batch_sise=8')
+  assert r.returncode != 0 and 'batch_sise' in r.stderr
+  r = _main('--config=configs/msa.py:runlocal', f'--workdir={tmp_path}',
+            '--config.train.eval_every_steps=-5')
+  assert r.returncode == 1
+  assert 'config.train.eval_every_steps=-5: expected a positive integer' in r.stderr
+  assert 'Traceback' not in r.stderr
