@@ -49,6 +49,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.video_patch = 8  # Spatial stride of the video stem (a patchifying conv).
   c.model.video_widths = (64, 128, 256)  # Channels per video stage; stages halve H and W.
   c.model.audio_widths = (64, 128, 256)  # Channels per audio stage; stages halve Ta and F.
+  c.model.audio_stem_patch = (2, 16)  # (time, mel) patch of the audio stem.
   c.model.blocks_per_stage = 2
   c.model.num_groups = 8  # GroupNorm groups (no BatchNorm: it couples examples).
   c.model.embed_dim = 256  # D: width of the shared embedding space.
@@ -101,13 +102,15 @@ def apply_variant(c: ml_collections.ConfigDict, arg: str | None) -> ml_collectio
     c.data.fps = RUNLOCAL['fps']
     c.data.image_size = RUNLOCAL['image_size']
     c.data.num_train_clips = 200_000
-    c.model.video_patch = 4
-    c.model.video_widths = (32, 64)
+    # Patch 8 and narrow video stages: the first-stage 3x3 convs over 16x16 positions of
+    # every frame cost 1.3 s/step on 2 cores at patch 4; this is ~0.2 s.
+    c.model.video_patch = 8
+    c.model.video_widths = (16, 32)
     c.model.audio_widths = (32, 64)
     c.model.blocks_per_stage = 1
     c.model.embed_dim = 128
     # Keep the experiment's number of scales, remapped onto T = 16 frames.
-    c.model.scale_pools = _runlocal_pools(c.model.scale_pools, c.data.num_frames)
+    c.model.scale_pools = remap_pools(c.model.scale_pools, c.data.num_frames)
     c.model.scale_grids = tuple(c.model.scale_grids)[:len(c.model.scale_pools)]
     c.train.num_steps = 1_500
     c.train.batch_size = 32
@@ -121,7 +124,7 @@ def apply_variant(c: ml_collections.ConfigDict, arg: str | None) -> ml_collectio
   return c
 
 
-def _runlocal_pools(pools, num_frames):
+def remap_pools(pools, num_frames):
   """Keeps the fine-to-coarse structure of `pools` with the clip level at `num_frames`."""
   fine = [p for p in pools[:-1] if num_frames % p == 0 and p < num_frames]
   return tuple(fine) + (num_frames,)

@@ -27,7 +27,7 @@ from gmscavp_jax.data import pipeline
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file.',
                                           lock_config=True)
 _STEPS = flags.DEFINE_integer('steps', 20, 'Timed train steps (after one warm-up step).')
-_BATCHES = flags.DEFINE_integer('pipeline_batches', 40, 'Timed pipeline batches.')
+_BATCHES = flags.DEFINE_integer('pipeline_batches', 150, 'Timed pipeline batches.')
 flags.mark_flag_as_required('config')
 
 
@@ -56,9 +56,14 @@ def time_train_step(config, mesh, num_steps: int) -> dict:
 
 
 def time_pipeline(config, num_batches: int) -> dict:
-  """Examples/s of the train loader alone (workers started before the clock)."""
+  """Steady-state examples/s of the train loader alone.
+
+  The first batches (two per worker) are taken before the clock starts: they include the
+  workers' start-up, and timing few batches after a pause would only measure full buffers.
+  """
   it = iter(pipeline.train_loader(config))
-  next(it)  # Starts the workers and fills their buffers' first slot.
+  for batch in itertools.islice(it, max(1, 2 * config.data.worker_count)):
+    del batch
   t0 = time.perf_counter()
   for batch in itertools.islice(it, num_batches):
     del batch

@@ -1,5 +1,6 @@
 """What every command-line entry point shares: runtime setup and clean error reporting."""
 
+import logging as std_logging
 import os
 import sys
 
@@ -20,6 +21,13 @@ def setup() -> None:
     jax.config.update('jax_compilation_cache_dir', cache)
     jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
   logging.set_verbosity(logging.INFO)
+  logging.get_absl_handler().addFilter(_quiet_libraries)
+
+
+def _quiet_libraries(record) -> bool:
+  """Drops the INFO lines Orbax and grain log for every save; warnings still pass."""
+  chatty = '/orbax/' in record.pathname or '/grain/' in record.pathname
+  return not chatty or record.levelno >= std_logging.WARNING
 
 
 def run_or_explain(fn, *args, **kwargs):

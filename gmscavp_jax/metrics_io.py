@@ -32,7 +32,8 @@ class MetricWriter:
     with open(self._jsonl, 'a') as f:
       f.write(json.dumps(row) + '\n')
     for k, v in scalars.items():
-      self._tb.add_scalar(k, float(v), int(step))
+      # TensorBoard tags allow no '@'; the JSONL keeps the DESIGN §7 names.
+      self._tb.add_scalar(k.replace('@', '_'), float(v), int(step))
 
   def write_image(self, step: int, name: str, image: np.ndarray) -> None:
     """Writes one (H, W, 3) uint8 image to TensorBoard."""

@@ -96,8 +96,8 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array, *, model: gmscavp
   (_, metrics), grads = grad_fn(state.params, batch, step_rng)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  metrics['grad_norm'] = optax.global_norm(grads)
-  metrics['param_norm'] = optax.global_norm(params)
+  metrics['grad_norm'] = optax.tree.norm(grads)
+  metrics['param_norm'] = optax.tree.norm(params)
   new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
   return new_state, {f'train/{k}': v for k, v in metrics.items()}
 

@@ -1,0 +1,93 @@
+"""MSA loss (eq. 3-5): per-scale symmetric InfoNCE over segments with adaptive time weights.
+
+Arrays in, arrays out. Inputs are global (batch-sharded) arrays: the (B*T_l, B*T_l) logits
+matmul makes XLA gather the other devices' segments, so negatives span the global batch
+without any explicit collective here. With one scale of T_l = 1 this is CAVP's clip-level
+symmetric InfoNCE.
+"""
+
+from typing import Sequence
+
+import chex
+import jax
+import jax.numpy as jnp
+
+
+def segment_embeddings(x: jnp.ndarray) -> jnp.ndarray:
+  """(B,T_l,S_l,D) scale features -> (B,T_l,D) unit-norm segment embeddings (mean over S)."""
+  chex.assert_rank(x, 4)
+  m = x.astype(jnp.float32).mean(axis=2)
+  # rsqrt of a floored squared norm: finite gradient even for an all-zero segment.
+  return m * jax.lax.rsqrt(jnp.maximum(jnp.sum(m * m, axis=-1, keepdims=True), 1e-12))
+
+
+def _scale_loss(audio: jnp.ndarray, video: jnp.ndarray, temperature: jnp.ndarray, *,
+                adaptive_weights: bool, adaptive_temperature: float,
+                adaptive_stop_gradient: bool) -> tuple[jnp.ndarray, jnp.ndarray]:
+  """One scale: (B,T_l,D) unit-norm audio/video segments -> (loss, a->v top-1 accuracy)."""
+  b, t, _ = audio.shape
+  n = b * t
+  a, v = audio.reshape(n, -1), video.reshape(n, -1)
+  # Each (clip, segment) is a sample: negatives are other clips (semantic contrast) and the
+  # same clip at other times (temporal contrast).
+  logits = jnp.einsum('nd,md->nm', a, v) / temperature
+  pos = jnp.diagonal(logits)
+  a2v = jax.nn.logsumexp(logits, axis=1) - pos
+  v2a = jax.nn.logsumexp(logits, axis=0) - pos
+  per_segment = (0.5 * (a2v + v2a)).reshape(b, t)
+  if adaptive_weights:
+    # Eq. 5: softmax over time of each segment's own audio-video cosine similarity.
+    sim = jnp.sum(audio * video, axis=-1) / adaptive_temperature
+    w = jax.nn.softmax(sim, axis=1)
+    if adaptive_stop_gradient:
+      w = jax.lax.stop_gradient(w)
+    # Scaled by T_l so uniform weights are exactly 1 (the plain mean over segments).
+    per_segment = per_segment * (t * w)
+  loss = per_segment.mean()
+  acc = (jnp.argmax(logits, axis=1) == jnp.arange(n)).mean()
+  return loss, acc
+
+
+def msa_loss(audio_scales: Sequence[jnp.ndarray], video_scales: Sequence[jnp.ndarray],
+             temperatures: jnp.ndarray, *, scale_weights: Sequence[float] | None = None,
+             adaptive_weights: bool = True, adaptive_temperature: float = 0.1,
+             adaptive_stop_gradient: bool = True) -> tuple[jnp.ndarray, dict[str, jnp.ndarray]]:
+  """L_MSA = sum_l lambda_l L_CL,l over L scales.
+
+  Args:
+    audio_scales: L arrays (B,T_l,S_l,D) (audio has S_l = 1).
+    video_scales: L arrays (B,T_l,S_l',D), same B, T_l and D as the audio of that scale.
+    temperatures: (L,) tau_l; logits are cosine / tau_l.
+    scale_weights: lambda_l (L,); None or empty gives 1 for every scale.
+    adaptive_weights: weight segment t of clip i by T_l * softmax_t(cos_{l,i,t} / tau_w).
+    adaptive_temperature: tau_w of eq. 5.
+    adaptive_stop_gradient: treat the adaptive weights as constants.
+
+  Returns:
+    (scalar loss, metrics) with metrics 'loss/msa', and per scale l 'loss/scale{l}'
+    (L_CL,l before lambda_l), 'temperature/scale{l}', 'acc_a2v/scale{l}' (in-batch top-1).
+  """
+  num_scales = len(audio_scales)
+  if len(video_scales) != num_scales:
+    raise ValueError(f'{num_scales} audio scales but {len(video_scales)} video scales')
+  chex.assert_shape(temperatures, (num_scales,))
+  if scale_weights is None or len(scale_weights) == 0:
+    scale_weights = [1.0] * num_scales
+  if len(scale_weights) != num_scales:
+    raise ValueError(f'{len(scale_weights)} scale_weights for {num_scales} scales')
+  temperatures = temperatures.astype(jnp.float32)
+
+  total = jnp.zeros((), jnp.float32)
+  metrics = {}
+  for l, (fa, fv) in enumerate(zip(audio_scales, video_scales)):
+    a, v = segment_embeddings(fa), segment_embeddings(fv)
+    chex.assert_equal_shape([a, v])
+    loss, acc = _scale_loss(a, v, temperatures[l], adaptive_weights=adaptive_weights,
+                            adaptive_temperature=adaptive_temperature,
+                            adaptive_stop_gradient=adaptive_stop_gradient)
+    total = total + scale_weights[l] * loss
+    metrics[f'loss/scale{l}'] = loss
+    metrics[f'temperature/scale{l}'] = temperatures[l]
+    metrics[f'acc_a2v/scale{l}'] = acc
+  metrics['loss/msa'] = total
+  return total, metrics
