@@ -17,17 +17,21 @@ def _to_rgb(fig) -> np.ndarray:
   return plt.imread(buf, format='png')[..., :3]
 
 
-def similarity_matrix(sim: np.ndarray, path: str, title: str, max_clips: int = 128) -> np.ndarray:
+def similarity_matrix(sim: np.ndarray, path: str, title: str, labels: np.ndarray | None = None,
+                      max_clips: int = 128) -> np.ndarray:
   """Saves the (N, N) video x audio similarity matrix as a PNG; returns it as (H, W, 3) uint8.
 
-  Only the first `max_clips` rows/columns are drawn so the diagonal stays visible.
+  The first `max_clips` clips are drawn, sorted by their class `labels` (N,) when given, so
+  class blocks show as squares and each clip's own pair lies on the diagonal.
   """
   n = min(len(sim), max_clips)
+  order = np.arange(n) if labels is None else np.argsort(labels[:n], kind='stable')
   fig, ax = plt.subplots(figsize=(5.5, 5))
-  im = ax.imshow(sim[:n, :n], cmap='viridis', interpolation='nearest')
+  im = ax.imshow(sim[np.ix_(order, order)], cmap='viridis', interpolation='nearest')
+  by = ', sorted by class' if labels is not None else ''
   ax.set_xlabel('audio clip')
   ax.set_ylabel('video clip')
-  ax.set_title(f'{title} (first {n} of {len(sim)} test clips)', fontsize=9)
+  ax.set_title(f'{title}\nfirst {n} of {len(sim)} test clips{by}', fontsize=9)
   fig.colorbar(im, ax=ax, label='cosine similarity')
   fig.tight_layout()
   fig.savefig(path, dpi=100)

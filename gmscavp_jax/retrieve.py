@@ -12,13 +12,9 @@ import sys
 
 from absl import app
 from absl import flags
-from absl import logging
 
-from gmscavp_jax import checkpointing
 from gmscavp_jax import cli
-from gmscavp_jax import sharding
 from gmscavp_jax import train
-from gmscavp_jax.evaluators import metrics
 from gmscavp_jax.evaluators import retrieval
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Workdir of a training run.')
@@ -32,40 +28,6 @@ _OUTPUT_JSON = flags.DEFINE_string('output_json', None, 'Also write the answer h
 flags.mark_flag_as_required('workdir')
 
 
-def test_embeddings(workdir: str) -> dict:
-  """Test-split embeddings of the newest checkpoint in `workdir` (cached or recomputed)."""
-  config = train.load_config(workdir)
-  ckpt = checkpointing.Checkpointer(workdir, keep=config.train.keep_checkpoints)
-  steps = ckpt.all_steps()
-  ckpt.close()
-  if not steps:
-    raise FileNotFoundError(f'no checkpoint in {checkpointing.checkpoint_dir(workdir)}')
-  cached = retrieval.load_embeddings(workdir)
-  if cached is not None and int(cached['step']) == steps[-1]:
-    return cached
-  logging.info('embedding the test split with checkpoint %d', steps[-1])
-  mesh = sharding.make_mesh()
-  model, params, step = train.restore_params(workdir, config, mesh)
-  _, emb = retrieval.RetrievalEvaluator(config, mesh, model).run(params)
-  emb['step'] = step
-  return emb
-
-
-def answer(emb: dict, test_index: int, top_k: int, direction: str) -> dict:
-  """{'v2a': [(clip, score, label), ...], 'a2v': [...]} for the query clip `test_index`."""
-  n = len(emb['video'])
-  if not 0 <= test_index < n:
-    raise ValueError(f'--test_index={test_index}: expected 0 <= index < {n} (eval.num_test_clips)')
-  queries = {'v2a': (emb['video'], emb['audio']), 'a2v': (emb['audio'], emb['video'])}
-  out = {'query': test_index, 'query_label': int(emb['label'][test_index]), 'step': int(emb['step'])}
-  for name, (query, candidates) in queries.items():
-    if direction in (name, 'both'):
-      idx, scores = metrics.top_k(candidates @ query[test_index], top_k)
-      out[name] = [{'clip': int(emb['index'][i]), 'score': float(s),
-                    'label': int(emb['label'][i])} for i, s in zip(idx, scores)]
-  return out
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
@@ -76,13 +38,14 @@ def main(argv):
   if _TEST_INDEX.value is None:
     raise app.UsageError('give a query: --test_index=N')
   cli.setup()
-  emb = cli.run_or_explain(test_embeddings, _WORKDIR.value)
+  emb = cli.run_or_explain(train.test_embeddings, _WORKDIR.value)
   try:
-    out = answer(emb, _TEST_INDEX.value, _TOP_K.value, _DIRECTION.value)
+    out = retrieval.answer_query(emb, _TEST_INDEX.value, _TOP_K.value, _DIRECTION.value)
   except ValueError as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(1)
-  print(f"query: test clip {out['query']} (class {out['query_label']}), checkpoint {out['step']}")
+  print(f"query: test clip {out['query']} (class {out['query_label']}), "
+        f"checkpoint {out['step']}")
   for name in ('v2a', 'a2v'):
     if name in out:
       other = 'audio' if name == 'v2a' else 'video'

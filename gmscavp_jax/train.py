@@ -67,6 +67,25 @@ def restore_params(workdir: str, config: ml_collections.ConfigDict, mesh):
   return model, restored[0].params, restored[1]
 
 
+def test_embeddings(workdir: str) -> dict:
+  """Test-split embeddings of the newest checkpoint in `workdir` (cached or recomputed)."""
+  config = load_config(workdir)
+  ckpt = checkpointing.Checkpointer(workdir, keep=config.train.keep_checkpoints)
+  saved_steps = ckpt.all_steps()
+  ckpt.close()
+  if not saved_steps:
+    raise FileNotFoundError(f'no checkpoint in {checkpointing.checkpoint_dir(workdir)}')
+  cached = retrieval.load_embeddings(workdir)
+  if cached is not None and int(cached['step']) == saved_steps[-1]:
+    return cached
+  logging.info('embedding the test split with checkpoint %d', saved_steps[-1])
+  mesh = sharding.make_mesh()
+  model, params, step = restore_params(workdir, config, mesh)
+  _, emb = retrieval.RetrievalEvaluator(config, mesh, model).run(params)
+  emb['step'] = step
+  return emb
+
+
 def evaluate(evaluator, state, step: int, workdir: str, writer) -> dict:
   """Retrieval on the test split: results.json, embeddings, similarity PNG, scalars."""
   results, emb = evaluator.run(state.params)
@@ -81,7 +100,7 @@ def evaluate(evaluator, state, step: int, workdir: str, writer) -> dict:
     retrieval.save_embeddings(workdir, step, emb)
     image = plotting.similarity_matrix(
         emb['similarity'], os.path.join(workdir, 'plots', 'similarity.png'),
-        f'test similarity, step {step}')
+        f'test similarity, step {step}', labels=emb['label'])
     writer.write_image(step, 'retrieval/similarity', image)
   return results
 

@@ -9,14 +9,24 @@ import numpy as np
 import pytest
 
 from gmscavp_jax import metrics_io
+from gmscavp_jax.evaluators import retrieval
 from gmscavp_jax import train
 from tests.conftest import ROOT, tiny_config
 
 
+@pytest.fixture(scope='module')
+def msa_workdir(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp('msa'))
+  return workdir, train.train_and_evaluate(tiny_config('msa'), workdir)
+
+
 @pytest.mark.parametrize('name', ['cavp', 'msa'])
-def test_train_and_evaluate_fills_the_workdir(name, tmp_path):
-  workdir = str(tmp_path)
-  results = train.train_and_evaluate(tiny_config(name), workdir)
+def test_train_and_evaluate_fills_the_workdir(name, tmp_path, msa_workdir):
+  if name == 'msa':
+    workdir, results = msa_workdir
+  else:
+    workdir = str(tmp_path)
+    results = train.train_and_evaluate(tiny_config(name), workdir)
   for f in ('config.json', 'metrics.jsonl', 'results.json', 'test_embeddings.npz',
             'plots/similarity.png', 'plots/loss.png'):
     assert os.path.exists(os.path.join(workdir, f)), f
@@ -37,6 +47,43 @@ def test_train_and_evaluate_fills_the_workdir(name, tmp_path):
   assert 0 <= saved['retrieval/v2a_R@1'] <= 100
   # The saved config is the resolved one and loads back.
   assert train.load_config(workdir).model.scale_pools == tiny_config(name).model.scale_pools
+
+
+def test_retrieve_from_cache_and_from_checkpoint(msa_workdir, tmp_path):
+  workdir, _ = msa_workdir
+  cached = train.test_embeddings(workdir)
+  assert int(cached['step']) == 4
+  os.rename(os.path.join(workdir, 'test_embeddings.npz'), str(tmp_path / 'saved.npz'))
+  try:
+    recomputed = train.test_embeddings(workdir)  # From the checkpoint.
+  finally:
+    os.rename(str(tmp_path / 'saved.npz'), os.path.join(workdir, 'test_embeddings.npz'))
+  np.testing.assert_allclose(recomputed['video'], cached['video'], atol=1e-5)
+  np.testing.assert_allclose(recomputed['audio'], cached['audio'], atol=1e-5)
+  out = retrieval.answer_query(cached, test_index=3, top_k=5, direction='both')
+  for name in ('v2a', 'a2v'):
+    scores = [hit['score'] for hit in out[name]]
+    assert len(scores) == 5 and scores == sorted(scores, reverse=True)
+  with pytest.raises(ValueError, match='test_index'):
+    retrieval.answer_query(cached, test_index=16, top_k=5, direction='both')
+
+
+def test_retrieve_cli(msa_workdir, tmp_path):
+  workdir, _ = msa_workdir
+  out_json = str(tmp_path / 'answer.json')
+  r = subprocess.run([sys.executable, '-m', 'gmscavp_jax.retrieve', f'--workdir={workdir}',
+                      '--test_index=2', '--top_k=3', f'--output_json={out_json}'], cwd=ROOT,
+                     capture_output=True, text=True, timeout=300)
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert 'query: test clip 2' in r.stdout
+  with open(out_json) as f:
+    answer = json.load(f)
+  assert len(answer['v2a']) == 3 and len(answer['a2v']) == 3
+  r = subprocess.run([sys.executable, '-m', 'gmscavp_jax.retrieve',
+                      f'--workdir={tmp_path / "missing"}', '--test_index=0'], cwd=ROOT,
+                     capture_output=True, text=True, timeout=300)
+  assert r.returncode == 1 and 'config.json not found' in r.stderr
+  assert 'Traceback' not in r.stderr
 
 
 def _run_main(workdir, num_steps, cache_dir):

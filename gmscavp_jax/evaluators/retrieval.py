@@ -64,3 +64,24 @@ def load_embeddings(workdir: str) -> dict | None:
     return None
   with np.load(path) as f:
     return {k: f[k] for k in f.files}
+
+
+def answer_query(emb: dict, test_index: int, top_k: int, direction: str) -> dict:
+  """Top-k of the other modality for test clip `test_index`, from `embed_test_split` output.
+
+  Returns {'query', 'query_label', 'step', 'v2a': [{'clip', 'score', 'label'}, ...], 'a2v':
+  [...]} (only the directions asked for), best first.
+  """
+  n = len(emb['video'])
+  if not 0 <= test_index < n:
+    raise ValueError(
+        f'--test_index={test_index}: expected 0 <= index < {n} (eval.num_test_clips)')
+  queries = {'v2a': (emb['video'], emb['audio']), 'a2v': (emb['audio'], emb['video'])}
+  out = {'query': test_index, 'query_label': int(emb['label'][test_index]),
+         'step': int(emb['step'])}
+  for name, (query, candidates) in queries.items():
+    if direction in (name, 'both'):
+      idx, scores = metrics_lib.top_k(candidates @ query[test_index], top_k)
+      out[name] = [{'clip': int(emb['index'][i]), 'score': float(s),
+                    'label': int(emb['label'][i])} for i, s in zip(idx, scores)]
+  return out
