@@ -32,9 +32,19 @@ def _per_process(global_batch_size: int, field: str) -> int:
   return global_batch_size // n
 
 
-def _shard_options(drop_remainder: bool) -> grain.ShardOptions:
-  return grain.ShardOptions(shard_index=jax.process_index(), shard_count=jax.process_count(),
-                            drop_remainder=drop_remainder)
+def _loader(config: ml_collections.ConfigDict, split: str, *, shuffle: bool,
+            num_epochs: int | None, global_batch_size: int, field: str) -> grain.DataLoader:
+  """A loader of this process's slice of `split`, batched B / process_count at a time."""
+  source = make_source(config, split)
+  shard = grain.ShardOptions(shard_index=jax.process_index(),
+                             shard_count=jax.process_count(), drop_remainder=True)
+  sampler = grain.IndexSampler(num_records=len(source), shard_options=shard, shuffle=shuffle,
+                               num_epochs=num_epochs, seed=config.seed)
+  return grain.DataLoader(
+      data_source=source, sampler=sampler,
+      operations=[grain.Batch(_per_process(global_batch_size, field), drop_remainder=True)],
+      worker_count=config.data.worker_count,
+      worker_buffer_size=config.data.prefetch_buffer_size)
 
 
 def train_loader(config: ml_collections.ConfigDict) -> grain.DataLoader:
@@ -42,30 +52,14 @@ def train_loader(config: ml_collections.ConfigDict) -> grain.DataLoader:
 
   Yields dicts of numpy arrays with leading dim B / process_count (the fields of the source).
   """
-  source = make_source(config, 'train')
-  sampler = grain.IndexSampler(
-      num_records=len(source), shard_options=_shard_options(drop_remainder=True),
-      shuffle=True, num_epochs=None, seed=config.seed)
-  batch = _per_process(config.train.batch_size, 'train.batch_size')
-  return grain.DataLoader(
-      data_source=source, sampler=sampler,
-      operations=[grain.Batch(batch, drop_remainder=True)],
-      worker_count=config.data.worker_count,
-      worker_buffer_size=config.data.prefetch_buffer_size)
+  return _loader(config, 'train', shuffle=True, num_epochs=None,
+                 global_batch_size=config.train.batch_size, field='train.batch_size')
 
 
 def eval_loader(config: ml_collections.ConfigDict, split: str = 'test') -> grain.DataLoader:
   """One ordered pass over the first `eval.num_test_clips` clips of `split`, batched."""
-  source = make_source(config, split)
-  sampler = grain.IndexSampler(
-      num_records=len(source), shard_options=_shard_options(drop_remainder=True),
-      shuffle=False, num_epochs=1, seed=config.seed)
-  batch = _per_process(config.eval.batch_size, 'eval.batch_size')
-  return grain.DataLoader(
-      data_source=source, sampler=sampler,
-      operations=[grain.Batch(batch, drop_remainder=True)],
-      worker_count=config.data.worker_count,
-      worker_buffer_size=config.data.prefetch_buffer_size)
+  return _loader(config, split, shuffle=False, num_epochs=1,
+                 global_batch_size=config.eval.batch_size, field='eval.batch_size')
 
 
 def select(batch: dict, fields=TRAIN_FIELDS) -> dict:
