@@ -143,9 +143,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     pending.append(metrics)
     if step % t.log_every_steps == 0 or step == t.num_steps:
       # Mean over the steps since the last log line; fetched once, so steps stay async.
-      summary = {k: float(np.mean([m[k] for m in jax.device_get(pending)]))
-                 for k in pending[0]}
-      pending = []
+      fetched, pending = jax.device_get(pending), []
+      summary = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
       summary.update(progress.update(step))
       summary['train/examples_per_sec'] = summary['steps_per_sec'] * t.batch_size
       writer.write_scalars(step, summary)
