@@ -40,11 +40,15 @@ def _loader(config: ml_collections.ConfigDict, split: str, *, shuffle: bool,
                              shard_count=jax.process_count(), drop_remainder=True)
   sampler = grain.IndexSampler(num_records=len(source), shard_options=shard, shuffle=shuffle,
                                num_epochs=num_epochs, seed=config.seed)
+  batch = _per_process(global_batch_size, field)
+  # Read ahead two batches per worker, not grain's default 500 records: a synthetic clip is
+  # computed, not read, and a deep read-ahead only churns memory.
+  read = grain.ReadOptions(prefetch_buffer_size=2 * batch)
   return grain.DataLoader(
       data_source=source, sampler=sampler,
-      operations=[grain.Batch(_per_process(global_batch_size, field), drop_remainder=True)],
+      operations=[grain.Batch(batch, drop_remainder=True)],
       worker_count=config.data.worker_count,
-      worker_buffer_size=config.data.prefetch_buffer_size)
+      worker_buffer_size=config.data.prefetch_buffer_size, read_options=read)
 
 
 def train_loader(config: ml_collections.ConfigDict) -> grain.DataLoader:
