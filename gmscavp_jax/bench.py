@@ -8,7 +8,6 @@ worker processes), and their ratio: the pipeline should deliver several times wh
 consumes.
 """
 
-import functools
 import gc
 import itertools
 import time
@@ -21,7 +20,6 @@ from ml_collections import config_flags
 from gmscavp_jax import cli
 from gmscavp_jax import config_validation
 from gmscavp_jax import sharding
-from gmscavp_jax import steps
 from gmscavp_jax import train
 from gmscavp_jax.data import pipeline
 
@@ -35,10 +33,7 @@ flags.mark_flag_as_required('config')
 def time_train_step(config, mesh, num_steps: int) -> dict:
   """Compile time and steady-state speed of the jitted train step."""
   model, tx, state = train.build(config, mesh)
-  repl, batch_sh = sharding.replicated(mesh), sharding.batch_sharded(mesh)
-  step_fn = jax.jit(functools.partial(steps.train_step, model=model, tx=tx, config=config),
-                    in_shardings=(repl, batch_sh, repl), out_shardings=(repl, repl),
-                    donate_argnums=(0,))
+  step_fn = train.jit_train_step(model, tx, config, mesh)
   # One batch from an in-process loader: worker processes would compete with the step.
   one_batch = config.copy_and_resolve_references()
   one_batch.data.worker_count = 0

@@ -9,12 +9,15 @@ import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import numpy as np
 
 
-def _to_rgb(fig) -> np.ndarray:
+def _save_and_decode(fig, path: str) -> np.ndarray:
+  """Renders `fig` once: writes the PNG to `path` and returns it as (H, W, 3) uint8."""
   buf = io.BytesIO()
   fig.savefig(buf, format='png', dpi=100)
   plt.close(fig)
+  with open(path, 'wb') as f:
+    f.write(buf.getvalue())
   buf.seek(0)
-  return plt.imread(buf, format='png')[..., :3]
+  return (plt.imread(buf, format='png')[..., :3] * 255).astype(np.uint8)
 
 
 def similarity_matrix(sim: np.ndarray, path: str, title: str, labels: np.ndarray | None = None,
@@ -34,8 +37,7 @@ def similarity_matrix(sim: np.ndarray, path: str, title: str, labels: np.ndarray
   ax.set_title(f'{title}\nfirst {n} of {len(sim)} test clips{by}', fontsize=9)
   fig.colorbar(im, ax=ax, label='cosine similarity')
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  return (_to_rgb(fig) * 255).astype(np.uint8)
+  return _save_and_decode(fig, path)
 
 
 def loss_curves(rows: list[dict], path: str, keys=('train/loss',)) -> None:

@@ -56,6 +56,14 @@ def build(config: ml_collections.ConfigDict, mesh):
   return model, tx, state
 
 
+def jit_train_step(model, tx, config: ml_collections.ConfigDict, mesh):
+  """`steps.train_step` jitted for `mesh`: replicated state, batch over 'data', state donated."""
+  repl, batch_sh = sharding.replicated(mesh), sharding.batch_sharded(mesh)
+  return jax.jit(functools.partial(steps.train_step, model=model, tx=tx, config=config),
+                 in_shardings=(repl, batch_sh, repl), out_shardings=(repl, repl),
+                 donate_argnums=(0,))
+
+
 def restore_params(workdir: str, config: ml_collections.ConfigDict, mesh):
   """(model, params, step) from the newest checkpoint in `workdir` (for the CLIs)."""
   model, _, state = build(config, mesh)
@@ -126,10 +134,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   metrics_jsonl = os.path.join(workdir, 'metrics.jsonl')
   metrics_io.truncate_jsonl(metrics_jsonl, after_step=start)
 
-  repl, batch_sh = sharding.replicated(mesh), sharding.batch_sharded(mesh)
-  train_step = jax.jit(
-      functools.partial(steps.train_step, model=model, tx=tx, config=config),
-      in_shardings=(repl, batch_sh, repl), out_shardings=(repl, repl), donate_argnums=(0,))
+  train_step = jit_train_step(model, tx, config, mesh)
   evaluator = retrieval.RetrievalEvaluator(config, mesh, model)
   writer = metrics_io.MetricWriter(workdir)
   progress = metrics_io.Progress(start, config.train.num_steps)

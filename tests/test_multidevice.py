@@ -20,8 +20,7 @@ from tests.conftest import ROOT
 
 
 def _compare_meshes() -> dict:
-  import functools  # pylint: disable=g-import-not-at-top
-  import jax
+  import jax  # pylint: disable=g-import-not-at-top
   import numpy as np
   import optax
   from gmscavp_jax import sharding, steps, train
@@ -36,9 +35,7 @@ def _compare_meshes() -> dict:
     model, _, _ = train.build(config, mesh)
     tx = optax.sgd(0.05)
     state = steps.init_state(config, model, tx, jax.random.key(0, impl='rbg'))
-    repl, batch_sh = sharding.replicated(mesh), sharding.batch_sharded(mesh)
-    step = jax.jit(functools.partial(steps.train_step, model=model, tx=tx, config=config),
-                   in_shardings=(repl, batch_sh, repl), out_shardings=(repl, repl))
+    step = train.jit_train_step(model, tx, config, mesh)
     batch = sharding.global_batch(mesh, local)
     assert len(batch['frames'].sharding.device_set) == len(devices)
     losses = []
