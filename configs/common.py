@@ -66,6 +66,39 @@ def base_config() -> ml_collections.ConfigDict:
   c.loss.adaptive_weights = True  # Eq. 5: softmax-over-time weights per segment.
   c.loss.adaptive_temperature = 0.1  # tau_w of eq. 5.
   c.loss.adaptive_stop_gradient = True
+  # L = msa_weight * L_MSA + msd_weight * L_MSD (lambda_MSA, lambda_MSD of the joint configs).
+  c.loss.msa_weight = 1.0
+  c.loss.msd_weight = 1.0
+
+  # MSD denoiser (DESIGN §3): a UNet over the normalised log-mel, attending to the video scales.
+  c.unet = ml_collections.ConfigDict()
+  c.unet.widths = (128, 256, 384)  # Channels per level; each level halves time and mel.
+  c.unet.attention_levels = (1, 2)  # Levels with self- and cross-attention.
+  c.unet.level_scales = (0, 1, 2)  # Video scale each level cross-attends to (fine <-> fine).
+  c.unet.blocks_per_level = 2
+  c.unet.num_groups = 8
+  c.unet.num_heads = 4
+  c.unet.stem_patch = (1, 4)  # (time, mel) patch of the stem, un-patchified at the output.
+  c.unet.aligned_conditioning = True  # Add per-frame video features on the UNet's time grid.
+
+  # Diffusion (eq. 6-7) and how the generator trains (Table 3).
+  c.diffusion = ml_collections.ConfigDict()
+  # 'joint': L_MSD from step 0 beside L_MSA, gradients into the encoders (msd.py, msa_msd.py).
+  # 'frozen': a second stage: after `encoder_steps` contrastive steps, only the UNet trains,
+  #   on the frozen encoders' features, until train.num_steps (cavp.py, msa.py).
+  # 'none': contrastive pretraining alone (no generator).
+  c.diffusion.training = 'joint'
+  c.diffusion.encoder_steps = 50_000  # 'frozen' only: length of the contrastive stage.
+  c.diffusion.stop_gradient = False  # 'joint': keep MSD gradients out of the encoders.
+  c.diffusion.schedule = 'linear'  # 'linear' (latent diffusion) or 'cosine'.
+  c.diffusion.num_timesteps = 1000
+  c.diffusion.prediction = 'eps'  # 'eps' (paper default) or 'v'.
+  c.diffusion.terminal_weight = 0.0  # lambda_T of eq. 7 (the t = T term).
+  c.diffusion.condition_dropout = 0.1  # Classifier-free guidance: P(null condition).
+  # The UNet sees (log_mel - mel_mean) / mel_std; measured on synthetic clips (mean -7.4,
+  # std 2.2 over 64 clips); set them for a real dataset's statistics.
+  c.diffusion.mel_mean = -7.5
+  c.diffusion.mel_std = 2.5
 
   # Optimisation.
   c.train = ml_collections.ConfigDict()
@@ -89,6 +122,15 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.batch_size = 64
   c.eval.retrieval_scale = -1  # -1: concatenate every scale; else the index of one scale.
   c.eval.top_k = (1, 5, 10)
+  # Generation (DESIGN §5): audio for the first `num_generate_clips` test videos, scored by
+  # onset hit-rate; the generate CLI takes the same sampler settings as its defaults.
+  c.eval.num_generate_clips = 64
+  c.eval.num_summary_clips = 4  # Spectrograms and audio written for these at each evaluation.
+  c.eval.sampler = 'dpmpp2m'  # 'ddpm', 'ddim' or 'dpmpp2m'.
+  c.eval.sample_steps = 25
+  c.eval.guidance = 1.0  # Classifier-free guidance scale (1 = conditional model alone).
+  c.eval.eta = 0.0  # DDIM noise (0 = deterministic).
+  c.eval.griffin_lim_iters = 32
   return c
 
 
@@ -122,6 +164,16 @@ def apply_variant(c: ml_collections.ConfigDict, arg: str | None) -> ml_collectio
     c.train.eval_every_steps = 400
     c.eval.num_test_clips = 512
     c.eval.batch_size = 64
+    c.unet.widths = (32, 64)
+    c.unet.attention_levels = (1,)
+    c.unet.level_scales = (0, 1)
+    c.unet.blocks_per_level = 1
+    c.unet.stem_patch = (2, 8)
+    if c.diffusion.training == 'frozen':
+      # The same number of UNet steps as the joint configs, after the same contrastive stage.
+      c.diffusion.encoder_steps = c.train.num_steps
+      c.train.num_steps *= 2
+      c.train.checkpoint_every_steps = c.train.eval_every_steps = 800
   return c
 
 

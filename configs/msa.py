@@ -1,4 +1,4 @@
-"""MSA: multi-scale contrastive alignment with adaptive temporal weights (Table 3, row 2).
+"""MSA: multi-scale contrastive alignment, then a UNet on its frozen features (Table 3, row 2).
 
   python -m gmscavp_jax.main --config=configs/msa.py:runlocal --workdir=/tmp/msa
 """
@@ -14,4 +14,8 @@ def get_config(arg=None):
   c.model.scale_pools = (1, 2, 4, 8, 40)
   c.model.scale_grids = (1, 1, 1, 1, 1)
   c.loss.adaptive_weights = True
+  # Two stages: encoders first, then the denoiser on their frozen features.
+  c.diffusion.training = 'frozen'
+  c.diffusion.encoder_steps = c.train.num_steps
+  c.train.num_steps *= 2
   return common.apply_variant(c, arg)

@@ -71,6 +71,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
   _require(l.adaptive_temperature > 0, 'loss.adaptive_temperature', 'a positive tau_w',
            l.adaptive_temperature)
 
+  _validate_generator(config, num_scales=len(pools))
+
   _require(t.num_steps > 0, 'train.num_steps', 'a positive step count', t.num_steps)
   _require(t.batch_size > 0, 'train.batch_size', 'a positive global batch', t.batch_size)
   _require(t.learning_rate > 0, 'train.learning_rate', 'a positive rate', t.learning_rate)
@@ -90,8 +92,61 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
   _require(-1 <= e.retrieval_scale < len(pools), 'eval.retrieval_scale',
            f'-1 (all scales) or a scale index below {len(pools)}', e.retrieval_scale)
 
+  _require(0 <= e.num_generate_clips <= e.num_test_clips, 'eval.num_generate_clips',
+           f'in [0, eval.num_test_clips={e.num_test_clips}]', e.num_generate_clips)
+  _require(0 <= e.num_summary_clips <= e.num_generate_clips, 'eval.num_summary_clips',
+           f'in [0, eval.num_generate_clips={e.num_generate_clips}]', e.num_summary_clips)
+  _require(e.sampler in SAMPLERS, 'eval.sampler', f'one of {SAMPLERS}', e.sampler)
+  _require(0 < e.sample_steps <= config.diffusion.num_timesteps, 'eval.sample_steps',
+           f'in [1, diffusion.num_timesteps={config.diffusion.num_timesteps}]', e.sample_steps)
+  _require(e.guidance >= 0, 'eval.guidance', 'a guidance scale >= 0', e.guidance)
+  _require(e.eta >= 0, 'eval.eta', 'a DDIM eta >= 0', e.eta)
+  _require(e.griffin_lim_iters > 0, 'eval.griffin_lim_iters', 'a positive integer',
+           e.griffin_lim_iters)
+
   if num_devices is not None:
     _require(t.batch_size % num_devices == 0, 'train.batch_size',
              f'a multiple of the device count ({num_devices})', t.batch_size)
     _require(e.batch_size % num_devices == 0, 'eval.batch_size',
              f'a multiple of the device count ({num_devices})', e.batch_size)
+
+
+SAMPLERS = ('ddpm', 'ddim', 'dpmpp2m')
+
+
+def _validate_generator(config: ml_collections.ConfigDict, num_scales: int) -> None:
+  """The UNet, diffusion and generator-training fields."""
+  u, d, l = config.unet, config.diffusion, config.loss
+  widths = tuple(u.widths)
+  _require(len(widths) >= 1 and all(w > 0 and w % u.num_groups == 0 for w in widths),
+           'unet.widths', f'positive widths divisible by unet.num_groups={u.num_groups}', widths)
+  _require(all(0 <= i < len(widths) for i in u.attention_levels), 'unet.attention_levels',
+           f'level indices below {len(widths)}', u.attention_levels)
+  _require(len(u.level_scales) == len(widths) and
+           all(0 <= s < num_scales for s in u.level_scales), 'unet.level_scales',
+           f'one video scale index in [0, {num_scales}) per UNet level ({len(widths)})',
+           u.level_scales)
+  _require(len(u.stem_patch) == 2 and all(p >= 1 for p in u.stem_patch), 'unet.stem_patch',
+           'a (time, mel) pair of positive patch sizes', u.stem_patch)
+  _require(u.num_heads >= 1 and all(w % u.num_heads == 0 for w in widths), 'unet.num_heads',
+           f'a divisor of every unet width {widths}', u.num_heads)
+  _require(u.blocks_per_level >= 1, 'unet.blocks_per_level', 'a positive integer',
+           u.blocks_per_level)
+  _require(d.training in ('joint', 'frozen', 'none'), 'diffusion.training',
+           "'joint', 'frozen' or 'none'", d.training)
+  if d.training == 'frozen':
+    _require(0 < d.encoder_steps < config.train.num_steps, 'diffusion.encoder_steps',
+             f'in (0, train.num_steps={config.train.num_steps}) for a second stage',
+             d.encoder_steps)
+  _require(d.schedule in ('linear', 'cosine'), 'diffusion.schedule', "'linear' or 'cosine'",
+           d.schedule)
+  _require(d.num_timesteps >= 2, 'diffusion.num_timesteps', 'at least 2', d.num_timesteps)
+  _require(d.prediction in ('eps', 'v'), 'diffusion.prediction', "'eps' or 'v'",
+           d.prediction)
+  _require(d.terminal_weight >= 0, 'diffusion.terminal_weight', 'lambda_T >= 0',
+           d.terminal_weight)
+  _require(0 <= d.condition_dropout < 1, 'diffusion.condition_dropout', 'a probability in [0, 1)',
+           d.condition_dropout)
+  _require(d.mel_std > 0, 'diffusion.mel_std', 'a positive scale', d.mel_std)
+  _require(l.msa_weight >= 0 and l.msd_weight >= 0, 'loss.msd_weight',
+           'non-negative loss weights', (l.msa_weight, l.msd_weight))

@@ -40,6 +40,12 @@ class MetricWriter:
     if self._enabled:
       self._tb.add_image(name, image, int(step), dataformats='HWC')
 
+  def write_audio(self, step: int, name: str, waveform: np.ndarray, sample_rate: int) -> None:
+    """Writes one (S,) float waveform in [-1, 1] to TensorBoard."""
+    if self._enabled:
+      self._tb.add_audio(name, np.asarray(waveform, np.float32), int(step),
+                         sample_rate=int(sample_rate))
+
   def flush(self) -> None:
     if self._tb is not None:
       self._tb.flush()

@@ -1,4 +1,4 @@
-"""Pictures of results: similarity matrices and loss curves (matplotlib, Agg backend)."""
+"""Pictures of results: similarity matrices, loss curves, spectrograms (matplotlib, Agg)."""
 
 import io
 
@@ -40,8 +40,11 @@ def similarity_matrix(sim: np.ndarray, path: str, title: str, labels: np.ndarray
   return _save_and_decode(fig, path)
 
 
-def loss_curves(rows: list[dict], path: str, keys=('train/loss',)) -> None:
-  """Saves a PNG of each key of `rows` (metrics.jsonl rows) against step."""
+LOSS_KEYS = ('train/loss', 'train/loss/msa', 'train/loss/msd_loss')
+
+
+def loss_curves(rows: list[dict], path: str, keys=LOSS_KEYS) -> None:
+  """Saves a PNG of each key of `rows` (metrics.jsonl rows) against step (log-y if > 0)."""
   fig, ax = plt.subplots(figsize=(6, 3.5))
   for key in keys:
     pts = [(r['step'], r[key]) for r in rows if key in r]
@@ -49,8 +52,43 @@ def loss_curves(rows: list[dict], path: str, keys=('train/loss',)) -> None:
       steps, values = zip(*pts)
       ax.plot(steps, values, label=key)
   ax.set_xlabel('step')
+  if all(r[k] > 0 for r in rows for k in keys if k in r):
+    ax.set_yscale('log')
   ax.legend()
   ax.grid(alpha=0.3)
   fig.tight_layout()
   fig.savefig(path, dpi=100)
   plt.close(fig)
+
+
+def spectrograms(generated: np.ndarray, path: str, title: str, real: np.ndarray | None = None,
+                 frame_rate: float | None = None, onsets: list | None = None) -> np.ndarray:
+  """Saves generated log-mels (N,Ta,F) (beside the real ones, when given) as one PNG.
+
+  Row i shows clip i: generated, then real. `frame_rate` (frames/s) labels time in seconds;
+  `onsets` (N lists of seconds) marks the true sound onsets. Returns the PNG (H, W, 3) uint8.
+  """
+  n = len(generated)
+  cols = 1 if real is None else 2
+  fig, axes = plt.subplots(n, cols, figsize=(4 * cols, 1.8 * n + 0.6), squeeze=False)
+  extent_t = generated.shape[1] / frame_rate if frame_rate else generated.shape[1]
+  vmin = min(float(generated.min()), float(real.min()) if real is not None else np.inf)
+  vmax = max(float(generated.max()), float(real.max()) if real is not None else -np.inf)
+  for i in range(n):
+    for j, (name, mel) in enumerate([('generated', generated)] +
+                                    ([('real', real)] if real is not None else [])):
+      ax = axes[i, j]
+      ax.imshow(mel[i].T, origin='lower', aspect='auto', cmap='magma', vmin=vmin, vmax=vmax,
+                extent=(0, extent_t, 0, mel.shape[2]))
+      if onsets is not None:
+        for t in onsets[i]:
+          ax.axvline(t, color='cyan', lw=0.6, alpha=0.8)
+      ax.set_title(f'clip {i}: {name}', fontsize=8)
+      ax.tick_params(labelsize=6)
+      if i == n - 1:
+        ax.set_xlabel('seconds' if frame_rate else 'frame', fontsize=7)
+      if j == 0:
+        ax.set_ylabel('mel bin', fontsize=7)
+  fig.suptitle(title, fontsize=9)
+  fig.tight_layout()
+  return _save_and_decode(fig, path)

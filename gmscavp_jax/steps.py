@@ -1,10 +1,17 @@
-"""Pure steps: train state, optimizer, loss, train step and embedding step.
+"""Pure steps: train state, optimizers, the joint loss, train / embedding / sampling steps.
 
 Everything here is a function of arrays and config; `train.py` jits these with shardings.
+The params are {'encoders': GMSCAVP params, 'denoiser': UNet params}, each with its own
+optimizer, so a training phase updates exactly the part it trains (Table 3):
+
+  phase        loss                                      updates
+  contrastive  msa_weight L_MSA                          encoders
+  joint        msa_weight L_MSA + msd_weight L_MSD       encoders and denoiser
+  generator    msd_weight L_MSD on frozen video scales   denoiser
 """
 
 import functools
-from typing import Any
+from typing import Any, NamedTuple
 
 import chex
 import flax
@@ -14,26 +21,66 @@ import ml_collections
 import optax
 
 from gmscavp_jax.data import audio
+from gmscavp_jax.diffusion import objectives
+from gmscavp_jax.diffusion import samplers
+from gmscavp_jax.diffusion import schedules
 from gmscavp_jax.losses import contrastive
 from gmscavp_jax.models import gmscavp
 from gmscavp_jax.models import pyramid
+from gmscavp_jax.models import unet as unet_lib
+
+# Which parameter groups each phase trains.
+TRAINED = {'contrastive': ('encoders',), 'joint': ('encoders', 'denoiser'),
+           'generator': ('denoiser',)}
 
 
 @flax.struct.dataclass
 class TrainState:
-  """What a checkpoint holds of the model: step, params and optimizer state."""
+  """What a checkpoint holds of the model: step, params and optimizer state (per group)."""
   step: jax.Array
   params: Any
   opt_state: Any
 
 
-def make_optimizer(train_cfg: ml_collections.ConfigDict) -> optax.GradientTransformation:
-  """Adam (AdamW if weight_decay > 0) with warmup + cosine decay and global-norm clipping."""
+class Models(NamedTuple):
+  """The two Flax modules: encoders + pyramid (GMSCAVP) and the MSD denoiser (UNet)."""
+  encoders: gmscavp.GMSCAVP
+  denoiser: unet_lib.UNet
+
+
+def build_models(config: ml_collections.ConfigDict, dtype: Any = jnp.float32) -> Models:
+  """Both modules from the config; `dtype` is the compute dtype (params stay float32)."""
+  return Models(gmscavp.build_model(config, dtype), unet_lib.build_unet(config, dtype=dtype))
+
+
+def phase_at(config: ml_collections.ConfigDict, step: int) -> str:
+  """The phase that takes optimizer step `step` (1-based)."""
+  training = config.diffusion.training
+  if training == 'joint':
+    return 'joint'
+  if training == 'frozen' and step > config.diffusion.encoder_steps:
+    return 'generator'
+  return 'contrastive'
+
+
+def generator_trained(config: ml_collections.ConfigDict, step: int) -> bool:
+  """Whether the denoiser has been trained by the end of step `step`."""
+  # The generator trains from step 1 ('joint') or only in the last phase ('frozen').
+  return step >= 1 and phase_at(config, step) != 'contrastive'
+
+
+def make_optimizer(train_cfg: ml_collections.ConfigDict,
+                   num_steps: int) -> optax.GradientTransformation:
+  """Adam (AdamW if weight_decay > 0), warmup + cosine decay over `num_steps`, clipping.
+
+  The schedule counts the updates of this optimizer, so a group trained only in a later
+  phase starts its warmup when that phase starts.
+  """
   if train_cfg.lr_schedule == 'cosine':
     lr = optax.warmup_cosine_decay_schedule(
         init_value=0.0, peak_value=train_cfg.learning_rate,
         warmup_steps=train_cfg.warmup_steps,
-        decay_steps=train_cfg.decay_steps or train_cfg.num_steps,
+        decay_steps=max(train_cfg.decay_steps or num_steps, train_cfg.warmup_steps + 1),
         end_value=train_cfg.learning_rate * train_cfg.end_lr_fraction)
   else:
     lr = optax.join_schedules(
@@ -48,20 +95,48 @@ def make_optimizer(train_cfg: ml_collections.ConfigDict) -> optax.GradientTransf
   return opt
 
 
+def make_optimizers(config: ml_collections.ConfigDict) -> dict:
+  """{'encoders': tx, 'denoiser': tx}, each decaying over the steps that train its group."""
+  total, d = config.train.num_steps, config.diffusion
+  if d.training == 'frozen':
+    steps = {'encoders': d.encoder_steps, 'denoiser': total - d.encoder_steps}
+  else:
+    steps = {'encoders': total, 'denoiser': total}
+  return {k: make_optimizer(config.train, n) for k, n in steps.items()}
+
+
+def num_mel_frames(config: ml_collections.ConfigDict) -> int:
+  """Ta: log-mel frames of one clip (num_frames / fps seconds at the configured hop)."""
+  d, a = config.data, config.audio
+  return audio.num_audio_frames(round(d.num_frames / d.fps * a.sample_rate), a.hop_length)
+
+
 def dummy_inputs(config: ml_collections.ConfigDict, batch_size: int = 1):
   """Zero frames (B,T,H,W,3) uint8 and log-mel (B,Ta,F) of the configured sizes."""
   d, a = config.data, config.audio
-  num_samples = round(d.num_frames / d.fps * a.sample_rate)
   frames = jnp.zeros((batch_size, d.num_frames, d.image_size, d.image_size, 3), jnp.uint8)
-  log_mel = jnp.zeros((batch_size, audio.num_audio_frames(num_samples, a.hop_length), a.n_mels))
-  return frames, log_mel
+  return frames, jnp.zeros((batch_size, num_mel_frames(config), a.n_mels))
 
 
-def init_state(config: ml_collections.ConfigDict, model: gmscavp.GMSCAVP,
-               tx: optax.GradientTransformation, rng: jax.Array) -> TrainState:
-  """Fresh params from `rng` and the optimizer state for them (step 0)."""
-  params = model.init(rng, *dummy_inputs(config))['params']
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+def dummy_video_scales(config: ml_collections.ConfigDict, batch_size: int = 1) -> list:
+  """Zero video scales [(B, T_l, g_l^2, D)] with the pyramid's shapes (to init the UNet)."""
+  m = config.model
+  return [jnp.zeros((batch_size, config.data.num_frames // p, g * g, m.embed_dim))
+          for p, g in zip(m.scale_pools, m.scale_grids)]
+
+
+def init_state(config: ml_collections.ConfigDict, models: Models, txs: dict,
+               rng: jax.Array) -> TrainState:
+  """Fresh params of both groups from `rng` and their optimizer states (step 0)."""
+  enc_rng, den_rng = jax.random.split(rng)
+  frames, mel = dummy_inputs(config)
+  params = {
+      'encoders': models.encoders.init(enc_rng, frames, mel)['params'],
+      'denoiser': models.denoiser.init(den_rng, mel, jnp.zeros((1,), jnp.int32),
+                                       dummy_video_scales(config))['params'],
+  }
+  opt_state = {k: txs[k].init(params[k]) for k in params}
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state)
 
 
 def log_mel(batch: dict, config: ml_collections.ConfigDict) -> jax.Array:
@@ -69,44 +144,125 @@ def log_mel(batch: dict, config: ml_collections.ConfigDict) -> jax.Array:
   return audio.log_mel_from_config(batch['waveform'], config.audio)
 
 
-def loss_fn(params, batch: dict, rng: jax.Array, *, model: gmscavp.GMSCAVP,
-            config: ml_collections.ConfigDict) -> tuple[jax.Array, dict]:
-  """L_MSA of one global batch (negatives span the whole batch, on every device)."""
-  del rng  # MSA is deterministic; the generative losses of later issues draw from it.
+def normalise_mel(mel: jax.Array, config: ml_collections.ConfigDict) -> jax.Array:
+  """Log-mel -> the denoiser's data space, about zero mean and unit scale."""
+  return (mel - config.diffusion.mel_mean) / config.diffusion.mel_std
+
+
+def denormalise_mel(x: jax.Array, config: ml_collections.ConfigDict) -> jax.Array:
+  """The denoiser's data space -> log-mel (inverse of `normalise_mel`)."""
+  return x * config.diffusion.mel_std + config.diffusion.mel_mean
+
+
+def alpha_bar(config: ml_collections.ConfigDict) -> jax.Array:
+  """The configured noise schedule's cumulative alpha (N,)."""
+  return schedules.alpha_bar(config.diffusion.schedule, config.diffusion.num_timesteps)
+
+
+def msd_loss(denoiser_params, video_scales: list, x0: jax.Array, rng: jax.Array, *,
+             models: Models, config: ml_collections.ConfigDict) -> tuple[jax.Array, dict]:
+  """L_MSD (eq. 7) of normalised log-mels x0 (B,Ta,F) given the video scales.
+
+  Each example's condition is replaced by the learned null with probability
+  diffusion.condition_dropout (classifier-free guidance).
+  """
+  d = config.diffusion
+  drop_rng, loss_rng = jax.random.split(rng)
+  drop = jax.random.bernoulli(drop_rng, d.condition_dropout, (x0.shape[0],))
+
+  def denoise(x_t, t):
+    return models.denoiser.apply({'params': denoiser_params}, x_t, t, video_scales,
+                                 drop_condition=drop)
+
+  return objectives.diffusion_loss(denoise, x0, loss_rng, alpha_bar(config),
+                                   prediction=d.prediction, terminal_weight=d.terminal_weight)
+
+
+def loss_fn(params, batch: dict, rng: jax.Array, *, models: Models,
+            config: ml_collections.ConfigDict, phase: str) -> tuple[jax.Array, dict]:
+  """The phase's loss of one global batch (contrastive negatives span the whole batch)."""
   chex.assert_rank(batch['frames'], 5)
   chex.assert_rank(batch['waveform'], 2)
-  out = model.apply({'params': params}, batch['frames'], log_mel(batch, config))
-  weights = tuple(config.loss.scale_weights) or None
-  loss, metrics = contrastive.msa_loss(
-      out['audio'], out['video'], out['temperature'],
-      scale_weights=None if weights is None else jnp.asarray(weights, jnp.float32),
-      adaptive_weights=config.loss.adaptive_weights,
-      adaptive_temperature=config.loss.adaptive_temperature,
-      adaptive_stop_gradient=config.loss.adaptive_stop_gradient)
-  return loss, {'loss': loss, **metrics}
+  mel = log_mel(batch, config)
+  enc = {'params': params['encoders']}
+  total, metrics = jnp.zeros((), jnp.float32), {}
+  if phase in ('contrastive', 'joint'):
+    out = models.encoders.apply(enc, batch['frames'], mel)
+    weights = tuple(config.loss.scale_weights) or None
+    msa, msa_metrics = contrastive.msa_loss(
+        out['audio'], out['video'], out['temperature'],
+        scale_weights=None if weights is None else jnp.asarray(weights, jnp.float32),
+        adaptive_weights=config.loss.adaptive_weights,
+        adaptive_temperature=config.loss.adaptive_temperature,
+        adaptive_stop_gradient=config.loss.adaptive_stop_gradient)
+    total += config.loss.msa_weight * msa
+    metrics.update(msa_metrics)
+    video = out['video']
+  else:
+    video = models.encoders.apply(enc, batch['frames'], method=gmscavp.GMSCAVP.embed_video)
+  if phase in ('joint', 'generator'):
+    if phase == 'generator' or config.diffusion.stop_gradient:
+      video = jax.lax.stop_gradient(video)
+    msd, msd_metrics = msd_loss(params['denoiser'], video, normalise_mel(mel, config), rng,
+                                models=models, config=config)
+    total += config.loss.msd_weight * msd
+    metrics.update({f'loss/{k}': v for k, v in msd_metrics.items()})
+  metrics['loss'] = total
+  return total, metrics
 
 
-def train_step(state: TrainState, batch: dict, rng: jax.Array, *, model: gmscavp.GMSCAVP,
-               tx: optax.GradientTransformation,
-               config: ml_collections.ConfigDict) -> tuple[TrainState, dict]:
-  """One optimizer update on a global batch; returns the new state and scalar metrics."""
+def train_step(state: TrainState, batch: dict, rng: jax.Array, *, models: Models, txs: dict,
+               config: ml_collections.ConfigDict, phase: str) -> tuple[TrainState, dict]:
+  """One update of the groups `phase` trains; returns the new state and scalar metrics."""
   step_rng = jax.random.fold_in(rng, state.step)
-  grad_fn = jax.value_and_grad(functools.partial(loss_fn, model=model, config=config),
-                               has_aux=True)
-  (_, metrics), grads = grad_fn(state.params, batch, step_rng)
-  updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  params = optax.apply_updates(state.params, updates)
-  metrics['grad_norm'] = optax.tree.norm(grads)
-  metrics['param_norm'] = optax.tree.norm(params)
+  trained = TRAINED[phase]
+
+  def loss_of(trainable):
+    return loss_fn({**state.params, **trainable}, batch, step_rng, models=models,
+                   config=config, phase=phase)
+
+  (_, metrics), grads = jax.value_and_grad(loss_of, has_aux=True)(
+      {k: state.params[k] for k in trained})
+  params, opt_state = dict(state.params), dict(state.opt_state)
+  for k in trained:
+    updates, opt_state[k] = txs[k].update(grads[k], state.opt_state[k], state.params[k])
+    params[k] = optax.apply_updates(state.params[k], updates)
+    metrics[f'grad_norm/{k}'] = optax.tree.norm(grads[k])
+    metrics[f'param_norm/{k}'] = optax.tree.norm(params[k])
   new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
   return new_state, {f'train/{k}': v for k, v in metrics.items()}
 
 
-def embed_step(params, batch: dict, *, model: gmscavp.GMSCAVP,
+def embed_step(params, batch: dict, *, models: Models,
                config: ml_collections.ConfigDict) -> tuple[jax.Array, jax.Array]:
   """Retrieval embeddings (B,E) of a batch's videos and audios (DESIGN §3), unit norm."""
-  video = model.apply({'params': params}, batch['frames'], method=gmscavp.GMSCAVP.embed_video)
-  aud = model.apply({'params': params}, log_mel(batch, config),
-                    method=gmscavp.GMSCAVP.embed_audio)
+  enc = {'params': params['encoders']}
+  video = models.encoders.apply(enc, batch['frames'], method=gmscavp.GMSCAVP.embed_video)
+  aud = models.encoders.apply(enc, log_mel(batch, config), method=gmscavp.GMSCAVP.embed_audio)
   scale = config.eval.retrieval_scale
   return (pyramid.retrieval_embedding(video, scale), pyramid.retrieval_embedding(aud, scale))
+
+
+def sample_step(params, frames: jax.Array, rng: jax.Array, *, models: Models,
+                config: ml_collections.ConfigDict, sampler: str, num_steps: int,
+                guidance: float, eta: float = 0.0) -> jax.Array:
+  """Log-mels (B,Ta,F) generated for videos (B,T,H,W,3) by the MSD denoiser.
+
+  `sampler`, `num_steps` and `guidance` are static (one compiled program per setting);
+  guidance 1 runs the conditional model alone.
+  """
+  chex.assert_rank(frames, 5)
+  video = models.encoders.apply({'params': params['encoders']}, frames,
+                                method=gmscavp.GMSCAVP.embed_video)
+
+  def denoise(x, t, conditional):
+    return models.denoiser.apply({'params': params['denoiser']}, x, t,
+                                 video if conditional else None)
+
+  noise_rng, sample_rng = jax.random.split(rng)
+  x_T = jax.random.normal(noise_rng, (frames.shape[0], num_mel_frames(config),
+                                      config.audio.n_mels))
+  x0 = samplers.sample(denoise, x_T, sample_rng, alpha_bar(config), sampler=sampler,
+                       num_steps=num_steps, prediction=config.diffusion.prediction,
+                       guidance_scale=guidance, eta=eta)
+  return denormalise_mel(x0, config)

@@ -20,8 +20,8 @@ from gmscavp_jax import plotting
 from gmscavp_jax import sharding
 from gmscavp_jax import steps
 from gmscavp_jax.data import pipeline
+from gmscavp_jax.evaluators import generation
 from gmscavp_jax.evaluators import retrieval
-from gmscavp_jax.models import gmscavp
 
 
 def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
@@ -46,33 +46,34 @@ def _lists_to_tuples(obj: dict) -> dict:
 
 
 def build(config: ml_collections.ConfigDict, mesh):
-  """Model, optimizer, and a freshly initialised train state laid out on `mesh`."""
-  model = gmscavp.build_model(config)
-  tx = steps.make_optimizer(config.train)
-  init = jax.jit(functools.partial(steps.init_state, config, model, tx),
+  """Models, optimizers, and a freshly initialised train state laid out on `mesh`."""
+  models = steps.build_models(config)
+  txs = steps.make_optimizers(config)
+  init = jax.jit(functools.partial(steps.init_state, config, models, txs),
                  out_shardings=sharding.replicated(mesh))
   # An rbg key: threefry's init graph takes ~3x longer to compile on CPU for no benefit here.
   state = init(jax.random.key(config.seed, impl='rbg'))
-  return model, tx, state
+  return models, txs, state
 
 
-def jit_train_step(model, tx, config: ml_collections.ConfigDict, mesh):
-  """`steps.train_step` jitted for `mesh`: replicated state, batch over 'data', state donated."""
+def jit_train_step(models, txs, config: ml_collections.ConfigDict, mesh, phase: str):
+  """`steps.train_step` of `phase` jitted for `mesh`: replicated state, batch over 'data'."""
   repl, batch_sh = sharding.replicated(mesh), sharding.batch_sharded(mesh)
-  return jax.jit(functools.partial(steps.train_step, model=model, tx=tx, config=config),
+  return jax.jit(functools.partial(steps.train_step, models=models, txs=txs, config=config,
+                                   phase=phase),
                  in_shardings=(repl, batch_sh, repl), out_shardings=(repl, repl),
                  donate_argnums=(0,))
 
 
 def restore_params(workdir: str, config: ml_collections.ConfigDict, mesh):
-  """(model, params, step) from the newest checkpoint in `workdir` (for the CLIs)."""
-  model, _, state = build(config, mesh)
+  """(models, params, step) from the newest checkpoint in `workdir` (for the CLIs)."""
+  models, _, state = build(config, mesh)
   ckpt = checkpointing.Checkpointer(workdir, keep=config.train.keep_checkpoints)
   restored = ckpt.restore_latest(checkpointing.abstract_like(state))
   ckpt.close()
   if restored is None:
     raise FileNotFoundError(f'no checkpoint in {checkpointing.checkpoint_dir(workdir)}')
-  return model, restored[0].params, restored[1]
+  return models, restored[0].params, restored[1]
 
 
 def test_embeddings(workdir: str) -> dict:
@@ -88,20 +89,24 @@ def test_embeddings(workdir: str) -> dict:
     return cached
   logging.info('embedding the test split with checkpoint %d', saved_steps[-1])
   mesh = sharding.make_mesh()
-  model, params, step = restore_params(workdir, config, mesh)
-  _, emb = retrieval.RetrievalEvaluator(config, mesh, model).run(params)
+  models, params, step = restore_params(workdir, config, mesh)
+  _, emb = retrieval.RetrievalEvaluator(config, mesh, models).run(params)
   emb['step'] = step
   return emb
 
 
-def evaluate(evaluator, state, step: int, workdir: str, writer) -> dict:
-  """Retrieval on the test split: results.json, embeddings, similarity PNG, scalars."""
-  results, emb = evaluator.run(state.params)
-  results['step'] = step
+def evaluate(evaluators: dict, state, step: int, workdir: str, writer,
+             config: ml_collections.ConfigDict) -> dict:
+  """Retrieval (and generation, once the denoiser trains): results.json, PNGs, scalars."""
+  results, emb = evaluators['retrieval'].run(state.params)
   logging.info('step %d retrieval: v2a R@1 %.2f%%  a2v R@1 %.2f%%  (chance %.2f%%)', step,
                results['retrieval/v2a_R@1'], results['retrieval/a2v_R@1'],
                results['retrieval/chance_R@1'])
-  writer.write_scalars(step, {k: v for k, v in results.items() if k != 'step'})
+  if steps.generator_trained(config, step):
+    results.update(evaluators['generation'].run(state.params, step, workdir, writer))
+  results['step'] = step
+  writer.write_scalars(step, {k: v for k, v in results.items()
+                              if k != 'step' and isinstance(v, (int, float))})
   if jax.process_index() == 0:
     with open(os.path.join(workdir, 'results.json'), 'w') as f:
       json.dump(results, f, indent=2, sort_keys=True)
@@ -113,6 +118,12 @@ def evaluate(evaluator, state, step: int, workdir: str, writer) -> dict:
   return results
 
 
+def _mean_metrics(fetched: list[dict]) -> dict:
+  """Mean of each metric over the steps that logged it (phases log different metrics)."""
+  keys = {k for m in fetched for k in m}
+  return {k: float(np.mean([m[k] for m in fetched if k in m])) for k in sorted(keys)}
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains `config` in `workdir` (resuming if it holds checkpoints); returns the last results."""
   mesh = sharding.make_mesh()
@@ -122,7 +133,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   logging.info('experiment %s on %d devices (%d processes), workdir %s', config.experiment,
                mesh.size, jax.process_count(), workdir)
 
-  model, tx, state = build(config, mesh)
+  models, txs, state = build(config, mesh)
   logging.info('%d parameters', sum(x.size for x in jax.tree.leaves(state.params)))
   train_iter = iter(pipeline.train_loader(config))
   ckpt = checkpointing.Checkpointer(workdir, keep=config.train.keep_checkpoints)
@@ -134,8 +145,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   metrics_jsonl = os.path.join(workdir, 'metrics.jsonl')
   metrics_io.truncate_jsonl(metrics_jsonl, after_step=start)
 
-  train_step = jit_train_step(model, tx, config, mesh)
-  evaluator = retrieval.RetrievalEvaluator(config, mesh, model)
+  # One compiled step per phase, compiled when its phase first runs.
+  train_steps = {phase: jit_train_step(models, txs, config, mesh, phase)
+                 for phase in steps.TRAINED}
+  evaluators = {'retrieval': retrieval.RetrievalEvaluator(config, mesh, models),
+                'generation': generation.GenerationEvaluator(config, mesh, models)}
   writer = metrics_io.MetricWriter(workdir)
   progress = metrics_io.Progress(start, config.train.num_steps)
   rng = jax.random.key(config.seed + 1)
@@ -144,12 +158,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   for step in range(start + 1, t.num_steps + 1):
     batch = sharding.global_batch(mesh, pipeline.select(next(train_iter)))
-    state, metrics = train_step(state, batch, rng)
+    phase = steps.phase_at(config, step)
+    if phase != steps.phase_at(config, step - 1) and step > 1:
+      logging.info('step %d: %s phase starts', step, phase)
+    state, metrics = train_steps[phase](state, batch, rng)
     pending.append(metrics)
     if step % t.log_every_steps == 0 or step == t.num_steps:
       # Mean over the steps since the last log line; fetched once, so steps stay async.
       fetched, pending = jax.device_get(pending), []
-      summary = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
+      summary = _mean_metrics(fetched)
       summary.update(progress.update(step))
       summary['train/examples_per_sec'] = summary['steps_per_sec'] * t.batch_size
       writer.write_scalars(step, summary)
@@ -157,11 +174,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if step % t.checkpoint_every_steps == 0 or step == t.num_steps:
       ckpt.save(step, state, train_iter, config.to_json_best_effort())
     if step % t.eval_every_steps == 0 or step == t.num_steps:
-      results = evaluate(evaluator, state, step, workdir, writer)
+      results = evaluate(evaluators, state, step, workdir, writer, config)
 
   if start >= t.num_steps:
     logging.info('workdir already trained to step %d; evaluating', start)
-    results = evaluate(evaluator, state, start, workdir, writer)
+    results = evaluate(evaluators, state, start, workdir, writer, config)
   ckpt.close()
   writer.close()
   if jax.process_index() == 0:

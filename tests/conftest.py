@@ -13,7 +13,7 @@ from configs import common  # pylint: disable=g-import-not-at-top
 
 
 def tiny_config(name: str = 'msa', **overrides):
-  """`configs/NAME.py:runlocal` shrunk to 8 frames of 32x32, a tiny model and 4 steps."""
+  """`configs/NAME.py:runlocal` shrunk to 8 frames of 32x32, tiny models and 4 steps."""
   config = importlib.import_module(f'configs.{name}').get_config('runlocal')
   config.data.num_frames = 8
   config.data.image_size = 32
@@ -31,6 +31,17 @@ def tiny_config(name: str = 'msa', **overrides):
   config.train.eval_every_steps = 4
   config.eval.num_test_clips = 16
   config.eval.batch_size = 8
+  config.eval.num_generate_clips = 8
+  config.eval.num_summary_clips = 2
+  config.eval.sample_steps = 4
+  config.eval.griffin_lim_iters = 4
+  config.unet.widths = (16, 32)
+  config.unet.attention_levels = (1,)
+  config.unet.level_scales = (0, 1)
+  config.unet.num_heads = 2
+  config.unet.stem_patch = (2, 8)
+  if config.diffusion.training == 'frozen':
+    config.diffusion.encoder_steps = 2  # Steps 1-2 contrastive, 3-4 the denoiser alone.
   for key, value in overrides.items():
     group, field = key.split('.')
     config[group][field] = value

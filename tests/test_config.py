@@ -5,12 +5,12 @@ import sys
 
 import pytest
 
-from configs import cavp, common, msa
+from configs import cavp, common, msa, msa_msd, msd
 from gmscavp_jax import config_validation
 from tests.conftest import ROOT, tiny_config
 
 
-@pytest.mark.parametrize('module', [cavp, msa])
+@pytest.mark.parametrize('module', [cavp, msa, msd, msa_msd])
 @pytest.mark.parametrize('arg', [None, 'runlocal'])
 def test_configs_are_valid(module, arg):
   config = module.get_config(arg)
@@ -32,6 +32,19 @@ def test_cavp_is_msa_at_one_temporal_level_without_adaptive_weights():
   assert not c.loss.adaptive_weights and m.loss.adaptive_weights
 
 
+def test_table3_generator_training():
+  # cavp/msa: a second stage on frozen encoders, as many UNet steps as the joint configs.
+  for module in (cavp, msa):
+    c = module.get_config('runlocal')
+    assert c.diffusion.training == 'frozen'
+    assert c.train.num_steps - c.diffusion.encoder_steps == msa_msd.get_config(
+        'runlocal').train.num_steps
+  for module in (msd, msa_msd):
+    assert module.get_config('runlocal').diffusion.training == 'joint'
+  assert msd.get_config().model.scale_pools == cavp.get_config().model.scale_pools
+  assert msa_msd.get_config().model.scale_pools == msa.get_config().model.scale_pools
+
+
 def test_learning_rate_default_is_the_papers():
   assert msa.get_config().train.learning_rate == 1e-4
 
@@ -51,9 +64,16 @@ def test_unknown_variant_is_rejected():
     ('loss.temperature_init', 5.0, 'temperature_max'),
     ('audio.fmax', 9000.0, 'sample_rate/2'),
     ('data.name', 'vggsound', 'data.data_dir'),
+    ('unet.level_scales', (0, 9), 'video scale index'),
+    ('unet.widths', (12, 32), 'divisible by unet.num_groups'),
+    ('diffusion.training', 'later', "'joint', 'frozen' or 'none'"),
+    ('diffusion.prediction', 'x0', "'eps' or 'v'"),
+    ('diffusion.encoder_steps', 4, 'second stage'),
+    ('eval.sampler', 'euler', 'one of'),
+    ('eval.num_generate_clips', 32, 'eval.num_test_clips'),
 ])
 def test_bad_values_name_the_field(field, value, message):
-  config = tiny_config('msa', **{field: value})
+  config = tiny_config('msa', **{field: value})  # msa trains its denoiser in a second stage.
   with pytest.raises(config_validation.ConfigError, match=message) as e:
     config_validation.validate(config)
   assert f'config.{field.split(".")[0]}' in str(e.value)

@@ -1,16 +1,21 @@
-"""The real trainer end to end on tiny configs: workdir files, resume, CLI errors."""
+"""The real trainer end to end on tiny configs: workdir files, resume, generation, CLIs."""
 
 import json
 import os
 import subprocess
 import sys
 
+import av
 import numpy as np
 import pytest
+import scipy.io.wavfile
 
+from gmscavp_jax import generate
 from gmscavp_jax import metrics_io
-from gmscavp_jax.evaluators import retrieval
 from gmscavp_jax import train
+from gmscavp_jax.data import media
+from gmscavp_jax.data import pipeline
+from gmscavp_jax.evaluators import retrieval
 from tests.conftest import ROOT, tiny_config
 
 
@@ -20,7 +25,7 @@ def msa_workdir(tmp_path_factory):
   return workdir, train.train_and_evaluate(tiny_config('msa'), workdir)
 
 
-@pytest.mark.parametrize('name', ['cavp', 'msa'])
+@pytest.mark.parametrize('name', ['cavp', 'msa', 'msd', 'msa_msd'])
 def test_train_and_evaluate_fills_the_workdir(name, tmp_path, msa_workdir):
   if name == 'msa':
     workdir, results = msa_workdir
@@ -28,7 +33,7 @@ def test_train_and_evaluate_fills_the_workdir(name, tmp_path, msa_workdir):
     workdir = str(tmp_path)
     results = train.train_and_evaluate(tiny_config(name), workdir)
   for f in ('config.json', 'metrics.jsonl', 'results.json', 'test_embeddings.npz',
-            'plots/similarity.png', 'plots/loss.png'):
+            'plots/similarity.png', 'plots/loss.png', 'plots/generated.png'):
     assert os.path.exists(os.path.join(workdir, f)), f
   assert sorted(os.listdir(os.path.join(workdir, 'checkpoints')))[-1] == '4'
   assert os.listdir(os.path.join(workdir, 'tensorboard'))
@@ -45,6 +50,17 @@ def test_train_and_evaluate_fills_the_workdir(name, tmp_path, msa_workdir):
   assert saved['retrieval/num_clips'] == 16
   assert saved['retrieval/chance_R@1'] == pytest.approx(100 / 16)
   assert 0 <= saved['retrieval/v2a_R@1'] <= 100
+  # Every Table 3 config has trained its denoiser by the last step, and scores generation.
+  for key in ('gen/onset_hit@100ms', 'gen/onset_hit@50ms', 'gen/onset_hit@100ms_shuffled',
+              'gen/onset_hit@100ms_real', 'gen/onset_precision@100ms'):
+    assert 0 <= saved[key] <= 100, key
+  assert saved['gen/num_clips'] == 8
+  joint = name in ('msd', 'msa_msd')
+  # Joint configs train the denoiser from step 1; two-stage ones only after encoder_steps.
+  msd_steps = [r['step'] for r in train_rows if 'train/loss/msd_loss' in r]
+  assert msd_steps == ([1, 2, 3, 4] if joint else [3, 4])
+  assert [('train/loss/msa' in r) for r in train_rows] == (
+      [True] * 4 if joint else [True, True, False, False])
   # The saved config is the resolved one and loads back.
   assert train.load_config(workdir).model.scale_pools == tiny_config(name).model.scale_pools
 
@@ -93,9 +109,15 @@ def _run_main(workdir, num_steps, cache_dir):
       ('train', 'checkpoint_every_steps', 3), ('train', 'eval_every_steps', 100),
       ('data', 'num_frames', 8), ('data', 'image_size', 32), ('data', 'worker_count', 0),
       ('train', 'batch_size', 8), ('train', 'warmup_steps', 1), ('train', 'log_every_steps', 1),
-      ('model', 'embed_dim', 16), ('eval', 'num_test_clips', 16), ('eval', 'batch_size', 8))]
-  args += [f'--config.model.{k}={",".join(map(str, config.model[k]))}'
-           for k in ('scale_pools', 'scale_grids', 'video_widths', 'audio_widths')]
+      ('model', 'embed_dim', 16), ('eval', 'num_test_clips', 16), ('eval', 'batch_size', 8),
+      ('eval', 'num_generate_clips', 8), ('eval', 'sample_steps', 4),
+      ('eval', 'num_summary_clips', 2), ('unet', 'num_heads', 2),
+      ('diffusion', 'encoder_steps', 4))]
+  args += [f'--config.{g}.{k}={",".join(map(str, config[g][k]))}'
+           for g, k in (('model', 'scale_pools'), ('model', 'scale_grids'),
+                        ('model', 'video_widths'), ('model', 'audio_widths'),
+                        ('unet', 'widths'), ('unet', 'attention_levels'),
+                        ('unet', 'level_scales'), ('unet', 'stem_patch'))]
   env = dict(os.environ, GMSCAVP_COMPILATION_CACHE=cache_dir)
   r = subprocess.run([sys.executable, '-m', 'gmscavp_jax.main', '--config=configs/msa.py:runlocal',
                       f'--workdir={workdir}', *args], cwd=ROOT, env=env, capture_output=True,
@@ -106,12 +128,58 @@ def _run_main(workdir, num_steps, cache_dir):
 
 
 def test_resume_after_restart_matches_an_uninterrupted_run(tmp_path):
+  # msa.py trains encoders for 4 steps, then the denoiser alone: the restart at step 3
+  # resumes inside the first phase and runs across the phase boundary.
   cache = str(tmp_path / 'xla_cache')
   straight = _run_main(str(tmp_path / 'straight'), 6, cache)
   _run_main(str(tmp_path / 'resumed'), 3, cache)  # Stops at step 3, checkpoint saved.
   resumed = _run_main(str(tmp_path / 'resumed'), 6, cache)  # A new process continues.
   assert sorted(resumed) == [1, 2, 3, 4, 5, 6]
+  assert 'train/loss/msd_loss' in straight[5] and 'train/loss/msa' not in straight[5]
   for step in (4, 5, 6):
-    for key in ('train/loss', 'train/grad_norm', 'train/param_norm'):
-      np.testing.assert_allclose(resumed[step][key], straight[step][key], rtol=1e-6,
-                                 err_msg=f'{key} at step {step}')
+    assert set(resumed[step]) == set(straight[step])
+    for key in straight[step]:
+      if key.startswith('train/') and 'per_sec' not in key:
+        np.testing.assert_allclose(resumed[step][key], straight[step][key], rtol=1e-6,
+                                   err_msg=f'{key} at step {step}')
+
+
+def test_generate_for_a_test_clip(msa_workdir, tmp_path):
+  workdir, _ = msa_workdir
+  out = generate.generate(workdir, str(tmp_path), test_index=1, num_steps=3)
+  config = train.load_config(workdir)
+  num_samples = round(config.data.num_frames / config.data.fps * config.audio.sample_rate)
+  rate, wave = scipy.io.wavfile.read(out['wav'])
+  assert rate == config.audio.sample_rate and len(wave) == num_samples
+  assert os.path.getsize(out['png']) > 0
+  with av.open(out['mp4']) as container:
+    assert len(container.streams.video) == 1 and len(container.streams.audio) == 1
+  frames = media.read_video_clip(out['mp4'], num_frames=config.data.num_frames,
+                                 fps=config.data.fps, image_size=config.data.image_size)
+  assert frames.shape == (config.data.num_frames, 32, 32, 3)
+  assert 0 <= out['onset_hit@100ms'] <= 100 and out['true_onsets']
+
+
+def test_generate_cli_on_an_mp4_and_its_errors(msa_workdir, tmp_path):
+  workdir, _ = msa_workdir
+  config = train.load_config(workdir)
+  # A video twice the clip length with sound: the CLI takes the window at --start_seconds.
+  clips = [pipeline.make_source(config, 'test')[i] for i in (0, 1)]
+  video = str(tmp_path / 'long.mp4')
+  media.write_video(video, np.concatenate([c['frames'] for c in clips]), config.data.fps,
+                    np.concatenate([c['waveform'] for c in clips]), config.audio.sample_rate)
+  out_dir = tmp_path / 'out'
+  r = subprocess.run([sys.executable, '-m', 'gmscavp_jax.generate', f'--workdir={workdir}',
+                      f'--video={video}', f'--output_dir={out_dir}', '--start_seconds=1.0',
+                      '--sampler=ddim', '--steps=3'], cwd=ROOT, capture_output=True, text=True,
+                     timeout=300)
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert sorted(os.listdir(out_dir)) == ['long.mp4', 'long.wav', 'long_spectrogram.png']
+  # Too short for the clip length: one line naming the file and the reason, exit status 1.
+  short = str(tmp_path / 'short.mp4')
+  media.write_video(short, clips[0]['frames'][:3], config.data.fps)
+  r = subprocess.run([sys.executable, '-m', 'gmscavp_jax.generate', f'--workdir={workdir}',
+                      f'--video={short}', f'--output_dir={out_dir}'], cwd=ROOT,
+                     capture_output=True, text=True, timeout=300)
+  assert r.returncode == 1, r.stderr[-2000:]
+  assert 'short.mp4' in r.stderr and 'too short' in r.stderr and 'Traceback' not in r.stderr

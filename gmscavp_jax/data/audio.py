@@ -1,4 +1,4 @@
-"""Log-mel spectrograms in JAX, matching librosa's defaults (DESIGN §3).
+"""Log-mel spectrograms in JAX, matching librosa's defaults, and their inverses (DESIGN §3).
 
 The front end is: centred frames (zero padding of n_fft // 2 on each side), a periodic Hann
 window, |rfft|^2 power, a Slaney-scale, Slaney-normalised mel filterbank, then
@@ -9,6 +9,8 @@ Precision: in float32 the result is within 1e-4 of librosa on the synthetic clip
 over 20 of them), but XLA's float32 FFT leaks ~1e-7 x the peak into every bin, so a loud
 pure tone over weak noise can differ by ~2e-4 in bins just above `log_floor`. Under x64 with
 float64 input the same code computes in float64 and matches to ~1e-7.
+
+The inverses (`istft`, `mel_to_linear_power`) feed the Griffin-Lim vocoder in vocoder.py.
 """
 
 import functools
@@ -23,6 +25,9 @@ _SLANEY_F_SP = 200.0 / 3.0
 _SLANEY_MIN_LOG_HZ = 1000.0
 _SLANEY_MIN_LOG_MEL = _SLANEY_MIN_LOG_HZ / _SLANEY_F_SP
 _SLANEY_LOGSTEP = np.log(6.4) / 27.0
+
+# istft floors the window-sum-square at this fraction of its peak (see istft).
+_WSS_FLOOR = 1e-3
 
 
 def hz_to_mel(hz: np.ndarray) -> np.ndarray:
@@ -94,6 +99,101 @@ def _frame(padded: jax.Array, num_frames: int, n_fft: int, hop_length: int) -> j
   return padded[..., index]
 
 
+@functools.partial(jax.jit, static_argnames=('n_fft', 'win_length', 'hop_length'))
+def stft(waveform: jax.Array, *, n_fft: int, win_length: int, hop_length: int) -> jax.Array:
+  """Complex STFT of the front end: (..., S) waveforms -> (..., Ta, n_fft // 2 + 1).
+
+  Centred frames (n_fft // 2 zeros on each side), every `hop_length` samples, times a
+  periodic Hann window of `win_length`; Ta = S // hop_length (librosa's last centred frame
+  dropped). Complex64 for float32 input (complex128 for float64 under x64).
+  """
+  waveform = jnp.asarray(waveform)
+  if not jnp.issubdtype(waveform.dtype, jnp.floating):
+    waveform = waveform.astype(jnp.float32)
+  num_frames = num_audio_frames(waveform.shape[-1], hop_length)
+  if num_frames < 1:
+    raise ValueError(f'waveform of {waveform.shape[-1]} samples is shorter than one hop '
+                     f'({hop_length})')
+  pad = n_fft // 2
+  padded = jnp.pad(waveform, [(0, 0)] * (waveform.ndim - 1) + [(pad, pad)])
+  frames = _frame(padded, num_frames, n_fft, hop_length)  # (..., Ta, n_fft)
+  frames = frames * jnp.asarray(periodic_hann(win_length, n_fft), waveform.dtype)
+  return jnp.fft.rfft(frames, n=n_fft, axis=-1)
+
+
+def _overlap_add(frames: jax.Array, hop_length: int, length: int) -> jax.Array:
+  """(..., Ta, n_fft) frames placed every `hop_length` samples and summed -> (..., length)."""
+  num_frames, n_fft = frames.shape[-2:]
+  lead = frames.shape[:-2]
+  if n_fft % hop_length == 0:
+    # Inverse of `_frame`'s fast path: frame k's j-th hop-sized block lands on output block
+    # k + j, so r shifted (padded) copies summed do it without a scatter.
+    r = n_fft // hop_length
+    blocks = frames.reshape(lead + (num_frames, r, hop_length))
+    no_pad = [(0, 0)] * len(lead)
+    out = sum(
+        jnp.pad(blocks[..., j, :], no_pad + [(j, r - 1 - j), (0, 0)]) for j in range(r))
+    out = out.reshape(lead + ((num_frames + r - 1) * hop_length,))
+  else:
+    index = np.arange(num_frames)[:, None] * hop_length + np.arange(n_fft)[None, :]
+    out = jnp.zeros(lead + (int(index.max()) + 1,), frames.dtype).at[..., index].add(frames)
+  if out.shape[-1] < length:
+    out = jnp.pad(out, [(0, 0)] * len(lead) + [(0, length - out.shape[-1])])
+  return out[..., :length]
+
+
+@functools.partial(jax.jit, static_argnames=('n_fft', 'win_length', 'hop_length'))
+def istft(spectrum: jax.Array, *, n_fft: int, win_length: int, hop_length: int) -> jax.Array:
+  """Inverse of `stft`: (..., Ta, n_fft // 2 + 1) complex -> (..., Ta * hop_length) real.
+
+  Least-squares inverse (Griffin & Lim): windowed overlap-add divided by the window's sum of
+  squares, then the centre padding removed. For the `stft` of a signal it gives the signal
+  back, bar the last few samples: they are covered only by the falling edge of the last
+  window (`stft` drops librosa's final frame), where the window-sum-square tends to 0.
+  Dividing by it would amplify the inconsistencies of a Griffin-Lim spectrum without bound,
+  so it is floored at 1e-3 of its peak: the last ~2.8 ms (22 samples for a 400-sample Hann
+  window) fade out instead.
+  """
+  spectrum = jnp.asarray(spectrum)
+  num_frames = spectrum.shape[-2]
+  if spectrum.shape[-1] != n_fft // 2 + 1:
+    raise ValueError(f'spectrum has {spectrum.shape[-1]} bins, expected n_fft // 2 + 1 = '
+                     f'{n_fft // 2 + 1}')
+  window = periodic_hann(win_length, n_fft)
+  frames = jnp.fft.irfft(spectrum, n=n_fft, axis=-1)  # (..., Ta, n_fft)
+  dtype = frames.dtype
+  frames = frames * jnp.asarray(window, dtype)
+  pad, length = n_fft // 2, num_frames * hop_length
+  signal = _overlap_add(frames, hop_length, pad + length)[..., pad:]
+  # The window-sum-square is data independent: numpy, once per trace.
+  wss = np.zeros(max(pad + length, (num_frames - 1) * hop_length + n_fft))
+  for k in range(num_frames):
+    wss[k * hop_length:k * hop_length + n_fft] += window**2
+  wss = wss[pad:pad + length]
+  wss = np.maximum(wss, _WSS_FLOOR * wss.max())
+  return signal / jnp.asarray(wss, dtype)
+
+
+def mel_to_linear_power(mel_power: jax.Array, *, filterbank: np.ndarray) -> jax.Array:
+  """Approximate inverse of the mel projection: (..., Ta, F) -> (..., Ta, n_fft // 2 + 1).
+
+  Multiplies by the Moore-Penrose pseudo-inverse of `filterbank` ((K, F) numpy, as from
+  `mel_filterbank`), the least-squares (minimum-norm) power spectrum whose mel projection
+  is `mel_power`, and clips the negative powers that least squares leaves at 0. `filterbank`
+  must be concrete: its pinv is computed with numpy once per call or jit trace.
+  """
+  inverse = np.linalg.pinv(np.asarray(filterbank, np.float64))  # (F, K)
+  mel_power = jnp.asarray(mel_power)
+  if not jnp.issubdtype(mel_power.dtype, jnp.floating):
+    mel_power = mel_power.astype(jnp.float32)
+  if mel_power.shape[-1] != inverse.shape[0]:
+    raise ValueError(f'mel_power has {mel_power.shape[-1]} mel bins but the filterbank has '
+                     f'{inverse.shape[0]}')
+  power = jnp.matmul(mel_power, jnp.asarray(inverse, mel_power.dtype),
+                     precision=jax.lax.Precision.HIGHEST)
+  return jnp.maximum(power, 0.0)
+
+
 @functools.partial(
     jax.jit,
     static_argnames=('sample_rate', 'n_fft', 'win_length', 'hop_length', 'n_mels', 'fmin',
@@ -108,20 +208,9 @@ def log_mel_spectrogram(waveform: jax.Array, *, sample_rate: int, n_fft: int,
   every setting static; any leading batch dimensions. Computes in the waveform's float dtype
   (float32 unless it is float64 under x64).
   """
-  waveform = jnp.asarray(waveform)
-  if not jnp.issubdtype(waveform.dtype, jnp.floating):
-    waveform = waveform.astype(jnp.float32)
-  dtype = waveform.dtype
-  num_frames = num_audio_frames(waveform.shape[-1], hop_length)
-  if num_frames < 1:
-    raise ValueError(f'waveform of {waveform.shape[-1]} samples is shorter than one hop '
-                     f'({hop_length})')
-  pad = n_fft // 2
-  padded = jnp.pad(waveform, [(0, 0)] * (waveform.ndim - 1) + [(pad, pad)])
-  frames = _frame(padded, num_frames, n_fft, hop_length)  # (..., Ta, n_fft)
-  frames = frames * jnp.asarray(periodic_hann(win_length, n_fft), dtype)
-  spectrum = jnp.fft.rfft(frames, n=n_fft, axis=-1)  # (..., Ta, K)
-  power = jnp.square(spectrum.real) + jnp.square(spectrum.imag)
+  spectrum = stft(waveform, n_fft=n_fft, win_length=win_length, hop_length=hop_length)
+  dtype = spectrum.real.dtype
+  power = jnp.square(spectrum.real) + jnp.square(spectrum.imag)  # (..., Ta, K)
   filters = jnp.asarray(mel_filterbank(sample_rate, n_fft, n_mels, fmin, fmax), dtype)
   # HIGHEST: TPUs would otherwise multiply in bf16 and miss the 1e-4 match with librosa.
   mel = jnp.matmul(power, filters, precision=jax.lax.Precision.HIGHEST)  # (..., Ta, F)

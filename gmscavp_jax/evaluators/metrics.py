@@ -1,8 +1,10 @@
-"""Pure metrics on numpy arrays (no model, no data): retrieval recall@k and ranks."""
+"""Pure metrics on numpy arrays (no model, no data): retrieval recall@k and ranks, and
+onset detection with CMMD's hit-rate (DESIGN §5)."""
 
 from collections.abc import Sequence
 
 import numpy as np
+import scipy.ndimage
 
 
 def positive_ranks(sim: np.ndarray) -> np.ndarray:
@@ -45,3 +47,147 @@ def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
   k = min(k, len(scores))
   idx = np.argsort(-np.asarray(scores), kind='stable')[:k]
   return idx, np.asarray(scores)[idx]
+
+
+# Onset detection and CMMD's hit-rate (DESIGN §5). Pure numpy/scipy on log-mel arrays.
+
+
+def onset_strength(log_mel: np.ndarray, *, lag: int = 1, max_size: int = 3) -> np.ndarray:
+  """Spectral-flux onset strength of a log-mel spectrogram: (Ta, F) -> (Ta,) >= 0.
+
+  Frame t scores the mean over mel bins of max(0, log_mel[t] - ref[t - lag]), where ref is
+  log_mel max-filtered over `max_size` neighbouring mel bins (Böck & Widmer's SuperFlux):
+  a partial that drifts by a bin (vibrato, a gliding tone) then raises no flux, a new sound
+  does. The first `lag` frames are 0. Units: nats of power per frame (log_mel is ln power).
+  """
+  log_mel = np.asarray(log_mel, np.float64)
+  if log_mel.ndim != 2:
+    raise ValueError(f'log_mel must be (Ta, F), got shape {log_mel.shape}')
+  if lag < 1:
+    raise ValueError(f'lag={lag} must be >= 1')
+  ref = scipy.ndimage.maximum_filter1d(log_mel, size=max_size, axis=1) if max_size > 1 else (
+      log_mel)
+  flux = np.maximum(log_mel[lag:] - ref[:-lag], 0.0).mean(axis=1)
+  return np.concatenate([np.zeros(min(lag, len(log_mel))), flux])
+
+
+def detect_onsets(log_mel: np.ndarray, frame_rate: float, *, delta: float = 0.15,
+                  wait_s: float = 0.03, pre_max_s: float = 0.03, post_max_s: float = 0.03,
+                  pre_avg_s: float = 0.1, post_avg_s: float = 0.1,
+                  max_size: int = 1) -> np.ndarray:
+  """Onset times in seconds (sorted 1-D float64) of a (Ta, F) log-mel spectrogram.
+
+  Peak picking on `onset_strength` rescaled to [0, 1] (min to 0, max to 1), as
+  librosa.util.peak_pick: frame k is an onset if it is the maximum of frames
+  [k - pre_max, k + post_max], at least `delta` above the mean of frames
+  [k - pre_avg, k + post_avg] (windows cut at the edges), and more than `wait` frames after
+  the previous onset. Window lengths are given in seconds and rounded to frames. Frames are
+  centred, so frame k is time k / frame_rate.
+
+  The defaults are tuned on the synthetic benchmark (8 kHz, 200-sample hop: 40 frames/s),
+  where plain flux (max_size=1) beats SuperFlux's max filter: over 64 test clips they reach
+  a hit-rate of 88.6% at +-50 ms with 94% precision (see tests/test_metrics.py). Real
+  recordings with vibrato may prefer max_size=3.
+
+  Args:
+    log_mel: (Ta, F) natural-log mel power (audio.log_mel_spectrogram).
+    frame_rate: log-mel frames per second (sample_rate / hop_length).
+    delta: threshold above the local mean, in units of the clip's strength range.
+    wait_s, pre_max_s, post_max_s, pre_avg_s, post_avg_s: window lengths in seconds.
+    max_size: mel-bin span of onset_strength's max filter (1 = plain spectral flux).
+  Returns:
+    (N,) onset times in seconds; empty for a clip with constant strength (e.g. silence).
+  """
+  if not frame_rate > 0:
+    raise ValueError(f'frame_rate={frame_rate} must be positive')
+  strength = onset_strength(log_mel, max_size=max_size)
+  strength = strength - strength.min()
+  if not strength.max() > 0:
+    return np.zeros(0)
+  strength /= strength.max()
+  n = len(strength)
+  pre_max, post_max, pre_avg, post_avg, wait = (
+      int(round(s * frame_rate)) for s in (pre_max_s, post_max_s, pre_avg_s, post_avg_s,
+                                           wait_s))
+  padded = np.pad(strength, (pre_max, post_max), constant_values=-np.inf)
+  local_max = strength >= np.lib.stride_tricks.sliding_window_view(
+      padded, pre_max + post_max + 1).max(axis=1)
+  # Means over windows cut at the edges, from a cumulative sum.
+  cumulative = np.concatenate([[0.0], np.cumsum(strength)])
+  lo = np.maximum(np.arange(n) - pre_avg, 0)
+  hi = np.minimum(np.arange(n) + post_avg + 1, n)
+  local_mean = (cumulative[hi] - cumulative[lo]) / (hi - lo)
+  candidates = np.flatnonzero(local_max & (strength >= local_mean + delta))
+  onsets, last = [], -np.inf
+  for k in candidates:  # Few candidates per clip: a plain loop is clearest.
+    if k > last + wait:
+      onsets.append(k)
+      last = k
+  return np.asarray(onsets, np.float64) / frame_rate
+
+
+def _count_matches(detected: np.ndarray, reference: np.ndarray, tolerance: float) -> int:
+  """Size of a maximum one-to-one matching with |detected - reference| <= tolerance.
+
+  Both sorted. Every reference's window has the same width, so the windows' starts and ends
+  are in the same order, and matching each reference, in time order, to the earliest
+  unmatched detection inside its window is optimal (the exchange argument of interval
+  scheduling): a two-pointer sweep, O(N + M).
+  """
+  hits = i = j = 0
+  while i < len(reference) and j < len(detected):
+    if detected[j] < reference[i] - tolerance:
+      j += 1  # Too early for this reference, hence for every later one.
+    elif detected[j] > reference[i] + tolerance:
+      i += 1  # No remaining detection reaches this reference.
+    else:
+      hits, i, j = hits + 1, i + 1, j + 1
+  return hits
+
+
+def onset_hit_rate(detected: Sequence[np.ndarray], reference: Sequence[np.ndarray],
+                   tolerance_s: float) -> dict:
+  """Onset hit-rate, precision and F1 (percent) over clips, at +-`tolerance_s` seconds.
+
+  CMMD (papers/002, §3.1) scores generated audio by the "hit rate between beats of generated
+  and ground truth audio" within +-100 ms (librosa beat tracks on music). We implement it
+  for sound-event onsets as recall with one-to-one matching: per clip, a maximum matching
+  pairs reference and detected onsets at most `tolerance_s` apart (inclusive, 1e-9 s of
+  slack for float rounding), each used at most once, so two detections near one reference
+  count once (this is mir_eval.onset's matching). Then, summed over clips:
+
+    hit_rate  = 100 * hits / reference onsets   (CMMD's hit rate),
+    precision = 100 * hits / detected onsets,
+    f1        = harmonic mean of the two.
+
+  A ratio with nothing to count (no reference or no detected onsets at all) is 0, as in
+  mir_eval; the counts are returned too.
+
+  Args:
+    detected: per clip, (N_i,) detected onset times in seconds (e.g. from generated audio).
+    reference: per clip, (M_i,) true onset times in seconds, >= 0 (strip the synthetic
+      source's -1 padding: onsets[:num_onsets]).
+    tolerance_s: half-width of the matching window in seconds, >= 0.
+  Returns:
+    {'hit_rate', 'precision', 'f1', 'num_hits', 'num_reference', 'num_detected'}, floats.
+  """
+  if len(detected) != len(reference):
+    raise ValueError(f'{len(detected)} detected onset lists for {len(reference)} reference '
+                     'lists; need one per clip in both')
+  if not tolerance_s >= 0:
+    raise ValueError(f'tolerance_s={tolerance_s} must be >= 0')
+  hits = num_reference = num_detected = 0
+  for det, ref in zip(detected, reference):
+    det = np.sort(np.asarray(det, np.float64).reshape(-1))
+    ref = np.sort(np.asarray(ref, np.float64).reshape(-1))
+    if ref.size and ref[0] < 0:
+      raise ValueError(f'reference onset times must be >= 0, got {ref[0]} (is the -1 '
+                       'padding still there? use onsets[:num_onsets])')
+    hits += _count_matches(det, ref, tolerance_s + 1e-9)
+    num_reference += ref.size
+    num_detected += det.size
+  hit_rate = 100.0 * hits / num_reference if num_reference else 0.0
+  precision = 100.0 * hits / num_detected if num_detected else 0.0
+  f1 = 2 * hit_rate * precision / (hit_rate + precision) if hits else 0.0
+  return dict(hit_rate=hit_rate, precision=precision, f1=f1, num_hits=float(hits),
+              num_reference=float(num_reference), num_detected=float(num_detected))

@@ -20,10 +20,10 @@ EMBEDDINGS_FILE = 'test_embeddings.npz'
 class RetrievalEvaluator:
   """Embeds the first `eval.num_test_clips` test clips and scores retrieval both ways."""
 
-  def __init__(self, config: ml_collections.ConfigDict, mesh: Mesh, model):
+  def __init__(self, config: ml_collections.ConfigDict, mesh: Mesh, models: steps.Models):
     self._config, self._mesh = config, mesh
     self._embed = jax.jit(
-        functools.partial(steps.embed_step, model=model, config=config),
+        functools.partial(steps.embed_step, models=models, config=config),
         in_shardings=(sharding.replicated(mesh), sharding.batch_sharded(mesh)),
         out_shardings=sharding.replicated(mesh))
 

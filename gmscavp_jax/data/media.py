@@ -1,0 +1,308 @@
+"""Reading and writing video and audio files with PyAV (FFmpeg), DESIGN §1-2.
+
+Reading turns an mp4 (or anything FFmpeg decodes) into the arrays the rest of the package
+uses: frames (T,H,W,3) uint8 resampled to the config's frame rate and square size, and a mono
+float32 waveform at the config's sample rate. Writing makes the outputs a user looks at: a
+16-bit WAV, and an mp4 (H.264 + AAC) with the generated soundtrack muxed in.
+
+Times are seconds from the start of the file (the container's start time), the same origin
+for video and audio so that the two stay in sync. Every problem with a file raises
+`MediaError`, whose message names the file and the reason.
+"""
+
+from fractions import Fraction
+import functools
+import os
+
+import av
+import numpy as np
+import scipy.io.wavfile
+
+# Containers round timestamps (millisecond time bases are common), so a frame stamped up to
+# this much after a sampling time still counts as "at" it.
+_TIME_SLACK_S = 1e-3
+# Peak that audio is rescaled to when it would otherwise clip on writing.
+_SAFE_PEAK = 0.9
+_AUDIO_ENCODER = 'aac'
+
+
+class MediaError(ValueError):
+  """A media file is missing, undecodable, or unfit for the request.
+
+  Attributes:
+    path: the file, as given.
+    reason: what is wrong with it.
+  """
+
+  def __init__(self, path: str | os.PathLike, reason: str):
+    self.path = os.fspath(path)
+    self.reason = reason
+    super().__init__(f'{self.path}: {reason}')
+
+
+def _check_readable(path, start_seconds: float) -> str:
+  """Returns `path` as a str; raises MediaError if it is missing or the start is negative."""
+  path = os.fspath(path)
+  if not os.path.isfile(path):
+    raise MediaError(path, 'not found')
+  if start_seconds < 0:
+    raise MediaError(path, f'start_seconds={start_seconds} is negative')
+  return path
+
+
+def _open(path: str):
+  """av.open for reading, with FFmpeg's errors turned into MediaError."""
+  try:
+    return av.open(path)
+  except av.error.FFmpegError as e:
+    raise MediaError(path, f'cannot be decoded: {e.strerror or e}') from e
+
+
+def _origin_seconds(container) -> float:
+  """The container's start time in seconds (0 if unknown): time 0 of every stream."""
+  return container.start_time / av.time_base if container.start_time is not None else 0.0
+
+
+def _resize_and_crop(frame: av.VideoFrame, size: int) -> np.ndarray:
+  """Shorter side scaled to `size` (area averaging), centre crop to (size, size, 3) uint8."""
+  scale = size / min(frame.width, frame.height)
+  width = max(size, round(frame.width * scale))
+  height = max(size, round(frame.height * scale))
+  image = frame.to_ndarray(width=width, height=height, format='rgb24', interpolation='AREA')
+  top, left = (height - size) // 2, (width - size) // 2
+  return image[top:top + size, left:left + size]
+
+
+def read_video_clip(path: str | os.PathLike, *, num_frames: int, fps: float, image_size: int,
+                    start_seconds: float = 0.0) -> np.ndarray:
+  """Decodes `num_frames` frames at `fps` from `start_seconds`: (T, H, W, 3) uint8, H = W.
+
+  Output frame i shows the decoded frame with the latest timestamp at or before
+  start_seconds + i / fps (nearest-previous resampling to the config's frame rate, so a
+  25 fps file read at 8 fps skips frames and a 4 fps file repeats them). Each is resized so
+  that its shorter side is `image_size`, then centre-cropped to a square.
+
+  The video must contain every sampled time: it may be at most one output frame period
+  shorter than start_seconds + num_frames / fps (real "10 s" clips are often 9.98 s).
+  Decoding starts at the beginning of the file (no seek: exact, and cheap for the short
+  clips of audio-visual datasets); only the picked frames are converted to RGB.
+
+  Raises:
+    MediaError: the file is missing, cannot be decoded, has no video stream or no frames,
+      is too short for the request, or `start_seconds` is negative.
+    ValueError: num_frames, fps or image_size is not positive.
+  """
+  if num_frames <= 0 or not fps > 0 or image_size <= 0:
+    raise ValueError(f'num_frames={num_frames}, fps={fps} and image_size={image_size} must '
+                     'be positive')
+  path = _check_readable(path, start_seconds)
+  targets = start_seconds + np.arange(num_frames) / fps
+  with _open(path) as container:
+    if not container.streams.video:
+      raise MediaError(path, 'has no video stream')
+    stream = container.streams.video[0]
+    stream.thread_type = 'AUTO'
+    origin = _origin_seconds(container)
+    default_duration = 1.0 / float(stream.average_rate) if stream.average_rate else 0.0
+    picks = []  # Output frames, in order.
+    previous, previous_image, end = None, None, 0.0
+    try:
+      for frame in container.decode(stream):
+        time = frame.time - origin if frame.time is not None else end
+        if previous is None:
+          previous = frame  # Times before the first frame (a late-starting stream) take it.
+        # Every target before this frame gets the previous one; only those are converted.
+        while len(picks) < num_frames and targets[len(picks)] < time - _TIME_SLACK_S:
+          if previous_image is None:
+            previous_image = _resize_and_crop(previous, image_size)
+          picks.append(previous_image)
+        if len(picks) == num_frames:
+          break
+        if frame is not previous:
+          previous, previous_image = frame, None
+        # Frame.duration is recent PyAV (>= 13); without it every frame lasts 1 / average_rate.
+        duration = getattr(frame, 'duration', None)
+        duration = float(duration * frame.time_base) if duration else 0.0
+        end = time + (duration or default_duration)
+    except av.error.FFmpegError as e:
+      raise MediaError(path, f'cannot be decoded: {e.strerror or e}') from e
+    if previous is None:
+      raise MediaError(path, 'has no decodable video frames')
+    # Targets after the last decoded frame are valid only while that frame lasts.
+    while len(picks) < num_frames and targets[len(picks)] < end - _TIME_SLACK_S:
+      if previous_image is None:
+        previous_image = _resize_and_crop(previous, image_size)
+      picks.append(previous_image)
+    if len(picks) < num_frames:
+      raise MediaError(
+          path, f'is too short: the video lasts {end:.3f} s but {targets[-1] + 1 / fps:.3f} s '
+          f'are needed (start {start_seconds:g} s + {num_frames} frames at {fps:g} fps)')
+  return np.stack(picks)
+
+
+def read_audio(path: str | os.PathLike, *, sample_rate: int, num_samples: int,
+               start_seconds: float = 0.0) -> np.ndarray:
+  """Decodes `num_samples` samples from `start_seconds`: (S,) float32 mono at `sample_rate`.
+
+  FFmpeg's resampler (av.AudioResampler) converts the rate and downmixes to mono. Audio that
+  ends a little early is zero-padded at the end; less than half of the request is an error.
+
+  Raises:
+    MediaError: the file is missing, cannot be decoded, has no audio stream, holds less than
+      half of the requested samples after `start_seconds`, or `start_seconds` is negative.
+    ValueError: sample_rate or num_samples is not positive.
+  """
+  if sample_rate <= 0 or num_samples <= 0:
+    raise ValueError(f'sample_rate={sample_rate} and num_samples={num_samples} must be positive')
+  path = _check_readable(path, start_seconds)
+  first = int(round(start_seconds * sample_rate))
+  with _open(path) as container:
+    if not container.streams.audio:
+      raise MediaError(path, 'has no audio stream')
+    stream = container.streams.audio[0]
+    origin = _origin_seconds(container)
+    resampler = av.AudioResampler(format='flt', layout='mono', rate=sample_rate)
+    chunks, have, head = [], 0, 0
+    try:
+      for frame in container.decode(stream):
+        if not chunks and frame.time is not None:
+          # Index 0 of the decoded audio must be time 0: a stream starting after the
+          # container is silent until then, one starting before it has `head` extra samples.
+          offset = int(round((frame.time - origin) * sample_rate))
+          chunks.append(np.zeros(max(offset, 0), np.float32))
+          have, head = max(offset, 0), max(-offset, 0)
+        for out in resampler.resample(frame):
+          chunks.append(out.to_ndarray().reshape(-1))
+          have += chunks[-1].size
+        if have >= head + first + num_samples:
+          break
+      else:
+        for out in resampler.resample(None):  # Flush what the resampler holds back.
+          chunks.append(out.to_ndarray().reshape(-1))
+    except av.error.FFmpegError as e:
+      raise MediaError(path, f'cannot be decoded: {e.strerror or e}') from e
+    waveform = np.concatenate(chunks or [np.zeros(0, np.float32)])[head:]
+    if stream.duration is not None and stream.time_base is not None:
+      # Decoders also return the encoder's padding of the last frame (up to 1024 samples of
+      # AAC); the stream's duration says where the real audio ends.
+      end = float((stream.start_time or 0) * stream.time_base) - origin + float(
+          stream.duration * stream.time_base)
+      waveform = waveform[:int(round(end * sample_rate))]
+  clip = waveform[first:first + num_samples].astype(np.float32)
+  if clip.size < num_samples / 2:
+    raise MediaError(
+        path, f'is too short: {clip.size / sample_rate:.3f} s of audio after '
+        f'{start_seconds:g} s, but {num_samples / sample_rate:.3f} s are needed')
+  return np.pad(clip, (0, num_samples - clip.size))
+
+
+def _safe_level(waveform: np.ndarray) -> np.ndarray:
+  """(S,) float32, rescaled to a peak of 0.9 if it would clip (|x| > 1), else unchanged."""
+  waveform = np.asarray(waveform, np.float32)
+  if waveform.ndim != 1:
+    raise ValueError(f'waveform must be (S,), got shape {waveform.shape}')
+  if not np.all(np.isfinite(waveform)):
+    raise ValueError('waveform has NaN or infinite samples')
+  peak = float(np.max(np.abs(waveform), initial=0.0))
+  return waveform * np.float32(_SAFE_PEAK / peak) if peak > 1.0 else waveform
+
+
+def _make_parent(path) -> str:
+  """Creates the parent directory of `path` if needed; returns `path` as a str."""
+  path = os.fspath(path)
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  return path
+
+
+def write_wav(path: str | os.PathLike, waveform: np.ndarray, sample_rate: int) -> None:
+  """Writes (S,) float audio in [-1, 1] as a 16-bit PCM mono WAV (creating parent dirs).
+
+  Audio that would clip (peak above 1) is rescaled to a peak of 0.9; quieter audio keeps its
+  level, so a generated clip can be compared with the real one by ear.
+  """
+  waveform = _safe_level(waveform)
+  pcm = np.round(np.clip(waveform, -1.0, 1.0) * 32767.0).astype(np.int16)
+  scipy.io.wavfile.write(_make_parent(path), int(sample_rate), pcm)
+
+
+@functools.lru_cache(maxsize=None)
+def has_encoder(name: str) -> bool:
+  """Whether PyAV's FFmpeg build can encode with codec `name` (e.g. 'libx264')."""
+  try:
+    av.codec.Codec(name, 'w')
+  except (av.codec.codec.UnknownCodecError, ValueError):
+    return False
+  return True
+
+
+def default_video_codec() -> str:
+  """'libx264' (H.264) when FFmpeg has it, else 'mpeg4' (MPEG-4 part 2, always built in)."""
+  return 'libx264' if has_encoder('libx264') else 'mpeg4'
+
+
+def _aac_rate(sample_rate: int) -> int:
+  """`sample_rate` if the AAC encoder takes it, else the next supported rate above it."""
+  rates = sorted(av.codec.Codec(_AUDIO_ENCODER, 'w').audio_rates or ())
+  if not rates or sample_rate in rates:
+    return sample_rate
+  return next((r for r in rates if r >= sample_rate), rates[-1])
+
+
+def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float,
+                waveform: np.ndarray | None = None, sample_rate: int | None = None, *,
+                video_codec: str | None = None) -> None:
+  """Writes (T, H, W, 3) uint8 frames, and optionally a soundtrack, as an mp4.
+
+  Video: `video_codec` (default `default_video_codec()`: H.264, else MPEG-4 part 2) in
+  yuv420p at `fps`, lasting exactly T / fps. yuv420p needs even sizes, so an odd height or
+  width is padded by repeating the last row or column. Audio: (S,) float `waveform` at
+  `sample_rate` Hz, cut or zero-padded to the video's length T / fps, rescaled like
+  `write_wav` if it would clip, encoded as mono AAC (at `sample_rate` when the encoder takes
+  it, else resampled up to the next rate it does). Parent directories are created.
+  """
+  frames = np.asarray(frames)
+  if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8 or not len(frames):
+    raise ValueError(f'frames must be (T, H, W, 3) uint8 with T > 0, got {frames.shape} '
+                     f'{frames.dtype}')
+  if not fps > 0:
+    raise ValueError(f'fps={fps} must be positive')
+  if waveform is not None and not sample_rate:
+    raise ValueError('a waveform needs its sample_rate')
+  # Pad odd sizes to even by edge replication (yuv420p halves the chroma resolution).
+  height, width = frames.shape[1:3]
+  frames = np.pad(frames, ((0, 0), (0, height % 2), (0, width % 2), (0, 0)), mode='edge')
+  rate = Fraction(fps).limit_denominator(1_000_000)  # Keeps NTSC's 30000/1001 exact.
+  codec = video_codec or default_video_codec()
+  with av.open(_make_parent(path), 'w', format='mp4') as container:
+    video = container.add_stream(codec, rate=rate)
+    video.height, video.width = frames.shape[1:3]
+    video.pix_fmt = 'yuv420p'
+    if codec == 'libx264':
+      video.options = {'crf': '18'}  # Visually lossless; the default 23 smears small frames.
+    else:
+      video.bit_rate = 4_000_000  # mpeg4's default (200 kb/s) is blocky at any real size.
+    audio = None
+    if waveform is not None:
+      num_samples = int(round(len(frames) / float(rate) * sample_rate))
+      waveform = _safe_level(waveform)[:num_samples]
+      waveform = np.pad(waveform, (0, num_samples - waveform.size))
+      audio_rate = _aac_rate(int(sample_rate))
+      audio = container.add_stream(_AUDIO_ENCODER, rate=audio_rate, layout='mono')
+    # The stream's time base is 1 / rate, so frame i's pts is i and the last frame lasts
+    # 1 / fps: the video stream's duration is exactly T / fps.
+    for i, image in enumerate(frames):
+      frame = av.VideoFrame.from_ndarray(image, format='rgb24')
+      frame.pts = i
+      container.mux(video.encode(frame))
+    container.mux(video.encode(None))
+    if audio is not None:
+      frame = av.AudioFrame.from_ndarray(waveform[None], format='flt', layout='mono')
+      frame.sample_rate, frame.pts = int(sample_rate), 0
+      if audio_rate != sample_rate:
+        resampler = av.AudioResampler(format='fltp', layout='mono', rate=audio_rate)
+        audio_frames = resampler.resample(frame) + resampler.resample(None)
+      else:
+        audio_frames = [frame]  # The encoder converts flt to its fltp itself.
+      for audio_frame in audio_frames:
+        container.mux(audio.encode(audio_frame))
+      container.mux(audio.encode(None))

@@ -1,0 +1,168 @@
+"""Batched samplers (DDPM, DDIM, DPM-Solver++(2M)) with classifier-free guidance.
+
+`sample` takes a denoise callable and never touches a model. The step loop is a
+`jax.lax.scan`, so jitting `sample` traces and compiles one step whatever `num_steps` is.
+
+All samplers visit the same K timesteps (see `timesteps`) and treat the step after the last
+one as "clean" (alpha_bar = 1): the final update returns the model's x0 prediction at the
+last listed timestep. This is what the DDIM update to alpha_bar = 1 gives, what the DDPM
+posterior with zero variance gives, and what DPM-Solver++ gives at sigma = 0 (with a
+first-order last step, as in k-diffusion), so all three end the same way.
+"""
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gmscavp_jax.diffusion import schedules
+
+SAMPLERS = ('ddpm', 'ddim', 'dpmpp2m')
+
+GuidedDenoiseFn = Callable[[jnp.ndarray, jnp.ndarray, bool], jnp.ndarray]
+
+
+def timesteps(num_train_steps: int, num_steps: int) -> np.ndarray:
+  """The K = num_steps timesteps a sampler visits, (K,) int32, strictly decreasing.
+
+  K points evenly spaced on [N-1, 0] (both ends included when K >= 2; K = 1 gives [N-1]),
+  rounded half up. The spacing (N-1)/(K-1) is >= 1 when K <= N, so rounding cannot merge two
+  points; the terminal step N-1 is always visited, where x_T ~ N(0, I) is meant to start.
+  """
+  if not 1 <= num_steps <= num_train_steps:
+    raise ValueError(f'sampling num_steps must be in [1, {num_train_steps}] (the schedule '
+                     f'length N), got {num_steps}')
+  grid = np.linspace(num_train_steps - 1, 0, num_steps, dtype=np.float64)
+  return np.floor(grid + 0.5).astype(np.int32)
+
+
+def guided_output(denoise_fn: GuidedDenoiseFn, x: jnp.ndarray, t: jnp.ndarray,
+                  guidance_scale: float) -> jnp.ndarray:
+  """Classifier-free guidance on the raw model output: uncond + w (cond - uncond).
+
+  Combined in the model's own output space (eps or v). For a fixed x_t, x0 and eps are
+  affine in that output and the weights (1 - w, w) sum to 1, so this is the same guidance
+  in eps, v or x0 space. w = 1 calls only the conditional model and w = 0 only the
+  unconditional one (w is a static Python float), which saves a call and makes w = 1
+  bit-identical to conditional-only sampling.
+  """
+  if guidance_scale == 1.0:
+    return denoise_fn(x, t, True)
+  if guidance_scale == 0.0:
+    return denoise_fn(x, t, False)
+  uncond = denoise_fn(x, t, False)
+  cond = denoise_fn(x, t, True)
+  return uncond + guidance_scale * (cond - uncond)
+
+
+def _resolve_eta(sampler: str, eta: float | None) -> float:
+  """The DDIM eta a sampler runs with; rejects an eta that the sampler would ignore.
+
+  None and 0.0 (a common config default) mean "unset" for 'ddpm' and 'dpmpp2m'.
+  """
+  fixed = {'ddpm': 1.0, 'dpmpp2m': 0.0}
+  if sampler in fixed:
+    if eta not in (None, 0.0, fixed[sampler]):
+      raise ValueError(f'eta={eta} is only used by the ddim sampler; {sampler!r} runs with '
+                       f'eta={fixed[sampler]}')
+    return fixed[sampler]
+  eta = 0.0 if eta is None else float(eta)
+  if eta < 0:
+    raise ValueError(f'ddim eta must be >= 0, got {eta}')
+  return eta
+
+
+# x_T keeps the papers' name for the terminal sample.
+def sample(denoise_fn: GuidedDenoiseFn, x_T: jnp.ndarray,  # pylint: disable=invalid-name
+           rng: jax.Array, alpha_bar: jnp.ndarray, *, sampler: str, num_steps: int,
+           prediction: str = 'eps', guidance_scale: float = 1.0, eta: float | None = None,
+           clip_x0: float | None = None) -> jnp.ndarray:
+  """Draws x0 from x_T by integrating the reverse process over `timesteps(N, num_steps)`.
+
+  Args:
+    denoise_fn: (x (B, ...), t (B,) int32, conditional: static bool) -> model output
+      (B, ...) under `prediction`; conditional=False means the learned null condition.
+    x_T: (B, ...) start noise at step N-1 (normally N(0, I)).
+    rng: key for the noise that 'ddpm' and 'ddim' with eta > 0 add; the key of step i is
+      fold_in(rng, i), and draws cover the full global shape, so with jax's default
+      (partitionable threefry) keys they do not depend on how the batch is sharded.
+    alpha_bar: (N,) schedule the model was trained with.
+    sampler: 'ddim' (eta, default 0: deterministic given x_T; eta > 0 adds eta times the
+      DDPM posterior std of noise), 'ddpm' (ancestral sampling on the same subsequence: DDIM
+      with eta = 1, whose per-step variance is the DDPM posterior variance between the two
+      visited steps) or 'dpmpp2m' (DPM-Solver++(2M), Lu et al. 2022: second-order multistep
+      on x0 predictions in lambda = log(a/s); the first and last steps are first order).
+    num_steps: K visited timesteps (static), 1 <= K <= N; K guided model evaluations.
+    prediction: 'eps' or 'v': what denoise_fn outputs.
+    guidance_scale: static w of classifier-free guidance (see `guided_output`).
+    eta: DDIM stochasticity, only read by 'ddim'; the others accept None or 0.0 (unset),
+      and 'ddpm' also 1.0, and raise ValueError on any other value.
+    clip_x0: if set, predicted x0 is clipped to [-clip_x0, clip_x0] before each update (and
+      eps recomputed from the clipped x0, so the update stays on the DDIM path).
+
+  Returns:
+    x0 samples, same shape and dtype as x_T.
+  """
+  if sampler not in SAMPLERS:
+    raise ValueError(f'unknown sampler {sampler!r}; allowed: {SAMPLERS}')
+  schedules.check_prediction(prediction)
+  eta = _resolve_eta(sampler, eta)
+  ts_np = timesteps(alpha_bar.shape[0], num_steps)
+  ts = jnp.asarray(ts_np)
+  ab = jnp.asarray(alpha_bar, jnp.float32)
+  ab_cur = ab[ts]
+  # The step after the last one is clean data: alpha_bar = 1.
+  ab_next = jnp.concatenate([ab[ts[1:]], jnp.ones((1,), jnp.float32)])
+  x = x_T.astype(jnp.float32)
+  batch = x.shape[0]
+  last = num_steps - 1
+
+  def predict(x, i):
+    """Guided (x0, eps) at visited step i, with a and s of that step."""
+    t = jnp.full((batch,), ts[i], jnp.int32)
+    out = guided_output(denoise_fn, x, t, guidance_scale).astype(jnp.float32)
+    a, s = jnp.sqrt(ab_cur[i]), jnp.sqrt(1.0 - ab_cur[i])
+    x0, eps = schedules.to_x0_eps(x, out, a, s, prediction)
+    if clip_x0 is not None:
+      x0 = jnp.clip(x0, -clip_x0, clip_x0)
+      eps = schedules.eps_from_x0(x, x0, a, s)
+    return x0, eps
+
+  def ddim_step(x, i):
+    x0, eps = predict(x, i)
+    ab_t, ab_n = ab_cur[i], ab_next[i]
+    # Song et al. 2021 eq. 16; eta = 1 is the DDPM posterior std between the two steps, and
+    # it is exactly 0 on the last step (ab_n = 1), which then returns x0.
+    sigma = eta * jnp.sqrt((1.0 - ab_n) / (1.0 - ab_t) * (1.0 - ab_t / ab_n))
+    direction = jnp.sqrt(jnp.maximum(1.0 - ab_n - sigma**2, 0.0))
+    x_next = jnp.sqrt(ab_n) * x0 + direction * eps
+    if eta > 0:
+      z = jax.random.normal(jax.random.fold_in(rng, i), x.shape, jnp.float32)
+      x_next = x_next + sigma * z
+    return x_next, None
+
+  # lambda = log(a/s) at each visited step. The last step's successor (s = 0) has lambda =
+  # inf; it is replaced by a finite stand-in because that step returns x0 instead.
+  lam = 0.5 * (jnp.log(ab_cur) - jnp.log1p(-ab_cur))
+  lam_next = jnp.concatenate([lam[1:], lam[-1:] + 1.0])
+
+  def dpmpp2m_step(carry, i):
+    x, x0_prev, h_prev = carry
+    x0, _ = predict(x, i)
+    h = lam_next[i] - lam[i]
+    # Second order: extrapolate the x0 predictions linearly in lambda (r = h_prev / h).
+    half_inv_r = h / (2.0 * h_prev)
+    d = jnp.where(i == 0, x0, (1.0 + half_inv_r) * x0 - half_inv_r * x0_prev)
+    a_n, s_n = jnp.sqrt(ab_next[i]), jnp.sqrt(1.0 - ab_next[i])
+    s_t = jnp.sqrt(1.0 - ab_cur[i])
+    x_next = (s_n / s_t) * x - a_n * jnp.expm1(-h) * d
+    x_next = jnp.where(i == last, x0, x_next)
+    return (x_next, x0, h), None
+
+  steps = jnp.arange(num_steps)
+  if sampler == 'dpmpp2m':
+    (x, _, _), _ = jax.lax.scan(dpmpp2m_step, (x, jnp.zeros_like(x), jnp.ones(())), steps)
+  else:
+    x, _ = jax.lax.scan(ddim_step, x, steps)
+  return x.astype(x_T.dtype)

@@ -1,0 +1,198 @@
+"""Round trips and error messages of the PyAV media I/O (data/media.py)."""
+
+import os
+
+import av
+import numpy as np
+import pytest
+import scipy.io.wavfile
+
+from gmscavp_jax.data import media
+
+SR = 8000
+FPS = 8.0
+NUM_FRAMES = 16  # 2 s.
+SIZE = 64
+
+
+def _moving_square_frames(num_frames=NUM_FRAMES, height=SIZE, width=SIZE):
+  """(T, H, W, 3) uint8: a yellow 16x16 square moving 3 px per frame over dark blue."""
+  frames = np.zeros((num_frames, height, width, 3), np.uint8)
+  frames[..., 2] = 60
+  for i in range(num_frames):
+    frames[i, 20:36, 4 + 3 * i:20 + 3 * i] = (230, 200, 30)
+  return frames
+
+
+def _tone(seconds=2.0, hz=440.0):
+  t = np.arange(int(seconds * SR)) / SR
+  return (0.5 * np.sin(2 * np.pi * hz * t)).astype(np.float32)
+
+
+@pytest.fixture(scope='module')
+def clip(tmp_path_factory):
+  """Path of a 2 s, 8 fps, 64x64 mp4 with a 440 Hz tone, and its frames."""
+  path = tmp_path_factory.mktemp('media') / 'nested' / 'clip.mp4'
+  frames = _moving_square_frames()
+  media.write_video(path, frames, FPS, _tone(), SR)
+  return str(path), frames
+
+
+@pytest.fixture(scope='module')
+def silent_clip(tmp_path_factory):
+  path = tmp_path_factory.mktemp('media') / 'silent.mp4'
+  media.write_video(path, _moving_square_frames(), FPS)
+  return str(path)
+
+
+def _stream_durations(path):
+  """{stream type: duration in seconds} of a file, and the video codec's name."""
+  with av.open(path) as container:
+    durations = {s.type: float(s.duration * s.time_base) for s in container.streams}
+    return durations, container.streams.video[0].codec_context.name
+
+
+def test_write_video_codecs_and_exact_duration(clip):
+  path, _ = clip
+  durations, codec = _stream_durations(path)
+  assert durations == {'video': 2.0, 'audio': 2.0}
+  assert codec == ('h264' if media.default_video_codec() == 'libx264' else 'mpeg4')
+
+
+def test_read_back_at_the_written_rate(clip):
+  path, frames = clip
+  out = media.read_video_clip(path, num_frames=NUM_FRAMES, fps=FPS, image_size=SIZE)
+  assert out.shape == (16, 64, 64, 3) and out.dtype == np.uint8
+  # Lossy but close: measured mean |diff| 1.2 (H.264, crf 18) on 0..255.
+  assert np.abs(out.astype(np.float32) - frames).mean() < 10
+  # Frame i is written frame i (not a neighbour): the square is where it should be.
+  per_frame = np.abs(out[:, None].astype(np.float32) - frames[None]).mean(axis=(2, 3, 4))
+  np.testing.assert_array_equal(per_frame.argmin(axis=1), np.arange(NUM_FRAMES))
+
+
+def test_lower_rate_picks_every_other_frame_and_resizes(clip):
+  path, frames = clip
+  full = media.read_video_clip(path, num_frames=NUM_FRAMES, fps=FPS, image_size=SIZE)
+  half = media.read_video_clip(path, num_frames=8, fps=4.0, image_size=SIZE)
+  np.testing.assert_array_equal(half, full[::2])  # Output time i / 4 s is frame 2i.
+  small = media.read_video_clip(path, num_frames=8, fps=4.0, image_size=32)
+  assert small.shape == (8, 32, 32, 3)
+  pooled = frames[::2].reshape(8, 32, 2, 32, 2, 3).mean(axis=(2, 4))
+  assert np.abs(small.astype(np.float32) - pooled).mean() < 10
+
+
+def test_start_seconds_and_higher_rate(clip):
+  path, _ = clip
+  full = media.read_video_clip(path, num_frames=NUM_FRAMES, fps=FPS, image_size=SIZE)
+  late = media.read_video_clip(path, num_frames=8, fps=FPS, image_size=SIZE, start_seconds=0.5)
+  np.testing.assert_array_equal(late, full[4:12])
+  # At 16 fps each frame repeats (nearest previous); the last output time 1.9375 s < 2 s.
+  double = media.read_video_clip(path, num_frames=32, fps=16.0, image_size=SIZE)
+  np.testing.assert_array_equal(double, np.repeat(full, 2, axis=0))
+
+
+def test_non_square_and_odd_sizes(tmp_path):
+  frames = _moving_square_frames(8, 47, 81)  # Odd sizes: padded to 48 x 82 on writing.
+  path = tmp_path / 'wide.mp4'
+  media.write_video(path, frames, FPS)
+  with av.open(str(path)) as container:
+    stream = container.streams.video[0]
+    assert (stream.codec_context.height, stream.codec_context.width) == (48, 82)
+  out = media.read_video_clip(path, num_frames=8, fps=FPS, image_size=48)
+  # Height is the shorter side (48 already); the width is centre-cropped 82 -> 48.
+  assert out.shape == (8, 48, 48, 3)
+  assert np.abs(out[:, :47].astype(np.float32) - frames[:, :, 17:65]).mean() < 10
+
+
+def test_read_audio_length_and_pitch(clip):
+  path, _ = clip
+  for rate in (SR, 16000):
+    audio = media.read_audio(path, sample_rate=rate, num_samples=2 * rate)
+    assert audio.shape == (2 * rate,) and audio.dtype == np.float32
+    spectrum = np.abs(np.fft.rfft(audio))
+    assert np.argmax(spectrum) * rate / audio.size == pytest.approx(440.0, abs=2.0)
+    assert np.sqrt(np.mean(audio**2)) == pytest.approx(0.5 / np.sqrt(2), rel=0.1)
+  # Starting later, and a little past the end: zero-padded (more than half is there).
+  tail = media.read_audio(path, sample_rate=SR, num_samples=SR, start_seconds=1.25)
+  assert tail.shape == (SR,) and np.all(tail[-SR // 4 + 10:] == 0.0)
+  assert np.abs(tail[:SR // 2]).max() > 0.4
+
+
+def test_write_wav_levels(tmp_path):
+  path = tmp_path / 'a' / 'b' / 'tone.wav'
+  media.write_wav(path, _tone(), SR)
+  rate, data = scipy.io.wavfile.read(path)
+  assert rate == SR and data.dtype == np.int16 and data.shape == (2 * SR,)
+  assert np.abs(data).max() == pytest.approx(0.5 * 32767, abs=2)  # Quiet audio keeps its level.
+  media.write_wav(path, 3.0 * _tone(), SR)
+  _, data = scipy.io.wavfile.read(path)
+  assert np.abs(data).max() == pytest.approx(0.9 * 32767, abs=2)  # Would clip: rescaled.
+
+
+def _assert_media_error(call, path, pattern):
+  with pytest.raises(media.MediaError, match=pattern) as info:
+    call()
+  assert os.path.basename(str(path)) in str(info.value)
+  return str(info.value)
+
+
+def test_errors_name_the_file_and_reason(tmp_path, clip, silent_clip):
+  path, _ = clip
+  video = dict(num_frames=NUM_FRAMES, fps=FPS, image_size=SIZE)
+  missing = tmp_path / 'missing.mp4'
+  _assert_media_error(lambda: media.read_video_clip(missing, **video), missing, 'not found')
+  _assert_media_error(lambda: media.read_audio(missing, sample_rate=SR, num_samples=SR),
+                      missing, 'not found')
+  junk = tmp_path / 'junk.mp4'
+  junk.write_bytes(np.random.default_rng(0).bytes(4096))
+  _assert_media_error(lambda: media.read_video_clip(junk, **video), junk, 'cannot be decoded')
+  # 24 frames at 8 fps from 0 s need 3 s of a 2 s video.
+  message = _assert_media_error(
+      lambda: media.read_video_clip(path, num_frames=24, fps=FPS, image_size=SIZE), path,
+      'too short')
+  assert '2.000 s' in message and '3.000 s' in message
+  _assert_media_error(lambda: media.read_video_clip(path, **video, start_seconds=5.0), path,
+                      r'too short.*7\.000 s')
+  _assert_media_error(lambda: media.read_video_clip(path, **video, start_seconds=-1.0), path,
+                      'negative')
+  _assert_media_error(lambda: media.read_audio(silent_clip, sample_rate=SR, num_samples=SR),
+                      silent_clip, 'has no audio stream')
+  _assert_media_error(
+      lambda: media.read_audio(path, sample_rate=SR, num_samples=SR, start_seconds=5.0), path,
+      'too short')
+  # Less than half of the request is there (0.75 s of 2 s).
+  _assert_media_error(
+      lambda: media.read_audio(path, sample_rate=SR, num_samples=2 * SR, start_seconds=1.25),
+      path, 'too short')
+  # An mp4 whose video track holds no frame (FFmpeg then drops the empty track).
+  empty = tmp_path / 'empty.mp4'
+  with av.open(str(empty), 'w') as container:
+    stream = container.add_stream('mpeg4', rate=8)
+    stream.width, stream.height, stream.pix_fmt = 64, 64, 'yuv420p'
+    container.start_encoding()
+  _assert_media_error(lambda: media.read_video_clip(empty, **video), empty,
+                      'has no (video stream|decodable video frames)')
+  wav = tmp_path / 'only_audio.wav'
+  media.write_wav(wav, _tone(), SR)
+  _assert_media_error(lambda: media.read_video_clip(wav, **video), wav, 'has no video stream')
+
+
+def test_mpeg4_fallback_writes_exact_duration(tmp_path):
+  path = tmp_path / 'mpeg4.mp4'
+  media.write_video(path, _moving_square_frames(), FPS, _tone(), SR, video_codec='mpeg4')
+  durations, codec = _stream_durations(str(path))
+  assert codec == 'mpeg4' and durations == {'video': 2.0, 'audio': 2.0}
+  out = media.read_video_clip(path, num_frames=NUM_FRAMES, fps=FPS, image_size=SIZE)
+  assert np.abs(out.astype(np.float32) - _moving_square_frames()).mean() < 10
+
+
+def test_unsupported_aac_rate_is_resampled(tmp_path):
+  # 5 kHz is not an AAC rate: the soundtrack is resampled up to the next one (7350 Hz).
+  path = tmp_path / 'odd_rate.mp4'
+  rate = 5000
+  tone = (0.5 * np.sin(2 * np.pi * 300.0 * np.arange(2 * rate) / rate)).astype(np.float32)
+  media.write_video(path, _moving_square_frames(), FPS, tone, rate)
+  with av.open(str(path)) as container:
+    assert container.streams.audio[0].codec_context.sample_rate == 7350
+  audio = media.read_audio(path, sample_rate=rate, num_samples=2 * rate)
+  assert np.argmax(np.abs(np.fft.rfft(audio))) * rate / audio.size == pytest.approx(300, abs=2)

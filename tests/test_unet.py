@@ -1,0 +1,181 @@
+"""Shapes, classifier-free-guidance nulls and gradients of the MSD UNet (tiny sizes)."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from gmscavp_jax.models import layers
+from gmscavp_jax.models import unet
+
+B, D = 3, 16
+TA, F = 37, 19  # Odd on purpose: the UNet pads and crops.
+# Video scales as the pyramid makes them: 8 frames, a 2x2 grid at scale 1, then clip level.
+VIDEO_SHAPES = [(B, 8, 1, D), (B, 4, 4, D), (B, 1, 1, D)]
+
+
+def tiny_config(**overrides) -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.unet = ml_collections.ConfigDict(dict(
+      widths=(16, 32), attention_levels=(1,), level_scales=(0, 1), blocks_per_level=1,
+      num_groups=4, num_heads=2, stem_patch=(2, 8), aligned_conditioning=True))
+  c.unet.update(overrides)
+  return c
+
+
+# The tests that run (not just trace) the UNet use one level: compiling dominates them, and
+# a 1-level UNet has every kind of block (ResBlocks, middle self- and cross-attention, the
+# global and aligned paths). Scale 0, with a 2x2 grid, feeds the aligned path and the
+# cross-attention; scale 1 is the clip level.
+RUN_LEVELS = dict(widths=(16,), attention_levels=(), level_scales=(0,))
+RUN_VIDEO_SHAPES = [(B, 8, 4, D), (B, 1, 1, D)]
+
+
+def inputs(seed=0, ta=TA, f=F, video_shapes=VIDEO_SHAPES):
+  rng = np.random.default_rng(seed)
+  x = jnp.asarray(rng.normal(size=(B, ta, f)), jnp.float32)
+  t = jnp.asarray(rng.integers(0, 1000, (B,)), jnp.int32)
+  video = [jnp.asarray(rng.normal(size=s), jnp.float32) for s in video_shapes]
+  return x, t, video
+
+
+def random_params(model, x, t, video, seed=0):
+  """Every parameter random (zero-initialised output layers included), without compiling init.
+
+  jit(init) costs ~10-25 s of compilation on 2 CPU cores; eval_shape gives the tree for free.
+  A nonzero output layer is also what makes the condition visible in the output.
+  """
+  shapes = jax.eval_shape(model.init, jax.random.key(0), x, t, video)
+  rng = np.random.default_rng(seed)
+  return jax.tree.map(lambda s: jnp.asarray(rng.normal(size=s.shape) * 0.2, s.dtype), shapes)
+
+
+@pytest.mark.parametrize('widths,attention_levels,level_scales,ta,f', [
+    ((16,), (0,), (0,), TA, F),
+    ((16, 32), (1,), (0, 1), TA, F),
+    ((16, 32), (1,), (0, 1), 80, 128),
+    ((16, 32, 32), (1, 2), (0, 1, 2), TA, F),
+])
+def test_output_shape_equals_input_shape(widths, attention_levels, level_scales, ta, f):
+  model = unet.build_unet(tiny_config(widths=widths, attention_levels=attention_levels,
+                                      level_scales=level_scales))
+  x, t, video = inputs(ta=ta, f=f)
+  variables = jax.eval_shape(model.init, jax.random.key(0), x, t, video)
+  for v in (video, None):
+    out = jax.eval_shape(model.apply, variables, x, t, v)
+    assert out.shape == (B, ta, f) and out.dtype == jnp.float32
+
+
+def test_params_are_float32_and_tiny_count():
+  model = unet.build_unet(tiny_config(), dtype=jnp.bfloat16)
+  x, t, video = inputs()
+  params = jax.eval_shape(model.init, jax.random.key(0), x, t, video)['params']
+  assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(params))
+  count = sum(p.size for p in jax.tree.leaves(params))
+  # Regression value for the tiny config; update it deliberately when the architecture changes.
+  assert count == 150_176, count
+  # The video-shaped embeddings follow the scales given at init (T_l and S_l of scale 1).
+  assert params['tokens_1']['time_embedding'].shape == (4, D)
+  assert params['tokens_1']['space_embedding'].shape == (4, D)
+  assert 'tokens_0' not in params  # Level 0 has no attention: scale 0 only feeds `aligned`.
+
+
+def test_rejects_bad_level_config():
+  x, t, video = inputs()
+  with pytest.raises(ValueError, match='level_scales'):
+    model = unet.build_unet(tiny_config(level_scales=(0,)))
+    jax.eval_shape(model.init, jax.random.key(0), x, t, video)
+  with pytest.raises(ValueError, match='video scales'):
+    model = unet.build_unet(tiny_config(level_scales=(0, 3)))
+    jax.eval_shape(model.init, jax.random.key(0), x, t, video)
+  with pytest.raises(ValueError, match='stem_patch'):  # 4*8 pixels > 16 features.
+    model = unet.build_unet(tiny_config(stem_patch=(4, 8)))
+    jax.eval_shape(model.init, jax.random.key(0), x, t, video)
+
+
+@pytest.fixture(scope='module')
+def tiny():
+  """The tiny model with random params, its inputs, and its jitted output and video gradient.
+
+  One compiled function serves every drop mask (compiling dominates these tests on a CPU):
+  it returns the output and the gradient of 0.5 * sum(out^2) w.r.t. the video scales.
+  """
+  model = unet.build_unet(tiny_config(**RUN_LEVELS))
+  x, t, video = inputs(video_shapes=RUN_VIDEO_SHAPES)
+  params = random_params(model, x, t, video)
+
+  @jax.jit
+  def out_and_grad(video, drop):
+    out, vjp = jax.vjp(lambda v: model.apply(params, x, t, v, drop), video)
+    return out, vjp(out)[0]
+
+  return model, params, (x, t, video), out_and_grad
+
+
+def test_dropped_condition_equals_unconditional(tiny):
+  model, params, (x, t, video), out_and_grad = tiny
+  uncond = jax.jit(lambda p, x, t: model.apply(p, x, t, None))(params, x, t)
+  chex.assert_shape(uncond, (B, TA, F))
+  chex.assert_tree_all_finite(uncond)
+  # video=None is exactly "every example dropped".
+  all_dropped, _ = out_and_grad(video, jnp.ones((B,), bool))
+  np.testing.assert_allclose(all_dropped, uncond, atol=1e-5, rtol=1e-5)
+  # Dropping is per example: only the middle one is unconditional, the others are
+  # untouched by their neighbour's drop and differ from the unconditional output.
+  cond, _ = out_and_grad(video, jnp.zeros((B,), bool))
+  mixed, _ = out_and_grad(video, jnp.array([False, True, False]))
+  np.testing.assert_allclose(mixed[1], uncond[1], atol=1e-5, rtol=1e-5)
+  for i in (0, 2):
+    np.testing.assert_allclose(mixed[i], cond[i], atol=1e-5, rtol=1e-5)
+    assert np.abs(np.asarray(mixed[i] - uncond[i])).max() > 1e-2
+
+
+def test_gradients_reach_every_video_scale_unless_dropped(tiny):
+  _, _, (_, _, video), out_and_grad = tiny
+  _, grads = out_and_grad(video, jnp.array([False, True, False]))
+  # Scale 0 feeds the aligned path and the cross-attention, scale 1 the global embedding.
+  for l, g in enumerate(grads):
+    chex.assert_shape(g, RUN_VIDEO_SHAPES[l])
+    g = np.asarray(g)
+    assert np.all(g[1] == 0.0), f'scale {l}: a dropped example got a gradient'
+    for i in (0, 2):
+      assert np.abs(g[i]).max() > 1e-6, f'scale {l}: no gradient for example {i}'
+  # The aligned path sees the mean over space, so only cross-attention makes the gradient
+  # differ between the spatial tokens of one frame.
+  g0 = np.asarray(grads[0])[0]
+  assert np.abs(g0 - g0.mean(axis=1, keepdims=True)).max() > 1e-6
+
+
+def test_bfloat16_compute_returns_float32(tiny):
+  _, params, (x, t, video), out_and_grad = tiny
+  model = unet.build_unet(tiny_config(**RUN_LEVELS), dtype=jnp.bfloat16)
+  out = jax.jit(model.apply)(params, x, t, video)
+  assert out.dtype == jnp.float32 and out.shape == (B, TA, F)
+  chex.assert_tree_all_finite(out)
+  ref, _ = out_and_grad(video, jnp.zeros((B,), bool))
+  # bf16 keeps ~3 significant digits; the tiny net stays close to the float32 result.
+  assert np.abs(np.asarray(out - ref)).max() < 0.1 * np.abs(np.asarray(ref)).max()
+
+
+def test_linear_resample_matrix_aligns_centres():
+  # 8 audio steps onto 4 video frames: each frame covers two steps; rows sum to one.
+  m = unet.linear_resample_matrix(8, 1, 8, 4)
+  np.testing.assert_allclose(m.sum(axis=1), 1.0, rtol=1e-6)
+  np.testing.assert_allclose(m[0], [1, 0, 0, 0])  # Before frame 0's centre: clamped.
+  np.testing.assert_allclose(m[1], [0.75, 0.25, 0, 0])
+  np.testing.assert_allclose(m[7], [0, 0, 0, 1])
+  # Equal grids are the identity; the clip-time fractions of audio and video coincide.
+  np.testing.assert_allclose(unet.linear_resample_matrix(4, 2, 8, 4), np.eye(4), atol=1e-6)
+  np.testing.assert_allclose(unet.clip_time_fractions(4, 2, 8),
+                             unet.clip_time_fractions(4, 1, 4))
+
+
+def test_unpatchify_inverts_patchify():
+  x = jnp.arange(2 * 4 * 6, dtype=jnp.float32).reshape(2, 4, 6, 1)
+  patch = (2, 3)
+  # layers.Patchify with an identity projection is the bare reshape that unpatchify undoes.
+  identity = {'params': {'proj': {'kernel': jnp.eye(6), 'bias': jnp.zeros(6)}}}
+  patches = layers.Patchify(6, patch).apply(identity, x)
+  np.testing.assert_array_equal(unet.unpatchify(patches, patch), x[..., 0])
