@@ -18,7 +18,9 @@ def get_config(arg=None):
   c.model.scale_pools = (1, 40)
   c.model.scale_grids = (1, 1)
   c.loss.adaptive_weights = False
-  c.unet.level_scales = (0, 0, 1)  # Two scales only: the UNet's coarse levels see the clip.
+  # Frame level and clip level only: every UNet level attends to the frames (the clip
+  # embedding already reaches every block through the timestep embedding).
+  c.unet.level_scales = (0, 0, 0)
   c.diffusion.training = 'frozen'
   c.diffusion.encoder_steps = c.train.num_steps
   c.train.num_steps *= 2

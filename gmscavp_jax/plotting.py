@@ -72,8 +72,10 @@ def spectrograms(generated: np.ndarray, path: str, title: str, real: np.ndarray 
   cols = 1 if real is None else 2
   fig, axes = plt.subplots(n, cols, figsize=(4 * cols, 1.8 * n + 0.6), squeeze=False)
   extent_t = generated.shape[1] / frame_rate if frame_rate else generated.shape[1]
-  vmin = min(float(generated.min()), float(real.min()) if real is not None else np.inf)
-  vmax = max(float(generated.max()), float(real.max()) if real is not None else -np.inf)
+  # One colour scale, from the real audio when there is one: outliers of a poor sample would
+  # otherwise wash out both pictures.
+  vmin, vmax = (float(v) for v in np.percentile(real if real is not None else generated,
+                                                 [0.5, 99.9]))
   for i in range(n):
     for j, (name, mel) in enumerate([('generated', generated)] +
                                     ([('real', real)] if real is not None else [])):

@@ -1,0 +1,81 @@
+"""Training phases update exactly what they train; MSD gradients reach the encoders."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from gmscavp_jax import steps
+from gmscavp_jax.data import pipeline
+from tests.conftest import tiny_config
+
+
+@pytest.fixture(scope='module')
+def setup():
+  config = tiny_config('msa_msd')
+  models = steps.build_models(config)
+  # SGD: the configured warmup gives the very first update a learning rate of 0.
+  txs = {'encoders': optax.sgd(0.1), 'denoiser': optax.sgd(0.1)}
+  state = steps.init_state(config, models, txs, jax.random.key(0, impl='rbg'))
+  batch = pipeline.select(next(iter(pipeline.train_loader(config))), ('frames', 'waveform'))
+  return config, models, txs, state, jax.tree.map(jnp.asarray, batch)
+
+
+def _changed(before, after) -> bool:
+  return any(not np.array_equal(a, b)
+             for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(after)))
+
+
+@pytest.mark.parametrize('phase', ['contrastive', 'generator', 'joint'])
+def test_phase_updates_only_its_groups(setup, phase):
+  config, models, txs, state, batch = setup
+  step = jax.jit(functools.partial(steps.train_step, models=models, txs=txs, config=config,
+                                   phase=phase))
+  new, metrics = step(state, batch, jax.random.key(1))
+  assert int(new.step) == 1
+  for group in ('encoders', 'denoiser'):
+    assert _changed(state.params[group], new.params[group]) == (group in steps.TRAINED[phase])
+  assert ('train/loss/msa' in metrics) == (phase != 'generator')
+  assert ('train/loss/msd_loss' in metrics) == (phase != 'contrastive')
+  assert np.isfinite(float(metrics['train/loss']))
+
+
+@pytest.mark.parametrize('stop_gradient', [False, True])
+def test_msd_gradient_reaches_the_video_encoder_unless_stopped(setup, stop_gradient):
+  config, models, _, state, batch = setup
+  config = config.copy_and_resolve_references()
+  config.loss.msa_weight = 0.0  # Only L_MSD remains.
+  config.diffusion.stop_gradient = stop_gradient
+  # Without a trained output layer the UNet's output ignores its input; perturb every param.
+  params = jax.tree.map(lambda p: p + 0.05 * jax.random.normal(jax.random.key(2), p.shape),
+                        state.params)
+  grads = jax.jit(jax.grad(lambda p: steps.loss_fn(p, batch, jax.random.key(3), models=models,
+                                                   config=config, phase='joint')[0]))(params)
+  video_norm = float(jnp.sqrt(sum(jnp.sum(g**2) for g in jax.tree.leaves(
+      grads['encoders']['video_encoder']))))
+  audio_norm = float(jnp.sqrt(sum(jnp.sum(g**2) for g in jax.tree.leaves(
+      grads['encoders']['audio_encoder']))))
+  assert audio_norm == 0.0  # The denoiser sees the raw log-mel, never the audio encoder.
+  assert (video_norm == 0.0) == stop_gradient, video_norm
+
+
+def test_phase_schedule_of_the_table3_configs():
+  frozen = tiny_config('msa')  # encoder_steps = 2 of 4.
+  assert [steps.phase_at(frozen, s) for s in (1, 2, 3, 4)] == [
+      'contrastive', 'contrastive', 'generator', 'generator']
+  assert [steps.generator_trained(frozen, s) for s in (0, 2, 3)] == [False, False, True]
+  joint = tiny_config('msa_msd')
+  assert {steps.phase_at(joint, s) for s in (1, 4)} == {'joint'}
+  assert steps.generator_trained(joint, 1)
+  none = tiny_config('msa', **{'diffusion.training': 'none'})
+  assert not steps.generator_trained(none, 4)
+
+
+def test_mel_normalisation_round_trips(setup):
+  config = setup[0]
+  mel = jnp.linspace(-11.5, 3.0, 24).reshape(2, 3, 4)
+  np.testing.assert_allclose(
+      steps.denormalise_mel(steps.normalise_mel(mel, config), config), mel, atol=1e-5)
