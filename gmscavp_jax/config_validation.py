@@ -135,9 +135,10 @@ def _validate_generator(config: ml_collections.ConfigDict, num_scales: int) -> N
   _require(d.training in ('joint', 'frozen', 'none'), 'diffusion.training',
            "'joint', 'frozen' or 'none'", d.training)
   if d.training == 'frozen':
-    _require(0 < d.encoder_steps < config.train.num_steps, 'diffusion.encoder_steps',
-             f'in (0, train.num_steps={config.train.num_steps}) for a second stage',
-             d.encoder_steps)
+    # encoder_steps >= num_steps is allowed: a run stopped early and resumed later with
+    # more steps reaches the second stage then.
+    _require(d.encoder_steps > 0, 'diffusion.encoder_steps',
+             'a positive length of the contrastive stage', d.encoder_steps)
   _require(d.schedule in ('linear', 'cosine'), 'diffusion.schedule', "'linear' or 'cosine'",
            d.schedule)
   _require(d.num_timesteps >= 2, 'diffusion.num_timesteps', 'at least 2', d.num_timesteps)

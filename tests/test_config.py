@@ -68,7 +68,7 @@ def test_unknown_variant_is_rejected():
     ('unet.widths', (12, 32), 'divisible by unet.num_groups'),
     ('diffusion.training', 'later', "'joint', 'frozen' or 'none'"),
     ('diffusion.prediction', 'x0', "'eps' or 'v'"),
-    ('diffusion.encoder_steps', 4, 'second stage'),
+    ('diffusion.encoder_steps', 0, 'contrastive stage'),
     ('eval.sampler', 'euler', 'one of'),
     ('eval.num_generate_clips', 32, 'eval.num_test_clips'),
 ])

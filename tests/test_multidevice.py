@@ -1,4 +1,6 @@
-"""A joint MSA+MSD train step, and sampling, on 8 fake CPU devices equal 1 device.
+"""A joint MSA+MSD train step on 8 fake CPU devices equals the same step on 1 device.
+
+(Sampling on 8 devices is compared in tests/test_sampling_multidevice.py.)
 
 jax fixes its device count when it starts, so the comparison runs in a subprocess with
 XLA_FLAGS set; this file is also that subprocess's script.
@@ -25,23 +27,19 @@ def _compare_meshes() -> dict:
   import optax
   from gmscavp_jax import sharding, steps, train
   from gmscavp_jax.data import pipeline
-  from gmscavp_jax.evaluators import generation
   from tests.conftest import tiny_config
 
   config = tiny_config('msa_msd', **{'train.batch_size': 16})
   local = pipeline.select(next(iter(pipeline.train_loader(config))))
-  frames = generation.test_clips(config, 8)['frames']
-  out, samples = {}, {}
+  out = {}
   for name, devices in (('one', jax.devices()[:1]), ('eight', jax.devices())):
     mesh = sharding.make_mesh(devices)
     models = steps.build_models(config)
     txs = {'encoders': optax.sgd(0.05), 'denoiser': optax.sgd(0.05)}
     state = steps.init_state(config, models, txs, jax.random.key(0, impl='rbg'))
-    # A random (not zero-initialised) output layer, so samples depend on the whole UNet.
+    # A random (not zero-initialised) output layer, so every UNet parameter gets a gradient.
     state = state.replace(params=jax.tree.map(
         lambda p: p + 0.05 * jax.random.normal(jax.random.key(1), p.shape), state.params))
-    samples[name] = generation.GenerationEvaluator(config, mesh, models).generate(
-        state.params, frames, sampler='dpmpp2m', num_steps=5)
     step = train.jit_train_step(models, txs, config, mesh, 'joint')
     batch = sharding.global_batch(mesh, local)
     assert len(batch['frames'].sharding.device_set) == len(devices)
@@ -53,9 +51,7 @@ def _compare_meshes() -> dict:
   (losses1, p1), (losses8, p8) = out['one'], out['eight']
   diffs = jax.tree.leaves(jax.tree.map(lambda a, b: float(np.max(np.abs(a - b))), p1, p8))
   return {'devices': jax.device_count(), 'losses_one': losses1, 'losses_eight': losses8,
-          'max_param_diff': max(diffs),
-          'max_sample_diff': float(np.max(np.abs(samples['one'] - samples['eight']))),
-          'sample_std': float(np.std(samples['one']))}
+          'max_param_diff': max(diffs)}
 
 
 def test_eight_devices_match_one():
@@ -70,8 +66,6 @@ def test_eight_devices_match_one():
                              err_msg=str(result))
   assert result['losses_one'][1] < result['losses_one'][0]  # The first step changed params.
   assert result['max_param_diff'] < 1e-4, result
-  assert result['sample_std'] > 0.1, result  # Samples that are not a constant.
-  assert result['max_sample_diff'] < 1e-3, result
 
 
 if __name__ == '__main__':

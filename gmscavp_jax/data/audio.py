@@ -217,16 +217,16 @@ def log_mel_spectrogram(waveform: jax.Array, *, sample_rate: int, n_fft: int,
   return jnp.log(jnp.maximum(mel, log_floor))
 
 
+def frontend_kwargs(audio_cfg: ml_collections.ConfigDict) -> dict:
+  """The STFT and mel settings of `config.audio` as keyword arguments (no log_floor)."""
+  return dict(sample_rate=int(audio_cfg.sample_rate), n_fft=int(audio_cfg.n_fft),
+              win_length=int(audio_cfg.win_length), hop_length=int(audio_cfg.hop_length),
+              n_mels=int(audio_cfg.n_mels), fmin=float(audio_cfg.fmin),
+              fmax=float(audio_cfg.fmax))
+
+
 def log_mel_from_config(waveform: jax.Array,
                         audio_cfg: ml_collections.ConfigDict) -> jax.Array:
   """`log_mel_spectrogram` with the fields of `config.audio`: (..., S) -> (..., Ta, F)."""
-  return log_mel_spectrogram(
-      waveform,
-      sample_rate=int(audio_cfg.sample_rate),
-      n_fft=int(audio_cfg.n_fft),
-      win_length=int(audio_cfg.win_length),
-      hop_length=int(audio_cfg.hop_length),
-      n_mels=int(audio_cfg.n_mels),
-      fmin=float(audio_cfg.fmin),
-      fmax=float(audio_cfg.fmax),
-      log_floor=float(audio_cfg.log_floor))
+  return log_mel_spectrogram(waveform, log_floor=float(audio_cfg.log_floor),
+                             **frontend_kwargs(audio_cfg))

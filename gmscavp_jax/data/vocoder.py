@@ -103,14 +103,5 @@ def griffin_lim(log_mel: jax.Array, *, sample_rate: int, n_fft: int, win_length:
 def griffin_lim_from_config(log_mel: jax.Array, audio_cfg: ml_collections.ConfigDict,
                             num_iters: int = 32, rng: jax.Array | None = None) -> jax.Array:
   """`griffin_lim` with the fields of `config.audio`: (..., Ta, F) -> (..., Ta * hop)."""
-  return griffin_lim(
-      log_mel,
-      sample_rate=int(audio_cfg.sample_rate),
-      n_fft=int(audio_cfg.n_fft),
-      win_length=int(audio_cfg.win_length),
-      hop_length=int(audio_cfg.hop_length),
-      n_mels=int(audio_cfg.n_mels),
-      fmin=float(audio_cfg.fmin),
-      fmax=float(audio_cfg.fmax),
-      num_iters=int(num_iters),
-      rng=rng)
+  return griffin_lim(log_mel, num_iters=int(num_iters), rng=rng,
+                     **audio.frontend_kwargs(audio_cfg))
