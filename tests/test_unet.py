@@ -9,6 +9,7 @@ import pytest
 
 from gmscavp_jax.models import layers
 from gmscavp_jax.models import unet
+from gmscavp_jax.models import unet_blocks
 
 B, D = 3, 16
 TA, F = 37, 19  # Odd on purpose: the UNet pads and crops.
@@ -161,15 +162,15 @@ def test_bfloat16_compute_returns_float32(tiny):
 
 def test_linear_resample_matrix_aligns_centres():
   # 8 audio steps onto 4 video frames: each frame covers two steps; rows sum to one.
-  m = unet.linear_resample_matrix(8, 1, 8, 4)
+  m = unet_blocks.linear_resample_matrix(8, 1, 8, 4)
   np.testing.assert_allclose(m.sum(axis=1), 1.0, rtol=1e-6)
   np.testing.assert_allclose(m[0], [1, 0, 0, 0])  # Before frame 0's centre: clamped.
   np.testing.assert_allclose(m[1], [0.75, 0.25, 0, 0])
   np.testing.assert_allclose(m[7], [0, 0, 0, 1])
   # Equal grids are the identity; the clip-time fractions of audio and video coincide.
-  np.testing.assert_allclose(unet.linear_resample_matrix(4, 2, 8, 4), np.eye(4), atol=1e-6)
-  np.testing.assert_allclose(unet.clip_time_fractions(4, 2, 8),
-                             unet.clip_time_fractions(4, 1, 4))
+  np.testing.assert_allclose(unet_blocks.linear_resample_matrix(4, 2, 8, 4), np.eye(4), atol=1e-6)
+  np.testing.assert_allclose(unet_blocks.clip_time_fractions(4, 2, 8),
+                             unet_blocks.clip_time_fractions(4, 1, 4))
 
 
 def test_unpatchify_inverts_patchify():
@@ -178,4 +179,4 @@ def test_unpatchify_inverts_patchify():
   # layers.Patchify with an identity projection is the bare reshape that unpatchify undoes.
   identity = {'params': {'proj': {'kernel': jnp.eye(6), 'bias': jnp.zeros(6)}}}
   patches = layers.Patchify(6, patch).apply(identity, x)
-  np.testing.assert_array_equal(unet.unpatchify(patches, patch), x[..., 0])
+  np.testing.assert_array_equal(unet_blocks.unpatchify(patches, patch), x[..., 0])

@@ -1,0 +1,252 @@
+"""Building blocks of the MSD denoiser (models/unet.py): embeddings, ResBlock, attention.
+
+`dtype` is the compute dtype; parameters are always float32.
+"""
+
+import math
+from typing import Any
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gmscavp_jax.models import layers
+
+Dtype = Any
+
+# Width of the fixed sinusoidal "position in the clip" encoding shared by audio queries and
+# video tokens; each side maps it to its own width with a learned Dense.
+CLIP_TIME_DIM = 64
+# The clip-time encoding is the sinusoid of (fraction of the clip) * CLIP_TIME_SCALE: its
+# fastest component has a period of 2*pi/100 ~ 1/16 of the clip (about one video frame at
+# runlocal sizes), its slowest is nearly constant over the clip.
+CLIP_TIME_SCALE = 100.0
+
+
+def sinusoidal_embedding(x: jnp.ndarray | np.ndarray, dim: int,
+                         max_period: float = 10_000.0) -> jnp.ndarray | np.ndarray:
+  """Transformer/DDPM sinusoidal embedding: (...,) -> (..., dim), [cos | sin] halves.
+
+  Frequencies are geometric from 1 down to 1/max_period (radians per unit of x). `dim` must
+  be even. Computed in float32 (timesteps up to ~1000 lose phase in bfloat16). A NumPy input
+  gives a NumPy result, so embeddings of static positions are constants, not traced ops.
+  """
+  if dim % 2:
+    raise ValueError(f'sinusoidal embedding width {dim} must be even')
+  xp = np if isinstance(x, np.ndarray) else jnp
+  half = dim // 2
+  freqs = xp.exp(-math.log(max_period) * xp.arange(half, dtype=xp.float32) / half)
+  angles = xp.asarray(x, xp.float32)[..., None] * freqs
+  return xp.concatenate([xp.cos(angles), xp.sin(angles)], axis=-1).astype(xp.float32)
+
+
+def clip_time_fractions(num_steps: int, stride: float, length: float) -> np.ndarray:
+  """Centres of `num_steps` steps of `stride` frames each, as fractions of a clip of `length`.
+
+  Audio step i at a level with stride s covers frames [i*s, (i+1)*s) of a clip of Ta frames;
+  video frame j of T_l covers [j/T_l, (j+1)/T_l) of the clip. Using centres (not starts)
+  makes the two coincide when they cover the same span at different resolutions. Padded
+  audio steps get fractions >= 1.
+  """
+  return ((np.arange(num_steps, dtype=np.float32) + 0.5) * stride / length).astype(np.float32)
+
+
+def clip_time_encoding(num_steps: int, stride: float, length: float) -> np.ndarray:
+  """(num_steps, CLIP_TIME_DIM) sinusoidal encoding of each step's position in the clip.
+
+  The one function that places both audio steps and video frames in the clip, so that the
+  same instant gets the same code on both sides of the cross-attention.
+  """
+  frac = clip_time_fractions(num_steps, stride, length)
+  return sinusoidal_embedding(frac * np.float32(CLIP_TIME_SCALE), CLIP_TIME_DIM)
+
+
+def linear_resample_matrix(num_out: int, out_stride: float, length: float,
+                           num_in: int) -> np.ndarray:
+  """(num_out, num_in) linear interpolation from `num_in` frames onto a grid of audio steps.
+
+  Output step i (centre at fraction (i+0.5)*out_stride/length of the clip, as in
+  `clip_time_fractions`) interpolates the two video frames whose centres surround it, clamped
+  at the clip edges (padded steps repeat the last frame).
+  """
+  frac = clip_time_fractions(num_out, out_stride, length)
+  u = np.clip(frac * num_in - 0.5, 0.0, num_in - 1.0)
+  lo = np.floor(u).astype(np.int64)
+  hi = np.minimum(lo + 1, num_in - 1)
+  w = (u - lo).astype(np.float32)
+  m = np.zeros((num_out, num_in), np.float32)
+  m[np.arange(num_out), lo] += 1.0 - w
+  m[np.arange(num_out), hi] += w
+  return m
+
+
+def unpatchify(x: jnp.ndarray, patch: tuple[int, int]) -> jnp.ndarray:
+  """Inverse of `layers.Patchify`'s reshape for one channel: (B,X,Y,p*q) -> (B,X*p,Y*q)."""
+  chex.assert_rank(x, 4)
+  b, sx, sy, _ = x.shape
+  p, q = patch
+  chex.assert_axis_dimension(x, 3, p * q)
+  x = x.reshape(b, sx, sy, p, q).transpose(0, 1, 3, 2, 4)
+  return x.reshape(b, sx * p, sy * q)
+
+
+def conv3x3(features: int, dtype: Dtype, name: str, zero_init: bool = False) -> nn.Conv:
+  kernel_init = nn.initializers.zeros_init() if zero_init else nn.initializers.lecun_normal()
+  return nn.Conv(features, (3, 3), dtype=dtype, param_dtype=jnp.float32,
+                 kernel_init=kernel_init, name=name)
+
+
+def dense(features: int, dtype: Dtype, name: str, zero_init: bool = False,
+           use_bias: bool = True) -> nn.Dense:
+  kernel_init = nn.initializers.zeros_init() if zero_init else nn.initializers.lecun_normal()
+  return nn.Dense(features, dtype=dtype, param_dtype=jnp.float32, kernel_init=kernel_init,
+                  use_bias=use_bias, name=name)
+
+
+def select_null(drop: jnp.ndarray | None, null: jnp.ndarray, value: jnp.ndarray) -> jnp.ndarray:
+  """Per example: `null` where drop[b] else `value`. drop (B,); value (B,...); null broadcasts.
+
+  A select, so a dropped example's gradient w.r.t. `value` is exactly zero.
+  """
+  if drop is None:
+    return value
+  mask = drop.reshape((-1,) + (1,) * (value.ndim - 1))
+  return jnp.where(mask, null.astype(value.dtype), value)
+
+
+class ResBlock(nn.Module):
+  """Residual block with embedding injection: (B,X,Y,C), emb (B,E) -> (B,X,Y,features).
+
+  GN -> silu -> conv3x3, plus a Dense projection of the (already activated) embedding, then
+  GN -> silu -> conv3x3; the skip is the identity or a 1x1 projection when C != features.
+  """
+  features: int
+  num_groups: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray, emb: jnp.ndarray) -> jnp.ndarray:
+    chex.assert_rank([x, emb], [4, 2])
+    chex.assert_equal_shape_prefix([x, emb], 1)
+    h = nn.silu(layers.group_norm(self.num_groups, self.dtype, 'norm1')(x))
+    h = conv3x3(self.features, self.dtype, 'conv1')(h)
+    h = h + dense(self.features, self.dtype, 'emb_proj')(emb)[:, None, None, :]
+    h = nn.silu(layers.group_norm(self.num_groups, self.dtype, 'norm2')(h))
+    h = conv3x3(self.features, self.dtype, 'conv2')(h)
+    skip = x if x.shape[-1] == self.features else dense(self.features, self.dtype, 'skip')(x)
+    return skip.astype(self.dtype) + h
+
+
+def split_heads(x: jnp.ndarray, num_heads: int) -> jnp.ndarray:
+  """(B,L,C) -> (B,L,H,C/H), the layout of jax.nn.dot_product_attention."""
+  b, n, c = x.shape
+  if c % num_heads:
+    raise ValueError(f'width {c} is not divisible by num_heads={num_heads}')
+  return x.reshape(b, n, num_heads, c // num_heads)
+
+
+class SelfAttention(nn.Module):
+  """Pre-norm multi-head self-attention over all (time x mel) positions: (B,X,Y,C) -> same.
+
+  The output projection is zero-initialised, so a new block starts as the identity.
+  """
+  num_heads: int
+  num_groups: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    chex.assert_rank(x, 4)
+    b, sx, sy, c = x.shape
+    h = layers.group_norm(self.num_groups, self.dtype, 'norm')(x).reshape(b, sx * sy, c)
+    q, k, v = jnp.split(dense(3 * c, self.dtype, 'qkv')(h), 3, axis=-1)
+    o = jax.nn.dot_product_attention(*(split_heads(a, self.num_heads) for a in (q, k, v)))
+    o = dense(c, self.dtype, 'out', zero_init=True)(o.reshape(b, sx * sy, c))
+    return x.astype(self.dtype) + o.reshape(x.shape)
+
+
+class CrossAttention(nn.Module):
+  """Pre-norm cross-attention from audio positions to video tokens: (B,X,Y,C) -> same.
+
+  `context` (B,N,D) are prepared video tokens (`VideoTokens`), or None for the unconditional
+  model. Queries get the clip-time encoding of their time step (`query_time`, (X,
+  CLIP_TIME_DIM)) so that they can match the video tokens' encoding of the same instant.
+  A dropped example attends to one learned null token: its keys are all equal (zero), so
+  its attention output is exactly the null value, the same as for context=None. The output
+  projection is zero-initialised.
+  """
+  num_heads: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray, query_time: jnp.ndarray, context: jnp.ndarray | None,
+               drop: jnp.ndarray | None = None) -> jnp.ndarray:
+    chex.assert_rank(x, 4)
+    b, sx, sy, c = x.shape
+    chex.assert_shape(query_time, (sx, CLIP_TIME_DIM))
+    h = nn.LayerNorm(dtype=self.dtype, param_dtype=jnp.float32, name='norm')(x)
+    pos = dense(c, self.dtype, 'query_time', use_bias=False)(query_time)
+    h = (h + pos[None, :, None, :]).reshape(b, sx * sy, c)
+    q = split_heads(dense(c, self.dtype, 'q')(h), self.num_heads)
+    null_value = self.param('null_value', nn.initializers.normal(0.02), (c,), jnp.float32)
+    null_value = split_heads(null_value.astype(self.dtype)[None, None], self.num_heads)
+    if context is None:
+      k = jnp.zeros((b, 1, self.num_heads, c // self.num_heads), self.dtype)
+      v = jnp.broadcast_to(null_value, k.shape)
+    else:
+      chex.assert_rank(context, 3)
+      chex.assert_axis_dimension(context, 0, b)
+      k = split_heads(dense(c, self.dtype, 'k')(context), self.num_heads)
+      v = split_heads(dense(c, self.dtype, 'v')(context), self.num_heads)
+      k = select_null(drop, jnp.zeros((), self.dtype), k)
+      v = select_null(drop, null_value, v)
+    o = jax.nn.dot_product_attention(q, k, v)
+    o = dense(c, self.dtype, 'out', zero_init=True)(o.reshape(b, sx * sy, c))
+    return x.astype(self.dtype) + o.reshape(x.shape)
+
+
+class VideoTokens(nn.Module):
+  """One video scale (B,T_l,S_l,D) -> cross-attention tokens (B,T_l*S_l,D), token (t, s).
+
+  Adds a learned scale embedding (D,), a learned time embedding (T_l,D), a learned spatial
+  embedding (S_l,D) and a Dense of the clip-time encoding shared with the audio queries,
+  then LayerNorm (pyramid embeddings have no fixed scale). The learned shapes follow the
+  video given at init, so initialise the UNet with video scales, not None.
+  """
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, video: jnp.ndarray) -> jnp.ndarray:
+    chex.assert_rank(video, 4)
+    b, t, s, d = video.shape
+    init = nn.initializers.normal(0.02)
+    scale_emb = self.param('scale_embedding', init, (d,), jnp.float32)
+    time_emb = self.param('time_embedding', init, (t, d), jnp.float32)
+    space_emb = self.param('space_embedding', init, (s, d), jnp.float32)
+    clip_time = dense(d, self.dtype, 'clip_time', use_bias=False)(clip_time_encoding(t, 1, t))
+    pos = scale_emb + time_emb[:, None, :] + space_emb[None, :, :]
+    x = video.astype(self.dtype) + pos.astype(self.dtype) + clip_time[:, None, :]
+    x = nn.LayerNorm(dtype=self.dtype, param_dtype=jnp.float32, name='norm')(x)
+    return x.reshape(b, t * s, d)
+
+
+class Upsample(nn.Module):
+  """Sub-pixel x2 upsampling of (time, mel): (B,X,Y,C) -> (B,2X,2Y,features).
+
+  One Dense to 4*features, rearranged into 2x2 blocks: the transpose of
+  `layers.Downsample2D`'s patch merging. At the fine level it costs a ninth of the usual
+  nearest-neighbour + 3x3 conv, which on a CPU is a large share of a small UNet's step; the
+  ResBlocks that follow mix across the 2x2 block boundaries.
+  """
+  features: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    chex.assert_rank(x, 4)
+    b, sx, sy, _ = x.shape
+    y = dense(4 * self.features, self.dtype, 'proj')(x)
+    y = y.reshape(b, sx, sy, 2, 2, self.features).transpose(0, 1, 3, 2, 4, 5)
+    return y.reshape(b, 2 * sx, 2 * sy, self.features)
