@@ -32,6 +32,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
            "'synthetic' (prepared real datasets are not supported yet)", d.name)
   for field in ('num_frames', 'image_size', 'num_classes', 'num_train_clips', 'max_onsets'):
     _require(d[field] > 0, f'data.{field}', 'a positive integer', d[field])
+  _require(isinstance(d.seed, int) and d.seed >= 0, 'data.seed', 'an integer >= 0', d.seed)
   _require(d.fps > 0, 'data.fps', 'a positive frame rate', d.fps)
   _require(d.worker_count >= 0, 'data.worker_count', 'an integer >= 0', d.worker_count)
 

@@ -61,7 +61,7 @@ def plot_clip(clip: dict[str, np.ndarray], source: synthetic.SyntheticAVSource,
 def main(argv):
   del argv
   config = common.apply_variant(common.base_config(), '' if _FULL.value else 'runlocal')
-  config.seed = _SEED.value
+  config.data.seed = _SEED.value
   source = synthetic.from_config(config, _SPLIT.value, with_log_mel=True)
   os.makedirs(_OUT.value, exist_ok=True)
   for index in range(_START.value, _START.value + _NUM_CLIPS.value):

@@ -322,7 +322,8 @@ class SyntheticAVSource:
 
 def from_config(config: ml_collections.ConfigDict, split: str, *,
                 with_log_mel: bool = False) -> SyntheticAVSource:
-  """The synthetic source of `split` sized by `config.seed`, `config.data.*`, `config.audio`.
+  """The synthetic source of `split` sized by `config.data.*` (its world from `data.seed`)
+  and `config.audio`.
 
   `with_log_mel` adds `log_mel` to every clip (for direct access, not for grain workers).
   """
@@ -335,7 +336,8 @@ def from_config(config: ml_collections.ConfigDict, split: str, *,
   return SyntheticAVSource(
       split=split,
       num_clips=num_clips,
-      seed=config.seed,
+      # Workdirs saved before data.seed existed used the run's seed for the world.
+      seed=config.data.get('seed', config.seed),
       num_classes=config.data.num_classes,
       num_frames=config.data.num_frames,
       fps=config.data.fps,
