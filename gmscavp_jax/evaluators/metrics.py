@@ -2,9 +2,12 @@
 onset detection with CMMD's hit-rate (DESIGN §5)."""
 
 from collections.abc import Sequence
+import warnings
 
 import numpy as np
+import scipy.linalg
 import scipy.ndimage
+import scipy.special
 
 
 def positive_ranks(sim: np.ndarray) -> np.ndarray:
@@ -191,3 +194,120 @@ def onset_hit_rate(detected: Sequence[np.ndarray], reference: Sequence[np.ndarra
   f1 = 2 * hit_rate * precision / (hit_rate + precision) if hits else 0.0
   return dict(hit_rate=hit_rate, precision=precision, f1=f1, num_hits=float(hits),
               num_reference=float(num_reference), num_detected=float(num_detected))
+
+
+# Generation metrics (DESIGN §5): KLD between classifier posteriors, Fréchet distance between
+# Gaussian fits of embeddings (FAD), and the alignment classifier's accuracy. Pure numpy/scipy.
+
+
+def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
+  """Numerically stable softmax (float64) along `axis`; scipy's, which subtracts the max."""
+  return scipy.special.softmax(np.asarray(logits, np.float64), axis=axis)
+
+
+def kl_divergence(p_real: np.ndarray, p_gen: np.ndarray, eps: float = 1e-6) -> float:
+  """Mean over rows of KL(p_real || p_gen) in nats, for (N, K) class posteriors.
+
+  Both are clipped to >= eps and renormalised per row first, so a class the generated clip
+  misses costs about ln(1 / eps) (13.8 nats at 1e-6) instead of infinity.
+  """
+  p = np.asarray(p_real, np.float64)
+  q = np.asarray(p_gen, np.float64)
+  if p.ndim != 2 or q.ndim != 2:
+    raise ValueError(f'posteriors must be 2-D (N, K), got shapes {p.shape} and {q.shape}')
+  if p.shape != q.shape:
+    raise ValueError(f'p_real and p_gen must have the same (N, K) shape, got {p.shape} and '
+                     f'{q.shape}')
+  p = np.clip(p, eps, None)
+  q = np.clip(q, eps, None)
+  p /= p.sum(axis=1, keepdims=True)
+  q /= q.sum(axis=1, keepdims=True)
+  return float(np.mean(np.sum(p * (np.log(p) - np.log(q)), axis=1)))
+
+
+def kld_from_logits(logits_real: np.ndarray, logits_gen: np.ndarray) -> float:
+  """`kl_divergence` of the softmax posteriors of two (N, K) logit arrays."""
+  return kl_divergence(softmax(logits_real), softmax(logits_gen))
+
+
+def gaussian_stats(embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """Mean (D,) and unbiased covariance (D, D), float64, of (N, D) embeddings, N >= 2."""
+  emb = np.asarray(embeddings, np.float64)
+  if emb.ndim != 2:
+    raise ValueError(f'embeddings must be 2-D (N, D), got shape {emb.shape}')
+  if len(emb) < 2:
+    raise ValueError(f'need at least 2 embeddings for a covariance, got {len(emb)}')
+  return emb.mean(axis=0), np.atleast_2d(np.cov(emb, rowvar=False))
+
+
+def _sqrtm(a: np.ndarray) -> np.ndarray | None:
+  """Principal square root of a (D, D) matrix, or None where scipy's is not accurate."""
+  # Without `disp`, every scipy version returns the root alone (disp=False, deprecated since
+  # 1.16, returned (root, error)). We measure the error ourselves instead, so scipy's
+  # singular-matrix warning is silenced: a singular product can give inf/nan or a root that
+  # does not square back, and the caller then retries with an offset.
+  with np.errstate(all='ignore'), warnings.catch_warnings():
+    warnings.simplefilter('ignore', scipy.linalg.LinAlgWarning)
+    root = scipy.linalg.sqrtm(a)
+    if not np.all(np.isfinite(root)):
+      return None
+    residual = np.linalg.norm(root @ root - a) / max(np.linalg.norm(a), 1e-300)
+  return root if residual < 1e-6 else None
+
+
+def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray,
+                     eps: float = 1e-6) -> float:
+  """Fréchet distance between N(mu1, sigma1) and N(mu2, sigma2) (FID / FAD).
+
+    d = ||mu1 - mu2||^2 + Tr(sigma1 + sigma2 - 2 sqrtm(sigma1 sigma2)).
+
+  If sqrtm of the product fails (singular covariances, e.g. fewer samples than dimensions),
+  eps * I is added to both covariances and it is retried, as in the reference FID/FAD code.
+  A negligible imaginary part of the root (rounding) is dropped. The result may be
+  negative by rounding (~1e-12 of the traces); it is not clamped.
+
+  Args:
+    mu1, mu2: (D,) means.
+    sigma1, sigma2: (D, D) covariances.
+    eps: diagonal offset of the retry.
+  Returns:
+    The distance, a float in squared embedding units.
+  """
+  mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
+  sigma1, sigma2 = np.asarray(sigma1, np.float64), np.asarray(sigma2, np.float64)
+  d = mu1.shape[0] if mu1.ndim == 1 else -1
+  if not mu1.shape == mu2.shape == (d,) or not sigma1.shape == sigma2.shape == (d, d):
+    raise ValueError(f'need means (D,) and covariances (D, D) of one D, got mu1 {mu1.shape}, '
+                     f'sigma1 {sigma1.shape}, mu2 {mu2.shape}, sigma2 {sigma2.shape}')
+  covmean = _sqrtm(sigma1 @ sigma2)
+  if covmean is None:
+    offset = eps * np.eye(d)
+    sigma1, sigma2 = sigma1 + offset, sigma2 + offset
+    covmean = _sqrtm(sigma1 @ sigma2)
+    if covmean is None:
+      raise ValueError(f'sqrtm(sigma1 @ sigma2) is not finite even with eps={eps} added to '
+                       'the covariances; are they symmetric positive semi-definite?')
+  if np.iscomplexobj(covmean):
+    imag = np.max(np.abs(covmean.imag))
+    if imag > 1e-3 * max(np.max(np.abs(covmean.real)), 1e-300):
+      raise ValueError(f'sqrtm(sigma1 @ sigma2) has a large imaginary part ({imag:.3g}); '
+                       'the covariances are not positive semi-definite')
+    covmean = covmean.real
+  diff = mu1 - mu2
+  return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * np.trace(covmean))
+
+
+def fad(emb_a: np.ndarray, emb_b: np.ndarray) -> float:
+  """Fréchet distance between Gaussian fits of two embedding sets, (N_a, D) and (N_b, D)."""
+  return frechet_distance(*gaussian_stats(emb_a), *gaussian_stats(emb_b))
+
+
+def align_accuracy(aligned_prob: np.ndarray, threshold: float = 0.5) -> float:
+  """Percent (0-100) of (N,) "aligned" probabilities >= threshold.
+
+  For the alignment classifier on generated pairs, all of which should be aligned.
+  """
+  prob = np.asarray(aligned_prob, np.float64)
+  if prob.ndim != 1 or not prob.size:
+    raise ValueError(f'aligned_prob must be a non-empty (N,) array, got shape {prob.shape}')
+  return 100.0 * float(np.mean(prob >= threshold))
