@@ -138,6 +138,31 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.guidance = 5.0
   c.eval.eta = 0.0  # DDIM noise (0 = deterministic).
   c.eval.griffin_lim_iters = 32
+  # The evaluate command (KLD, FAD, Align Acc): audio is generated for the first
+  # `num_metric_clips` test videos; FAD's reference is the real audio of the next as many
+  # (a disjoint half), so ground-truth audio shows the metric's own floor.
+  c.eval.num_metric_clips = 512
+
+  # Evaluator networks (DESIGN §5), trained on the dataset's train split and shared by every
+  # experiment on that dataset: an audio classifier (posteriors for KLD, its embedding for
+  # FAD) and an alignment classifier (Align Acc) trained on real pairs against temporally
+  # shifted, segment-swapped and swapped audio (papers/002 sec. 2.2).
+  c.evaluator = ml_collections.ConfigDict()
+  c.evaluator.seed = 0
+  c.evaluator.video_patch = 8
+  c.evaluator.video_widths = (32, 64, 128)
+  c.evaluator.audio_widths = (32, 64, 128)
+  c.evaluator.blocks_per_stage = 1
+  c.evaluator.num_groups = 8
+  c.evaluator.embed_dim = 128  # The FAD embedding's width.
+  c.evaluator.num_steps = 5_000
+  c.evaluator.batch_size = 64
+  c.evaluator.learning_rate = 1e-3
+  c.evaluator.warmup_steps = 200
+  # Shift negatives move the audio by this many seconds, either way ("some hundreds of ms").
+  c.evaluator.min_shift_seconds = 0.2
+  c.evaluator.max_shift_seconds = 1.0
+  c.evaluator.num_check_clips = 512  # Test clips that measure the evaluators' own accuracy.
   return c
 
 
@@ -171,6 +196,13 @@ def apply_variant(c: ml_collections.ConfigDict, arg: str | None) -> ml_collectio
     c.train.eval_every_steps = 400
     c.eval.num_test_clips = 512
     c.eval.batch_size = 64
+    c.eval.num_metric_clips = 256
+    c.evaluator.video_widths = (16, 32, 64)
+    c.evaluator.audio_widths = (16, 32, 64)
+    c.evaluator.embed_dim = 64
+    c.evaluator.num_steps = 1_500
+    c.evaluator.batch_size = 32
+    c.evaluator.num_check_clips = 256
     # 2x16 stem patches (50 ms x 16 mels) and attention at the coarsest level only: about
     # 0.3 s per UNet update at batch 32 on 2 cores; attention over the 160 positions of a
     # finer level alone costs ~85 ms, and a (2,8) stem 1.4 s per step.

@@ -73,6 +73,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
            l.adaptive_temperature)
 
   _validate_generator(config, num_scales=len(pools))
+  validate_evaluation(config)
 
   _require(t.num_steps > 0, 'train.num_steps', 'a positive step count', t.num_steps)
   _require(t.batch_size > 0, 'train.batch_size', 'a positive global batch', t.batch_size)
@@ -113,6 +114,34 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
 
 
 SAMPLERS = ('ddpm', 'ddim', 'dpmpp2m')
+
+
+def validate_evaluation(config: ml_collections.ConfigDict) -> None:
+  """The evaluate command's fields: eval.num_metric_clips and the evaluator networks."""
+  e, v = config.eval, config.evaluator
+  _require(2 <= e.num_metric_clips and 2 * e.num_metric_clips <= e.num_test_clips,
+           'eval.num_metric_clips',
+           f'in [2, eval.num_test_clips / 2 = {e.num_test_clips // 2}] (FAD compares against '
+           'the next as many test clips)', e.num_metric_clips)
+  for field in ('video_widths', 'audio_widths'):
+    widths = tuple(v[field])
+    _require(len(widths) >= 1 and all(w > 0 and w % v.num_groups == 0 for w in widths),
+             f'evaluator.{field}', f'positive widths divisible by num_groups={v.num_groups}',
+             widths)
+  _require(config.data.image_size % v.video_patch == 0, 'evaluator.video_patch',
+           f'a divisor of data.image_size={config.data.image_size}', v.video_patch)
+  for field in ('blocks_per_stage', 'embed_dim', 'num_steps', 'batch_size', 'num_check_clips'):
+    _require(v[field] > 0, f'evaluator.{field}', 'a positive integer', v[field])
+  _require(v.batch_size >= 2, 'evaluator.batch_size', 'at least 2 (negatives pair clips)',
+           v.batch_size)
+  _require(v.num_check_clips <= e.num_test_clips, 'evaluator.num_check_clips',
+           f'at most eval.num_test_clips={e.num_test_clips}', v.num_check_clips)
+  _require(v.learning_rate > 0, 'evaluator.learning_rate', 'a positive rate', v.learning_rate)
+  seconds = config.data.num_frames / config.data.fps
+  _require(0 < v.min_shift_seconds <= v.max_shift_seconds < seconds,
+           'evaluator.max_shift_seconds',
+           f'min_shift_seconds <= max_shift_seconds < the clip length ({seconds:g} s)',
+           (v.min_shift_seconds, v.max_shift_seconds))
 
 
 def _validate_generator(config: ml_collections.ConfigDict, num_scales: int) -> None:

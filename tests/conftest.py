@@ -40,6 +40,14 @@ def tiny_config(name: str = 'msa', **overrides):
   config.unet.level_scales = (0, 1)
   config.unet.num_heads = 2
   config.unet.stem_patch = (2, 8)
+  config.eval.num_metric_clips = 4
+  config.evaluator.video_widths = (8, 16)
+  config.evaluator.audio_widths = (8, 16)
+  config.evaluator.embed_dim = 8
+  config.evaluator.num_steps = 4
+  config.evaluator.batch_size = 8
+  config.evaluator.num_check_clips = 8
+  config.evaluator.max_shift_seconds = 0.5
   if config.diffusion.training == 'frozen':
     config.diffusion.encoder_steps = 2  # Steps 1-2 contrastive, 3-4 the denoiser alone.
   for key, value in overrides.items():

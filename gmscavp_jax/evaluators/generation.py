@@ -34,12 +34,13 @@ def frame_rate(config: ml_collections.ConfigDict) -> float:
   return config.audio.sample_rate / config.audio.hop_length
 
 
-def test_clips(config: ml_collections.ConfigDict, num_clips: int) -> dict:
-  """The first `num_clips` test clips as numpy: frames (N,T,H,W,3), waveform (N,S),
-  label (N,), index (N,), onsets (a list of N arrays of seconds)."""
+def test_clips(config: ml_collections.ConfigDict, num_clips: int, start: int = 0) -> dict:
+  """Test clips [start, start + num_clips) as numpy: frames (N,T,H,W,3), waveform (N,S),
+  label (N,), labels (N,K) multi-hot, index (N,), onsets (a list of N arrays of seconds)."""
   source = pipeline.make_source(config, 'test')
-  records = [source[i] for i in range(num_clips)]
-  out = {k: np.stack([r[k] for r in records]) for k in ('frames', 'waveform', 'label', 'index')}
+  records = [source[i] for i in range(start, start + num_clips)]
+  out = {k: np.stack([r[k] for r in records])
+         for k in ('frames', 'waveform', 'label', 'labels', 'index')}
   out['onsets'] = [r['onsets'][:int(r['num_onsets'])] for r in records]
   return out
 

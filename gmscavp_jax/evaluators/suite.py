@@ -1,0 +1,146 @@
+"""The generation metrics of one evaluation (DESIGN §5) and their reference rows.
+
+Given audio generated for the test videos G, the real audio of G and of the next, disjoint
+test clips R, `score` returns the paper's metrics and two sanity rows computed the same way:
+
+  gen/*            the generated audio (KLD paired with G's real audio, FAD against R's).
+  ref/gt/*         the real audio of G as if it were generated: FAD against R shows the
+                   metric's own floor at this sample size; KLD pairs each clip with a clip of
+                   R with the same sounding classes (a disjoint half: identical clips would
+                   give 0 by construction); Align Acc is the classifier's hit rate on real
+                   pairs.
+  ref/shuffled/*   the real audio of another clip of G (clip i gets clip i+1's audio): right
+                   kind of sound, wrong clip; Align Acc falls to the negatives' rate.
+"""
+
+import numpy as np
+
+from gmscavp_jax.evaluators import classifiers
+from gmscavp_jax.evaluators import generation
+from gmscavp_jax.evaluators import metrics
+
+
+def match_by_labels(labels: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+  """For each row of multi-hot `labels` (N,K), the first row of `candidates` (M,K) with the
+  same classes, else the first with the same first class, else -1; (N,) int."""
+  out = np.full(len(labels), -1)
+  for i, row in enumerate(labels):
+    same = np.flatnonzero(np.all(candidates == row, axis=1))
+    if not same.size:
+      same = np.flatnonzero(candidates[:, np.argmax(row)] > 0)
+    if same.size:
+      out[i] = same[i % same.size]  # Spread the matches over the candidates.
+  return out
+
+
+def _rows(prefix: str, *, kld: float, fad: float, align: np.ndarray, class_logits,
+          labels, onset_detected, onsets) -> dict:
+  out = {f'{prefix}/kld': kld, f'{prefix}/fad': fad,
+         f'{prefix}/align_acc': metrics.align_accuracy(align),
+         f'{prefix}/class_acc': classifiers.top1_in_labels(class_logits, labels)}
+  for ms in generation.TOLERANCES_MS:
+    out[f'{prefix}/onset_hit@{ms}ms'] = metrics.onset_hit_rate(
+        onset_detected, onsets, ms / 1000)['hit_rate']
+  return out
+
+
+def score(evalset: classifiers.EvaluatorSet, generated: np.ndarray, clips: dict,
+          reference: dict, frame_rate: float) -> dict:
+  """Every generation metric of `generated` (N,Ta,F) log-mels for the videos of `clips`.
+
+  Args:
+    evalset: the dataset's trained evaluators.
+    generated: log-mels generated for clips['frames'].
+    clips: the N clips G: frames (N,T,H,W,3), log_mel (N,Ta,F) real, labels (N,K), onsets.
+    reference: the disjoint clips R: log_mel (M,Ta,F), labels (M,K).
+    frame_rate: log-mel frames per second.
+  Returns:
+    gen/{kld,fad,align_acc,class_acc,onset_hit@50ms,onset_hit@100ms} and the same under
+    ref/gt/ and ref/shuffled/ (see the module docstring); percentages in 0-100.
+  """
+  gen = evalset.audio(generated)
+  real = evalset.audio(clips['log_mel'])
+  ref = evalset.audio(reference['log_mel'])
+  shuffle = np.roll(np.arange(len(generated)), -1)
+  onsets = clips['onsets']
+  detected = [metrics.detect_onsets(m, frame_rate) for m in generated]
+  detected_real = [metrics.detect_onsets(m, frame_rate) for m in clips['log_mel']]
+  fad_floor = metrics.fad(real['embedding'], ref['embedding'])
+
+  out = _rows('gen', kld=metrics.kld_from_logits(real['logits'], gen['logits']),
+              fad=metrics.fad(gen['embedding'], ref['embedding']),
+              align=evalset.aligned_prob(clips['frames'], generated),
+              class_logits=gen['logits'], labels=clips['labels'],
+              onset_detected=detected, onsets=onsets)
+  match = match_by_labels(clips['labels'], reference['labels'])
+  has = match >= 0
+  out.update(_rows('ref/gt', kld=metrics.kld_from_logits(real['logits'][has],
+                                                         ref['logits'][match[has]]),
+                   fad=fad_floor, align=evalset.aligned_prob(clips['frames'], clips['log_mel']),
+                   class_logits=real['logits'], labels=clips['labels'],
+                   onset_detected=detected_real, onsets=onsets))
+  out.update(_rows('ref/shuffled',
+                   kld=metrics.kld_from_logits(real['logits'], real['logits'][shuffle]),
+                   fad=fad_floor,
+                   align=evalset.aligned_prob(clips['frames'], clips['log_mel'][shuffle]),
+                   class_logits=real['logits'][shuffle], labels=clips['labels'],
+                   onset_detected=[detected_real[j] for j in shuffle], onsets=onsets))
+  out['ref/gt/kld_matched_clips'] = float(has.sum())
+  return out
+
+
+# Which objectives each Table 3 experiment trains with: (MSA, MSD).
+TABLE3_FLAGS = {'cavp': (False, False), 'msa': (True, False), 'msd': (False, True),
+                'msa_msd': (True, True)}
+
+
+def _cell(results: dict, key: str, digits: int) -> str:
+  value = results.get(key)
+  return '—' if value is None else f'{value:.{digits}f}'
+
+
+def results_markdown(results: dict, experiment: str) -> str:
+  """results.md: the paper's Tables 1-3 layout for one evaluated workdir."""
+  r = results
+  gen_cols = [('kld', 'KLD ↓', 2), ('fad', 'FAD ↓', 2), ('align_acc', 'Align Acc ↑', 1),
+              ('onset_hit@50ms', 'onset hit@50ms ↑', 1),
+              ('onset_hit@100ms', 'onset hit@100ms ↑', 1), ('class_acc', 'class acc ↑', 1)]
+  lines = [f"# Evaluation of {experiment}, checkpoint {r.get('evaluate/step')}", '',
+           f"Sampler {r.get('evaluate/sampler')}, {r.get('evaluate/sample_steps')} steps, "
+           f"guidance {r.get('evaluate/guidance')}; {int(r.get('gen/num_clips', 0))} test "
+           f"videos, FAD against the real audio of the next "
+           f"{int(r.get('gen/num_reference_clips', 0))}.", '',
+           '## Video-to-audio generation (Table 1 layout)', '',
+           '| audio | ' + ' | '.join(c[1] for c in gen_cols) + ' |',
+           '|' + ' --- |' * (len(gen_cols) + 1)]
+  for prefix, name in (('ref/gt', 'ground truth'), ('ref/shuffled', 'shuffled ground truth'),
+                       ('gen', f'generated: {experiment}')):
+    lines.append(f'| {name} | ' + ' | '.join(_cell(r, f'{prefix}/{c[0]}', c[2])
+                                            for c in gen_cols) + ' |')
+  lines += ['', 'Ground truth: KLD against a same-class clip of the disjoint reference half '
+            f"({int(r.get('ref/gt/kld_matched_clips', 0))} clips matched); FAD of real vs "
+            'real audio (the floor at this sample size).', '',
+            '## Retrieval (Table 2 layout)', '',
+            '| direction | R@1 | R@5 | R@10 | median rank |', '| --- | --- | --- | --- | --- |']
+  for d, name in (('v2a', 'video → audio'), ('a2v', 'audio → video')):
+    lines.append(f'| {name} | ' + ' | '.join(
+        _cell(r, f'retrieval/{d}_R@{k}', 2) for k in (1, 5, 10)) +
+                 f" | {_cell(r, f'retrieval/median_rank_{d}', 0)} |")
+  lines.append('| chance | ' + ' | '.join(_cell(r, f'retrieval/chance_R@{k}', 2)
+                                         for k in (1, 5, 10)) + ' | — |')
+  msa, msd = TABLE3_FLAGS.get(experiment, (None, None))
+  mark = {True: '✓', False: '✗', None: '?'}
+  lines += ['', '## Table 3 row', '',
+            '| MSA | MSD | KLD ↓ | FAD ↓ | Align Acc ↑ | R@1 | R@5 | R@10 |',
+            '| --- | --- | --- | --- | --- | --- | --- | --- |',
+            f"| {mark[msa]} | {mark[msd]} | {_cell(r, 'gen/kld', 2)} | {_cell(r, 'gen/fad', 2)}"
+            f" | {_cell(r, 'gen/align_acc', 1)} | "
+            + ' | '.join(_cell(r, f'retrieval/v2a_R@{k}', 2) for k in (1, 5, 10)) + ' |',
+            '', '## The evaluators on real test clips', '',
+            f"Audio classifier top-1 {_cell(r, 'eval/audio_classifier_acc', 1)}%; alignment "
+            f"classifier {_cell(r, 'eval/align_classifier_acc', 1)}% balanced (real pairs "
+            f"{_cell(r, 'eval/align_acc_real', 1)}%, shifted "
+            f"{_cell(r, 'eval/align_acc_shift', 1)}%, segment-swapped "
+            f"{_cell(r, 'eval/align_acc_segment_swap', 1)}%, swapped "
+            f"{_cell(r, 'eval/align_acc_random_swap', 1)}%).", '']
+  return '\n'.join(lines)

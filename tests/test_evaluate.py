@@ -1,0 +1,106 @@
+"""The evaluate command: evaluator networks, the metric suite, results.json and results.md."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from gmscavp_jax import evaluate
+from gmscavp_jax import train
+from gmscavp_jax.evaluators import classifier_training
+from gmscavp_jax.evaluators import classifiers
+from gmscavp_jax.evaluators import suite
+from tests.conftest import ROOT
+from tests.conftest import tiny_config
+
+REQUIRED = ('gen/kld', 'gen/fad', 'gen/align_acc', 'gen/onset_hit@50ms', 'gen/onset_hit@100ms',
+            'retrieval/v2a_R@1', 'retrieval/a2v_R@5', 'retrieval/chance_R@1', 'ref/gt/fad',
+            'ref/gt/kld', 'ref/gt/align_acc', 'ref/shuffled/align_acc', 'evaluate/step',
+            'eval/audio_classifier_acc', 'eval/align_classifier_acc')
+
+
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory):
+  """A tiny joint (msa_msd) workdir trained for 4 steps, and an evaluator root."""
+  workdir = str(tmp_path_factory.mktemp('msa_msd'))
+  train.train_and_evaluate(tiny_config('msa_msd'), workdir)
+  return workdir, str(tmp_path_factory.mktemp('evaluators'))
+
+
+def test_classifier_shapes():
+  config = tiny_config('msa_msd')
+  models = classifiers.build(config)
+  params = jax.eval_shape(lambda: classifiers.init_params(config, models, jax.random.key(0)))
+  frames = jax.ShapeDtypeStruct((3, 8, 32, 32, 3), np.uint8)
+  mel = jax.ShapeDtypeStruct((3, 40, config.audio.n_mels), np.float32)
+  out = jax.eval_shape(lambda p, m: models.audio.apply({'params': p['audio']}, m), params, mel)
+  assert out['logits'].shape == (3, config.data.num_classes)
+  assert out['embedding'].shape == (3, config.evaluator.embed_dim)
+  logit = jax.eval_shape(lambda p, f, m: models.align.apply({'params': p['align']}, f, m),
+                         params, frames, mel)
+  assert logit.shape == (3,)
+
+
+def test_match_by_labels_prefers_the_same_classes():
+  labels = np.array([[1, 0, 1], [0, 1, 0], [0, 0, 1]], np.float32)
+  candidates = np.array([[0, 1, 0], [1, 0, 1], [1, 0, 0], [0, 1, 1]], np.float32)
+  # Row 2 (class 2 alone) has no exact match: the first candidate containing class 2 does.
+  np.testing.assert_array_equal(suite.match_by_labels(labels, candidates), [1, 0, 1])
+  assert suite.match_by_labels(np.array([[0, 0, 1]]), np.array([[1, 0, 0]]))[0] == -1
+
+
+def test_evaluator_set_is_keyed_by_the_dataset(tmp_path):
+  config = tiny_config('msa_msd')
+  same = tiny_config('msa', **{'train.num_steps': 9})  # Another experiment, same data.
+  other = tiny_config('msa_msd', **{'data.seed': 3})
+  root = str(tmp_path)
+  assert classifier_training.evaluator_dir(config, root) == (
+      classifier_training.evaluator_dir(same, root))
+  assert classifier_training.evaluator_dir(config, root) != (
+      classifier_training.evaluator_dir(other, root))
+
+
+def test_evaluate_writes_results_and_reuses_the_evaluators(trained):
+  workdir, root = trained
+  results = evaluate.evaluate(workdir, evaluator_dir=root, sampler='ddim', num_steps=3)
+  with open(os.path.join(workdir, 'results.json')) as f:
+    saved = json.load(f)
+  for key in REQUIRED:
+    assert key in saved and key in results, key
+  assert saved['evaluate/step'] == 4 and saved['step'] == 4  # Training's keys are kept.
+  assert saved['gen/kld'] >= 0 and saved['gen/fad'] > -1e-6
+  assert 0 <= saved['gen/align_acc'] <= 100
+  with open(os.path.join(workdir, 'results.md')) as f:
+    text = f.read()
+  assert '| MSA | MSD | KLD ↓ | FAD ↓ | Align Acc ↑ | R@1 | R@5 | R@10 |' in text
+  assert '| ✓ | ✓ |' in text and 'ground truth' in text
+  assert os.path.exists(os.path.join(workdir, 'plots', 'evaluate.png'))
+
+  # The evaluators were trained once, into a dataset-keyed folder, and are reused.
+  (path,) = [os.path.join(root, d) for d in os.listdir(root)]
+  stamp = os.path.getmtime(os.path.join(path, classifier_training.SUMMARY_FILE))
+  assert results['evaluate/sampler'] == 'ddim' and results['evaluate/sample_steps'] == 3
+  config = train.load_config(workdir)
+  evalset, summary = classifier_training.load_or_train(config, root)
+  assert os.path.getmtime(os.path.join(path, classifier_training.SUMMARY_FILE)) == stamp
+  assert summary['eval/align_classifier_acc'] == results['eval/align_classifier_acc']
+  mel = np.random.default_rng(0).normal(size=(3, 40, config.audio.n_mels))
+  assert np.isfinite(evalset.audio(mel)['embedding']).all()
+
+
+def test_evaluate_cli_reports_a_missing_workdir(tmp_path):
+  proc = subprocess.run(
+      [sys.executable, '-m', 'gmscavp_jax.evaluate', f'--workdir={tmp_path}/nothing'],
+      cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
+  assert proc.returncode == 1
+  assert 'config.json not found' in proc.stderr and 'Traceback' not in proc.stderr
+
+
+def test_bad_metric_clip_count_is_named(trained):
+  workdir, root = trained
+  with pytest.raises(Exception, match='eval.num_metric_clips'):
+    evaluate.evaluate(workdir, evaluator_dir=root, num_clips=100)
