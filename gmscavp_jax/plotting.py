@@ -94,3 +94,39 @@ def spectrograms(generated: np.ndarray, path: str, title: str, real: np.ndarray 
   fig.suptitle(title, fontsize=9)
   fig.tight_layout()
   return _save_and_decode(fig, path)
+
+
+def ablation_bars(aggregate: dict, path: str, metrics) -> np.ndarray:
+  """Saves Table 3 as bar charts, one subplot per metric; returns the PNG as (H, W, 3) uint8.
+
+  `aggregate` is `ablation.aggregate(...)`'s dict; `metrics` a sequence of (results key, label,
+  lower_is_better). Each config is a bar (mean, std error bar) with its seeds as dots; the
+  ground-truth audio's value, where there is one, is a dashed line.
+  """
+  names = list(aggregate['configs'])
+  cols = min(3, len(metrics))
+  rows = -(-len(metrics) // cols)
+  fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3 * rows), squeeze=False)
+  x = np.arange(len(names))
+  for ax, (key, label, lower) in zip(axes.flat, metrics):
+    stats = [aggregate['configs'][n] for n in names]
+    means = [np.nan if s['mean'].get(key) is None else s['mean'][key] for s in stats]
+    stds = [s['std'].get(key) or 0.0 for s in stats]
+    ax.bar(x, means, yerr=stds, capsize=3, color='tab:blue', alpha=0.6)
+    for i, s in enumerate(stats):
+      values = s['values'].get(key, [])
+      # Spread the seeds a little so that equal values stay visible.
+      spread = np.linspace(-0.12, 0.12, len(values)) if len(values) > 1 else 0.0
+      ax.scatter(i + np.zeros(len(values)) + spread, values, color='black', s=10, zorder=3)
+    ref = aggregate['ref']['gt'].get(key)
+    if ref is not None:
+      ax.axhline(ref, color='tab:green', ls='--', lw=1, label='ground truth')
+      ax.legend(fontsize=7)
+    name = label.rstrip(' ↓↑')
+    ax.set_title(f'{name} {"↓" if lower else "↑"}', fontsize=9)
+    ax.set_xticks(x, names, fontsize=7)
+    ax.grid(axis='y', alpha=0.3)
+  for ax in list(axes.flat)[len(metrics):]:
+    ax.axis('off')
+  fig.tight_layout()
+  return _save_and_decode(fig, path)

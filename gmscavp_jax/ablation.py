@@ -1,0 +1,329 @@
+r"""Table 3 of the paper: trains and evaluates each config for several seeds, then tabulates.
+
+  python -m gmscavp_jax.ablation --root=/tmp/ablation --seeds=3 \
+      [--configs=cavp,msa,msd,msa_msd] [--variant=runlocal] [--override=train.num_steps=500] \
+      [--sampler=ddim --steps=50 --guidance=3]
+
+Runs go seed-major (seed 0 of every config, then seed 1, ...), one subprocess at a time, into
+ROOT/{config}-{variant}-seed{S} with logs in ROOT/{run}.log. Restarting the same command
+resumes: finished runs are skipped, unfinished ones continue from their checkpoints. At the end
+it writes ROOT/ablation.json, ROOT/ablation.md (Table 3 layout) and ROOT/ablation.png. How long
+a runlocal ablation takes on a CPU is recorded in docs/results.md.
+"""
+
+import datetime
+import json
+import math
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from typing import Callable, Sequence
+
+from absl import app
+from absl import flags
+from absl import logging
+import numpy as np
+
+from gmscavp_jax import plotting
+
+_ROOT = flags.DEFINE_string('root', None, 'Directory for all runs, logs and the report.')
+_CONFIGS = flags.DEFINE_list('configs', ['cavp', 'msa', 'msd', 'msa_msd'],
+                             'Experiment files CONFIGS_DIR/NAME.py to run.')
+_VARIANT = flags.DEFINE_string('variant', 'runlocal', 'Config variant (empty: full size).')
+_SEEDS = flags.DEFINE_integer('seeds', 3, 'Seeds 0..N-1 per config.', lower_bound=1)
+_OVERRIDE = flags.DEFINE_multi_string('override', [], 'FIELD=VALUE, passed as --config.FIELD.')
+_SAMPLER = flags.DEFINE_enum('sampler', None, ['ddpm', 'ddim', 'dpmpp2m'], 'For evaluate.')
+_STEPS = flags.DEFINE_integer('steps', None, 'Sampling steps, for evaluate.')
+_GUIDANCE = flags.DEFINE_float('guidance', None, 'Guidance scale, for evaluate.')
+_CONFIGS_DIR = flags.DEFINE_string('configs_dir', 'configs', 'Where NAME.py files live.')
+flags.mark_flag_as_required('root')
+
+# (results key, Table 3 column, lower is better, decimals).
+METRICS = (
+    ('gen/kld', 'KLD ↓', True, 2),
+    ('gen/fad', 'FAD ↓', True, 2),
+    ('gen/align_acc', 'Align Acc ↑', False, 1),
+    ('gen/onset_hit@50ms', 'onset hit@50ms ↑', False, 1),
+    ('gen/onset_hit@100ms', 'onset hit@100ms ↑', False, 1),
+) + tuple((f'retrieval/{d}_R@{k}', f'{d} R@{k}', False, 1)
+          for d in ('v2a', 'a2v') for k in (1, 5, 10))
+PLOT_METRICS = ('gen/kld', 'gen/fad', 'gen/align_acc', 'gen/onset_hit@100ms',
+                'retrieval/v2a_R@1', 'retrieval/a2v_R@1')
+# Which of the paper's two components each config has: (MSA, MSD).
+COMPONENTS = {'cavp': (False, False), 'msa': (True, False), 'msd': (False, True),
+              'msa_msd': (True, True)}
+TABLE3 = ('cavp', 'msa', 'msd', 'msa_msd')
+
+RunCommand = Callable[[list, str], int]
+
+
+def run_subprocess(args: list, log_path: str) -> int:
+  """Runs `args` with stdout and stderr appended to `log_path`; returns the exit status."""
+  with open(log_path, 'a') as log:
+    log.write(f'\n$ {shlex.join(args)}\n')
+    log.flush()
+    return subprocess.run(args, stdout=log, stderr=subprocess.STDOUT, check=False).returncode
+
+
+def run_name(name: str, variant: str, seed: int) -> str:
+  return f'{name}-{variant or "full"}-seed{seed}'
+
+
+def _read_json(path: str) -> dict | None:
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
+def run_state(workdir: str, num_steps: int | None = None) -> tuple[bool, bool]:
+  """(trained, evaluated) of a workdir; `num_steps` overrides config.json's target."""
+  config, results = (_read_json(os.path.join(workdir, f)) for f in ('config.json',
+                                                                     'results.json'))
+  if config is None or results is None:
+    return False, False
+  target = int(config['train']['num_steps']) if num_steps is None else num_steps
+  trained = results.get('step') == target
+  return trained, trained and results.get('evaluate/step') == target
+
+
+def _config_flags(overrides: Sequence[str]) -> tuple[list, int | None]:
+  """--override=FIELD=VALUE -> (['--config.FIELD=VALUE', ...], overridden train.num_steps)."""
+  out, num_steps = [], None
+  for o in overrides:
+    field, sep, value = o.partition('=')
+    field = field.removeprefix('config.')
+    if not sep or not field or field == 'seed':
+      raise app.UsageError(f'--override={o}: want FIELD=VALUE (seed is set by --seeds)')
+    out.append(f'--config.{field}={value}')
+    if field == 'train.num_steps':
+      num_steps = int(value)  # Else a changed step count would look finished.
+  return out, num_steps
+
+
+def _tail(path: str, n: int = 15) -> str:
+  if not os.path.exists(path):
+    return ''
+  with open(path, errors='replace') as f:
+    return ''.join(f.readlines()[-n:])
+
+
+def _hms(seconds: float) -> str:
+  m, s = divmod(int(seconds), 60)
+  return f'{m // 60}h{m % 60:02d}m{s:02d}s' if m >= 60 else f'{m}m{s:02d}s'
+
+
+def run_ablation(root: str, configs: Sequence[str], variant: str = 'runlocal', seeds: int = 3,
+                 overrides: Sequence[str] = (), eval_flags: Sequence[str] = (),
+                 configs_dir: str = 'configs', run_command: RunCommand = run_subprocess,
+                 argv: Sequence[str] | None = None) -> int:
+  """Trains and evaluates every (seed, config) not yet done, then writes the report.
+
+  Returns the number of runs that failed (their subprocess exited non-zero or stopped short).
+  """
+  os.makedirs(root, exist_ok=True)
+  config_args, num_steps = _config_flags(overrides)
+  runs = [(name, seed) for seed in range(seeds) for name in configs]
+  todo = sum(not run_state(os.path.join(root, run_name(n, variant, s)), num_steps)[1]
+             for n, s in runs)
+  start, durations, failed = time.time(), [], []
+  for i, (name, seed) in enumerate(runs, 1):
+    run = run_name(name, variant, seed)
+    workdir, log_path = os.path.join(root, run), os.path.join(root, f'{run}.log')
+    t0, did, error = time.time(), [], None
+    config = os.path.join(configs_dir, f'{name}.py') + (f':{variant}' if variant else '')
+    jobs = (('train', ['gmscavp_jax.main', f'--config={config}', f'--workdir={workdir}',
+                       f'--config.seed={seed}', *config_args], 0),
+            ('evaluate', ['gmscavp_jax.evaluate', f'--workdir={workdir}', *eval_flags], 1))
+    for job, args, done_index in jobs:
+      if run_state(workdir, num_steps)[done_index]:
+        continue
+      logging.info('[%d/%d] %s: %s (log %s)', i, len(runs), run, job, log_path)
+      code = run_command([sys.executable, '-m', *args], log_path)
+      did.append(job)
+      if code == 0 and not run_state(workdir, num_steps)[done_index]:
+        error = f'{job} exited 0 but {workdir}/results.json does not show it finished'
+      elif code != 0:
+        error = f'{job} exited with status {code}'
+      if error:
+        break
+    if did:
+      durations.append(time.time() - t0)
+      todo -= 1
+    if error:
+      failed.append(run)
+      logging.error('[%d/%d] %s FAILED: %s; log %s, last lines:\n%s', i, len(runs), run, error,
+                    log_path, _tail(log_path))
+    eta = _hms(np.mean(durations) * todo) if durations else '?'
+    logging.info('[%d/%d] %s: %s in %s (elapsed %s, ETA %s)', i, len(runs), run,
+                 '+'.join(did) + (' FAILED' if error else '') or 'already done',
+                 _hms(time.time() - t0),
+                 _hms(time.time() - start), eta)
+  if failed:
+    logging.error('%d of %d runs failed: %s', len(failed), len(runs), ', '.join(failed))
+  agg = aggregate(root, configs, seeds, variant)
+  write_report(root, agg, list(sys.argv if argv is None else argv))
+  return len(failed)
+
+
+def _stats(values: list) -> dict:
+  """Mean and sample std (ddof=1; None below two values); NaNs become None for JSON."""
+  clean = lambda x: None if x is None or not math.isfinite(x) else float(x)
+  std = float(np.std(values, ddof=1)) if len(values) >= 2 else None
+  return {'mean': clean(float(np.mean(values))), 'std': clean(std), 'n': len(values)}
+
+
+def aggregate(root: str, configs: Sequence[str], seeds: int, variant: str = 'runlocal') -> dict:
+  """Per-run values and per-config mean/std of every metric, over runs evaluated at the end.
+
+  Returns {'runs': {run: {'config', 'seed', 'results'}}, 'configs': {name: {'seeds': [S],
+  'values': {key: [per seed]}, 'mean': {key: x}, 'std': {key: x or None}}}, 'ref': {'gt' |
+  'shuffled': {metric key: mean over all runs}}, 'chance_R@1': mean or None}.
+  """
+  out = {'runs': {}, 'configs': {}, 'ref': {'gt': {}, 'shuffled': {}}, 'chance_R@1': None}
+  refs, chance = {}, []
+  for name in configs:
+    seeds_done, values = [], {}
+    for seed in range(seeds):
+      workdir = os.path.join(root, run_name(name, variant, seed))
+      if not run_state(workdir)[1]:
+        continue
+      results = _read_json(os.path.join(workdir, 'results.json'))
+      out['runs'][run_name(name, variant, seed)] = dict(config=name, seed=seed, results=results)
+      seeds_done.append(seed)
+      for key, _, _, _ in METRICS:
+        if key in results:
+          values.setdefault(key, []).append(float(results[key]))
+      for key, v in results.items():
+        if key.startswith(('ref/gt/', 'ref/shuffled/')):
+          refs.setdefault(key, []).append(float(v))
+      if 'retrieval/chance_R@1' in results:
+        chance.append(float(results['retrieval/chance_R@1']))
+    if seeds_done:
+      stats = {k: _stats(v) for k, v in values.items()}
+      out['configs'][name] = dict(seeds=seeds_done, values=values,
+                                  mean={k: s['mean'] for k, s in stats.items()},
+                                  std={k: s['std'] for k, s in stats.items()})
+  for key, v in refs.items():
+    _, kind, metric = key.split('/', 2)
+    out['ref'][kind][f'gen/{metric}'] = _stats(v)['mean']
+  out['chance_R@1'] = _stats(chance)['mean'] if chance else None
+  return out
+
+
+def ordering(agg: dict) -> dict:
+  """Per metric: does "both > each alone > neither" hold on the means? None unless all 4 ran.
+
+  Returns {key: {'holds': bool, 'violations': [str], 'within_noise': [str]}}; a comparison is
+  within seed noise when its difference is below the two configs' pooled std.
+  """
+  cfg = agg['configs']
+  if not all(c in cfg for c in TABLE3):
+    return {}
+  out = {}
+  pairs = [('msa_msd', c) for c in ('msd', 'msa', 'cavp')] + [('msa', 'cavp'), ('msd', 'cavp')]
+  for key, _, lower, dec in METRICS:
+    if not all(cfg[c]['mean'].get(key) is not None for c in TABLE3):
+      continue
+    violations, noise = [], []
+    for a, b in pairs:  # Claim: `a` is better than `b`.
+      ma, mb = cfg[a]['mean'][key], cfg[b]['mean'][key]
+      if not (ma < mb if lower else ma > mb):
+        op = '=' if ma == mb else ('<' if mb < ma else '>')
+        violations.append(f'{b} {mb:.{dec}f} {op} {a} {ma:.{dec}f}')
+      sa, sb = cfg[a]['std'].get(key), cfg[b]['std'].get(key)
+      if sa is not None and sb is not None:
+        na, nb = len(cfg[a]['values'][key]), len(cfg[b]['values'][key])
+        pooled = math.sqrt(((na - 1) * sa**2 + (nb - 1) * sb**2) / (na + nb - 2))
+        if abs(ma - mb) < pooled:
+          noise.append(f'{a} vs {b} (|Δ| {abs(ma - mb):.{dec}f} < pooled std {pooled:.{dec}f})')
+    out[key] = dict(holds=not violations, violations=violations, within_noise=noise)
+  return out
+
+
+def _cell(mean, std, dec) -> str:
+  if mean is None:
+    return '—'
+  return f'{mean:.{dec}f}' + ('' if std is None else f' ± {std:.{dec}f}')
+
+
+def markdown(agg: dict, argv: Sequence[str]) -> str:
+  """ablation.md: provenance, the Table 3 layout, and the paper's ordering checked per metric."""
+  cmd = shlex.join(['python', '-m', 'gmscavp_jax.ablation', *argv[1:]])
+  cpu = platform.processor() or platform.machine()
+  machine = f'{platform.node()} ({platform.platform()}, {cpu}, {os.cpu_count()} CPUs)'
+  lines = ['# GMS-CAVP ablation (Table 3)', '', f'- command: `{cmd}`', f'- machine: {machine}',
+           f'- date: {datetime.datetime.now().isoformat(timespec="seconds")}', '',
+           '| config | MSA | MSD | seeds | ' + ' | '.join(m[1] for m in METRICS) + ' |',
+           '|' + ' --- |' * (4 + len(METRICS))]
+  mark = lambda b: '✓' if b else '✗'
+  for name, c in agg['configs'].items():
+    msa, msd = (mark(b) for b in COMPONENTS[name]) if name in COMPONENTS else ('?', '?')
+    cells = [_cell(c['mean'].get(k), c['std'].get(k), d) for k, _, _, d in METRICS]
+    lines.append(f'| {name} | {msa} | {msd} | {len(c["seeds"])} | ' + ' | '.join(cells) + ' |')
+  for kind, label in (('gt', 'ground-truth audio'), ('shuffled', 'shuffled ground-truth audio')):
+    if agg['ref'][kind]:
+      cells = [_cell(agg['ref'][kind].get(k), None, d) for k, _, _, d in METRICS]
+      lines.append(f'| {label} | — | — | — | ' + ' | '.join(cells) + ' |')
+  if agg['chance_R@1'] is not None:
+    cells = [_cell(agg['chance_R@1'], None, d) if k.endswith('_R@1') else '—'
+             for k, _, _, d in METRICS]
+    lines.append('| chance | — | — | — | ' + ' | '.join(cells) + ' |')
+  facts = ordering(agg)
+  if facts:
+    lines += ['', "## Does the paper's ordering hold?", '',
+              'The paper claims both components > each alone > neither: msa_msd best of the '
+              'four, and msa and msd each better than cavp. Checked on the means:', '']
+    for key, label, _, _ in METRICS:
+      if key in facts:
+        f = facts[key]
+        line = f'- {label[:-2] if label[-1] in "↓↑" else label}: ' + (
+            'holds' if f['holds'] else f'does not hold ({"; ".join(f["violations"])})')
+        if f['within_noise']:
+          line += '; within seed noise: ' + '; '.join(f['within_noise'])
+        lines.append(line)
+    lines += ['', 'A difference smaller than the pooled std of the two configs is within seed '
+              'noise: such comparisons are flagged and decide nothing.']
+  return '\n'.join(lines) + '\n'
+
+
+def _finite(x):
+  """`x` with NaN/inf floats (a diverged metric) as None, so ablation.json is strict JSON."""
+  if isinstance(x, dict):
+    return {k: _finite(v) for k, v in x.items()}
+  if isinstance(x, (list, tuple)):
+    return [_finite(v) for v in x]
+  return None if isinstance(x, float) and not math.isfinite(x) else x
+
+
+def write_report(root: str, agg: dict, argv: Sequence[str]) -> None:
+  """ROOT/ablation.json, ablation.md and (when any run has results) ablation.png."""
+  with open(os.path.join(root, 'ablation.json'), 'w') as f:
+    json.dump(_finite({**agg, 'ordering': ordering(agg)}), f, indent=2, allow_nan=False)
+  with open(os.path.join(root, 'ablation.md'), 'w') as f:
+    f.write(markdown(agg, argv))
+  if agg['configs']:
+    metrics = [(k, label, lower) for k, label, lower, _ in METRICS if k in PLOT_METRICS]
+    plotting.ablation_bars(agg, os.path.join(root, 'ablation.png'), metrics)
+  logging.info('wrote %s/ablation.{json,md,png}', root)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  logging.set_verbosity(logging.INFO)
+  eval_flags = [f'--{n}={f.value}' for n, f in
+                (('sampler', _SAMPLER), ('steps', _STEPS), ('guidance', _GUIDANCE))
+                if f.value is not None]
+  failed = run_ablation(_ROOT.value, _CONFIGS.value, _VARIANT.value, _SEEDS.value,
+                        _OVERRIDE.value, eval_flags, _CONFIGS_DIR.value,
+                        run_command=run_subprocess)
+  if failed:
+    sys.exit(1)
+
+
+if __name__ == '__main__':
+  app.run(main)
