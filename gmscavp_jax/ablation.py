@@ -120,7 +120,7 @@ def run_ablation(root: str, configs: Sequence[str], variant: str = 'runlocal', s
                  overrides: Sequence[str] = (), eval_flags: Sequence[str] = (),
                  configs_dir: str = 'configs', run_command: RunCommand = run_subprocess,
                  argv: Sequence[str] | None = None) -> int:
-  """Trains and evaluates every (seed, config) not yet done, then writes the report.
+  """Trains and evaluates every (seed, config) not yet done, rewriting the report after each.
 
   Returns the number of runs that failed (their subprocess exited non-zero or stopped short).
   """
@@ -157,6 +157,9 @@ def run_ablation(root: str, configs: Sequence[str], variant: str = 'runlocal', s
       failed.append(run)
       logging.error('[%d/%d] %s FAILED: %s; log %s, last lines:\n%s', i, len(runs), run, error,
                     log_path, _tail(log_path))
+    if did:  # The report so far: an interrupted ablation still leaves its table.
+      write_report(root, aggregate(root, configs, seeds, variant),
+                   list(sys.argv if argv is None else argv))
     eta = _hms(np.mean(durations) * todo) if durations else '?'
     logging.info('[%d/%d] %s: %s in %s (elapsed %s, ETA %s)', i, len(runs), run,
                  '+'.join(did) + (' FAILED' if error else '') or 'already done',

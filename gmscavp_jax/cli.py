@@ -4,6 +4,7 @@ import logging as std_logging
 import os
 import sys
 
+from absl import flags
 from absl import logging
 import jax
 
@@ -39,3 +40,21 @@ def run_or_explain(fn, *args, **kwargs):
     logging.error('%s', e)
     print(f'error: {e}', file=sys.stderr)
     sys.exit(1)
+
+
+def define_sampler_flags() -> dict:
+  """--sampler/--steps/--guidance/--eta (DESIGN §7); their values feed `sampler_args`."""
+  return {
+      'sampler': flags.DEFINE_enum('sampler', None, list(config_validation.SAMPLERS),
+                                   'Sampler (default: config eval.sampler).'),
+      'num_steps': flags.DEFINE_integer('steps', None,
+                                        'Sampling steps (default: eval.sample_steps).'),
+      'guidance': flags.DEFINE_float('guidance', None,
+                                     'Guidance scale (default: eval.guidance).'),
+      'eta': flags.DEFINE_float('eta', None, 'DDIM eta (default: eval.eta).'),
+  }
+
+
+def sampler_args(defined: dict) -> dict:
+  """{'sampler', 'num_steps', 'guidance', 'eta'} from `define_sampler_flags`' holders."""
+  return {name: holder.value for name, holder in defined.items()}

@@ -32,11 +32,7 @@ from gmscavp_jax.evaluators import retrieval
 from gmscavp_jax.evaluators import suite
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Workdir of a training run.')
-_SAMPLER = flags.DEFINE_enum('sampler', None, list(config_validation.SAMPLERS),
-                             'Sampler (default: config eval.sampler).')
-_STEPS = flags.DEFINE_integer('steps', None, 'Sampling steps (default: eval.sample_steps).')
-_GUIDANCE = flags.DEFINE_float('guidance', None, 'Guidance scale (default: eval.guidance).')
-_ETA = flags.DEFINE_float('eta', None, 'DDIM eta (default: eval.eta).')
+_SAMPLER_FLAGS = cli.define_sampler_flags()
 _NUM_CLIPS = flags.DEFINE_integer('num_clips', None,
                                   'Test videos to generate for (default: eval.num_metric_clips).')
 _SEED = flags.DEFINE_integer('seed', 0, 'Seed of the sampling noise.')
@@ -133,8 +129,7 @@ def main(argv):
   cli.setup()
   r = cli.run_or_explain(
       evaluate, _WORKDIR.value, evaluator_dir=_EVALUATOR_DIR.value, num_clips=_NUM_CLIPS.value,
-      sampler=_SAMPLER.value, num_steps=_STEPS.value, guidance=_GUIDANCE.value,
-      eta=_ETA.value, seed=_SEED.value)
+      seed=_SEED.value, **cli.sampler_args(_SAMPLER_FLAGS))
   print(f"checkpoint {r['evaluate/step']}: KLD {r['gen/kld']:.3f}  FAD {r['gen/fad']:.3f}  "
         f"Align Acc {r['gen/align_acc']:.1f}%  onset hit@100ms {r['gen/onset_hit@100ms']:.1f}%"
         f"  v2a R@1 {r['retrieval/v2a_R@1']:.2f}%  a2v R@1 {r['retrieval/a2v_R@1']:.2f}%")

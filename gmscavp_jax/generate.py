@@ -34,11 +34,7 @@ _WORKDIR = flags.DEFINE_string('workdir', None, 'Workdir of a training run.')
 _VIDEO = flags.DEFINE_string('video', None, 'An mp4 (or any video PyAV decodes).')
 _TEST_INDEX = flags.DEFINE_integer('test_index', None, 'A clip of the configured test split.')
 _OUTPUT_DIR = flags.DEFINE_string('output_dir', None, 'Where the WAV, PNG and mp4 go.')
-_SAMPLER = flags.DEFINE_enum('sampler', None, list(config_validation.SAMPLERS),
-                             'Sampler (default: config eval.sampler).')
-_STEPS = flags.DEFINE_integer('steps', None, 'Sampling steps (default: eval.sample_steps).')
-_GUIDANCE = flags.DEFINE_float('guidance', None, 'Guidance scale (default: eval.guidance).')
-_ETA = flags.DEFINE_float('eta', None, 'DDIM eta (default: eval.eta).')
+_SAMPLER_FLAGS = cli.define_sampler_flags()
 _START = flags.DEFINE_float('start_seconds', 0.0, 'Start of the clip window in --video.')
 _SEED = flags.DEFINE_integer('seed', 0, 'Seed of the sampling noise.')
 flags.mark_flags_as_required(['workdir', 'output_dir'])
@@ -117,7 +113,7 @@ def main(argv):
   out = cli.run_or_explain(
       generate, _WORKDIR.value, _OUTPUT_DIR.value, video=_VIDEO.value,
       test_index=_TEST_INDEX.value, start_seconds=_START.value, seed=_SEED.value,
-      sampler=_SAMPLER.value, num_steps=_STEPS.value, guidance=_GUIDANCE.value, eta=_ETA.value)
+      **cli.sampler_args(_SAMPLER_FLAGS))
   print(f"checkpoint {out['step']}: wrote {out['wav']}, {out['png']}, {out['mp4']}")
   print(f"onsets detected in the generated audio (s): "
         f"{', '.join(f'{t:.2f}' for t in out['detected_onsets']) or 'none'}")

@@ -181,6 +181,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     results = evaluate(evaluators, state, start, workdir, writer, config)
   ckpt.close()
   writer.close()
+  # Stop grain's worker processes now: left to interpreter exit, their cleanup races the
+  # closing of multiprocessing's handles and prints tracebacks.
+  del train_iter
   if jax.process_index() == 0:
     plotting.loss_curves(metrics_io.read_jsonl(metrics_jsonl),
                          os.path.join(workdir, 'plots', 'loss.png'))
