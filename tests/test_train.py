@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import scipy.io.wavfile
 
-from gmscavp_jax import generate
+from gmscavp_jax import soundtrack
 from gmscavp_jax import metrics_io
 from gmscavp_jax import train
 from gmscavp_jax.data import media
@@ -104,7 +104,7 @@ def test_retrieve_cli(msa_workdir, tmp_path):
 
 def test_generate_for_a_test_clip(msa_workdir, tmp_path):
   workdir, _ = msa_workdir
-  out = generate.generate(workdir, str(tmp_path), test_index=1, num_steps=3)
+  out = soundtrack.generate(workdir, str(tmp_path), test_index=1, num_steps=3)
   config = train.load_config(workdir)
   num_samples = round(config.data.num_frames / config.data.fps * config.audio.sample_rate)
   rate, wave = scipy.io.wavfile.read(out['wav'])

@@ -1,0 +1,109 @@
+"""Scores a trained workdir with every metric of the paper (DESIGN §5): the library side of
+the evaluate CLI.
+
+Retrieval R@1/5/10 both ways over eval.num_test_clips; audio generated for the first
+eval.num_metric_clips test videos, scored by KLD, FAD, Align Acc, onset hit-rate and class
+accuracy with the dataset's evaluator networks (trained on first use, then reused: see
+evaluators/classifier_training.py). Merges the numbers into WORKDIR/results.json and writes
+WORKDIR/results.md (the paper's table layout) and WORKDIR/plots/evaluate.png.
+"""
+
+import json
+import os
+import time
+
+from absl import logging
+import jax
+import ml_collections
+import numpy as np
+
+from gmscavp_jax import config_validation
+from gmscavp_jax import plotting
+from gmscavp_jax import sharding
+from gmscavp_jax import steps
+from gmscavp_jax import train
+from gmscavp_jax.evaluators import classifier_training
+from gmscavp_jax.evaluators import generation
+from gmscavp_jax.evaluators import retrieval
+from gmscavp_jax.evaluators import suite
+
+
+def _clips_with_log_mel(config, evaluator, num: int, start: int) -> dict:
+  clips = generation.test_clips(config, num, start=start)
+  clips['log_mel'] = evaluator.real_log_mel(clips['waveform'])
+  return clips
+
+
+def evaluate(workdir: str, *, evaluator_dir: str | None = None, num_clips: int | None = None,
+             sampler: str | None = None, num_steps: int | None = None,
+             guidance: float | None = None, eta: float | None = None, seed: int = 0) -> dict:
+  """Scores the newest checkpoint of `workdir`; returns the merged results.json dict."""
+  t0 = time.perf_counter()
+  config = train.load_config(workdir)
+  if num_clips is not None:
+    config.eval.num_metric_clips = num_clips
+  config_validation.validate_evaluation(config)
+  mesh = sharding.make_mesh()
+  models, params, step = train.restore_params(workdir, config, mesh)
+  if not steps.generator_trained(config, step):
+    raise config_validation.ConfigError(
+        f'config.diffusion.training={config.diffusion.training!r}: the checkpoint at step '
+        f'{step} in {workdir} has no trained denoiser to evaluate')
+  evalset, summary = classifier_training.load_or_train(config, evaluator_dir, mesh)
+
+  results, emb = retrieval.RetrievalEvaluator(config, mesh, models).run(params)
+  e = config.eval
+  sampler_args = dict(sampler=sampler or e.sampler, num_steps=num_steps or e.sample_steps,
+                      guidance=e.guidance if guidance is None else guidance,
+                      eta=e.eta if eta is None else eta)
+  gen_eval = generation.GenerationEvaluator(config, mesh, models)
+  n = e.num_metric_clips
+  clips = _clips_with_log_mel(config, gen_eval, n, 0)
+  reference = _clips_with_log_mel(config, gen_eval, n, n)
+  logging.info('generating audio for %d test videos (%s, %d steps, guidance %g)', n,
+               sampler_args['sampler'], sampler_args['num_steps'], sampler_args['guidance'])
+  t_gen = time.perf_counter()
+  generated = gen_eval.generate(params, clips['frames'], seed=seed, **sampler_args)
+  seconds_per_clip = (time.perf_counter() - t_gen) / n
+  results.update(suite.score(evalset, generated, clips, reference,
+                             generation.frame_rate(config)))
+  results.update({k: v for k, v in summary.items() if k.startswith('eval/')})
+  results.update({
+      'gen/num_clips': float(n), 'gen/num_reference_clips': float(n),
+      'gen/seconds_per_clip': seconds_per_clip, 'evaluate/step': step,
+      'evaluate/sampler': sampler_args['sampler'],
+      'evaluate/sample_steps': sampler_args['num_steps'],
+      'evaluate/guidance': sampler_args['guidance'], 'evaluate/seed': seed,
+      'evaluate/evaluator_dir': classifier_training.evaluator_dir(config, evaluator_dir),
+      'evaluate/seconds': time.perf_counter() - t0})
+  if jax.process_index() == 0:
+    _write(workdir, config, results, generated, clips)
+  return _merged(workdir, results)
+
+
+def _merged(workdir: str, results: dict) -> dict:
+  """results.json as it is after the write (training's keys kept, ours newer)."""
+  path = os.path.join(workdir, 'results.json')
+  old = {}
+  if os.path.exists(path):
+    with open(path) as f:
+      old = json.load(f)
+  return {**old, **results}
+
+
+def _write(workdir: str, config: ml_collections.ConfigDict, results: dict,
+           generated: np.ndarray, clips: dict) -> None:
+  merged = _merged(workdir, results)
+  path = os.path.join(workdir, 'results.json')
+  with open(path + '.tmp', 'w') as f:
+    json.dump(merged, f, indent=2, sort_keys=True)
+  os.replace(path + '.tmp', path)
+  with open(os.path.join(workdir, 'results.md'), 'w') as f:
+    f.write(suite.results_markdown(merged, config.experiment))
+  k = min(4, len(generated))
+  plotting.spectrograms(
+      generated[:k], os.path.join(workdir, 'plots', 'evaluate.png'),
+      f"{config.experiment} step {results['evaluate/step']}: generated vs real "
+      f"(KLD {results['gen/kld']:.2f}, FAD {results['gen/fad']:.2f}, "
+      f"Align Acc {results['gen/align_acc']:.1f}%)", real=clips['log_mel'][:k],
+      frame_rate=generation.frame_rate(config), onsets=clips['onsets'][:k])
