@@ -10,6 +10,14 @@ if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
 
 from configs import common  # pylint: disable=g-import-not-at-top
+import jax  # pylint: disable=g-import-not-at-top
+
+# One persistent compilation cache for every test process (xdist workers and the CLIs the
+# tests start): tests that build the same tiny programs compile them once per run.
+CACHE = os.environ.setdefault('GMSCAVP_COMPILATION_CACHE',
+                              os.path.join(ROOT, '.pytest_cache', 'xla'))
+jax.config.update('jax_compilation_cache_dir', CACHE)
+jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
 
 
 def tiny_config(name: str = 'msa', **overrides):
