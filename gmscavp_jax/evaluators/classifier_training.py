@@ -133,8 +133,8 @@ def train(config: ml_collections.ConfigDict, mesh=None) -> tuple[dict, dict]:
                     in_shardings=(repl, batch_sh, repl), out_shardings=(repl, repl),
                     donate_argnums=(0,))
   loader = iter(pipeline.train_loader(_loader_config(config)))
-  progress, rng, pending, history = metrics_io.Progress(0, v.num_steps), jax.random.key(
-      v.seed + 1), [], []
+  progress = metrics_io.Progress(0, v.num_steps)
+  rng, pending, history = jax.random.key(v.seed + 1), [], []
   t0 = time.perf_counter()
   logging.info('training the evaluators (%d steps, batch %d)', v.num_steps, v.batch_size)
   for step in range(1, v.num_steps + 1):
