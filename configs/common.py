@@ -114,8 +114,6 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.end_lr_fraction = 0.1  # Cosine decays to this fraction of the peak.
   c.train.weight_decay = 0.0  # > 0 switches Adam to AdamW.
   c.train.grad_clip_norm = 1.0  # 0 disables clipping.
-  # An update with a non-finite loss or gradient is skipped; this many in a row stop the run.
-  c.train.max_nonfinite_steps = 20
   c.train.log_every_steps = 50
   c.train.checkpoint_every_steps = 1_000
   c.train.keep_checkpoints = 3

@@ -9,12 +9,10 @@ from absl import logging
 import jax
 
 from gmscavp_jax import config_validation
-from gmscavp_jax import steps
 from gmscavp_jax.data import media
 
 # Errors that mean "the user asked for something that cannot work": reported as one line.
-USER_ERRORS = (config_validation.ConfigError, media.MediaError, FileNotFoundError,
-               steps.NonFiniteError)
+USER_ERRORS = (config_validation.ConfigError, media.MediaError, FileNotFoundError)
 
 
 def setup() -> None:

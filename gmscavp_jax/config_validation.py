@@ -87,8 +87,6 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
                 'keep_checkpoints'):
     _require(t[field] > 0, f'train.{field}', 'a positive integer', t[field])
 
-  _require(t.max_nonfinite_steps >= 1, 'train.max_nonfinite_steps', 'a positive integer',
-           t.max_nonfinite_steps)
   _require(e.num_test_clips > 0, 'eval.num_test_clips', 'a positive integer', e.num_test_clips)
   _require(e.batch_size > 0 and e.num_test_clips % e.batch_size == 0, 'eval.batch_size',
            f'a divisor of eval.num_test_clips={e.num_test_clips}', e.batch_size)

@@ -10,6 +10,7 @@ optimizer, so a training phase updates exactly the part it trains (Table 3):
   generator    msd_weight L_MSD on frozen video scales   denoiser
 """
 
+import functools
 from typing import Any, NamedTuple
 
 import chex
@@ -31,18 +32,6 @@ from gmscavp_jax.models import unet as unet_lib
 # Which parameter groups each phase trains.
 TRAINED = {'contrastive': ('encoders',), 'joint': ('encoders', 'denoiser'),
            'generator': ('denoiser',)}
-
-
-class NonFiniteError(RuntimeError):
-  """Too many consecutive updates had a non-finite loss or gradient (all were skipped)."""
-
-
-def count_nonfinite(consecutive: int, fetched: list[dict]) -> int:
-  """The run of consecutive skipped updates after the steps in `fetched` (in order), given
-  the run `consecutive` before them; each dict has train/nonfinite (1 = skipped)."""
-  for metrics in fetched:
-    consecutive = consecutive + 1 if metrics['train/nonfinite'] > 0 else 0
-  return consecutive
 
 
 @flax.struct.dataclass
@@ -234,20 +223,12 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array, *, models: Models
 
   (_, metrics), grads = jax.value_and_grad(loss_of, has_aux=True)(
       {k: state.params[k] for k in trained})
-  # A non-finite loss or gradient (a corrupt batch, an overflow) skips the update: params
-  # and optimizer state stay as they were, and the step reports nonfinite = 1.
-  finite = jnp.isfinite(metrics['loss']) & jnp.all(jnp.stack(
-      [jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
   params, opt_state = dict(state.params), dict(state.opt_state)
   for k in trained:
-    updates, new_opt = txs[k].update(grads[k], state.opt_state[k], state.params[k])
-    new_params = optax.apply_updates(state.params[k], updates)
-    params[k], opt_state[k] = jax.tree.map(
-        lambda new, old: jnp.where(finite, new, old), (new_params, new_opt),
-        (state.params[k], state.opt_state[k]))
+    updates, opt_state[k] = txs[k].update(grads[k], state.opt_state[k], state.params[k])
+    params[k] = optax.apply_updates(state.params[k], updates)
     metrics[f'grad_norm/{k}'] = optax.tree.norm(grads[k])
     metrics[f'param_norm/{k}'] = optax.tree.norm(params[k])
-  metrics['nonfinite'] = 1.0 - finite.astype(jnp.float32)
   new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
   return new_state, {f'train/{k}': v for k, v in metrics.items()}
 

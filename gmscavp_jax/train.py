@@ -154,7 +154,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   progress = metrics_io.Progress(start, config.train.num_steps)
   rng = jax.random.key(config.seed + 1)
   t = config.train
-  results, pending, nonfinite_run = {}, [], 0
+  results, pending = {}, []
 
   for step in range(start + 1, t.num_steps + 1):
     batch = sharding.global_batch(mesh, pipeline.select(next(train_iter)))
@@ -166,15 +166,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if step % t.log_every_steps == 0 or step == t.num_steps:
       # Mean over the steps since the last log line; fetched once, so steps stay async.
       fetched, pending = jax.device_get(pending), []
-      nonfinite_run = steps.count_nonfinite(nonfinite_run, fetched)
-      if nonfinite_run >= t.max_nonfinite_steps:
-        ckpt.close()
-        raise steps.NonFiniteError(
-            f'config.train.max_nonfinite_steps={t.max_nonfinite_steps}: the last '
-            f'{nonfinite_run} updates up to step {step} had a non-finite loss or gradient and '
-            f'were skipped; stopping. Params are those of the last finite update; checkpoints '
-            f'in {checkpointing.checkpoint_dir(workdir)} are intact (newest: step '
-            f'{max(ckpt.all_steps(), default=0)}). Lower train.learning_rate or check the data.')
       summary = _mean_metrics(fetched)
       summary.update(progress.update(step))
       summary['train/examples_per_sec'] = summary['steps_per_sec'] * t.batch_size

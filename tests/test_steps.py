@@ -40,13 +40,7 @@ def test_phase_updates_only_its_groups(setup, phase):
     assert _changed(state.params[group], new.params[group]) == (group in steps.TRAINED[phase])
   assert ('train/loss/msa' in metrics) == (phase != 'generator')
   assert ('train/loss/msd_loss' in metrics) == (phase != 'contrastive')
-  assert np.isfinite(float(metrics['train/loss'])) and float(metrics['train/nonfinite']) == 0
-  # A NaN in the batch: the update is skipped (params and optimizer state kept) and counted.
-  bad = dict(batch, waveform=batch['waveform'].at[0, 100].set(jnp.nan))
-  skipped, metrics = step(new, bad, jax.random.key(2))
-  assert float(metrics['train/nonfinite']) == 1 and int(skipped.step) == 2
-  assert not _changed(new.params, skipped.params)
-  assert not _changed(new.opt_state, skipped.opt_state)
+  assert np.isfinite(float(metrics['train/loss']))
 
 
 @pytest.mark.parametrize('stop_gradient', [False, True])
@@ -85,10 +79,3 @@ def test_mel_normalisation_round_trips(setup):
   mel = jnp.linspace(-11.5, 3.0, 24).reshape(2, 3, 4)
   np.testing.assert_allclose(
       steps.denormalise_mel(steps.normalise_mel(mel, config), config), mel, atol=1e-5)
-
-
-def test_consecutive_nonfinite_updates_are_counted_across_fetches():
-  rows = lambda *flags: [{'train/nonfinite': float(f)} for f in flags]
-  assert steps.count_nonfinite(0, rows(0, 1, 1)) == 2
-  assert steps.count_nonfinite(2, rows(1, 1)) == 4  # The run continues over a log boundary.
-  assert steps.count_nonfinite(4, rows(1, 0)) == 0  # One finite update ends it.
