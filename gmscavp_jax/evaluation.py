@@ -20,7 +20,6 @@ import numpy as np
 from gmscavp_jax import config_validation
 from gmscavp_jax import plotting
 from gmscavp_jax import sharding
-from gmscavp_jax import steps
 from gmscavp_jax import train
 from gmscavp_jax.evaluators import classifier_training
 from gmscavp_jax.evaluators import generation
@@ -44,11 +43,7 @@ def evaluate(workdir: str, *, evaluator_dir: str | None = None, num_clips: int |
     config.eval.num_metric_clips = num_clips
   config_validation.validate_evaluation(config)
   mesh = sharding.make_mesh()
-  models, params, step = train.restore_params(workdir, config, mesh)
-  if not steps.generator_trained(config, step):
-    raise config_validation.ConfigError(
-        f'config.diffusion.training={config.diffusion.training!r}: the checkpoint at step '
-        f'{step} in {workdir} has no trained denoiser to evaluate')
+  models, params, step = train.restore_generator(workdir, config, mesh)
   evalset, summary = classifier_training.load_or_train(config, evaluator_dir, mesh)
 
   results, emb = retrieval.RetrievalEvaluator(config, mesh, models).run(params)

@@ -16,7 +16,6 @@ import numpy as np
 from gmscavp_jax import config_validation
 from gmscavp_jax import plotting
 from gmscavp_jax import sharding
-from gmscavp_jax import steps
 from gmscavp_jax import train
 from gmscavp_jax.data import media
 from gmscavp_jax.data import pipeline
@@ -58,11 +57,7 @@ def generate(workdir: str, output_dir: str, *, video: str | None = None,
   config = train.load_config(workdir)
   clip = load_clip(config, video=video, test_index=test_index, start_seconds=start_seconds)
   mesh = sharding.make_mesh()
-  models, params, step = train.restore_params(workdir, config, mesh)
-  if not steps.generator_trained(config, step):
-    raise config_validation.ConfigError(
-        f'config.diffusion.training={config.diffusion.training!r}: the checkpoint at step '
-        f'{step} in {workdir} has no trained denoiser yet')
+  models, params, step = train.restore_generator(workdir, config, mesh)
   evaluator = generation.GenerationEvaluator(config, mesh, models)
   mel = evaluator.generate(params, clip['frames'][None], seed=seed, **sampler_args)
   wave = np.asarray(vocoder.griffin_lim_from_config(

@@ -76,6 +76,16 @@ def restore_params(workdir: str, config: ml_collections.ConfigDict, mesh):
   return models, restored[0].params, restored[1]
 
 
+def restore_generator(workdir: str, config: ml_collections.ConfigDict, mesh):
+  """`restore_params` for the CLIs that sample: a ConfigError if the denoiser is untrained."""
+  models, params, step = restore_params(workdir, config, mesh)
+  if not steps.generator_trained(config, step):
+    raise config_validation.ConfigError(
+        f'config.diffusion.training={config.diffusion.training!r}: the checkpoint at step '
+        f'{step} in {workdir} has no trained denoiser yet')
+  return models, params, step
+
+
 def test_embeddings(workdir: str) -> dict:
   """Test-split embeddings of the newest checkpoint in `workdir` (cached or recomputed)."""
   config = load_config(workdir)
