@@ -58,3 +58,10 @@ def define_sampler_flags() -> dict:
 def sampler_args(defined: dict) -> dict:
   """{'sampler', 'num_steps', 'guidance', 'eta'} from `define_sampler_flags`' holders."""
   return {name: holder.value for name, holder in defined.items()}
+
+
+def define_evaluator_dir_flag():
+  """--evaluator_dir: the root of the evaluator networks (evaluate, train_evaluators)."""
+  return flags.DEFINE_string(
+      'evaluator_dir', None, 'Root of the evaluator networks (default: $GMSCAVP_EVALUATORS or '
+      '~/.cache/gmscavp_jax/evaluators).')

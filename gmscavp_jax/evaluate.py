@@ -22,9 +22,7 @@ _SAMPLER_FLAGS = cli.define_sampler_flags()
 _NUM_CLIPS = flags.DEFINE_integer('num_clips', None,
                                   'Test videos to generate for (default: eval.num_metric_clips).')
 _SEED = flags.DEFINE_integer('seed', 0, 'Seed of the sampling noise.')
-_EVALUATOR_DIR = flags.DEFINE_string(
-    'evaluator_dir', None, 'Root of the evaluator networks (default: $GMSCAVP_EVALUATORS or '
-    '~/.cache/gmscavp_jax/evaluators).')
+_EVALUATOR_DIR = cli.define_evaluator_dir_flag()
 flags.mark_flags_as_required(['workdir'])
 
 

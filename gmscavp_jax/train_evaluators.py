@@ -18,9 +18,7 @@ from gmscavp_jax.evaluators import classifier_training
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Experiment config file naming the dataset, e.g. '
     'configs/msa_msd.py:runlocal.', lock_config=True)
-_EVALUATOR_DIR = flags.DEFINE_string(
-    'evaluator_dir', None, 'Root of the evaluator networks (default: $GMSCAVP_EVALUATORS or '
-    '~/.cache/gmscavp_jax/evaluators).')
+_EVALUATOR_DIR = cli.define_evaluator_dir_flag()
 flags.mark_flags_as_required(['config'])
 
 
