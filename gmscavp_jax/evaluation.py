@@ -47,12 +47,9 @@ def evaluate(workdir: str, *, evaluator_dir: str | None = None, num_clips: int |
   evalset, summary = classifier_training.load_or_train(config, evaluator_dir, mesh)
 
   results, emb = retrieval.RetrievalEvaluator(config, mesh, models).run(params)
-  e = config.eval
-  sampler_args = dict(sampler=sampler or e.sampler, num_steps=num_steps or e.sample_steps,
-                      guidance=e.guidance if guidance is None else guidance,
-                      eta=e.eta if eta is None else eta)
+  sampler_args = generation.sampler_settings(config.eval, sampler, num_steps, guidance, eta)
   gen_eval = generation.GenerationEvaluator(config, mesh, models)
-  n = e.num_metric_clips
+  n = config.eval.num_metric_clips
   clips = _clips_with_log_mel(config, gen_eval, n, 0)
   reference = _clips_with_log_mel(config, gen_eval, n, n)
   logging.info('generating audio for %d test videos (%s, %d steps, guidance %g)', n,
@@ -71,13 +68,14 @@ def evaluate(workdir: str, *, evaluator_dir: str | None = None, num_clips: int |
       'evaluate/guidance': sampler_args['guidance'], 'evaluate/seed': seed,
       'evaluate/evaluator_dir': classifier_training.evaluator_dir(config, evaluator_dir),
       'evaluate/seconds': time.perf_counter() - t0})
+  merged = _merged(workdir, results)
   if jax.process_index() == 0:
-    _write(workdir, config, results, generated, clips)
-  return _merged(workdir, results)
+    _write(workdir, config, merged, generated, clips)
+  return merged
 
 
 def _merged(workdir: str, results: dict) -> dict:
-  """results.json as it is after the write (training's keys kept, ours newer)."""
+  """The saved results.json with `results` over it (training's keys kept, ours newer)."""
   path = os.path.join(workdir, 'results.json')
   old = {}
   if os.path.exists(path):
@@ -86,9 +84,8 @@ def _merged(workdir: str, results: dict) -> dict:
   return {**old, **results}
 
 
-def _write(workdir: str, config: ml_collections.ConfigDict, results: dict,
+def _write(workdir: str, config: ml_collections.ConfigDict, merged: dict,
            generated: np.ndarray, clips: dict) -> None:
-  merged = _merged(workdir, results)
   path = os.path.join(workdir, 'results.json')
   with open(path + '.tmp', 'w') as f:
     json.dump(merged, f, indent=2, sort_keys=True)
@@ -98,7 +95,7 @@ def _write(workdir: str, config: ml_collections.ConfigDict, results: dict,
   k = min(4, len(generated))
   plotting.spectrograms(
       generated[:k], os.path.join(workdir, 'plots', 'evaluate.png'),
-      f"{config.experiment} step {results['evaluate/step']}: generated vs real "
-      f"(KLD {results['gen/kld']:.2f}, FAD {results['gen/fad']:.2f}, "
-      f"Align Acc {results['gen/align_acc']:.1f}%)", real=clips['log_mel'][:k],
+      f"{config.experiment} step {merged['evaluate/step']}: generated vs real "
+      f"(KLD {merged['gen/kld']:.2f}, FAD {merged['gen/fad']:.2f}, "
+      f"Align Acc {merged['gen/align_acc']:.1f}%)", real=clips['log_mel'][:k],
       frame_rate=generation.frame_rate(config), onsets=clips['onsets'][:k])

@@ -45,6 +45,16 @@ def test_clips(config: ml_collections.ConfigDict, num_clips: int, start: int = 0
   return out
 
 
+def sampler_settings(eval_cfg: ml_collections.ConfigDict, sampler: str | None = None,
+                     num_steps: int | None = None, guidance: float | None = None,
+                     eta: float | None = None) -> dict:
+  """{'sampler', 'num_steps', 'guidance', 'eta'}, each None replaced by its eval.* default."""
+  return {'sampler': sampler or eval_cfg.sampler,
+          'num_steps': num_steps or eval_cfg.sample_steps,
+          'guidance': eval_cfg.guidance if guidance is None else guidance,
+          'eta': eval_cfg.eta if eta is None else eta}
+
+
 def onset_scores(generated: np.ndarray, real: np.ndarray, onsets: list,
                  rate: float) -> dict:
   """Onset hit-rates (percent) of generated log-mels (N,Ta,F) against true `onsets`.
@@ -101,9 +111,7 @@ class GenerationEvaluator:
     smaller), the last chunk padded, so every chunk reuses one compiled program.
     """
     e = self._config.eval
-    sample = self._sampler(sampler or e.sampler, num_steps or e.sample_steps,
-                           e.guidance if guidance is None else guidance,
-                           e.eta if eta is None else eta)
+    sample = self._sampler(**sampler_settings(e, sampler, num_steps, guidance, eta))
     n, ndev = len(frames), self._mesh.size
     chunk = min(e.batch_size, -(-n // ndev) * ndev)
     out = []
