@@ -27,7 +27,9 @@ from absl import flags
 from absl import logging
 import numpy as np
 
+from gmscavp_jax import config_validation
 from gmscavp_jax import plotting
+from gmscavp_jax.evaluators import suite
 
 _ROOT = flags.DEFINE_string('root', None, 'Directory for all runs, logs and the report.')
 _CONFIGS = flags.DEFINE_list('configs', ['cavp', 'msa', 'msd', 'msa_msd'],
@@ -35,7 +37,8 @@ _CONFIGS = flags.DEFINE_list('configs', ['cavp', 'msa', 'msd', 'msa_msd'],
 _VARIANT = flags.DEFINE_string('variant', 'runlocal', 'Config variant (empty: full size).')
 _SEEDS = flags.DEFINE_integer('seeds', 3, 'Seeds 0..N-1 per config.', lower_bound=1)
 _OVERRIDE = flags.DEFINE_multi_string('override', [], 'FIELD=VALUE, passed as --config.FIELD.')
-_SAMPLER = flags.DEFINE_enum('sampler', None, ['ddpm', 'ddim', 'dpmpp2m'], 'For evaluate.')
+_SAMPLER = flags.DEFINE_enum('sampler', None, list(config_validation.SAMPLERS),
+                             'For evaluate.')
 _STEPS = flags.DEFINE_integer('steps', None, 'Sampling steps, for evaluate.')
 _GUIDANCE = flags.DEFINE_float('guidance', None, 'Guidance scale, for evaluate.')
 _CONFIGS_DIR = flags.DEFINE_string('configs_dir', 'configs', 'Where NAME.py files live.')
@@ -52,10 +55,7 @@ METRICS = (
           for d in ('v2a', 'a2v') for k in (1, 5, 10))
 PLOT_METRICS = ('gen/kld', 'gen/fad', 'gen/align_acc', 'gen/onset_hit@100ms',
                 'retrieval/v2a_R@1', 'retrieval/a2v_R@1')
-# Which of the paper's two components each config has: (MSA, MSD).
-COMPONENTS = {'cavp': (False, False), 'msa': (True, False), 'msd': (False, True),
-              'msa_msd': (True, True)}
-TABLE3 = ('cavp', 'msa', 'msd', 'msa_msd')
+TABLE3 = tuple(suite.TABLE3_FLAGS)  # The paper's four configs, neither to both.
 
 RunCommand = Callable[[list, str], int]
 
@@ -264,7 +264,8 @@ def markdown(agg: dict, argv: Sequence[str]) -> str:
            '|' + ' --- |' * (4 + len(METRICS))]
   mark = lambda b: '✓' if b else '✗'
   for name, c in agg['configs'].items():
-    msa, msd = (mark(b) for b in COMPONENTS[name]) if name in COMPONENTS else ('?', '?')
+    components = suite.TABLE3_FLAGS.get(name)
+    msa, msd = (mark(b) for b in components) if components else ('?', '?')
     cells = [_cell(c['mean'].get(k), c['std'].get(k), d) for k, _, _, d in METRICS]
     lines.append(f'| {name} | {msa} | {msd} | {len(c["seeds"])} | ' + ' | '.join(cells) + ' |')
   for kind, label in (('gt', 'ground-truth audio'), ('shuffled', 'shuffled ground-truth audio')):
