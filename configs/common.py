@@ -118,6 +118,25 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.checkpoint_every_steps = 1_000
   c.train.keep_checkpoints = 3
   c.train.eval_every_steps = 5_000
+  # Precision and memory (DESIGN §6): the compute dtype of both networks ('float32' or
+  # 'bfloat16'; params, optimizer state and losses stay float32), and jax.checkpoint on every
+  # residual block: 'none', 'full' (recompute the block in the backward pass) or 'save_dots'
+  # (keep matmul/conv outputs, recompute the cheap elementwise ops).
+  c.train.compute_dtype = 'float32'
+  c.train.remat = 'none'
+  # Skipped updates: a step whose loss or gradient is not finite leaves params and optimizer
+  # state as they were (counted as train/skipped); this many in a row stop the run.
+  c.train.max_skipped_steps = 20
+
+  # Device mesh (DESIGN §6): mesh.data x mesh.fsdp devices (-1: whatever the other leaves).
+  # Batches are split over both axes; params and optimizer state are sharded along 'fsdp'
+  # (the largest dimension divisible by it) when they have at least fsdp_min_size elements,
+  # and replicated otherwise or when their path matches fsdp_replicate (a regex).
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.data = -1
+  c.mesh.fsdp = 1
+  c.mesh.fsdp_min_size = 2**16
+  c.mesh.fsdp_replicate = 'temperature|norm|bias'
 
   # Evaluation (retrieval on the test split, DESIGN §5).
   c.eval = ml_collections.ConfigDict()

@@ -84,8 +84,16 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
            f'unset or > warmup_steps={t.warmup_steps}', t.decay_steps)
   _require(t.grad_clip_norm >= 0, 'train.grad_clip_norm', '>= 0 (0 disables)', t.grad_clip_norm)
   for field in ('log_every_steps', 'checkpoint_every_steps', 'eval_every_steps',
-                'keep_checkpoints'):
+                'keep_checkpoints', 'max_skipped_steps'):
     _require(t[field] > 0, f'train.{field}', 'a positive integer', t[field])
+  _require(t.compute_dtype in COMPUTE_DTYPES, 'train.compute_dtype', f'one of {COMPUTE_DTYPES}',
+           t.compute_dtype)
+  _require(t.remat in REMAT_POLICIES, 'train.remat', f'one of {REMAT_POLICIES}', t.remat)
+  for field in ('data', 'fsdp'):
+    _require(config.mesh[field] == -1 or config.mesh[field] >= 1, f'mesh.{field}',
+             '-1 (the devices the other axis leaves) or a positive size', config.mesh[field])
+  _require(config.mesh.fsdp_min_size >= 0, 'mesh.fsdp_min_size', 'an integer >= 0',
+           config.mesh.fsdp_min_size)
 
   _require(e.num_test_clips > 0, 'eval.num_test_clips', 'a positive integer', e.num_test_clips)
   _require(e.batch_size > 0 and e.num_test_clips % e.batch_size == 0, 'eval.batch_size',
@@ -113,6 +121,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
 
 
 SAMPLERS = ('ddpm', 'ddim', 'dpmpp2m')
+COMPUTE_DTYPES = ('float32', 'bfloat16')
+REMAT_POLICIES = ('none', 'full', 'save_dots')
 
 
 def validate_evaluation(config: ml_collections.ConfigDict) -> None:

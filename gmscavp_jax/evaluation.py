@@ -42,7 +42,7 @@ def evaluate(workdir: str, *, evaluator_dir: str | None = None, num_clips: int |
   if num_clips is not None:
     config.eval.num_metric_clips = num_clips
   config_validation.validate_evaluation(config)
-  mesh = sharding.make_mesh()
+  mesh = sharding.mesh_from_config(config)
   models, params, step = train.restore_generator(workdir, config, mesh)
   evalset, summary = classifier_training.load_or_train(config, evaluator_dir, mesh)
 

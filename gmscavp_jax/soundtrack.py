@@ -56,7 +56,7 @@ def generate(workdir: str, output_dir: str, *, video: str | None = None,
   """Generates a soundtrack for one clip; returns the written paths and onset counts."""
   config = train.load_config(workdir)
   clip = load_clip(config, video=video, test_index=test_index, start_seconds=start_seconds)
-  mesh = sharding.make_mesh()
+  mesh = sharding.mesh_from_config(config)
   models, params, step = train.restore_generator(workdir, config, mesh)
   evaluator = generation.GenerationEvaluator(config, mesh, models)
   mel = evaluator.generate(params, clip['frames'][None], seed=seed, **sampler_args)

@@ -1,4 +1,5 @@
-"""A joint MSA+MSD train step on 8 fake CPU devices equals the same step on 1 device.
+"""A joint MSA+MSD train step on 8 fake CPU devices, as meshes (data, fsdp) = (8,1), (4,2)
+and (2,4), equals the same step on 1 device.
 
 (Sampling on 8 devices is compared in tests/test_sampling_multidevice.py.)
 
@@ -29,32 +30,45 @@ def _compare_meshes() -> dict:
   from gmscavp_jax.data import pipeline
   from tests.conftest import tiny_config
 
-  config = tiny_config('msa_msd', **{'train.batch_size': 16})
+  # fsdp_min_size 0: every tiny kernel with a divisible axis is sharded.
+  config = tiny_config('msa_msd', **{'train.batch_size': 16, 'mesh.fsdp_min_size': 0})
   local = pipeline.select(next(iter(pipeline.train_loader(config))))
+  models = steps.build_models(config)
+  txs = {'encoders': optax.sgd(0.05), 'denoiser': optax.sgd(0.05)}
+  init = steps.init_state(config, models, txs, jax.random.key(0, impl='rbg'))
+  # A random (not zero-initialised) output layer, so every UNet parameter gets a gradient.
+  init = init.replace(params=jax.tree.map(
+      lambda p: p + 0.05 * jax.random.normal(jax.random.key(1), p.shape), init.params))
+  init = jax.device_get(init)
   out = {}
-  for name, devices in (('one', jax.devices()[:1]), ('eight', jax.devices())):
-    mesh = sharding.make_mesh(devices)
-    models = steps.build_models(config)
-    txs = {'encoders': optax.sgd(0.05), 'denoiser': optax.sgd(0.05)}
-    state = steps.init_state(config, models, txs, jax.random.key(0, impl='rbg'))
-    # A random (not zero-initialised) output layer, so every UNet parameter gets a gradient.
-    state = state.replace(params=jax.tree.map(
-        lambda p: p + 0.05 * jax.random.normal(jax.random.key(1), p.shape), state.params))
+  for data, fsdp in ((1, 1), (8, 1), (4, 2), (2, 4)):
+    mesh = sharding.make_mesh(jax.devices()[:data * fsdp], data=data, fsdp=fsdp)
+    layout = train.state_shardings(config, models, txs, mesh)
+    state = jax.device_put(init, layout)
+    sharded = [s.spec for s in jax.tree.leaves(layout.params) if 'fsdp' in s.spec]
     step = train.jit_train_step(models, txs, config, mesh, 'joint')
     batch = sharding.global_batch(mesh, local)
-    assert len(batch['frames'].sharding.device_set) == len(devices)
+    assert len(batch['frames'].sharding.device_set) == data * fsdp
     losses = []
     for _ in range(2):
       state, metrics = step(state, batch, jax.random.key(0))
       losses.append(float(metrics['train/loss']))
-    out[name] = (losses, jax.device_get(state.params))
-  (losses1, p1), (losses8, p8) = out['one'], out['eight']
-  diffs = jax.tree.leaves(jax.tree.map(lambda a, b: float(np.max(np.abs(a - b))), p1, p8))
-  return {'devices': jax.device_count(), 'losses_one': losses1, 'losses_eight': losses8,
-          'max_param_diff': max(diffs)}
+    # The step keeps the FSDP layout (no silent gather into replicated params).
+    kept = all(a.sharding.spec == s.spec for a, s in zip(jax.tree.leaves(state.params),
+                                                          jax.tree.leaves(layout.params)))
+    out[f'{data}x{fsdp}'] = {'losses': losses, 'params': jax.device_get(state.params),
+                             'sharded_leaves': len(sharded), 'layout_kept': kept}
+  ref = out.pop('1x1')
+  result = {'devices': jax.device_count(), 'losses_one': ref['losses']}
+  for name, run in out.items():
+    diffs = jax.tree.leaves(jax.tree.map(lambda a, b: float(np.max(np.abs(a - b))),
+                                         ref['params'], run['params']))
+    result[name] = {'losses': run['losses'], 'max_param_diff': max(diffs),
+                    'sharded_leaves': run['sharded_leaves'], 'layout_kept': run['layout_kept']}
+  return result
 
 
-def test_eight_devices_match_one():
+def test_eight_device_meshes_match_one_device():
   env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8',
              JAX_PLATFORMS='cpu')
   r = subprocess.run([sys.executable, '-m', 'tests.test_multidevice'], cwd=ROOT, env=env,
@@ -62,10 +76,14 @@ def test_eight_devices_match_one():
   assert r.returncode == 0, r.stderr[-3000:]
   result = json.loads(r.stdout.strip().splitlines()[-1])
   assert result['devices'] == 8
-  np.testing.assert_allclose(result['losses_one'], result['losses_eight'], rtol=1e-5,
-                             err_msg=str(result))
   assert result['losses_one'][1] < result['losses_one'][0]  # The first step changed params.
-  assert result['max_param_diff'] < 1e-4, result
+  for name in ('8x1', '4x2', '2x4'):
+    run = result[name]
+    np.testing.assert_allclose(result['losses_one'], run['losses'], rtol=1e-5, err_msg=name)
+    assert run['max_param_diff'] < 1e-4, (name, run)
+    assert run['layout_kept'], name
+  assert result['8x1']['sharded_leaves'] == 0
+  assert result['4x2']['sharded_leaves'] > 10 and result['2x4']['sharded_leaves'] > 10, result
 
 
 if __name__ == '__main__':

@@ -99,7 +99,8 @@ class GenerationEvaluator:
       self._compiled[key] = jax.jit(
           functools.partial(steps.sample_step, models=self._models, config=self._config,
                             sampler=sampler, num_steps=num_steps, guidance=guidance, eta=eta),
-          in_shardings=(repl, sharding.batch_sharded(self._mesh), repl), out_shardings=repl)
+          # Params keep the layout they come with (replicated, or the trainer's FSDP shards).
+          in_shardings=(None, sharding.batch_sharded(self._mesh), repl), out_shardings=repl)
     return self._compiled[key]
 
   def generate(self, params, frames: np.ndarray, *, sampler: str | None = None,

@@ -24,7 +24,8 @@ class RetrievalEvaluator:
     self._config, self._mesh = config, mesh
     self._embed = jax.jit(
         functools.partial(steps.embed_step, models=models, config=config),
-        in_shardings=(sharding.replicated(mesh), sharding.batch_sharded(mesh)),
+        # Params keep the layout they come with (replicated, or the trainer's FSDP shards).
+        in_shardings=(None, sharding.batch_sharded(mesh)),
         out_shardings=sharding.replicated(mesh))
 
   def embed_test_split(self, params) -> dict:
