@@ -2,6 +2,7 @@
 
 import jax
 import numpy as np
+import pytest
 
 from gmscavp_jax import sharding
 from gmscavp_jax.data import pipeline
@@ -61,3 +62,26 @@ def test_eval_loader_is_one_ordered_pass():
   config = tiny_config('msa')
   indices = np.concatenate([b['index'] for b in pipeline.eval_loader(config)])
   np.testing.assert_array_equal(indices, np.arange(config.eval.num_test_clips))
+
+
+def test_global_batches_do_not_depend_on_the_process_count():
+  def stream(num_processes, num_batches=4, batch=8):
+    sampler = pipeline.GlobalBatchSampler(100, batch, num_processes, shuffle=True,
+                                          num_epochs=None, seed=3)
+    local = batch // num_processes
+    # grain asks process p for indices j * n + p (j = 0, 1, ...).
+    per_process = [[sampler[j * num_processes + p].record_key
+                    for j in range(num_batches * local)] for p in range(num_processes)]
+    return [key for s in range(num_batches) for p in range(num_processes)
+            for key in per_process[p][s * local:(s + 1) * local]]
+
+  one = stream(1)
+  assert stream(2) == one and stream(4) == one
+  assert len(set(one[:32])) == 32  # One shuffled epoch of 100 records: no repeats yet.
+
+
+def test_an_epoch_limited_sampler_keeps_whole_global_batches():
+  sampler = pipeline.GlobalBatchSampler(20, 8, 2, shuffle=False, num_epochs=1, seed=0)
+  assert len(sampler) == 16
+  with pytest.raises(IndexError):
+    sampler[16]  # pylint: disable=pointless-statement

@@ -1,9 +1,13 @@
 """grain input pipelines: records -> per-process numpy batches -> global jax.Arrays.
 
-The train loader shuffles by seed, repeats forever and shards records over JAX processes, so
-every process reads a disjoint slice and together they make one global batch. Its iterator is
-checkpointable (grain's Orbax handler): a resumed run continues at the exact record.
+The train loader shuffles by seed and repeats forever. Global batch s is positions
+[s*B, (s+1)*B) of one seeded stream of records, and process p reads its slice [p*B/n,
+(p+1)*B/n) of each: the data a step sees does not depend on how many processes share it.
+The iterator is checkpointable (grain's Orbax handler): a resumed run continues at the exact
+record.
 """
+
+import sys
 
 import grain.python as grain
 import jax
@@ -32,20 +36,59 @@ def _per_process(global_batch_size: int, field: str) -> int:
   return global_batch_size // n
 
 
+class GlobalBatchSampler:
+  """grain sampler: process p's share of each global batch of one seeded record stream.
+
+  grain's DataLoader asks process p (of n) for indices q = j*n + p, j = 0, 1, ...; local
+  record j of process p is stream position (j // b)*B + p*b + j % b (b = B/n), so the
+  processes' local batches s concatenate to stream positions [s*B, (s+1)*B).
+  """
+
+  def __init__(self, num_records: int, global_batch_size: int, num_processes: int, *,
+               shuffle: bool, num_epochs: int | None, seed: int):
+    self._stream = grain.IndexSampler(num_records=num_records, shuffle=shuffle,
+                                      num_epochs=num_epochs, seed=seed)
+    self._args = dict(num_records=num_records, global_batch_size=global_batch_size,
+                      num_processes=num_processes, shuffle=shuffle, num_epochs=num_epochs,
+                      seed=seed)
+    self._batch, self._n = global_batch_size, num_processes
+    self._local = global_batch_size // num_processes
+    # Whole global batches only (an epoch-limited stream drops its last partial batch).
+    self._len = (None if num_epochs is None
+                 else num_records * num_epochs // global_batch_size * global_batch_size)
+
+  def __len__(self) -> int:
+    return sys.maxsize if self._len is None else self._len
+
+  def __repr__(self) -> str:  # grain checks it when restoring an iterator.
+    return 'GlobalBatchSampler(' + ', '.join(f'{k}={v!r}' for k, v in self._args.items()) + ')'
+
+  def stream_position(self, index: int) -> int:
+    """The stream position that grain's sampler index `index` (= j*n + p) stands for."""
+    j, p = divmod(index, self._n)
+    return (j // self._local) * self._batch + p * self._local + j % self._local
+
+  def __getitem__(self, index: int) -> grain.RecordMetadata:
+    if index < 0 or (self._len is not None and index >= self._len):
+      raise IndexError(f'sampler index {index} out of [0, {self._len})')
+    record = self._stream[self.stream_position(index)]
+    return grain.RecordMetadata(index=index, record_key=record.record_key, rng=record.rng)
+
+
 def _loader(config: ml_collections.ConfigDict, split: str, *, shuffle: bool,
             num_epochs: int | None, global_batch_size: int, field: str) -> grain.DataLoader:
   """A loader of this process's slice of `split`, batched B / process_count at a time."""
   source = make_source(config, split)
+  batch = _per_process(global_batch_size, field)
   shard = grain.ShardOptions(shard_index=jax.process_index(),
                              shard_count=jax.process_count(), drop_remainder=True)
-  sampler = grain.IndexSampler(num_records=len(source), shard_options=shard, shuffle=shuffle,
-                               num_epochs=num_epochs, seed=config.seed)
-  batch = _per_process(global_batch_size, field)
+  sampler = GlobalBatchSampler(len(source), global_batch_size, jax.process_count(),
+                               shuffle=shuffle, num_epochs=num_epochs, seed=config.seed)
   # Read ahead two batches per worker, not grain's default 500 records: a synthetic clip is
   # computed, not read, and a deep read-ahead only churns memory.
   read = grain.ReadOptions(prefetch_buffer_size=2 * batch)
   return grain.DataLoader(
-      data_source=source, sampler=sampler,
+      data_source=source, sampler=sampler, shard_options=shard,
       operations=[grain.Batch(batch, drop_remainder=True)],
       worker_count=config.data.worker_count,
       worker_buffer_size=config.data.prefetch_buffer_size, read_options=read)
