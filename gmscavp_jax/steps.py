@@ -10,7 +10,7 @@ optimizer, so a training phase updates exactly the part it trains (Table 3):
   generator    msd_weight L_MSD on frozen video scales   denoiser
 """
 
-import functools
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import chex
@@ -34,6 +34,10 @@ TRAINED = {'contrastive': ('encoders',), 'joint': ('encoders', 'denoiser'),
            'generator': ('denoiser',)}
 
 
+class NonFiniteError(RuntimeError):
+  """Training stopped: too many steps in a row had a non-finite loss or gradient."""
+
+
 @flax.struct.dataclass
 class TrainState:
   """What a checkpoint holds of the model: step, params and optimizer state (per group)."""
@@ -48,9 +52,13 @@ class Models(NamedTuple):
   denoiser: unet_lib.UNet
 
 
-def build_models(config: ml_collections.ConfigDict, dtype: Any = jnp.float32) -> Models:
-  """Both modules from the config; `dtype` is the compute dtype (params stay float32)."""
-  return Models(gmscavp.build_model(config, dtype), unet_lib.build_unet(config, dtype=dtype))
+def build_models(config: ml_collections.ConfigDict) -> Models:
+  """Both modules from the config, in its train.compute_dtype (params stay float32) and
+  train.remat policy (workdirs saved before these fields existed read as float32, none)."""
+  dtype = jnp.dtype(config.train.get('compute_dtype', 'float32'))
+  remat = config.train.get('remat', 'none')
+  return Models(gmscavp.build_model(config, dtype, remat),
+                unet_lib.build_unet(config, dtype=dtype, remat=remat))
 
 
 def phase_at(config: ml_collections.ConfigDict, step: int) -> str:
@@ -212,23 +220,37 @@ def loss_fn(params, batch: dict, rng: jax.Array, *, models: Models,
 
 
 def train_step(state: TrainState, batch: dict, rng: jax.Array, *, models: Models, txs: dict,
-               config: ml_collections.ConfigDict, phase: str) -> tuple[TrainState, dict]:
-  """One update of the groups `phase` trains; returns the new state and scalar metrics."""
+               config: ml_collections.ConfigDict, phase: str,
+               gather: Callable[[Any], Any] | None = None) -> tuple[TrainState, dict]:
+  """One update of the groups `phase` trains; returns the new state and scalar metrics.
+
+  A step whose loss or gradient norm is not finite changes neither params nor optimizer
+  state (metric train/skipped = 1). `gather` lays the params out for the forward pass
+  (FSDP: all-gathered whole from their shards; None keeps them as they are).
+  """
   step_rng = jax.random.fold_in(rng, state.step)
   trained = TRAINED[phase]
+  params_in = state.params if gather is None else gather(state.params)
 
   def loss_of(trainable):
-    return loss_fn({**state.params, **trainable}, batch, step_rng, models=models,
+    return loss_fn({**params_in, **trainable}, batch, step_rng, models=models,
                    config=config, phase=phase)
 
-  (_, metrics), grads = jax.value_and_grad(loss_of, has_aux=True)(
-      {k: state.params[k] for k in trained})
+  (loss, metrics), grads = jax.value_and_grad(loss_of, has_aux=True)(
+      {k: params_in[k] for k in trained})
+  grad_norms = {k: optax.tree.norm(grads[k]) for k in trained}
+  # One scalar decides: a non-finite gradient anywhere makes its global norm non-finite.
+  finite = jnp.isfinite(loss) & jnp.all(jnp.isfinite(jnp.stack(list(grad_norms.values()))))
   params, opt_state = dict(state.params), dict(state.opt_state)
   for k in trained:
-    updates, opt_state[k] = txs[k].update(grads[k], state.opt_state[k], state.params[k])
-    params[k] = optax.apply_updates(state.params[k], updates)
-    metrics[f'grad_norm/{k}'] = optax.tree.norm(grads[k])
+    updates, new_opt = txs[k].update(grads[k], state.opt_state[k], state.params[k])
+    new_params = optax.apply_updates(state.params[k], updates)
+    keep = lambda new, old: jnp.where(finite, new, old)  # pylint: disable=cell-var-from-loop
+    params[k] = jax.tree.map(keep, new_params, state.params[k])
+    opt_state[k] = jax.tree.map(keep, new_opt, state.opt_state[k])
+    metrics[f'grad_norm/{k}'] = grad_norms[k]
     metrics[f'param_norm/{k}'] = optax.tree.norm(params[k])
+  metrics['skipped'] = 1.0 - finite.astype(jnp.float32)
   new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
   return new_state, {f'train/{k}': v for k, v in metrics.items()}
 

@@ -79,3 +79,38 @@ def test_mel_normalisation_round_trips(setup):
   mel = jnp.linspace(-11.5, 3.0, 24).reshape(2, 3, 4)
   np.testing.assert_allclose(
       steps.denormalise_mel(steps.normalise_mel(mel, config), config), mel, atol=1e-5)
+
+
+def test_a_non_finite_batch_is_skipped_and_counted(setup):
+  config, models, _, _, batch = setup
+  txs = {'encoders': optax.adam(1e-2), 'denoiser': optax.adam(1e-2)}
+  state = steps.init_state(config, models, txs, jax.random.key(0, impl='rbg'))
+  step = jax.jit(functools.partial(steps.train_step, models=models, txs=txs, config=config,
+                                   phase='contrastive'))
+  bad = dict(batch, waveform=batch['waveform'].at[0, 10].set(jnp.nan))
+  skipped, metrics = step(state, bad, jax.random.key(1))
+  assert float(metrics['train/skipped']) == 1.0 and not np.isfinite(metrics['train/loss'])
+  assert int(skipped.step) == 1
+  assert not _changed(state.params, skipped.params)
+  assert not _changed(state.opt_state, skipped.opt_state)  # Adam's moments and count too.
+  taken, metrics = step(skipped, batch, jax.random.key(1))
+  assert float(metrics['train/skipped']) == 0.0
+  assert _changed(skipped.params['encoders'], taken.params['encoders'])
+  assert int(taken.opt_state['encoders'][0].count) == 1
+
+
+def test_bfloat16_compute_keeps_float32_params_and_loss():
+  config = tiny_config('msa_msd', **{'train.compute_dtype': 'bfloat16', 'train.remat': 'full'})
+  models = steps.build_models(config)
+  assert models.encoders.dtype == jnp.bfloat16 and models.denoiser.remat == 'full'
+  txs = steps.make_optimizers(config)
+  state = jax.eval_shape(functools.partial(steps.init_state, config, models, txs),
+                         jax.random.key(0, impl='rbg'))
+  frames, _ = steps.dummy_inputs(config, batch_size=2)
+  seconds = config.data.num_frames / config.data.fps
+  batch = {'frames': frames, 'waveform': jnp.zeros((2, round(seconds * config.audio.sample_rate)))}
+  new, metrics = jax.eval_shape(
+      functools.partial(steps.train_step, models=models, txs=txs, config=config,
+                        phase='joint'), state, batch, jax.random.key(1))
+  assert {x.dtype for x in jax.tree.leaves(new.params)} == {jnp.dtype(jnp.float32)}
+  assert metrics['train/loss'].dtype == jnp.float32

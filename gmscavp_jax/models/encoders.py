@@ -62,6 +62,7 @@ class VideoEncoder(nn.Module):
   blocks_per_stage: int
   num_groups: int
   dtype: Dtype = jnp.float32
+  remat: str = 'none'  # jax.checkpoint policy of the residual blocks (layers.remat).
 
   @nn.compact
   def __call__(self, frames: jnp.ndarray) -> jnp.ndarray:
@@ -76,7 +77,8 @@ class VideoEncoder(nn.Module):
         down = layers.Downsample2D(width, self.num_groups, self.dtype, name=f'down{i}')
         x = _per_frame(down, x)
       for j in range(self.blocks_per_stage):
-        x = layers.ResBlock2Plus1D(self.num_groups, self.dtype, name=f'stage{i}_block{j}')(x)
+        block = layers.remat(layers.ResBlock2Plus1D, self.remat)
+        x = block(self.num_groups, self.dtype, name=f'stage{i}_block{j}')(x)
     # A final norm so the features handed to the pyramid have a controlled scale.
     x = nn.gelu(layers.group_norm(self.num_groups, self.dtype, 'norm_out')(x))
     chex.assert_shape(x, (b, t, None, None, self.widths[-1]))
@@ -98,6 +100,7 @@ class AudioEncoder(nn.Module):
   # embedding itself is lossless for p*q <= widths[0]).
   stem_patch: tuple[int, int] = (2, 16)
   dtype: Dtype = jnp.float32
+  remat: str = 'none'  # jax.checkpoint policy of the residual blocks (layers.remat).
 
   @nn.compact
   def __call__(self, log_mel: jnp.ndarray) -> jnp.ndarray:
@@ -114,7 +117,8 @@ class AudioEncoder(nn.Module):
       if i > 0:
         x = layers.Downsample2D(width, self.num_groups, self.dtype, name=f'down{i}')(x)
       for j in range(self.blocks_per_stage):
-        x = layers.ResBlock2D(self.num_groups, self.dtype, name=f'stage{i}_block{j}')(x)
+        block = layers.remat(layers.ResBlock2D, self.remat)
+        x = block(self.num_groups, self.dtype, name=f'stage{i}_block{j}')(x)
     x = nn.gelu(layers.group_norm(self.num_groups, self.dtype, 'norm_out')(x))
     x = resample_time(x.mean(axis=2), self.num_frames)
     chex.assert_shape(x, (b, self.num_frames, self.widths[-1]))

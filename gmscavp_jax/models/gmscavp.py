@@ -41,15 +41,17 @@ class GMSCAVP(nn.Module):
   temperature_max: float = 1.0
   audio_stem_patch: tuple[int, int] = (2, 16)
   dtype: Dtype = jnp.float32
+  remat: str = 'none'  # jax.checkpoint policy of the encoders' residual blocks.
 
   def setup(self):
     self.video_encoder = encoders.VideoEncoder(
         patch=self.video_patch, widths=tuple(self.video_widths),
-        blocks_per_stage=self.blocks_per_stage, num_groups=self.num_groups, dtype=self.dtype)
+        blocks_per_stage=self.blocks_per_stage, num_groups=self.num_groups, dtype=self.dtype,
+        remat=self.remat)
     self.audio_encoder = encoders.AudioEncoder(
         widths=tuple(self.audio_widths), blocks_per_stage=self.blocks_per_stage,
         num_groups=self.num_groups, num_frames=self.num_frames,
-        stem_patch=tuple(self.audio_stem_patch), dtype=self.dtype)
+        stem_patch=tuple(self.audio_stem_patch), dtype=self.dtype, remat=self.remat)
     self.pyramid = pyramid_lib.Pyramid(
         embed_dim=self.embed_dim, scale_pools=tuple(self.scale_pools),
         scale_grids=tuple(self.scale_grids), mode=self.pyramid_mode, dtype=self.dtype)
@@ -88,10 +90,12 @@ class GMSCAVP(nn.Module):
     }
 
 
-def build_model(config: ml_collections.ConfigDict, dtype: Dtype = jnp.float32) -> GMSCAVP:
+def build_model(config: ml_collections.ConfigDict, dtype: Dtype = jnp.float32,
+                remat: str = 'none') -> GMSCAVP:
   """GMSCAVP from config.model.*, config.loss.temperature_* and config.data.num_frames.
 
-  `dtype` is the compute dtype (e.g. jnp.bfloat16); parameters stay float32.
+  `dtype` is the compute dtype (e.g. jnp.bfloat16); parameters stay float32. `remat` is the
+  jax.checkpoint policy of the residual blocks (layers.remat).
   """
   m, l = config.model, config.loss
   return GMSCAVP(
@@ -110,4 +114,5 @@ def build_model(config: ml_collections.ConfigDict, dtype: Dtype = jnp.float32) -
       temperature_min=l.temperature_min,
       temperature_max=l.temperature_max,
       dtype=dtype,
+      remat=remat,
   )

@@ -12,9 +12,25 @@ from typing import Any
 
 import chex
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 Dtype = Any
+
+# What a rematerialised block keeps for the backward pass (config train.remat).
+_REMAT_POLICIES = {'full': None, 'save_dots': jax.checkpoint_policies.checkpoint_dots}
+
+
+def remat(block_cls: type[nn.Module], policy: str) -> type[nn.Module]:
+  """`block_cls` under jax.checkpoint: 'none' (unchanged), 'full' (recompute everything in
+  the backward pass) or 'save_dots' (keep matmul outputs, recompute the rest).
+
+  Callers pass an explicit `name=` to every block, so param paths are the same with and
+  without remat and checkpoints load across the switch.
+  """
+  if policy == 'none':
+    return block_cls
+  return nn.remat(block_cls, policy=_REMAT_POLICIES[policy])
 
 
 def group_norm(num_groups: int, dtype: Dtype, name: str | None = None) -> nn.GroupNorm:

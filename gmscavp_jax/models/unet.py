@@ -65,6 +65,7 @@ class UNet(nn.Module):
   stem_patch: tuple[int, int] = (1, 1)
   aligned_conditioning: bool = True
   dtype: Dtype = jnp.float32
+  remat: str = 'none'  # jax.checkpoint policy of the ResBlocks (layers.remat).
 
   def _check_config(self) -> None:
     n = len(self.widths)
@@ -110,6 +111,7 @@ class UNet(nn.Module):
     n = len(self.widths)
     st, sf = tuple(self.stem_patch)
     act, dt = nn.silu, self.dtype
+    res_block = layers.remat(blocks.ResBlock, self.remat)
     if video_scales is not None:
       video_scales = list(video_scales)
       chex.assert_rank(video_scales, 4)
@@ -188,20 +190,20 @@ class UNet(nn.Module):
       if i > 0:
         h = layers.Downsample2D(width, self.num_groups, dt, name=f'down{i}')(h)
       for j in range(self.blocks_per_level):
-        h = blocks.ResBlock(width, self.num_groups, dt, name=f'down{i}_block{j}')(h, emb)
+        h = res_block(width, self.num_groups, dt, name=f'down{i}_block{j}')(h, emb)
         if i in self.attention_levels and j == self.blocks_per_level - 1:
           h = attention(h, i, f'down{i}')
         skips.append(h)
 
-    h = blocks.ResBlock(self.widths[-1], self.num_groups, dt, name='mid_block0')(h, emb)
+    h = res_block(self.widths[-1], self.num_groups, dt, name='mid_block0')(h, emb)
     h = attention(h, n - 1, 'mid')
-    h = blocks.ResBlock(self.widths[-1], self.num_groups, dt, name='mid_block1')(h, emb)
+    h = res_block(self.widths[-1], self.num_groups, dt, name='mid_block1')(h, emb)
 
     for i in reversed(range(n)):
       width = self.widths[i]
       for j in range(self.blocks_per_level):
         h = jnp.concatenate([h, skips.pop()], axis=-1)
-        h = blocks.ResBlock(width, self.num_groups, dt, name=f'up{i}_block{j}')(h, emb)
+        h = res_block(width, self.num_groups, dt, name=f'up{i}_block{j}')(h, emb)
       if i in self.attention_levels:
         h = attention(h, i, f'up{i}')
       if i > 0:
@@ -218,8 +220,10 @@ class UNet(nn.Module):
     return out
 
 
-def build_unet(config: ml_collections.ConfigDict, dtype: Dtype = jnp.float32) -> UNet:
-  """UNet from config.unet.*; `dtype` is the compute dtype (parameters stay float32)."""
+def build_unet(config: ml_collections.ConfigDict, dtype: Dtype = jnp.float32,
+               remat: str = 'none') -> UNet:
+  """UNet from config.unet.*; `dtype` is the compute dtype (parameters stay float32),
+  `remat` the jax.checkpoint policy of its ResBlocks (layers.remat)."""
   u = config.unet
   return UNet(
       widths=tuple(u.widths),
@@ -231,4 +235,5 @@ def build_unet(config: ml_collections.ConfigDict, dtype: Dtype = jnp.float32) ->
       stem_patch=tuple(u.stem_patch),
       aligned_conditioning=u.aligned_conditioning,
       dtype=dtype,
+      remat=remat,
   )
