@@ -1,18 +1,25 @@
-"""Orbax checkpoints of train state + grain iterator state + config, in WORKDIR/checkpoints.
+"""Orbax checkpoints of train state + grain iterator state + config, in WORKDIR/checkpoints,
+and the SIGTERM (preemption notice) watcher that decides when to save and stop.
 
-Saves are asynchronous and atomic (Orbax writes to a temporary folder and renames it). A
-restore walks back from the newest step: a step folder that fails to restore (an interrupted
-save that still looks complete) is reported and skipped rather than ending the run.
+Saves are asynchronous and atomic (Orbax writes to a temporary folder and renames it; with
+several processes it also synchronises them). A restore walks back from the newest step: a
+step folder that fails to restore (an interrupted save that still looks complete) is
+reported and skipped rather than ending the run.
 """
 
 import json
 import os
+import signal
+import threading
 from typing import Any
 
 from absl import logging
 import grain
 import jax
+from jax.experimental import multihost_utils
 import orbax.checkpoint as ocp
+
+from gmscavp_jax import config_validation
 
 ITEMS = ('state', 'data_iter', 'config')
 
@@ -49,17 +56,32 @@ class Checkpointer:
       data_iter: a grain iterator restored in place, or None to leave the data alone.
     """
     for step in reversed(self.all_steps()):
-      items = {'state': ocp.args.StandardRestore(abstract_state)}
-      if data_iter is not None:
-        items['data_iter'] = grain.checkpoint.CheckpointRestore(data_iter)
       try:
-        restored = self._manager.restore(step, args=ocp.args.Composite(**items))
+        restored = self._manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state)))
       except Exception as e:  # pylint: disable=broad-except
         logging.warning('checkpoint step %d in %s cannot be restored (%s: %s); trying the '
                         'previous one', step, self._manager.directory, type(e).__name__, e)
         continue
+      if data_iter is not None:
+        self._restore_iterator(step, data_iter)
       return restored['state'], step
     return None
+
+  def _restore_iterator(self, step: int, data_iter: Any) -> None:
+    """Puts `data_iter` where step `step` left it; a mismatch is the user's to fix."""
+    try:
+      self._manager.restore(step, args=ocp.args.Composite(
+          data_iter=grain.checkpoint.CheckpointRestore(data_iter)))
+    except Exception as e:  # pylint: disable=broad-except
+      # The state restored, so the folder is whole: the pipeline differs from the one saved
+      # (worker count, process count, batch size, dataset). Walking back would not help, and
+      # starting over would silently change the data order.
+      raise config_validation.ConfigError(
+          f'config.data / config.train.batch_size: the data iterator saved at step {step} in '
+          f'{self._manager.directory} does not fit this run\'s input pipeline ({e}); expected '
+          'the data.worker_count, train.batch_size, dataset and process count of the run that '
+          'saved it') from e
 
   def wait(self) -> None:
     """Blocks until pending async saves are on disk."""
@@ -68,6 +90,39 @@ class Checkpointer:
   def close(self) -> None:
     self._manager.wait_until_finished()
     self._manager.close()
+
+
+class PreemptionWatcher:
+  """Turns a SIGTERM (preemption notice) into a step at which every process saves and stops.
+
+  One process: a SIGTERM handler sets a flag, `reached(step)` is True from then on. Several:
+  jax's preemption service (started by jax.distributed.initialize, which catches the
+  signal) agrees on one step for all processes, so their checkpoint saves line up.
+  """
+
+  def __init__(self):
+    self._multi = jax.process_count() > 1
+    self._flag = threading.Event()
+    self._previous = None
+    if not self._multi and threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+
+  def _on_sigterm(self, signum, frame) -> None:
+    del signum, frame
+    logging.warning('SIGTERM received: saving a checkpoint after this step, then stopping')
+    self._flag.set()
+
+  def reached(self, step: int) -> bool:
+    """Whether to save and stop after `step` (call it at every step, on every process)."""
+    if self._multi:
+      return multihost_utils.reached_preemption_sync_point(step)
+    return self._flag.is_set()
+
+  def close(self) -> None:
+    """Gives SIGTERM back its previous handler."""
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+      self._previous = None
 
 
 def abstract_like(tree: Any) -> Any:

@@ -9,10 +9,12 @@ from absl import logging
 import jax
 
 from gmscavp_jax import config_validation
+from gmscavp_jax import steps
 from gmscavp_jax.data import media
 
 # Errors that mean "the user asked for something that cannot work": reported as one line.
-USER_ERRORS = (config_validation.ConfigError, media.MediaError, FileNotFoundError)
+USER_ERRORS = (config_validation.ConfigError, media.MediaError, FileNotFoundError,
+               steps.NonFiniteError)
 
 
 def setup() -> None:
@@ -24,6 +26,49 @@ def setup() -> None:
     jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
   logging.set_verbosity(logging.INFO)
   logging.get_absl_handler().addFilter(_quiet_libraries)
+
+
+def define_distributed_flags() -> dict:
+  """--coordinator_address/--num_processes/--process_id for multi-process runs."""
+  return {
+      'coordinator_address': flags.DEFINE_string(
+          'coordinator_address', None, 'HOST:PORT of process 0, for a multi-process run '
+          'started by hand (TPU pods and SLURM jobs are detected without it).'),
+      'num_processes': flags.DEFINE_integer('num_processes', None,
+                                            'Processes in the run (with --coordinator_address).'),
+      'process_id': flags.DEFINE_integer('process_id', None,
+                                         'This process, 0..num_processes-1.'),
+  }
+
+
+def init_distributed(defined: dict) -> None:
+  """Joins a multi-process run through `jax.distributed.initialize`, before any jax work.
+
+  With --coordinator_address the three flags say everything. Otherwise a SLURM job step of
+  several tasks or a multi-worker TPU VM is detected and jax reads the topology from its
+  environment; a single process (the default) initialises nothing.
+  """
+  values = {name: holder.value for name, holder in defined.items()}
+  if values['coordinator_address']:
+    missing = [f'--{k}' for k in ('num_processes', 'process_id') if values[k] is None]
+    if missing:
+      raise config_validation.ConfigError(
+          f'--coordinator_address={values["coordinator_address"]}: expected '
+          f'{" and ".join(missing)} as well')
+    jax.distributed.initialize(**values)
+  elif _in_multiprocess_cluster(os.environ):
+    jax.distributed.initialize()
+  else:
+    return
+  logging.info('process %d of %d, %d local / %d global devices', jax.process_index(),
+               jax.process_count(), jax.local_device_count(), jax.device_count())
+
+
+def _in_multiprocess_cluster(env) -> bool:
+  """Whether the environment is one task of a SLURM step or one worker of a TPU pod slice."""
+  if int(env.get('SLURM_STEP_NUM_TASKS', env.get('SLURM_NTASKS', '1')) or 1) > 1:
+    return True
+  return len([h for h in env.get('TPU_WORKER_HOSTNAMES', '').split(',') if h]) > 1
 
 
 def _quiet_libraries(record) -> bool:

@@ -2,6 +2,8 @@
 
 validate config -> mesh -> data -> init or resume -> loop (log, checkpoint, evaluate) -> final
 evaluation and results.json. Restart is the default: a workdir with checkpoints continues.
+A SIGTERM saves a checkpoint and raises `Preempted`; too many non-finite steps in a row raise
+`steps.NonFiniteError` (the last checkpoint is the params from before them).
 """
 
 import functools
@@ -45,23 +47,57 @@ def _lists_to_tuples(obj: dict) -> dict:
   return {k: tuple(v) if isinstance(v, list) else v for k, v in obj.items()}
 
 
+# The exit status of a preempted run: 128 + SIGTERM, what a process killed by the signal
+# reports, so schedulers and retry loops see "interrupted"; the checkpoint makes a rerun safe.
+PREEMPTED_EXIT = 143
+
+
+class Preempted(Exception):
+  """Training stopped on a SIGTERM after saving a checkpoint at `step`; rerun to continue."""
+
+  def __init__(self, step: int, workdir: str):
+    super().__init__(f'preempted (SIGTERM): checkpoint saved at step {step} in {workdir}; '
+                     'run the same command again to continue')
+    self.step = step
+
+
+def _init_key(config: ml_collections.ConfigDict) -> jax.Array:
+  # An rbg key: threefry's init graph takes ~3x longer to compile on CPU for no benefit here.
+  return jax.random.key(config.seed, impl='rbg')
+
+
+def state_shardings(config: ml_collections.ConfigDict, models, txs, mesh):
+  """The train state's layout on `mesh`: params and Adam moments by the FSDP rule."""
+  abstract = jax.eval_shape(functools.partial(steps.init_state, config, models, txs),
+                            _init_key(config))
+  return sharding.tree_shardings(abstract, mesh, config)
+
+
 def build(config: ml_collections.ConfigDict, mesh):
   """Models, optimizers, and a freshly initialised train state laid out on `mesh`."""
   models = steps.build_models(config)
   txs = steps.make_optimizers(config)
   init = jax.jit(functools.partial(steps.init_state, config, models, txs),
-                 out_shardings=sharding.replicated(mesh))
-  # An rbg key: threefry's init graph takes ~3x longer to compile on CPU for no benefit here.
-  state = init(jax.random.key(config.seed, impl='rbg'))
-  return models, txs, state
+                 out_shardings=state_shardings(config, models, txs, mesh))
+  return models, txs, init(_init_key(config))
 
 
 def jit_train_step(models, txs, config: ml_collections.ConfigDict, mesh, phase: str):
-  """`steps.train_step` of `phase` jitted for `mesh`: replicated state, batch over 'data'."""
+  """`steps.train_step` of `phase` jitted for `mesh`, the state donated.
+
+  The state keeps its (FSDP) layout across the step; the batch is split over every device.
+  With mesh.fsdp > 1 the params are gathered whole for the forward and backward pass and
+  the gradients reduce-scattered back onto the shards (ZeRO-3).
+  """
+  state_sh = state_shardings(config, models, txs, mesh)
   repl, batch_sh = sharding.replicated(mesh), sharding.batch_sharded(mesh)
+  gather = None
+  if mesh.shape[sharding.FSDP_AXIS] > 1:
+    whole = jax.tree.map(lambda _: repl, state_sh.params)
+    gather = lambda params: jax.lax.with_sharding_constraint(params, whole)
   return jax.jit(functools.partial(steps.train_step, models=models, txs=txs, config=config,
-                                   phase=phase),
-                 in_shardings=(repl, batch_sh, repl), out_shardings=(repl, repl),
+                                   phase=phase, gather=gather),
+                 in_shardings=(state_sh, batch_sh, repl), out_shardings=(state_sh, repl),
                  donate_argnums=(0,))
 
 
@@ -98,7 +134,7 @@ def test_embeddings(workdir: str) -> dict:
   if cached is not None and int(cached['step']) == saved_steps[-1]:
     return cached
   logging.info('embedding the test split with checkpoint %d', saved_steps[-1])
-  mesh = sharding.make_mesh()
+  mesh = sharding.mesh_from_config(config)
   models, params, step = restore_params(workdir, config, mesh)
   _, emb = retrieval.RetrievalEvaluator(config, mesh, models).run(params)
   emb['step'] = step
@@ -134,9 +170,40 @@ def _mean_metrics(fetched: list[dict]) -> dict:
   return {k: float(np.mean([m[k] for m in fetched if k in m])) for k in sorted(keys)}
 
 
+class SkipCounter:
+  """Counts skipped (non-finite) steps from the step's train/skipped flags, fetched lazily.
+
+  `check` fetches the flags added since the last check (at log and checkpoint steps only, so
+  steps stay asynchronous) and raises steps.NonFiniteError once `limit` are in a row.
+  """
+
+  def __init__(self, limit: int):
+    self.limit, self.streak, self.total = limit, 0, 0
+    self._pending = []
+
+  def add(self, step: int, flag: jax.Array) -> None:
+    self._pending.append((step, flag))
+
+  def check(self, saved_steps: list[int]) -> None:
+    flags = jax.device_get([flag for _, flag in self._pending])
+    for (step, _), flag in zip(self._pending, flags):
+      self.streak = self.streak + 1 if flag > 0 else 0
+      self.total += int(flag > 0)
+      if self.streak >= self.limit:
+        raise steps.NonFiniteError(
+            f'config.train.max_skipped_steps={self.limit}: the loss or gradients were not '
+            f'finite for {self.streak} steps in a row (steps {step - self.streak + 1}-{step}); '
+            f'their updates were skipped, so the params are those after step '
+            f'{step - self.streak}, and the newest checkpoint (step '
+            f'{saved_steps[-1] if saved_steps else "none"}) is intact. Expected finite '
+            'losses: lower train.learning_rate, check the data, or use '
+            'train.compute_dtype=float32')
+    self._pending = []
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains `config` in `workdir` (resuming if it holds checkpoints); returns the last results."""
-  mesh = sharding.make_mesh()
+  mesh = sharding.mesh_from_config(config)
   config_validation.validate(config, num_devices=mesh.size)
   os.makedirs(os.path.join(workdir, 'plots'), exist_ok=True)
   save_config(config, workdir)
@@ -158,42 +225,62 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # One compiled step per phase, compiled when its phase first runs.
   train_steps = {phase: jit_train_step(models, txs, config, mesh, phase)
                  for phase in steps.TRAINED}
+  compiled = {}
   evaluators = {'retrieval': retrieval.RetrievalEvaluator(config, mesh, models),
                 'generation': generation.GenerationEvaluator(config, mesh, models)}
   writer = metrics_io.MetricWriter(workdir)
   progress = metrics_io.Progress(start, config.train.num_steps)
+  skips = SkipCounter(config.train.max_skipped_steps)
+  preemption = checkpointing.PreemptionWatcher()
   rng = jax.random.key(config.seed + 1)
   t = config.train
   results, pending = {}, []
 
-  for step in range(start + 1, t.num_steps + 1):
-    batch = sharding.global_batch(mesh, pipeline.select(next(train_iter)))
-    phase = steps.phase_at(config, step)
-    if phase != steps.phase_at(config, step - 1) and step > 1:
-      logging.info('step %d: %s phase starts', step, phase)
-    state, metrics = train_steps[phase](state, batch, rng)
-    pending.append(metrics)
-    if step % t.log_every_steps == 0 or step == t.num_steps:
-      # Mean over the steps since the last log line; fetched once, so steps stay async.
-      fetched, pending = jax.device_get(pending), []
-      summary = _mean_metrics(fetched)
-      summary.update(progress.update(step))
-      summary['train/examples_per_sec'] = summary['steps_per_sec'] * t.batch_size
-      writer.write_scalars(step, summary)
-      logging.info('step %d  loss %.4f', step, summary['train/loss'])
-    if step % t.checkpoint_every_steps == 0 or step == t.num_steps:
-      ckpt.save(step, state, train_iter, config.to_json_best_effort())
-    if step % t.eval_every_steps == 0 or step == t.num_steps:
-      results = evaluate(evaluators, state, step, workdir, writer, config)
+  try:
+    for step in range(start + 1, t.num_steps + 1):
+      batch = sharding.global_batch(mesh, pipeline.select(next(train_iter)))
+      phase = steps.phase_at(config, step)
+      if phase != steps.phase_at(config, step - 1) and step > 1:
+        logging.info('step %d: %s phase starts', step, phase)
+      if phase not in compiled:
+        compiled[phase] = train_steps[phase].lower(state, batch, rng).compile()
+        sharding.sync_processes(f'compiled {phase} step')
+      state, metrics = compiled[phase](state, batch, rng)
+      pending.append(metrics)
+      skips.add(step, metrics['train/skipped'])
+      log_now = step % t.log_every_steps == 0 or step == t.num_steps
+      save_now = step % t.checkpoint_every_steps == 0 or step == t.num_steps
+      if log_now or save_now:
+        skips.check(ckpt.all_steps())  # Never checkpoint past too many skipped steps.
+      if log_now:
+        # Mean over the steps since the last log line; fetched once, so steps stay async.
+        fetched, pending = jax.device_get(pending), []
+        summary = _mean_metrics(fetched)
+        summary.update(progress.update(step))
+        summary['train/examples_per_sec'] = summary['steps_per_sec'] * t.batch_size
+        summary['train/skipped_total'] = skips.total
+        writer.write_scalars(step, summary)
+        logging.info('step %d  loss %.4f%s', step, summary['train/loss'],
+                     f'  ({skips.total} non-finite steps skipped)' if skips.total else '')
+      preempted = preemption.reached(step)
+      if save_now or preempted:
+        ckpt.save(step, state, train_iter, config.to_json_best_effort())
+      if preempted:
+        ckpt.wait()
+        raise Preempted(step, workdir)
+      if step % t.eval_every_steps == 0 or step == t.num_steps:
+        results = evaluate(evaluators, state, step, workdir, writer, config)
 
-  if start >= t.num_steps:
-    logging.info('workdir already trained to step %d; evaluating', start)
-    results = evaluate(evaluators, state, start, workdir, writer, config)
-  ckpt.close()
-  writer.close()
-  # Stop grain's worker processes now: left to interpreter exit, their cleanup races the
-  # closing of multiprocessing's handles and prints tracebacks.
-  del train_iter
+    if start >= t.num_steps:
+      logging.info('workdir already trained to step %d; evaluating', start)
+      results = evaluate(evaluators, state, start, workdir, writer, config)
+  finally:
+    preemption.close()
+    ckpt.close()
+    writer.close()
+    # Stop grain's worker processes now: left to interpreter exit, their cleanup races the
+    # closing of multiprocessing's handles and prints tracebacks.
+    del train_iter
   if jax.process_index() == 0:
     plotting.loss_curves(metrics_io.read_jsonl(metrics_jsonl),
                          os.path.join(workdir, 'plots', 'loss.png'))
