@@ -3,16 +3,26 @@
   python -m gmscavp_jax.bench --config=configs/msa_msd.py:runlocal
   python -m gmscavp_jax.bench --workdir=/tmp/msa_msd --sampling
 
-The first prints jit compile time, train steps/s and examples/s per training phase (on one
-batch already on the devices, so the step alone is timed), and the grain pipeline's
-examples/s alone (with the configured worker processes), and their ratio: the pipeline
-should deliver several times what the step consumes.
+The first prints, for each training phase (on one batch already on the devices, so the step
+alone is timed): jit compile time, step time, steps/s, examples/s, the FLOPs of one step (XLA's
+cost analysis of the compiled step), achieved TFLOP/s and MFU against the peak of the devices
+(the spec sheet for known GPUs and TPUs in the config's train.compute_dtype; on CPU, or an
+unknown device, a large matmul timed in the same process, printed first), and peak device
+memory (the allocator's peak since start on GPU/TPU; on CPU, XLA's estimate for the step).
+Then the grain pipeline's examples/s alone (with the configured worker processes) and its
+ratio to the slowest phase: the pipeline should deliver several times what the step consumes.
+Last, the latency of sampling one clip of the configured length (batch 1, DPM-Solver++(2M)
+at 25 steps, the config's eval.guidance: guidance other than 0 and 1 makes two denoiser calls
+per step) with freshly initialised params: the timing does not depend on training, so no
+workdir is needed. The persistent compilation cache is off in this mode, so compile times are
+real compilations.
 
 The second takes a trained workdir and, for each sampler at 10/25/50/100 steps, generates
 audio for the first eval.num_generate_clips test videos: per-clip latency (after compiling)
 and onset hit-rate. It prints a table and writes WORKDIR/bench_sampling.{json,md}.
 """
 
+import functools
 import gc
 import itertools
 import json
@@ -27,6 +37,7 @@ import numpy as np
 
 from gmscavp_jax import cli
 from gmscavp_jax import config_validation
+from gmscavp_jax import perf
 from gmscavp_jax import sharding
 from gmscavp_jax import steps
 from gmscavp_jax import train
@@ -48,7 +59,10 @@ _GUIDANCE = flags.DEFINE_list('guidance', [], 'Guidance scales to compare '
 
 
 def time_train_step(config, mesh, num_steps: int, phase: str) -> dict:
-  """Compile time and steady-state speed of the jitted train step of `phase`."""
+  """Compile time, steady-state speed, FLOPs and memory of the jitted train step of `phase`.
+
+  'flops' is the step's total over the mesh (XLA counts one device's partition).
+  """
   models, txs, state = train.build(config, mesh)
   step_fn = train.jit_train_step(models, txs, config, mesh, phase)
   # One batch from an in-process loader: worker processes would compete with the step.
@@ -66,8 +80,11 @@ def time_train_step(config, mesh, num_steps: int, phase: str) -> dict:
     state, metrics = compiled(state, batch, rng)
   jax.block_until_ready(metrics)
   step_s = (time.perf_counter() - t0) / num_steps
+  flops = perf.compiled_flops(compiled)
   return {'compile_s': compile_s, 'step_s': step_s, 'steps_per_sec': 1 / step_s,
-          'examples_per_sec': config.train.batch_size / step_s}
+          'examples_per_sec': config.train.batch_size / step_s,
+          'flops': None if flops is None else flops * mesh.size,
+          'memory': perf.peak_memory(compiled, mesh.devices.flat[0])}
 
 
 def time_pipeline(config, num_batches: int) -> dict:
@@ -88,33 +105,103 @@ def time_pipeline(config, num_batches: int) -> dict:
   return {'pipeline_examples_per_sec': num_batches * config.train.batch_size / elapsed}
 
 
+def _tflops(x: float | None) -> str:
+  # Significant digits: a CPU's 0.006 TFLOP/s and an H100's 400 both keep four.
+  return '     n/a' if x is None else f'{x / 1e12:8.4g}'
+
+
+def _gib(x: int | None) -> str:
+  return '     n/a' if x is None else f'{x / 2**30:8.3f}'
+
+
 def bench_training(config) -> None:
-  """Prints pipeline throughput and the step speed of each phase the config trains."""
-  mesh = sharding.make_mesh()
+  """Prints each phase's step speed, FLOP/s, MFU and memory, the pipeline's throughput,
+  and the sampling latency of one clip."""
+  mesh = sharding.mesh_from_config(config)
   config_validation.validate(config, num_devices=mesh.size)
-  print(f'config {config.experiment}, {mesh.size} {jax.devices()[0].platform} device(s), '
-        f'global batch {config.train.batch_size}, data workers {config.data.worker_count}')
+  compute_dtype = config.train.compute_dtype
+  print(f'config {config.experiment}, {mesh.size} {jax.devices()[0].platform} device(s) '
+        f'({jax.devices()[0].device_kind}), global batch {config.train.batch_size}, '
+        f'compute dtype {compute_dtype}, data workers {config.data.worker_count}')
+  peak = perf.peak_flops(compute_dtype, list(mesh.devices.flat))
+  print(f'peak compute              {_tflops(peak.flops_per_sec)} TFLOP/s  ({peak.source})',
+        flush=True)
   # Each part runs alone: the pipeline's workers are stopped before the step is timed.
   data = time_pipeline(config, _BATCHES.value)
   phases = sorted({steps.phase_at(config, s) for s in (1, config.train.num_steps)})
   slowest = None
   for phase in phases:
     step = time_train_step(config, mesh, _STEPS.value, phase)
+    use = perf.utilisation(step['flops'], step['step_s'], peak.flops_per_sec)
+    mem = step['memory']
     print(f"[{phase}] jit compile time     {step['compile_s']:8.2f} s")
     print(f"[{phase}] train step           {step['step_s'] * 1e3:8.1f} ms")
     print(f"[{phase}] train steps/s        {step['steps_per_sec']:8.2f}")
     print(f"[{phase}] train examples/s     {step['examples_per_sec']:8.1f}")
+    print(f"[{phase}] TFLOP per step       {_tflops(step['flops'])}  (XLA cost analysis)")
+    print(f"[{phase}] achieved TFLOP/s     {_tflops(use['flops_per_sec'])}")
+    print(f"[{phase}] MFU                  " +
+          ('     n/a' if use['mfu'] is None else f"{100 * use['mfu']:7.2f}%"))
+    if mem['source'] == 'device':
+      note = (f"allocator peak since start, device 0; XLA's estimate for this step "
+              f"{_gib(mem['estimate_bytes']).strip()} GiB")
+    else:
+      note = "XLA's estimate for this step, per device: the device reports no peak"
+    print(f"[{phase}] peak device memory   {_gib(mem['bytes'])} GiB  ({note})", flush=True)
     slowest = min(slowest or np.inf, step['examples_per_sec'])
   ratio = data['pipeline_examples_per_sec'] / slowest
   print(f"pipeline examples/s       {data['pipeline_examples_per_sec']:8.1f}")
-  print(f"pipeline / train ratio    {ratio:8.2f}x (slowest phase)")
+  print(f"pipeline / train ratio    {ratio:8.2f}x (slowest phase)", flush=True)
+  lat = time_sampling_latency(config, mesh)
+  print(f"sampling one {lat['clip_s']:g} s clip ({config.data.num_frames} frames at "
+        f"{config.data.fps:g} fps), batch 1, {lat['sampler']} {lat['num_steps']} steps, "
+        f"guidance {lat['guidance']:g} ({lat['denoiser_calls']} denoiser calls), freshly "
+        'initialised params (timing only)')
+  print(f"sampling jit compile time {lat['compile_s']:8.2f} s")
+  print(f"sampling latency per clip {lat['latency_s'] * 1e3:8.1f} ms  (median of "
+        f"{lat['repeats']}; {lat['clip_s'] / lat['latency_s']:.2f}x real time)")
+
+
+# The sampling-latency setting the benchmark reports: DPM-Solver++(2M) at 25 steps.
+LATENCY_SAMPLER, LATENCY_STEPS, LATENCY_REPEATS = 'dpmpp2m', 25, 5
+
+
+def time_sampling_latency(config, mesh, sampler: str = LATENCY_SAMPLER,
+                          num_steps: int = LATENCY_STEPS,
+                          repeats: int = LATENCY_REPEATS) -> dict:
+  """Seconds to generate the log-mel of one clip (batch 1) with eval.guidance, after compiling.
+
+  Params are freshly initialised: the work per step does not depend on their values.
+  """
+  models, _, state = train.build(config, mesh)
+  params = state.params
+  del state  # The optimizer state is not needed to sample.
+  guidance = config.eval.guidance
+  sample = jax.jit(functools.partial(steps.sample_step, models=models, config=config,
+                                     sampler=sampler, num_steps=num_steps, guidance=guidance))
+  frames, _ = steps.dummy_inputs(config, batch_size=1)
+  rng = jax.random.key(0)
+  t0 = time.perf_counter()
+  compiled = sample.lower(params, frames, rng).compile()
+  compile_s = time.perf_counter() - t0
+  jax.block_until_ready(compiled(params, frames, rng))  # Warm-up.
+  times = []
+  for i in range(repeats):
+    key = jax.random.fold_in(rng, i)
+    t0 = time.perf_counter()
+    jax.block_until_ready(compiled(params, frames, key))
+    times.append(time.perf_counter() - t0)
+  return {'sampler': sampler, 'num_steps': num_steps, 'guidance': guidance,
+          'denoiser_calls': num_steps * (1 if guidance in (0.0, 1.0) else 2),
+          'clip_s': config.data.num_frames / config.data.fps, 'compile_s': compile_s,
+          'latency_s': float(np.median(times)), 'repeats': repeats}
 
 
 def bench_sampling(workdir: str, step_counts: list[int], samplers: list[str],
                    guidances: list[float]) -> list[dict]:
   """Latency and onset hit-rate of each sampler x steps x guidance on the last checkpoint."""
   config = train.load_config(workdir)
-  mesh = sharding.make_mesh()
+  mesh = sharding.mesh_from_config(config)
   models, params, ckpt_step = train.restore_params(workdir, config, mesh)
   evaluator = generation.GenerationEvaluator(config, mesh, models)
   clips = generation.test_clips(config, config.eval.num_generate_clips)
@@ -163,6 +250,8 @@ def main(argv):
   else:
     if _CONFIG.value is None:
       raise app.UsageError('give --config=configs/NAME.py[:VARIANT] (or --workdir --sampling)')
+    # Compile times should be compilations, not loads from the persistent cache.
+    jax.config.update('jax_enable_compilation_cache', False)
     bench_training(_CONFIG.value)
 
 
