@@ -64,24 +64,42 @@ def test_eval_loader_is_one_ordered_pass():
   np.testing.assert_array_equal(indices, np.arange(config.eval.num_test_clips))
 
 
-def test_global_batches_do_not_depend_on_the_process_count():
-  def stream(num_processes, num_batches=4, batch=8):
-    sampler = pipeline.GlobalBatchSampler(100, batch, num_processes, shuffle=True,
-                                          num_epochs=None, seed=3)
-    local = batch // num_processes
-    # grain asks process p for indices j * n + p (j = 0, 1, ...).
-    per_process = [[sampler[j * num_processes + p].record_key
-                    for j in range(num_batches * local)] for p in range(num_processes)]
-    return [key for s in range(num_batches) for p in range(num_processes)
-            for key in per_process[p][s * local:(s + 1) * local]]
+def _grain_batches(sampler, process, num_processes, num_workers, local, num_batches):
+  """The local batches grain's DataLoader makes from `sampler` (its layout, simulated):
+  process p asks for indices j*n + p; worker w batches its records j = w, w+W, ...; the
+  loader yields the workers' batches in turn."""
+  workers = max(num_workers, 1)
+  per_worker = [[sampler[j * num_processes + process].record_key
+                 for j in range(w, num_batches * local, workers)] for w in range(workers)]
+  return [per_worker[m % workers][(m // workers) * local:(m // workers + 1) * local]
+          for m in range(num_batches)]
 
-  one = stream(1)
-  assert stream(2) == one and stream(4) == one
-  assert len(set(one[:32])) == 32  # One shuffled epoch of 100 records: no repeats yet.
+
+@pytest.mark.parametrize('num_workers', [0, 2, 3])
+def test_global_batches_do_not_depend_on_processes_or_workers(num_workers):
+  def stream(num_processes, num_workers, num_batches=6, batch=8):
+    sampler = pipeline.GlobalBatchSampler(100, batch, num_processes, num_workers=num_workers,
+                                          shuffle=True, num_epochs=None, seed=3)
+    local = [_grain_batches(sampler, p, num_processes, num_workers, batch // num_processes,
+                            num_batches) for p in range(num_processes)]
+    return [key for s in range(num_batches) for p in range(num_processes) for key in local[p][s]]
+
+  one = stream(1, 0)
+  assert stream(1, num_workers) == one
+  assert stream(2, num_workers) == one and stream(4, num_workers) == one
+  assert len(set(one[:48])) == 48  # One shuffled epoch of 100 records: no repeats yet.
 
 
 def test_an_epoch_limited_sampler_keeps_whole_global_batches():
-  sampler = pipeline.GlobalBatchSampler(20, 8, 2, shuffle=False, num_epochs=1, seed=0)
+  sampler = pipeline.GlobalBatchSampler(20, 8, 2, num_workers=0, shuffle=False, num_epochs=1,
+                                        seed=0)
   assert len(sampler) == 16
   with pytest.raises(IndexError):
     sampler[16]  # pylint: disable=pointless-statement
+
+
+def test_a_finite_pass_uses_workers_that_split_its_batches_evenly():
+  assert pipeline._worker_count(2, None) == 2  # pylint: disable=protected-access
+  assert pipeline._worker_count(2, 1) == 1  # pylint: disable=protected-access
+  assert pipeline._worker_count(4, 6) == 3  # pylint: disable=protected-access
+  assert pipeline._worker_count(0, 6) == 0  # pylint: disable=protected-access

@@ -39,19 +39,22 @@ def _per_process(global_batch_size: int, field: str) -> int:
 class GlobalBatchSampler:
   """grain sampler: process p's share of each global batch of one seeded record stream.
 
-  grain's DataLoader asks process p (of n) for indices q = j*n + p, j = 0, 1, ...; local
-  record j of process p is stream position (j // b)*B + p*b + j % b (b = B/n), so the
-  processes' local batches s concatenate to stream positions [s*B, (s+1)*B).
+  grain's DataLoader asks process p (of n) for indices q = j*n + p, j = 0, 1, ...; its
+  worker w (of W) takes the local records j = w, w+W, ... and batches them b = B/n at a time;
+  the loader then yields the workers' batches in turn. `stream_position` inverts that
+  layout, so the processes' local batches s concatenate to stream positions
+  [s*B, (s+1)*B), in order, whatever n and W are.
   """
 
   def __init__(self, num_records: int, global_batch_size: int, num_processes: int, *,
-               shuffle: bool, num_epochs: int | None, seed: int):
+               num_workers: int, shuffle: bool, num_epochs: int | None, seed: int):
     self._stream = grain.IndexSampler(num_records=num_records, shuffle=shuffle,
                                       num_epochs=num_epochs, seed=seed)
     self._args = dict(num_records=num_records, global_batch_size=global_batch_size,
-                      num_processes=num_processes, shuffle=shuffle, num_epochs=num_epochs,
-                      seed=seed)
+                      num_processes=num_processes, num_workers=num_workers, shuffle=shuffle,
+                      num_epochs=num_epochs, seed=seed)
     self._batch, self._n = global_batch_size, num_processes
+    self._workers = max(num_workers, 1)  # 0 workers: the main process is the one "worker".
     self._local = global_batch_size // num_processes
     # Whole global batches only (an epoch-limited stream drops its last partial batch).
     self._len = (None if num_epochs is None
@@ -65,8 +68,11 @@ class GlobalBatchSampler:
 
   def stream_position(self, index: int) -> int:
     """The stream position that grain's sampler index `index` (= j*n + p) stands for."""
-    j, p = divmod(index, self._n)
-    return (j // self._local) * self._batch + p * self._local + j % self._local
+    j, p = divmod(index, self._n)  # Local record j of process p,
+    r, w = divmod(j, self._workers)  # the r-th record of worker w,
+    k, i = divmod(r, self._local)  # slot i of that worker's k-th batch,
+    local_batch = k * self._workers + w  # which the loader yields as this local batch.
+    return local_batch * self._batch + p * self._local + i
 
   def __getitem__(self, index: int) -> grain.RecordMetadata:
     if index < 0 or (self._len is not None and index >= self._len):
@@ -75,22 +81,33 @@ class GlobalBatchSampler:
     return grain.RecordMetadata(index=index, record_key=record.record_key, rng=record.rng)
 
 
+def _worker_count(configured: int, num_batches: int | None) -> int:
+  """The configured workers, or for a finite pass the most that split its batches evenly
+  (each worker makes whole batches of its own records: 1 batch over 2 workers makes none)."""
+  if num_batches is None or configured == 0:
+    return configured
+  return max(w for w in range(1, configured + 1) if num_batches % w == 0)
+
+
 def _loader(config: ml_collections.ConfigDict, split: str, *, shuffle: bool,
             num_epochs: int | None, global_batch_size: int, field: str) -> grain.DataLoader:
   """A loader of this process's slice of `split`, batched B / process_count at a time."""
   source = make_source(config, split)
   batch = _per_process(global_batch_size, field)
+  num_batches = None if num_epochs is None else len(source) * num_epochs // global_batch_size
+  workers = _worker_count(config.data.worker_count, num_batches)
   shard = grain.ShardOptions(shard_index=jax.process_index(),
                              shard_count=jax.process_count(), drop_remainder=True)
   sampler = GlobalBatchSampler(len(source), global_batch_size, jax.process_count(),
-                               shuffle=shuffle, num_epochs=num_epochs, seed=config.seed)
+                               num_workers=workers, shuffle=shuffle, num_epochs=num_epochs,
+                               seed=config.seed)
   # Read ahead two batches per worker, not grain's default 500 records: a synthetic clip is
   # computed, not read, and a deep read-ahead only churns memory.
   read = grain.ReadOptions(prefetch_buffer_size=2 * batch)
   return grain.DataLoader(
       data_source=source, sampler=sampler, shard_options=shard,
       operations=[grain.Batch(batch, drop_remainder=True)],
-      worker_count=config.data.worker_count,
+      worker_count=workers,
       worker_buffer_size=config.data.prefetch_buffer_size, read_options=read)
 
 
