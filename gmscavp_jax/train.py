@@ -148,7 +148,7 @@ def evaluate(evaluators: dict, state, step: int, workdir: str, writer,
   logging.info('step %d retrieval: v2a R@1 %.2f%%  a2v R@1 %.2f%%  (chance %.2f%%)', step,
                results['retrieval/v2a_R@1'], results['retrieval/a2v_R@1'],
                results['retrieval/chance_R@1'])
-  if steps.generator_trained(config, step):
+  if steps.generator_trained(config, step) and config.eval.num_generate_clips > 0:
     results.update(evaluators['generation'].run(state.params, step, workdir, writer))
   results['step'] = step
   writer.write_scalars(step, {k: v for k, v in results.items()

@@ -1,7 +1,6 @@
-"""A joint MSA+MSD train step on 8 fake CPU devices, as meshes (data, fsdp) = (8,1), (4,2)
-and (2,4), equals the same step on 1 device.
-
-(Sampling on 8 devices is compared in tests/test_sampling_multidevice.py.)
+"""An MSA train step on 8 fake CPU devices, as meshes (data, fsdp) = (8,1), (4,2) and (2,4),
+equals the same step on 1 device. (The contrastive phase: its negatives span the sharded
+batch. The UNet's sharded sampling is compared in tests/test_sampling_multidevice.py.)
 
 jax fixes its device count when it starts, so the comparison runs in a subprocess with
 XLA_FLAGS set; this file is also that subprocess's script.
@@ -31,14 +30,11 @@ def _compare_meshes() -> dict:
   from tests.conftest import tiny_config
 
   # fsdp_min_size 0: every tiny kernel with a divisible axis is sharded.
-  config = tiny_config('msa_msd', **{'train.batch_size': 16, 'mesh.fsdp_min_size': 0})
+  config = tiny_config('msa', **{'train.batch_size': 16, 'mesh.fsdp_min_size': 0})
   local = pipeline.select(next(iter(pipeline.train_loader(config))))
   models = steps.build_models(config)
   txs = {'encoders': optax.sgd(0.05), 'denoiser': optax.sgd(0.05)}
   init = steps.init_state(config, models, txs, jax.random.key(0, impl='rbg'))
-  # A random (not zero-initialised) output layer, so every UNet parameter gets a gradient.
-  init = init.replace(params=jax.tree.map(
-      lambda p: p + 0.05 * jax.random.normal(jax.random.key(1), p.shape), init.params))
   init = jax.device_get(init)
   out = {}
   for data, fsdp in ((1, 1), (8, 1), (4, 2), (2, 4)):
@@ -46,7 +42,7 @@ def _compare_meshes() -> dict:
     layout = train.state_shardings(config, models, txs, mesh)
     state = jax.device_put(init, layout)
     sharded = [s.spec for s in jax.tree.leaves(layout.params) if 'fsdp' in s.spec]
-    step = train.jit_train_step(models, txs, config, mesh, 'joint')
+    step = train.jit_train_step(models, txs, config, mesh, 'contrastive')
     batch = sharding.global_batch(mesh, local)
     assert len(batch['frames'].sharding.device_set) == data * fsdp
     losses = []
