@@ -64,7 +64,7 @@ def time_train_step(config, mesh, num_steps: int, phase: str) -> dict:
   'flops' is the step's total over the mesh (XLA counts one device's partition).
   """
   models, txs, state = train.build(config, mesh)
-  step_fn = train.jit_train_step(models, txs, config, mesh, phase)
+  step_fn = train.jit_train_step(models, txs, config, mesh, phase, train.layout_of(state))
   # One batch from an in-process loader: worker processes would compete with the step.
   one_batch = config.copy_and_resolve_references()
   one_batch.data.worker_count = 0

@@ -241,11 +241,11 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array, *, models: Models
   grad_norms = {k: optax.tree.norm(grads[k]) for k in trained}
   # One scalar decides: a non-finite gradient anywhere makes its global norm non-finite.
   finite = jnp.isfinite(loss) & jnp.all(jnp.isfinite(jnp.stack(list(grad_norms.values()))))
+  keep = lambda new, old: jnp.where(finite, new, old)
   params, opt_state = dict(state.params), dict(state.opt_state)
   for k in trained:
     updates, new_opt = txs[k].update(grads[k], state.opt_state[k], state.params[k])
     new_params = optax.apply_updates(state.params[k], updates)
-    keep = lambda new, old: jnp.where(finite, new, old)  # pylint: disable=cell-var-from-loop
     params[k] = jax.tree.map(keep, new_params, state.params[k])
     opt_state[k] = jax.tree.map(keep, new_opt, state.opt_state[k])
     metrics[f'grad_norm/{k}'] = grad_norms[k]

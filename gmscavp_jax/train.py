@@ -6,6 +6,7 @@ A SIGTERM saves a checkpoint and raises `Preempted`; too many non-finite steps i
 `steps.NonFiniteError` (the last checkpoint is the params from before them).
 """
 
+from collections.abc import Callable
 import functools
 import json
 import os
@@ -82,14 +83,20 @@ def build(config: ml_collections.ConfigDict, mesh):
   return models, txs, init(_init_key(config))
 
 
-def jit_train_step(models, txs, config: ml_collections.ConfigDict, mesh, phase: str):
+def layout_of(state):
+  """The shardings of a laid-out train state (what `state_shardings` gave it)."""
+  return jax.tree.map(lambda x: x.sharding, state)
+
+
+def jit_train_step(models, txs, config: ml_collections.ConfigDict, mesh, phase: str,
+                   state_sh):
   """`steps.train_step` of `phase` jitted for `mesh`, the state donated.
 
-  The state keeps its (FSDP) layout across the step; the batch is split over every device.
-  With mesh.fsdp > 1 the params are gathered whole for the forward and backward pass and
-  the gradients reduce-scattered back onto the shards (ZeRO-3).
+  The state keeps its (FSDP) layout `state_sh` (from `state_shardings` or `layout_of`)
+  across the step; the batch is split over every device. With mesh.fsdp > 1 the params are
+  gathered whole for the forward and backward pass and the gradients reduce-scattered back
+  onto the shards (ZeRO-3).
   """
-  state_sh = state_shardings(config, models, txs, mesh)
   repl, batch_sh = sharding.replicated(mesh), sharding.batch_sharded(mesh)
   gather = None
   if mesh.shape[sharding.FSDP_AXIS] > 1:
@@ -184,18 +191,20 @@ class SkipCounter:
   def add(self, step: int, flag: jax.Array) -> None:
     self._pending.append((step, flag))
 
-  def check(self, saved_steps: list[int]) -> None:
+  def check(self, saved_steps: Callable[[], list[int]]) -> None:
+    """`saved_steps` lists the checkpoints, for the error message only (it reads a folder)."""
     flags = jax.device_get([flag for _, flag in self._pending])
     for (step, _), flag in zip(self._pending, flags):
       self.streak = self.streak + 1 if flag > 0 else 0
       self.total += int(flag > 0)
       if self.streak >= self.limit:
+        saved = saved_steps()
         raise steps.NonFiniteError(
             f'config.train.max_skipped_steps={self.limit}: the loss or gradients were not '
             f'finite for {self.streak} steps in a row (steps {step - self.streak + 1}-{step}); '
             f'their updates were skipped, so the params are those after step '
             f'{step - self.streak}, and the newest checkpoint (step '
-            f'{saved_steps[-1] if saved_steps else "none"}) is intact. Expected finite '
+            f'{saved[-1] if saved else "none"}) is intact. Expected finite '
             'losses: lower train.learning_rate, check the data, or use '
             'train.compute_dtype=float32')
     self._pending = []
@@ -223,9 +232,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   metrics_io.truncate_jsonl(metrics_jsonl, after_step=start)
 
   # One compiled step per phase, compiled when its phase first runs.
-  train_steps = {phase: jit_train_step(models, txs, config, mesh, phase)
-                 for phase in steps.TRAINED}
-  compiled = {}
+  compiled, layout = {}, layout_of(state)
   evaluators = {'retrieval': retrieval.RetrievalEvaluator(config, mesh, models),
                 'generation': generation.GenerationEvaluator(config, mesh, models)}
   writer = metrics_io.MetricWriter(workdir)
@@ -243,7 +250,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       if phase != steps.phase_at(config, step - 1) and step > 1:
         logging.info('step %d: %s phase starts', step, phase)
       if phase not in compiled:
-        compiled[phase] = train_steps[phase].lower(state, batch, rng).compile()
+        compiled[phase] = jit_train_step(models, txs, config, mesh, phase, layout).lower(
+            state, batch, rng).compile()
         sharding.sync_processes(f'compiled {phase} step')
       state, metrics = compiled[phase](state, batch, rng)
       pending.append(metrics)
@@ -251,7 +259,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       log_now = step % t.log_every_steps == 0 or step == t.num_steps
       save_now = step % t.checkpoint_every_steps == 0 or step == t.num_steps
       if log_now or save_now:
-        skips.check(ckpt.all_steps())  # Never checkpoint past too many skipped steps.
+        skips.check(ckpt.all_steps)  # Never checkpoint past too many skipped steps.
       if log_now:
         # Mean over the steps since the last log line; fetched once, so steps stay async.
         fetched, pending = jax.device_get(pending), []

@@ -85,11 +85,11 @@ def test_skip_counter_stops_after_the_limit_in_a_row():
   counter = train.SkipCounter(limit=3)
   for step, flag in enumerate([1.0, 1.0, 0.0, 1.0, 1.0], start=1):
     counter.add(step, np.float32(flag))
-  counter.check([2])
+  counter.check(lambda: [2])
   assert (counter.total, counter.streak) == (4, 2)
   counter.add(6, np.float32(1.0))
   with pytest.raises(steps.NonFiniteError, match=r'3 steps in a row \(steps 4-6\).*step 2'):
-    counter.check([2])
+    counter.check(lambda: [2])
 
 
 @pytest.mark.parametrize('env,expected', [

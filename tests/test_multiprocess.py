@@ -43,7 +43,7 @@ def _worker(process_id: int, num_processes: int, port: int, out_dir: str) -> Non
   train_iter = iter(pipeline.train_loader(config))
   batches = [sharding.global_batch(mesh, pipeline.select(next(train_iter)))
              for _ in range(NUM_STEPS)]
-  step = train.jit_train_step(models, txs, config, mesh, 'contrastive').lower(
+  step = train.jit_train_step(models, txs, config, mesh, 'contrastive', layout).lower(
       state, batches[0], jax.random.key(1)).compile()
   sharding.sync_processes('compiled')  # As the trainer does: compile times differ.
   losses = []
