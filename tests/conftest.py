@@ -20,6 +20,18 @@ jax.config.update('jax_compilation_cache_dir', CACHE)
 jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
 
 
+def fake_cpu_devices_env(num_devices: int) -> dict:
+  """The environment of a subprocess whose jax sees `num_devices` CPU devices.
+
+  The fake devices are threads on a 2-core machine shared with another test worker; XLA
+  aborts a collective when one thread arrives more than 40 s after the rest, which heavy
+  load can cause, so that limit is raised to 10 minutes.
+  """
+  return dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS=(
+      f'--xla_force_host_platform_device_count={num_devices} '
+      '--xla_cpu_collective_call_terminate_timeout_seconds=600'))
+
+
 def tiny_config(name: str = 'msa', **overrides):
   """`configs/NAME.py:runlocal` shrunk to 8 frames of 32x32, tiny models and 4 steps."""
   config = importlib.import_module(f'configs.{name}').get_config('runlocal')

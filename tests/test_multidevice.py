@@ -12,13 +12,12 @@ it shows what sharding changes (float32 noise: ~2e-5 after two steps).
 """
 
 import json
-import os
 import subprocess
 import sys
 
 import numpy as np
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, fake_cpu_devices_env
 
 
 def _compare_meshes() -> dict:
@@ -42,7 +41,7 @@ def _compare_meshes() -> dict:
     layout = train.state_shardings(config, models, txs, mesh)
     state = jax.device_put(init, layout)
     sharded = [s.spec for s in jax.tree.leaves(layout.params) if 'fsdp' in s.spec]
-    step = train.jit_train_step(models, txs, config, mesh, 'contrastive')
+    step = train.jit_train_step(models, txs, config, mesh, 'contrastive', layout)
     batch = sharding.global_batch(mesh, local)
     assert len(batch['frames'].sharding.device_set) == data * fsdp
     losses = []
@@ -65,8 +64,7 @@ def _compare_meshes() -> dict:
 
 
 def test_eight_device_meshes_match_one_device():
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8',
-             JAX_PLATFORMS='cpu')
+  env = fake_cpu_devices_env(8)
   r = subprocess.run([sys.executable, '-m', 'tests.test_multidevice'], cwd=ROOT, env=env,
                      capture_output=True, text=True, timeout=600)
   assert r.returncode == 0, r.stderr[-3000:]

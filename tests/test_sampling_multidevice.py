@@ -11,13 +11,12 @@ do not depend on the sharding, so the outputs match up to float32 reordering.
 """
 
 import json
-import os
 import subprocess
 import sys
 
 import numpy as np
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, fake_cpu_devices_env
 
 CASES = (('ddpm', None), ('ddim', 0.5), ('dpmpp2m', None))
 
@@ -77,8 +76,7 @@ def _compare_meshes() -> dict:
 
 
 def test_eight_devices_match_one():
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8',
-             JAX_PLATFORMS='cpu')
+  env = fake_cpu_devices_env(8)
   r = subprocess.run([sys.executable, '-m', 'tests.test_sampling_multidevice'], cwd=ROOT,
                      env=env, capture_output=True, text=True, timeout=600)
   assert r.returncode == 0, r.stderr[-3000:]
