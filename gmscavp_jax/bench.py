@@ -1,6 +1,7 @@
 """Measures training speed, input-pipeline throughput, and sampler latency and quality.
 
   python -m gmscavp_jax.bench --config=configs/msa_msd.py:runlocal
+  python -m gmscavp_jax.bench --config=configs/msa_msd.py:runlocal --profile=/tmp/profile
   python -m gmscavp_jax.bench --workdir=/tmp/msa_msd --sampling
 
 The first prints, for each training phase (on one batch already on the devices, so the step
@@ -9,7 +10,9 @@ cost analysis of the compiled step), achieved TFLOP/s and MFU against the peak o
 (the spec sheet for known GPUs and TPUs in the config's train.compute_dtype; on CPU, or an
 unknown device, a large matmul timed in the same process, printed first), and peak device
 memory (the allocator's peak since start on GPU/TPU; on CPU, XLA's estimate for the step).
-Then the grain pipeline's examples/s alone (with the configured worker processes) and its
+With --profile, a few more steps run under jax.profiler.trace and the trace is read back:
+the time per op category (matmul/conv, elementwise, layout, ...), per model path, the slowest
+ops, and the MFU split into its factors (see profiling.py). Then the grain pipeline's examples/s alone (with the configured worker processes) and its
 ratio to the slowest phase: the pipeline should deliver several times what the step consumes.
 Last, the latency of sampling one clip of the configured length (batch 1, DPM-Solver++(2M)
 at 25 steps, the config's eval.guidance: guidance other than 0 and 1 makes two denoiser calls
@@ -38,6 +41,7 @@ import numpy as np
 from gmscavp_jax import cli
 from gmscavp_jax import config_validation
 from gmscavp_jax import perf
+from gmscavp_jax import profiling
 from gmscavp_jax import sharding
 from gmscavp_jax import steps
 from gmscavp_jax import train
@@ -54,14 +58,21 @@ _SAMPLE_STEPS = flags.DEFINE_list('sample_steps', ['10', '25', '50', '100'],
                                   'Sampling step counts to compare.')
 _SAMPLERS = flags.DEFINE_list('samplers', list(config_validation.SAMPLERS),
                               'Samplers to compare.')
+_PROFILE = flags.DEFINE_string(
+    'profile', None, 'Also trace a few train steps of each phase with jax.profiler into this '
+    'directory (TensorBoard / XProf) and print where their time goes.')
+_PROFILE_STEPS = flags.DEFINE_integer('profile_steps', 3, 'Traced steps with --profile.')
 _GUIDANCE = flags.DEFINE_list('guidance', [], 'Guidance scales to compare '
                               '(default: the config eval.guidance).')
 
 
-def time_train_step(config, mesh, num_steps: int, phase: str) -> dict:
+def time_train_step(config, mesh, num_steps: int, phase: str, peak: float,
+                    profile_dir: str | None = None) -> dict:
   """Compile time, steady-state speed, FLOPs and memory of the jitted train step of `phase`.
 
-  'flops' is the step's total over the mesh (XLA counts one device's partition).
+  'flops' is the step's total over the mesh (XLA counts one device's partition). With
+  `profile_dir`, 'profile' is the profiling.Breakdown of _PROFILE_STEPS traced steps against
+  `peak` FLOP/s.
   """
   models, txs, state = train.build(config, mesh)
   step_fn = train.jit_train_step(models, txs, config, mesh, phase, train.layout_of(state))
@@ -73,18 +84,37 @@ def time_train_step(config, mesh, num_steps: int, phase: str) -> dict:
   t0 = time.perf_counter()
   compiled = step_fn.lower(state, batch, rng).compile()
   compile_s = time.perf_counter() - t0
-  state, metrics = compiled(state, batch, rng)  # Warm-up.
-  jax.block_until_ready(metrics)
+  try:
+    state, metrics = compiled(state, batch, rng)  # Warm-up.
+    jax.block_until_ready(metrics)
+  except jax.errors.JaxRuntimeError as e:
+    if 'RESOURCE_EXHAUSTED' not in str(e):
+      raise
+    raise MemoryError(
+        f'[{phase}] the train step at global batch {config.train.batch_size} needs about '
+        f"{_gib(perf.compiled_memory_bytes(compiled)).strip()} GiB per device (XLA's estimate) and the "
+        'device ran out: lower --config.train.batch_size, set --config.train.remat=full, or '
+        'shard params with --config.mesh.fsdp') from e
   t0 = time.perf_counter()
   for _ in range(num_steps):
     state, metrics = compiled(state, batch, rng)
   jax.block_until_ready(metrics)
   step_s = (time.perf_counter() - t0) / num_steps
   flops = perf.compiled_flops(compiled)
-  return {'compile_s': compile_s, 'step_s': step_s, 'steps_per_sec': 1 / step_s,
-          'examples_per_sec': config.train.batch_size / step_s,
-          'flops': None if flops is None else flops * mesh.size,
-          'memory': perf.peak_memory(compiled, mesh.devices.flat[0])}
+  result = {'compile_s': compile_s, 'step_s': step_s, 'steps_per_sec': 1 / step_s,
+            'examples_per_sec': config.train.batch_size / step_s,
+            'flops': None if flops is None else flops * mesh.size,
+            'memory': perf.peak_memory(compiled, mesh.devices.flat[0])}
+  if profile_dir:
+    carry = [state]
+
+    def run_once():  # The state is donated: each step takes the last one's.
+      carry[0], step_metrics = compiled(carry[0], batch, rng)
+      return step_metrics
+
+    result['profile'] = profiling.profile(run_once, compiled.as_text(), _PROFILE_STEPS.value,
+                                          peak, os.path.join(profile_dir, phase))
+  return result
 
 
 def time_pipeline(config, num_batches: int) -> dict:
@@ -131,7 +161,8 @@ def bench_training(config) -> None:
   phases = sorted({steps.phase_at(config, s) for s in (1, config.train.num_steps)})
   slowest = None
   for phase in phases:
-    step = time_train_step(config, mesh, _STEPS.value, phase)
+    step = time_train_step(config, mesh, _STEPS.value, phase, peak.flops_per_sec,
+                           _PROFILE.value)
     use = perf.utilisation(step['flops'], step['step_s'], peak.flops_per_sec)
     mem = step['memory']
     print(f"[{phase}] jit compile time     {step['compile_s']:8.2f} s")
@@ -148,6 +179,10 @@ def bench_training(config) -> None:
     else:
       note = "XLA's estimate for this step, per device: the device reports no peak"
     print(f"[{phase}] peak device memory   {_gib(mem['bytes'])} GiB  ({note})", flush=True)
+    if 'profile' in step:
+      print(f'[{phase}] profile of {_PROFILE_STEPS.value} traced steps (trace in '
+            f'{os.path.join(_PROFILE.value, phase)}):')
+      print(step['profile'].report(), flush=True)
     slowest = min(slowest or np.inf, step['examples_per_sec'])
   ratio = data['pipeline_examples_per_sec'] / slowest
   print(f"pipeline examples/s       {data['pipeline_examples_per_sec']:8.1f}")
