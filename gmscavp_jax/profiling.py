@@ -7,6 +7,7 @@ are classified from the compiled HLO text:
 
   matmul/conv   dot and convolution ops and the fusions that hold them; their FLOPs are
                 counted from the shapes (2 x output elements x contracted elements)
+                (convolution weight gradients are shown apart: see is_weight_grad)
   elementwise   other fusions and ops: normalisation, activations, reductions, optimizer
   layout        copies and transposes, and fusions of nothing but data movement
   fft           the STFT of the audio front end
@@ -121,10 +122,26 @@ def matmul_flops(inst: Instruction, instructions: dict[str, Instruction]) -> flo
 
 @dataclasses.dataclass
 class OpInfo:
-  """What a top-level op (an executed thunk) is: its category, FLOPs and model path."""
+  """What a top-level op (an executed thunk) is: its category, FLOPs and model path, and
+  whether it holds a convolution's weight gradient."""
   category: str
   flops: float
   source: str
+  weight_grad: bool = False
+
+
+def is_weight_grad(inst: Instruction) -> bool:
+  """Whether a convolution computes a kernel's gradient: its window spans the activations,
+  so it is larger than its output's spatial extent (a 3x3 kernel's gradient over a 40x8 map
+  has a 40x8 window and a 3x3 output). CPU backends often run these far below peak."""
+  if inst.opcode != 'convolution' or inst.dims is None:
+    return False
+  window = re.search(r'window=\{size=([\dx]+)', inst.line)
+  out_labels = re.search(r'->(\w+)', inst.line)
+  if window is None or out_labels is None:
+    return False
+  spatial = [inst.dims[i] for i, c in enumerate(out_labels.group(1)) if c.isdigit()]
+  return math.prod(int(w) for w in window.group(1).split('x')) > math.prod(spatial)
 
 
 # Path components that name a transformation's scope rather than a module.
@@ -177,7 +194,7 @@ def classify(name: str, instructions: dict[str, Instruction],
   if opcodes & {'dot', 'convolution'}:
     flops = sum(matmul_flops(b, instructions) for b in body
                 if b.opcode in ('dot', 'convolution'))
-    return OpInfo('matmul/conv', flops, source)
+    return OpInfo('matmul/conv', flops, source, any(is_weight_grad(b) for b in body))
   if 'fft' in opcodes:
     return OpInfo('fft', 0.0, source)
   if any(o.startswith(_COLLECTIVE_OPS) for o in opcodes):
@@ -239,6 +256,14 @@ class Breakdown:
       if cat in self.by_category:
         s = self.by_category[cat]
         lines.append(f'{cat:44s} {s * 1e3:9.2f} {100 * s / self.op_s:6.1f}%')
+      if cat == 'matmul/conv':
+        for label, grad in (('  of which conv weight gradients', True), ('  the other matmuls', False)):
+          ops = [(s, f) for _, info, s, f in self.top_ops if info.weight_grad == grad
+                 and info.category == cat]
+          s, f = sum(o[0] for o in ops), sum(o[1] for o in ops)
+          if s:
+            lines.append(f'{label:44s} {s * 1e3:9.2f} {100 * s / self.op_s:6.1f}%  at '
+                         f'{100 * f / (s * self.peak_flops_per_sec):.1f}% of peak')
     lines.append(f"{'module (forward + backward)':44s} {'ms/step':>9s} {'share':>7s}")
     for src, s in sorted(self.by_source.items(), key=lambda kv: -kv[1])[:top]:
       lines.append(f'{src[:44]:44s} {s * 1e3:9.2f} {100 * s / self.op_s:6.1f}%')

@@ -62,3 +62,20 @@ def test_profile_of_a_traced_loop_counts_its_time_and_flops(tmp_path):
   assert result.matmul_time * result.matmul_efficiency == pytest.approx(mfu)
   report = result.report()
   assert 'MFU of the matmul FLOPs' in report and 'matmul/conv' in report
+
+
+def test_weight_gradient_convolutions_are_told_apart():
+  img, kernel = jnp.ones((2, 20, 16, 4)), jnp.ones((3, 3, 4, 8))
+
+  def conv(img, kernel):
+    return jax.lax.conv_general_dilated(img, kernel, (1, 1), 'SAME',
+                                        dimension_numbers=('NHWC', 'HWIO', 'NHWC')).sum()
+
+  def convs_of(fn):
+    instructions, _ = profiling.parse_hlo(jax.jit(fn).lower(img, kernel).compile().as_text())
+    return [i for i in instructions.values() if i.opcode == 'convolution']
+
+  forward = convs_of(conv)
+  assert forward and not any(profiling.is_weight_grad(c) for c in forward)
+  kernel_grad = convs_of(jax.grad(conv, argnums=1))
+  assert kernel_grad and all(profiling.is_weight_grad(c) for c in kernel_grad)
