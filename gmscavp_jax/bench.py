@@ -62,6 +62,11 @@ _PROFILE = flags.DEFINE_string(
     'profile', None, 'Also trace a few train steps of each phase with jax.profiler into this '
     'directory (TensorBoard / XProf) and print where their time goes.')
 _PROFILE_STEPS = flags.DEFINE_integer('profile_steps', 3, 'Traced steps with --profile.')
+_PARTS = flags.DEFINE_list('parts', ['train', 'pipeline', 'sampling'],
+                           'What to measure: the train step, the input pipeline, the latency '
+                           'of sampling one clip (a full-size clip takes minutes on a CPU).')
+_LATENCY_REPEATS = flags.DEFINE_integer('latency_repeats', 5,
+                                        'Timed samplings of one clip (after one warm-up).')
 _GUIDANCE = flags.DEFINE_list('guidance', [], 'Guidance scales to compare '
                               '(default: the config eval.guidance).')
 
@@ -144,57 +149,69 @@ def _gib(x: int | None) -> str:
   return '     n/a' if x is None else f'{x / 2**30:8.3f}'
 
 
-def bench_training(config) -> None:
+def _print_step(phase: str, step: dict, peak: float) -> None:
+  """Prints one phase's measurements from time_train_step."""
+  use = perf.utilisation(step['flops'], step['step_s'], peak)
+  mem = step['memory']
+  print(f"[{phase}] jit compile time     {step['compile_s']:8.2f} s")
+  print(f"[{phase}] train step           {step['step_s'] * 1e3:8.1f} ms")
+  print(f"[{phase}] train steps/s        {step['steps_per_sec']:8.2f}")
+  print(f"[{phase}] train examples/s     {step['examples_per_sec']:8.1f}")
+  print(f"[{phase}] TFLOP per step       {_tflops(step['flops'])}  (XLA cost analysis)")
+  print(f"[{phase}] achieved TFLOP/s     {_tflops(use['flops_per_sec'])}")
+  print(f"[{phase}] MFU                  " +
+        ('     n/a' if use['mfu'] is None else f"{100 * use['mfu']:7.2f}%"))
+  if mem['source'] == 'device':
+    note = (f"allocator peak since start, device 0; XLA's estimate for this step "
+            f"{_gib(mem['estimate_bytes']).strip()} GiB")
+  else:
+    note = "XLA's estimate for this step, per device: the device reports no peak"
+  print(f"[{phase}] peak device memory   {_gib(mem['bytes'])} GiB  ({note})", flush=True)
+  if 'profile' in step:
+    print(f'[{phase}] profile of {_PROFILE_STEPS.value} traced steps (trace in '
+          f'{os.path.join(_PROFILE.value, phase)}):')
+    print(step['profile'].report(), flush=True)
+
+
+def bench_training(config, parts=('train', 'pipeline', 'sampling')) -> None:
   """Prints each phase's step speed, FLOP/s, MFU and memory, the pipeline's throughput,
-  and the sampling latency of one clip."""
+  and the sampling latency of one clip (those of them named in `parts`)."""
+  unknown = set(parts) - {'train', 'pipeline', 'sampling'}
+  if unknown:
+    raise app.UsageError(f'--parts: {sorted(unknown)} unknown; expected train, pipeline, '
+                         'sampling')
   mesh = sharding.mesh_from_config(config)
   config_validation.validate(config, num_devices=mesh.size)
   compute_dtype = config.train.compute_dtype
   print(f'config {config.experiment}, {mesh.size} {jax.devices()[0].platform} device(s) '
         f'({jax.devices()[0].device_kind}), global batch {config.train.batch_size}, '
         f'compute dtype {compute_dtype}, data workers {config.data.worker_count}')
-  peak = perf.peak_flops(compute_dtype, list(mesh.devices.flat))
-  print(f'peak compute              {_tflops(peak.flops_per_sec)} TFLOP/s  ({peak.source})',
-        flush=True)
-  # Each part runs alone: the pipeline's workers are stopped before the step is timed.
-  data = time_pipeline(config, _BATCHES.value)
-  phases = sorted({steps.phase_at(config, s) for s in (1, config.train.num_steps)})
   slowest = None
-  for phase in phases:
-    step = time_train_step(config, mesh, _STEPS.value, phase, peak.flops_per_sec,
-                           _PROFILE.value)
-    use = perf.utilisation(step['flops'], step['step_s'], peak.flops_per_sec)
-    mem = step['memory']
-    print(f"[{phase}] jit compile time     {step['compile_s']:8.2f} s")
-    print(f"[{phase}] train step           {step['step_s'] * 1e3:8.1f} ms")
-    print(f"[{phase}] train steps/s        {step['steps_per_sec']:8.2f}")
-    print(f"[{phase}] train examples/s     {step['examples_per_sec']:8.1f}")
-    print(f"[{phase}] TFLOP per step       {_tflops(step['flops'])}  (XLA cost analysis)")
-    print(f"[{phase}] achieved TFLOP/s     {_tflops(use['flops_per_sec'])}")
-    print(f"[{phase}] MFU                  " +
-          ('     n/a' if use['mfu'] is None else f"{100 * use['mfu']:7.2f}%"))
-    if mem['source'] == 'device':
-      note = (f"allocator peak since start, device 0; XLA's estimate for this step "
-              f"{_gib(mem['estimate_bytes']).strip()} GiB")
-    else:
-      note = "XLA's estimate for this step, per device: the device reports no peak"
-    print(f"[{phase}] peak device memory   {_gib(mem['bytes'])} GiB  ({note})", flush=True)
-    if 'profile' in step:
-      print(f'[{phase}] profile of {_PROFILE_STEPS.value} traced steps (trace in '
-            f'{os.path.join(_PROFILE.value, phase)}):')
-      print(step['profile'].report(), flush=True)
-    slowest = min(slowest or np.inf, step['examples_per_sec'])
-  ratio = data['pipeline_examples_per_sec'] / slowest
-  print(f"pipeline examples/s       {data['pipeline_examples_per_sec']:8.1f}")
-  print(f"pipeline / train ratio    {ratio:8.2f}x (slowest phase)", flush=True)
-  lat = time_sampling_latency(config, mesh)
-  print(f"sampling one {lat['clip_s']:g} s clip ({config.data.num_frames} frames at "
-        f"{config.data.fps:g} fps), batch 1, {lat['sampler']} {lat['num_steps']} steps, "
-        f"guidance {lat['guidance']:g} ({lat['denoiser_calls']} denoiser calls), freshly "
-        'initialised params (timing only)')
-  print(f"sampling jit compile time {lat['compile_s']:8.2f} s")
-  print(f"sampling latency per clip {lat['latency_s'] * 1e3:8.1f} ms  (median of "
-        f"{lat['repeats']}; {lat['clip_s'] / lat['latency_s']:.2f}x real time)")
+  if 'train' in parts:
+    peak = perf.peak_flops(compute_dtype, list(mesh.devices.flat))
+    print(f'peak compute              {_tflops(peak.flops_per_sec)} TFLOP/s  ({peak.source})',
+          flush=True)
+    for phase in sorted({steps.phase_at(config, s) for s in (1, config.train.num_steps)}):
+      step = time_train_step(config, mesh, _STEPS.value, phase, peak.flops_per_sec,
+                             _PROFILE.value)
+      _print_step(phase, step, peak.flops_per_sec)
+      slowest = min(slowest or np.inf, step['examples_per_sec'])
+  # Each part runs alone: the pipeline's workers are stopped before anything else is timed.
+  if 'pipeline' in parts:
+    data = time_pipeline(config, _BATCHES.value)
+    print(f"pipeline examples/s       {data['pipeline_examples_per_sec']:8.1f}")
+    if slowest:
+      print(f"pipeline / train ratio    {data['pipeline_examples_per_sec'] / slowest:8.2f}x "
+            '(slowest phase)', flush=True)
+  if 'sampling' in parts:
+    lat = time_sampling_latency(config, mesh, repeats=_LATENCY_REPEATS.value)
+    print(f"sampling one {lat['clip_s']:g} s clip ({config.data.num_frames} frames at "
+          f"{config.data.fps:g} fps), batch 1, {lat['sampler']} {lat['num_steps']} steps, "
+          f"guidance {lat['guidance']:g} ({lat['denoiser_calls']} denoiser calls), freshly "
+          'initialised params (timing only)')
+    print(f"sampling jit compile time {lat['compile_s']:8.2f} s")
+    print(f"sampling latency per clip {lat['latency_s'] * 1e3:8.1f} ms  (median of "
+          f"{lat['repeats']}; {lat['clip_s'] / lat['latency_s']:.2f}x real time)")
 
 
 # The sampling-latency setting the benchmark reports: DPM-Solver++(2M) at 25 steps.
@@ -287,7 +304,7 @@ def main(argv):
       raise app.UsageError('give --config=configs/NAME.py[:VARIANT] (or --workdir --sampling)')
     # Compile times should be compilations, not loads from the persistent cache.
     jax.config.update('jax_enable_compilation_cache', False)
-    bench_training(_CONFIG.value)
+    bench_training(_CONFIG.value, _PARTS.value)
 
 
 if __name__ == '__main__':
