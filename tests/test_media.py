@@ -1,5 +1,6 @@
 """Round trips and error messages of the PyAV media I/O (data/media.py)."""
 
+from fractions import Fraction
 import os
 
 import av
@@ -196,3 +197,131 @@ def test_unsupported_aac_rate_is_resampled(tmp_path):
     assert container.streams.audio[0].codec_context.sample_rate == 7350
   audio = media.read_audio(path, sample_rate=rate, num_samples=2 * rate)
   assert np.argmax(np.abs(np.fft.rfft(audio))) * rate / audio.size == pytest.approx(300, abs=2)
+
+
+def write_streams(path, *, frames=None, fps=None, audio=None, rate=None, layout='mono',
+                  pix_fmt='yuv420p', container_format=None, options=None):
+  """Writes an mp4 (or `container_format`) with PyAV directly, for files media.py did not make.
+
+  frames: (T, H, W, 3) uint8 at `fps` (H.264 or MPEG-4; any size with pix_fmt 'yuv444p'),
+  audio: (C, S) float at `rate` Hz in channel `layout`, AAC. Either may be None.
+  """
+  path = str(path)
+  with av.open(path, 'w', format=container_format or 'mp4', options=options or {}) as out:
+    video = stream = None
+    if frames is not None:
+      codec = media.default_video_codec() if pix_fmt == 'yuv420p' else 'libx264'
+      video = out.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
+      video.height, video.width = frames.shape[1:3]
+      video.pix_fmt = pix_fmt
+    if audio is not None:
+      stream = out.add_stream('aac', rate=rate, layout=layout)
+    for i, image in enumerate(frames if frames is not None else []):
+      frame = av.VideoFrame.from_ndarray(image, format='rgb24')
+      frame.pts = i
+      out.mux(video.encode(frame))
+    if video is not None:
+      out.mux(video.encode(None))
+    if audio is not None:
+      frame = av.AudioFrame.from_ndarray(np.asarray(audio, np.float32), format='fltp',
+                                         layout=layout)
+      frame.sample_rate, frame.pts = rate, 0
+      out.mux(stream.encode(frame))
+      out.mux(stream.encode(None))
+  return path
+
+
+def _sine(hz, seconds, rate, amplitude):
+  return amplitude * np.sin(2 * np.pi * hz * np.arange(int(seconds * rate)) / rate)
+
+
+def _peaks(audio, rate, count):
+  """The `count` strongest frequencies (Hz) of a waveform, sorted."""
+  spectrum = np.abs(np.fft.rfft(audio * np.hanning(audio.size)))
+  return sorted(np.argsort(spectrum)[-count:] * rate / audio.size)
+
+
+@pytest.mark.parametrize('fps', [7.3, 29.97])
+def test_odd_frame_rates_pick_the_frame_shown_at_each_time(tmp_path, fps):
+  # Frame i is a flat colour whose red level encodes i; 2.2 s so every 2 s target exists.
+  count = int(2.2 * fps)
+  frames = np.zeros((count, 48, 64, 3), np.uint8)
+  frames[..., 0] = (16 + 4 * np.arange(count))[:, None, None]
+  frames[..., 1] = 128
+  path = write_streams(tmp_path / 'odd_rate.mp4', frames=frames, fps=fps)
+  out = media.read_video_clip(path, num_frames=NUM_FRAMES, fps=FPS, image_size=32)
+  assert out.shape == (NUM_FRAMES, 32, 32, 3) and out.dtype == np.uint8
+  shown = np.round((out[..., 0].mean(axis=(1, 2)) - 16) / 4)
+  written_rate = float(Fraction(fps).limit_denominator(1001))
+  # Nearest previous, where a frame stamped within 1 ms after a target counts as at it.
+  times = np.arange(NUM_FRAMES) / FPS
+  np.testing.assert_array_equal(shown, np.floor((times + 1e-3) * written_rate))
+  assert np.abs(out[..., 1].astype(np.float32) - 128).mean() < 3
+
+
+@pytest.mark.parametrize('height,width', [(61, 97), (83, 45)])
+def test_odd_and_portrait_sizes_are_centre_cropped(tmp_path, height, width):
+  # Red outside the central square, green inside it with a white top-left quarter: the
+  # crop must show exactly the square, the right way round.
+  if not media.has_encoder('libx264'):
+    pytest.skip('odd sizes need 4:4:4 H.264 (libx264)')
+  side = min(height, width)
+  top, left = (height - side) // 2, (width - side) // 2
+  image = np.zeros((height, width, 3), np.uint8)
+  image[...] = (200, 0, 0)
+  image[top:top + side, left:left + side] = (0, 200, 0)
+  image[top:top + side // 2, left:left + side // 2] = 255
+  path = write_streams(tmp_path / 'odd_size.mp4', frames=np.stack([image] * 8), fps=FPS,
+                       pix_fmt='yuv444p')  # 4:4:4 H.264 keeps odd sizes exactly.
+  with av.open(path) as container:
+    context = container.streams.video[0].codec_context
+    assert (context.height, context.width) == (height, width)
+  out = media.read_video_clip(path, num_frames=8, fps=FPS, image_size=32).astype(np.float32)
+  assert out.shape == (8, 32, 32, 3)
+  # Green up to the crop's edges (no red border), white only in the top-left quarter.
+  np.testing.assert_allclose(out[:, 17:, 1:-1].mean(axis=(0, 1, 2)), (0, 200, 0), atol=8)
+  np.testing.assert_allclose(out[:, 1:15, 17:-1].mean(axis=(0, 1, 2)), (0, 200, 0), atol=8)
+  np.testing.assert_allclose(out[:, 1:15, 1:15].mean(axis=(0, 1, 2)), 255, atol=8)
+
+
+@pytest.mark.parametrize('rate', [11025, 44100])
+def test_odd_sample_rates_keep_pitch_and_level(tmp_path, rate):
+  path = write_streams(tmp_path / 'tone.mp4', audio=_sine(440, 2.0, rate, 0.5)[None],
+                       rate=rate)
+  audio = media.read_audio(path, sample_rate=SR, num_samples=2 * SR)
+  assert audio.shape == (2 * SR,) and audio.dtype == np.float32
+  assert _peaks(audio, SR, 1)[0] == pytest.approx(440, abs=2)
+  assert np.sqrt(np.mean(audio**2)) == pytest.approx(0.5 / np.sqrt(2), rel=0.05)
+
+
+def test_channels_are_averaged_into_mono(tmp_path):
+  seconds, rate = 2.0, 44100
+  same = write_streams(tmp_path / 'same.mp4', rate=rate, layout='stereo',
+                       audio=[_sine(300, seconds, rate, 0.4)] * 2)
+  apart = write_streams(tmp_path / 'apart.mp4', rate=rate, layout='stereo',
+                        audio=[_sine(300, seconds, rate, 0.4), _sine(700, seconds, rate, 0.4)])
+  surround = np.zeros((6, int(seconds * 48000)))
+  surround[0] = _sine(500, seconds, 48000, 0.6)  # Front left only, of six channels.
+  surround = write_streams(tmp_path / 'surround.mp4', rate=48000, layout='5.1',
+                           audio=surround)
+  read = lambda path: media.read_audio(path, sample_rate=SR, num_samples=2 * SR)
+  rms = lambda audio: np.sqrt(np.mean(audio[SR // 4:-SR // 4]**2))
+  # Identical channels keep their level (a sum, FFmpeg's own downmix, would be 3 dB up).
+  assert rms(read(same)) == pytest.approx(0.4 / np.sqrt(2), rel=0.05)
+  audio = read(apart)
+  np.testing.assert_allclose(_peaks(audio, SR, 2), [300, 700], atol=2)
+  assert rms(audio) == pytest.approx(0.2, rel=0.05)  # Two tones of amplitude 0.4 / 2.
+  audio = read(surround)
+  assert _peaks(audio, SR, 1)[0] == pytest.approx(500, abs=2)
+  assert rms(audio) == pytest.approx(0.6 / 6 / np.sqrt(2), rel=0.1)
+
+
+def test_read_clip_matches_the_single_stream_readers(clip):
+  path, _ = clip
+  out = media.read_clip(path, num_frames=NUM_FRAMES, fps=FPS, image_size=32, sample_rate=SR,
+                        num_samples=2 * SR)
+  assert (out.video_padding, out.audio_padding) == (0, 0)
+  np.testing.assert_array_equal(
+      out.frames, media.read_video_clip(path, num_frames=NUM_FRAMES, fps=FPS, image_size=32))
+  np.testing.assert_array_equal(out.waveform,
+                                media.read_audio(path, sample_rate=SR, num_samples=2 * SR))
