@@ -5,6 +5,8 @@ ml_collections already rejects unknown fields and wrong types on the command lin
 between fields that a type cannot express.
 """
 
+import re
+
 import ml_collections
 
 
@@ -28,8 +30,10 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
                       config.loss)
   _require(d.name == 'synthetic' or bool(d.data_dir), 'data.data_dir',
            f'a directory for the prepared dataset {d.name!r}', d.data_dir)
-  _require(d.name == 'synthetic', 'data.name',
-           "'synthetic' (prepared real datasets are not supported yet)", d.name)
+  # Prepared datasets are checked against their files when the pipeline opens them.
+  _require(isinstance(d.name, str) and re.fullmatch(r'[a-z][a-z0-9_]*', d.name) is not None,
+           'data.name', "'synthetic' or the lower_snake_case name of a prepared dataset",
+           d.name)
   for field in ('num_frames', 'image_size', 'num_classes', 'num_train_clips', 'max_onsets'):
     _require(d[field] > 0, f'data.{field}', 'a positive integer', d[field])
   _require(isinstance(d.seed, int) and d.seed >= 0, 'data.seed', 'an integer >= 0', d.seed)

@@ -21,11 +21,54 @@ TRAIN_FIELDS = ('frames', 'waveform', 'label', 'labels', 'onsets', 'num_onsets',
 
 
 def make_source(config: ml_collections.ConfigDict, split: str):
-  """The random-access source of `split` for the configured dataset."""
+  """The random-access source of `split` for the configured dataset.
+
+  data.name 'synthetic' is the embedded benchmark. Any other name is a dataset made by
+  `python -m gmscavp_jax.prepare --name=NAME --data_dir=DIR`, found under data.data_dir at
+  the config's geometry (data.num_frames, data.fps, data.image_size, audio.sample_rate);
+  its records carry the synthetic source's fields (builders.PreparedSource). Its train split
+  is used whole (data.num_train_clips only sizes the synthetic set); an evaluation split
+  serves its first eval.num_test_clips records, which it must have.
+  """
   if config.data.name == 'synthetic':
     return synthetic.from_config(config, split)
-  raise config_validation.ConfigError(
-      f"config.data.name={config.data.name!r}: only 'synthetic' is available")
+  return _prepared_source(config, split)
+
+
+def _prepared_source(config: ml_collections.ConfigDict, split: str):
+  """builders.PreparedSource of `split`, or a ConfigError naming the field that is off."""
+  from gmscavp_jax.data import builders  # pylint: disable=g-import-not-at-top  (tfds: slow)
+  d = config.data
+  if not d.data_dir:
+    raise config_validation.ConfigError(
+        f'config.data.data_dir={d.data_dir!r}: expected the --data_dir where dataset '
+        f'{d.name!r} was prepared')
+  geometry = builders.clips_config(d.num_frames, d.fps, d.image_size, config.audio.sample_rate)
+  try:
+    path = builders.find_prepared(d.data_dir, d.name, geometry)
+  except builders.NotPreparedError as e:
+    raise config_validation.ConfigError(
+        f'config.data.name={d.name!r} (data.data_dir={d.data_dir!r}, data.num_frames, '
+        f'data.fps, data.image_size, audio.sample_rate): {e}') from e
+  classes, sizes = builders.prepared_info(path)
+  if split not in sizes:
+    raise config_validation.ConfigError(
+        f'config.data.name={d.name!r}: the prepared dataset {path} has no {split!r} split '
+        f'(it has {sorted(sizes)})')
+  if classes and d.num_classes != len(classes):
+    raise config_validation.ConfigError(
+        f'config.data.num_classes={d.num_classes}: expected {len(classes)}, the classes of '
+        f'the prepared dataset {path}')
+  num_records = None
+  if split != 'train':
+    num_records = config.eval.num_test_clips
+    if num_records > sizes[split]:
+      fit = sizes[split] // config.eval.batch_size * config.eval.batch_size
+      raise config_validation.ConfigError(
+          f'config.eval.num_test_clips={num_records}: expected at most {sizes[split]}, the '
+          f'clips of split {split!r} of {path} (e.g. {fit}, a multiple of eval.batch_size)')
+  return builders.PreparedSource(path, split, max_onsets=d.max_onsets,
+                                 num_classes=d.num_classes, num_records=num_records)
 
 
 def _per_process(global_batch_size: int, field: str) -> int:
