@@ -19,7 +19,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.experiment = 'base'  # Set by each experiment file; shown in logs and results.
 
   # Data. `synthetic` is the embedded procedural benchmark; anything else names a prepared
-  # TFDS dataset under `data_dir` (real datasets come with a later issue).
+  # TFDS dataset under `data_dir` (made by `python -m gmscavp_jax.prepare`).
   c.data = ml_collections.ConfigDict()
   c.data.name = 'synthetic'
   # The synthetic world's seed (class looks, timbres and every clip). Apart from `seed`
