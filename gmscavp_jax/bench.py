@@ -12,8 +12,9 @@ unknown device, a large matmul timed in the same process, printed first), and pe
 memory (the allocator's peak since start on GPU/TPU; on CPU, XLA's estimate for the step).
 With --profile, a few more steps run under jax.profiler.trace and the trace is read back:
 the time per op category (matmul/conv, elementwise, layout, ...), per model path, the slowest
-ops, and the MFU split into its factors (see profiling.py). Then the grain pipeline's examples/s alone (with the configured worker processes) and its
-ratio to the slowest phase: the pipeline should deliver several times what the step consumes.
+ops, and the MFU split into its factors (see profiling.py). Then the grain pipeline's
+examples/s alone (with the configured worker processes) and its ratio to the slowest phase:
+the pipeline should deliver several times what the step consumes. `--parts` picks which.
 Last, the latency of sampling one clip of the configured length (batch 1, DPM-Solver++(2M)
 at 25 steps, the config's eval.guidance: guidance other than 0 and 1 makes two denoiser calls
 per step) with freshly initialised params: the timing does not depend on training, so no
@@ -97,8 +98,8 @@ def time_train_step(config, mesh, num_steps: int, phase: str, peak: float,
       raise
     raise MemoryError(
         f'[{phase}] the train step at global batch {config.train.batch_size} needs about '
-        f"{_gib(perf.compiled_memory_bytes(compiled)).strip()} GiB per device (XLA's estimate) and the "
-        'device ran out: lower --config.train.batch_size, set --config.train.remat=full, or '
+        f"{_gib(perf.compiled_memory_bytes(compiled)).strip()} GiB per device (XLA's "
+        'estimate) and the device ran out: lower --config.train.batch_size, set --config.train.remat=full, or '
         'shard params with --config.mesh.fsdp') from e
   t0 = time.perf_counter()
   for _ in range(num_steps):

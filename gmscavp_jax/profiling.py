@@ -257,13 +257,14 @@ class Breakdown:
         s = self.by_category[cat]
         lines.append(f'{cat:44s} {s * 1e3:9.2f} {100 * s / self.op_s:6.1f}%')
       if cat == 'matmul/conv':
-        for label, grad in (('  of which conv weight gradients', True), ('  the other matmuls', False)):
-          ops = [(s, f) for _, info, s, f in self.top_ops if info.weight_grad == grad
-                 and info.category == cat]
-          s, f = sum(o[0] for o in ops), sum(o[1] for o in ops)
-          if s:
-            lines.append(f'{label:44s} {s * 1e3:9.2f} {100 * s / self.op_s:6.1f}%  at '
-                         f'{100 * f / (s * self.peak_flops_per_sec):.1f}% of peak')
+        for label, grad in (('  of which conv weight gradients', True),
+                            ('  the other matmuls', False)):
+          part = [(t, f) for _, info, t, f in self.top_ops
+                  if info.weight_grad == grad and info.category == cat]
+          t, f = sum(p[0] for p in part), sum(p[1] for p in part)
+          if t:
+            lines.append(f'{label:44s} {t * 1e3:9.2f} {100 * t / self.op_s:6.1f}%  at '
+                         f'{100 * f / (t * self.peak_flops_per_sec):.1f}% of peak')
     lines.append(f"{'module (forward + backward)':44s} {'ms/step':>9s} {'share':>7s}")
     for src, s in sorted(self.by_source.items(), key=lambda kv: -kv[1])[:top]:
       lines.append(f'{src[:44]:44s} {s * 1e3:9.2f} {100 * s / self.op_s:6.1f}%')
