@@ -18,6 +18,7 @@ from gmscavp_jax import plotting
 from gmscavp_jax import sharding
 from gmscavp_jax import train
 from gmscavp_jax.data import media
+from gmscavp_jax.data import media_writing
 from gmscavp_jax.data import pipeline
 from gmscavp_jax.data import vocoder
 from gmscavp_jax.evaluators import generation
@@ -72,8 +73,8 @@ def generate(workdir: str, output_dir: str, *, video: str | None = None,
   plotting.spectrograms(mel, base + '_spectrogram.png',
                         f'{config.experiment} step {step}: {clip["name"]}', real=real,
                         frame_rate=rate, onsets=onsets)
-  media.write_wav(base + '.wav', wave, config.audio.sample_rate)
-  media.write_video(base + '.mp4', clip['frames'], config.data.fps, waveform=wave,
+  media_writing.write_wav(base + '.wav', wave, config.audio.sample_rate)
+  media_writing.write_video(base + '.mp4', clip['frames'], config.data.fps, waveform=wave,
                     sample_rate=config.audio.sample_rate)
   out = {'wav': base + '.wav', 'png': base + '_spectrogram.png', 'mp4': base + '.mp4',
          'step': step, 'detected_onsets': metrics.detect_onsets(mel[0], rate).tolist()}

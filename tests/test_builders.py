@@ -8,7 +8,7 @@ import pytest
 from gmscavp_jax import config_validation
 from gmscavp_jax.data import builders
 from gmscavp_jax.data import layouts
-from gmscavp_jax.data import media
+from gmscavp_jax.data import media_writing
 from gmscavp_jax.data import pipeline
 from gmscavp_jax.data import preparation
 from tests.conftest import tiny_config
@@ -27,7 +27,7 @@ def write_clip(path, seed: int, *, seconds: float = 1.0, audio: bool = True,
   t = np.arange(int(seconds * SR)) / SR
   waveform = (0.5 * np.sin(2 * np.pi * (300 + 40 * seed) * t)).astype(np.float32)
   waveform[len(t) - int(silent_tail * SR):] = 0.0
-  media.write_video(path, frames, FPS, waveform if audio else None, SR)
+  media_writing.write_video(path, frames, FPS, waveform if audio else None, SR)
   return str(path)
 
 

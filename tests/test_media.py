@@ -1,4 +1,4 @@
-"""Round trips and error messages of the PyAV media I/O (data/media.py)."""
+"""Round trips and error messages of the PyAV media I/O (data/media.py, data/media_writing.py)."""
 
 from fractions import Fraction
 import os
@@ -9,6 +9,7 @@ import pytest
 import scipy.io.wavfile
 
 from gmscavp_jax.data import media
+from gmscavp_jax.data import media_writing
 
 SR = 8000
 FPS = 8.0
@@ -35,14 +36,14 @@ def clip(tmp_path_factory):
   """Path of a 2 s, 8 fps, 64x64 mp4 with a 440 Hz tone, and its frames."""
   path = tmp_path_factory.mktemp('media') / 'nested' / 'clip.mp4'
   frames = _moving_square_frames()
-  media.write_video(path, frames, FPS, _tone(), SR)
+  media_writing.write_video(path, frames, FPS, _tone(), SR)
   return str(path), frames
 
 
 @pytest.fixture(scope='module')
 def silent_clip(tmp_path_factory):
   path = tmp_path_factory.mktemp('media') / 'silent.mp4'
-  media.write_video(path, _moving_square_frames(), FPS)
+  media_writing.write_video(path, _moving_square_frames(), FPS)
   return str(path)
 
 
@@ -57,7 +58,7 @@ def test_write_video_codecs_and_exact_duration(clip):
   path, _ = clip
   durations, codec = _stream_durations(path)
   assert durations == {'video': 2.0, 'audio': 2.0}
-  assert codec == ('h264' if media.default_video_codec() == 'libx264' else 'mpeg4')
+  assert codec == ('h264' if media_writing.default_video_codec() == 'libx264' else 'mpeg4')
 
 
 def test_read_back_at_the_written_rate(clip):
@@ -95,7 +96,7 @@ def test_start_seconds_and_higher_rate(clip):
 def test_non_square_and_odd_sizes(tmp_path):
   frames = _moving_square_frames(8, 47, 81)  # Odd sizes: padded to 48 x 82 on writing.
   path = tmp_path / 'wide.mp4'
-  media.write_video(path, frames, FPS)
+  media_writing.write_video(path, frames, FPS)
   with av.open(str(path)) as container:
     stream = container.streams.video[0]
     assert (stream.codec_context.height, stream.codec_context.width) == (48, 82)
@@ -121,11 +122,11 @@ def test_read_audio_length_and_pitch(clip):
 
 def test_write_wav_levels(tmp_path):
   path = tmp_path / 'a' / 'b' / 'tone.wav'
-  media.write_wav(path, _tone(), SR)
+  media_writing.write_wav(path, _tone(), SR)
   rate, data = scipy.io.wavfile.read(path)
   assert rate == SR and data.dtype == np.int16 and data.shape == (2 * SR,)
   assert np.abs(data).max() == pytest.approx(0.5 * 32767, abs=2)  # Quiet audio keeps its level.
-  media.write_wav(path, 3.0 * _tone(), SR)
+  media_writing.write_wav(path, 3.0 * _tone(), SR)
   _, data = scipy.io.wavfile.read(path)
   assert np.abs(data).max() == pytest.approx(0.9 * 32767, abs=2)  # Would clip: rescaled.
 
@@ -174,13 +175,13 @@ def test_errors_name_the_file_and_reason(tmp_path, clip, silent_clip):
   _assert_media_error(lambda: media.read_video_clip(empty, **video), empty,
                       'has no (video stream|decodable video frames)')
   wav = tmp_path / 'only_audio.wav'
-  media.write_wav(wav, _tone(), SR)
+  media_writing.write_wav(wav, _tone(), SR)
   _assert_media_error(lambda: media.read_video_clip(wav, **video), wav, 'has no video stream')
 
 
 def test_mpeg4_fallback_writes_exact_duration(tmp_path):
   path = tmp_path / 'mpeg4.mp4'
-  media.write_video(path, _moving_square_frames(), FPS, _tone(), SR, video_codec='mpeg4')
+  media_writing.write_video(path, _moving_square_frames(), FPS, _tone(), SR, video_codec='mpeg4')
   durations, codec = _stream_durations(str(path))
   assert codec == 'mpeg4' and durations == {'video': 2.0, 'audio': 2.0}
   out = media.read_video_clip(path, num_frames=NUM_FRAMES, fps=FPS, image_size=SIZE)
@@ -192,7 +193,7 @@ def test_unsupported_aac_rate_is_resampled(tmp_path):
   path = tmp_path / 'odd_rate.mp4'
   rate = 5000
   tone = (0.5 * np.sin(2 * np.pi * 300.0 * np.arange(2 * rate) / rate)).astype(np.float32)
-  media.write_video(path, _moving_square_frames(), FPS, tone, rate)
+  media_writing.write_video(path, _moving_square_frames(), FPS, tone, rate)
   with av.open(str(path)) as container:
     assert container.streams.audio[0].codec_context.sample_rate == 7350
   audio = media.read_audio(path, sample_rate=rate, num_samples=2 * rate)
@@ -201,7 +202,8 @@ def test_unsupported_aac_rate_is_resampled(tmp_path):
 
 def write_streams(path, *, frames=None, fps=None, audio=None, rate=None, layout='mono',
                   pix_fmt='yuv420p', container_format=None, options=None):
-  """Writes an mp4 (or `container_format`) with PyAV directly, for files media.py did not make.
+  """Writes an mp4 (or `container_format`) with PyAV directly, for files that
+  media_writing.py did not make.
 
   frames: (T, H, W, 3) uint8 at `fps` (H.264 or MPEG-4; any size with pix_fmt 'yuv444p'),
   audio: (C, S) float at `rate` Hz in channel `layout`, AAC. Either may be None.
@@ -210,7 +212,7 @@ def write_streams(path, *, frames=None, fps=None, audio=None, rate=None, layout=
   with av.open(path, 'w', format=container_format or 'mp4', options=options or {}) as out:
     video = stream = None
     if frames is not None:
-      codec = media.default_video_codec() if pix_fmt == 'yuv420p' else 'libx264'
+      codec = media_writing.default_video_codec() if pix_fmt == 'yuv420p' else 'libx264'
       video = out.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
       video.height, video.width = frames.shape[1:3]
       video.pix_fmt = pix_fmt
@@ -263,7 +265,7 @@ def test_odd_frame_rates_pick_the_frame_shown_at_each_time(tmp_path, fps):
 def test_odd_and_portrait_sizes_are_centre_cropped(tmp_path, height, width):
   # Red outside the central square, green inside it with a white top-left quarter: the
   # crop must show exactly the square, the right way round.
-  if not media.has_encoder('libx264'):
+  if not media_writing.has_encoder('libx264'):
     pytest.skip('odd sizes need 4:4:4 H.264 (libx264)')
   side = min(height, width)
   top, left = (height - side) // 2, (width - side) // 2

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from gmscavp_jax.data import media
+from gmscavp_jax.data import media_writing
 from tests.test_media import write_streams
 
 SR = 8000
@@ -48,7 +49,7 @@ def files(tmp_path_factory):
   """{name: path} of a good 2 s clip and of every kind of bad file."""
   root = tmp_path_factory.mktemp('fuzz')
   good = str(root / 'good.mp4')
-  media.write_video(good, _frames(NUM_FRAMES), FPS, _tone(2.0), SR)
+  media_writing.write_video(good, _frames(NUM_FRAMES), FPS, _tone(2.0), SR)
   faststart = write_streams(root / 'faststart.mp4', frames=_frames(NUM_FRAMES), fps=FPS,
                             audio=_tone(2.0)[None], rate=SR, options={'movflags': 'faststart'})
   mkv = write_streams(root / 'good.mkv', frames=_frames(NUM_FRAMES), fps=FPS,
@@ -72,11 +73,11 @@ def files(tmp_path_factory):
   paths['half_mkv'] = _cut(mkv, root / 'half.mkv', lambda data: len(data) // 2)
   paths['audio_only'] = write_streams(root / 'audio_only.mp4', audio=_tone(2.0)[None], rate=SR)
   paths['video_only'] = str(root / 'video_only.mp4')
-  media.write_video(paths['video_only'], _frames(NUM_FRAMES), FPS)
+  media_writing.write_video(paths['video_only'], _frames(NUM_FRAMES), FPS)
   paths['short'] = str(root / 'short.mp4')  # 0.2 s when 2 s are asked.
-  media.write_video(paths['short'], _frames(2), 10.0, _tone(0.2), SR)
+  media_writing.write_video(paths['short'], _frames(2), 10.0, _tone(0.2), SR)
   paths['slightly_short'] = str(root / 'slightly_short.mp4')  # 1.875 s: one frame short.
-  media.write_video(paths['slightly_short'], _frames(NUM_FRAMES - 1), FPS, _tone(2.0), SR)
+  media_writing.write_video(paths['slightly_short'], _frames(NUM_FRAMES - 1), FPS, _tone(2.0), SR)
   return paths
 
 

@@ -18,6 +18,7 @@ from gmscavp_jax import steps
 from gmscavp_jax import metrics_io
 from gmscavp_jax import train
 from gmscavp_jax.data import media
+from gmscavp_jax.data import media_writing
 from gmscavp_jax.data import pipeline
 from gmscavp_jax.evaluators import retrieval
 from tests.conftest import ROOT, tiny_config
@@ -148,7 +149,7 @@ def test_generate_cli_on_an_mp4_and_its_errors(msa_workdir, tmp_path):
   # A video twice the clip length with sound: the CLI takes the window at --start_seconds.
   clips = [pipeline.make_source(config, 'test')[i] for i in (0, 1)]
   video = str(tmp_path / 'long.mp4')
-  media.write_video(video, np.concatenate([c['frames'] for c in clips]), config.data.fps,
+  media_writing.write_video(video, np.concatenate([c['frames'] for c in clips]), config.data.fps,
                     np.concatenate([c['waveform'] for c in clips]), config.audio.sample_rate)
   out_dir = tmp_path / 'out'
   r = subprocess.run([sys.executable, '-m', 'gmscavp_jax.generate', f'--workdir={workdir}',
@@ -159,7 +160,7 @@ def test_generate_cli_on_an_mp4_and_its_errors(msa_workdir, tmp_path):
   assert sorted(os.listdir(out_dir)) == ['long.mp4', 'long.wav', 'long_spectrogram.png']
   # Too short for the clip length: one line naming the file and the reason, exit status 1.
   short = str(tmp_path / 'short.mp4')
-  media.write_video(short, clips[0]['frames'][:3], config.data.fps)
+  media_writing.write_video(short, clips[0]['frames'][:3], config.data.fps)
   r = subprocess.run([sys.executable, '-m', 'gmscavp_jax.generate', f'--workdir={workdir}',
                       f'--video={short}', f'--output_dir={out_dir}'], cwd=ROOT,
                      capture_output=True, text=True, timeout=300)

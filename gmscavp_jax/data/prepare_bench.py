@@ -16,7 +16,7 @@ import grain.python as grain
 
 from gmscavp_jax.data import builders
 from gmscavp_jax.data import layouts
-from gmscavp_jax.data import media
+from gmscavp_jax.data import media_writing
 from gmscavp_jax.data import preparation
 from gmscavp_jax.data import synthetic
 
@@ -30,7 +30,7 @@ def render_synthetic_videos(folder: str, config: builders.ClipsConfig,
       fps=config.fps, image_size=config.image_size, sample_rate=config.sample_rate)
   for i in range(num_clips):
     clip = source[i]
-    media.write_video(os.path.join(folder, f'class_{int(clip["label"]):02d}',
+    media_writing.write_video(os.path.join(folder, f'class_{int(clip["label"]):02d}',
                                    f'clip_{i:05d}.mp4'),
                       clip['frames'], config.fps, clip['waveform'], config.sample_rate)
   return layouts.load_generic(folder)

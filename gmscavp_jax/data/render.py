@@ -29,7 +29,7 @@ import ml_collections
 import tqdm
 
 from gmscavp_jax import config_validation
-from gmscavp_jax.data import media
+from gmscavp_jax.data import media_writing
 from gmscavp_jax.data import synthetic
 
 CSV_NAME = 'vggsound.csv'
@@ -104,7 +104,7 @@ class _Renderer:
     written = not os.path.exists(path)
     if written:
       partial = os.path.join(self.video_dir, '.' + os.path.basename(path) + _PARTIAL)
-      media.write_video(partial, clip['frames'], source.fps, clip['waveform'],
+      media_writing.write_video(partial, clip['frames'], source.fps, clip['waveform'],
                         source.sample_rate)
       os.replace(partial, path)  # Atomic: a file with the final name is complete.
     return split, index, int(clip['label']), written

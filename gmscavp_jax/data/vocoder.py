@@ -81,7 +81,7 @@ def griffin_lim(log_mel: jax.Array, *, sample_rate: int, n_fft: int, win_length:
   clipped at 0, magnitude = sqrt(power), then `griffin_lim_magnitude` (any leading batch
   dimensions). float32 throughout. The log floor needs no inverse (exp of the floor is a
   near-silent power); an all-floor input gives low-level noise, never NaN. The output is not
-  normalised: its level is that of the signal the log-mel came from (media.write_wav
+  normalised: its level is that of the signal the log-mel came from (media_writing.write_wav
   rescales only if it would clip).
 
   Args:
