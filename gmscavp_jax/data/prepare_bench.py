@@ -14,26 +14,25 @@ import time
 
 import grain.python as grain
 
+from configs import common
 from gmscavp_jax.data import builders
 from gmscavp_jax.data import layouts
-from gmscavp_jax.data import media_writing
 from gmscavp_jax.data import preparation
-from gmscavp_jax.data import synthetic
+from gmscavp_jax.data import render
 
 
 def render_synthetic_videos(folder: str, config: builders.ClipsConfig,
                             num_clips: int) -> layouts.Dataset:
-  """Writes `num_clips` synthetic train clips as FOLDER/class_KK/clip_NNNNN.mp4 (H.264 or
-  MPEG-4 + AAC at the geometry of `config`); returns them as a generic-layout Dataset."""
-  source = synthetic.SyntheticAVSource(
-      split='train', num_clips=num_clips, seed=0, num_frames=config.num_frames,
-      fps=config.fps, image_size=config.image_size, sample_rate=config.sample_rate)
-  for i in range(num_clips):
-    clip = source[i]
-    media_writing.write_video(os.path.join(folder, f'class_{int(clip["label"]):02d}',
-                                   f'clip_{i:05d}.mp4'),
-                      clip['frames'], config.fps, clip['waveform'], config.sample_rate)
-  return layouts.load_generic(folder)
+  """Renders `num_clips` synthetic train clips at the geometry of `config` into `folder`
+  with render.render_vggsound_layout; returns them as a vggsound-layout Dataset."""
+  experiment = common.base_config()
+  experiment.data.update(num_frames=config.num_frames, fps=config.fps,
+                         image_size=config.image_size)
+  experiment.audio.sample_rate = config.sample_rate
+  render.render_vggsound_layout(experiment, folder, num_train=num_clips, num_test=0,
+                                progress=False)
+  return layouts.load('vggsound', os.path.join(folder, render.VIDEO_DIR),
+                      os.path.join(folder, render.CSV_NAME))
 
 
 def time_grain(dataset_dir: str, *, batch_size: int, num_batches: int, workers: int,
