@@ -176,3 +176,24 @@ def test_validation_accepts_dataset_names_only():
   with pytest.raises(config_validation.ConfigError, match="config.data.name='My Set': "
                      "expected 'synthetic' or the lower_snake_case name"):
     config_validation.validate(config)
+
+
+def test_a_split_over_the_memory_buffer_spills_to_disk_without_tensorflow(tmp_path,
+                                                                         monkeypatch):
+  # tfds' Shuffler spills a split beyond MAX_MEM_BUFFER_SIZE (1 GB) to bucket files through
+  # tf.io.gfile; at 0 bytes every record takes that path, as in a full-size dataset.
+  from tensorflow_datasets.core import shuffle  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(shuffle, 'MAX_MEM_BUFFER_SIZE', 0)
+  for i in range(3):
+    write_clip(tmp_path / 'videos' / f'c{i}.mp4', i)
+  (tmp_path / 'meta.csv').write_text(
+      ''.join(f'c{i}.mp4,a,{"test" if i == 2 else "train"}\n' for i in range(3)))
+  dataset = layouts.load('generic', str(tmp_path / 'videos'), str(tmp_path / 'meta.csv'))
+  tf_before = shuffle.tf
+  report = preparation.prepare(dataset, data_dir=str(tmp_path / 'data'), name='spilled',
+                               config=GEOMETRY, workers=0, progress=False)
+  assert shuffle.tf is tf_before  # The shim is gone after the build.
+  source = builders.PreparedSource(report['dataset_dir'], 'train', max_onsets=2)
+  assert [source[i]['file'] for i in range(2)] == [b'c0.mp4', b'c1.mp4']
+  expected = builders.decode_item(dataset.items[1], GEOMETRY, 1)
+  np.testing.assert_array_equal(source[1]['frames'], expected['frames'])

@@ -38,6 +38,7 @@ import tqdm
 from gmscavp_jax.data import builders
 from gmscavp_jax.data import layouts
 from gmscavp_jax.data import media
+from gmscavp_jax.data import tfds_compat
 
 REPORT_NAME = 'prepare_report'
 # A worker that dies this often while decoding the same file marks the file as bad.
@@ -356,7 +357,8 @@ def prepare(dataset: layouts.Dataset, *, data_dir: str, name: str,
           chunks.setdefault(task.split, []).append(task.path)
     builder = builders.make_builder(name, config, data_dir, classes=dataset.classes,
                                     layout=dataset.layout, chunks=chunks)
-    builder.download_and_prepare()
+    with tfds_compat.spill_without_tensorflow():
+      builder.download_and_prepare()
     if not keep_decoded:
       shutil.rmtree(decoded_dir)
   return dict(report, dataset_dir=os.fspath(builder.data_dir), already_prepared=False,
