@@ -98,4 +98,4 @@ def _write(workdir: str, config: ml_collections.ConfigDict, merged: dict,
       f"{config.experiment} step {merged['evaluate/step']}: generated vs real "
       f"(KLD {merged['gen/kld']:.2f}, FAD {merged['gen/fad']:.2f}, "
       f"Align Acc {merged['gen/align_acc']:.1f}%)", real=clips['log_mel'][:k],
-      frame_rate=generation.frame_rate(config), onsets=clips['onsets'][:k])
+      frame_rate=generation.frame_rate(config), onsets=generation.first(clips['onsets'], k))

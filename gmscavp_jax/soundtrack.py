@@ -48,7 +48,8 @@ def load_clip(config, *, video: str | None, test_index: int | None,
   record = source[test_index]
   return {'name': f'test{test_index:05d}', 'frames': record['frames'],
           'waveform': record['waveform'],
-          'onsets': record['onsets'][:int(record['num_onsets'])]}
+          'onsets': (record['onsets'][:int(record['num_onsets'])]
+                     if config.data.name == 'synthetic' else None)}  # Real clips: no truth.
 
 
 def generate(workdir: str, output_dir: str, *, video: str | None = None,

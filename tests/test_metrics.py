@@ -153,3 +153,20 @@ def test_onset_hit_rate_on_the_synthetic_benchmark():
     assert real['hit_rate'] > 85 and real['precision'] > 85
     assert other['hit_rate'] < 45
     assert real['hit_rate'] - other['hit_rate'] > 40
+
+
+def test_onset_scores_without_true_onsets_use_the_real_audio():
+  # A prepared (real) dataset has no true onset times: the onsets detected in each clip's
+  # real audio become the reference, so real audio scored as "generated" hits all of them.
+  from gmscavp_jax.evaluators import generation  # pylint: disable=g-import-not-at-top
+  source = synthetic.SyntheticAVSource(split='test', num_clips=8, seed=0, num_frames=16,
+                                       fps=8.0, image_size=64, sample_rate=8000,
+                                       audio_cfg=common.base_config().audio)
+  real = np.stack([source[i]['log_mel'] for i in range(8)])
+  truth = [source[i]['onsets'][:source[i]['num_onsets']] for i in range(8)]
+  with_truth = generation.onset_scores(real, real, truth, 40.0)
+  assert with_truth['gen/onset_hit@100ms'] == with_truth['gen/onset_hit@100ms_real'] > 85
+  detected = generation.onset_scores(real, real, None, 40.0)
+  assert 'gen/onset_hit@100ms_real' not in detected
+  assert detected['gen/onset_hit@100ms'] == detected['gen/onset_precision@100ms'] == 100.0
+  assert detected['gen/onset_hit@100ms_shuffled'] < 60

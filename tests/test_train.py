@@ -17,9 +17,13 @@ from gmscavp_jax import soundtrack
 from gmscavp_jax import steps
 from gmscavp_jax import metrics_io
 from gmscavp_jax import train
+from gmscavp_jax.data import builders
+from gmscavp_jax.data import layouts
 from gmscavp_jax.data import media
 from gmscavp_jax.data import media_writing
 from gmscavp_jax.data import pipeline
+from gmscavp_jax.data import preparation
+from gmscavp_jax.data import render
 from gmscavp_jax.evaluators import retrieval
 from tests.conftest import ROOT, tiny_config
 
@@ -70,6 +74,32 @@ def test_train_and_evaluate_fills_the_workdir(name, tmp_path, msa_workdir):
       [True] * 4 if joint else [True, True, False, False])
   # The saved config is the resolved one and loads back.
   assert train.load_config(workdir).model.scale_pools == tiny_config(name).model.scale_pools
+
+
+def test_rendered_mp4s_prepare_train_and_retrieve(msa_workdir, tmp_path):
+  """The real-data path end to end: mp4 folder + CSV -> prepare -> train -> evaluate."""
+  del msa_workdir  # Runs after it, so the same tiny programs come from the compile cache.
+  config = tiny_config('msa')
+  render.render_vggsound_layout(config, tmp_path / 'vgg', num_train=32, num_test=16,
+                                progress=False)
+  dataset = layouts.load('vggsound', str(tmp_path / 'vgg' / 'VIDEOS'),
+                         str(tmp_path / 'vgg' / 'vggsound.csv'))
+  geometry = builders.clips_config(config.data.num_frames, config.data.fps,
+                                   config.data.image_size, config.audio.sample_rate)
+  report = preparation.prepare(dataset, data_dir=str(tmp_path / 'data'), name='vggsound',
+                               config=geometry, workers=0, progress=False)
+  assert report['ok'] == 48 and report['bad'] == 0
+  config = tiny_config('msa', **{'data.name': 'vggsound', 'data.data_dir': str(tmp_path / 'data'),
+                                 'data.num_classes': len(dataset.classes)})
+  workdir = str(tmp_path / 'work')
+  results = train.train_and_evaluate(config, workdir)
+  assert train.load_config(workdir).data.name == 'vggsound'
+  assert results['retrieval/num_clips'] == 16 and 0 <= results['retrieval/v2a_R@1'] <= 100
+  # No true onset times in real clips: the real audio's detected onsets are the reference.
+  assert 'gen/onset_hit@100ms_real' not in results
+  assert 0 <= results['gen/onset_hit@100ms'] <= 100
+  cached = train.test_embeddings(workdir)
+  assert cached['video'].shape[0] == 16
 
 
 @pytest.mark.parametrize('name', ['cavp', 'msd'])

@@ -6,6 +6,8 @@ true onset times. Two references frame the number:
 - shuffled: the same generated audio scored against the onsets of *another* clip (audio
   generated from a shuffled video); what timing-blind audio scores.
 - real: onsets detected in the real audio; what the detector reaches on perfect audio.
+A prepared (real) dataset has no true onset times: there the reference is the onsets
+detected in each clip's real audio (CondFoleyGen's protocol), and `real` is left out.
 """
 
 import functools
@@ -36,13 +38,20 @@ def frame_rate(config: ml_collections.ConfigDict) -> float:
 
 def test_clips(config: ml_collections.ConfigDict, num_clips: int, start: int = 0) -> dict:
   """Test clips [start, start + num_clips) as numpy: frames (N,T,H,W,3), waveform (N,S),
-  label (N,), labels (N,K) multi-hot, index (N,), onsets (a list of N arrays of seconds)."""
+  label (N,), labels (N,K) multi-hot, index (N,), onsets (a list of N arrays of true onset
+  times in seconds; None for a prepared dataset, whose clips have none)."""
   source = pipeline.make_source(config, 'test')
   records = [source[i] for i in range(start, start + num_clips)]
   out = {k: np.stack([r[k] for r in records])
          for k in ('frames', 'waveform', 'label', 'labels', 'index')}
-  out['onsets'] = [r['onsets'][:int(r['num_onsets'])] for r in records]
+  out['onsets'] = ([r['onsets'][:int(r['num_onsets'])] for r in records]
+                   if config.data.name == 'synthetic' else None)
   return out
+
+
+def first(onsets: list | None, k: int) -> list | None:
+  """The first `k` onset lists of `onsets`, or None when there are none (prepared data)."""
+  return None if onsets is None else onsets[:k]
 
 
 def sampler_settings(eval_cfg: ml_collections.ConfigDict, sampler: str | None = None,
@@ -55,17 +64,20 @@ def sampler_settings(eval_cfg: ml_collections.ConfigDict, sampler: str | None = 
           'eta': eval_cfg.eta if eta is None else eta}
 
 
-def onset_scores(generated: np.ndarray, real: np.ndarray, onsets: list,
+def onset_scores(generated: np.ndarray, real: np.ndarray, onsets: list | None,
                  rate: float) -> dict:
   """Onset hit-rates (percent) of generated log-mels (N,Ta,F) against true `onsets`.
 
   Keys: gen/onset_hit@{50,100}ms (share of true onsets matched by a detected onset within
   the tolerance), gen/onset_precision@100ms, gen/onset_f1@100ms, the same hit-rates with
   suffix `_shuffled` (clip i's audio scored against clip i+1's onsets) and `_real` (onsets
-  detected in the real log-mels `real`).
+  detected in the real log-mels `real`). `onsets` None (no true times): the reference is
+  the onsets detected in `real`, and there is no `_real` key.
   """
   detected = [metrics.detect_onsets(m, rate) for m in generated]
   detected_real = [metrics.detect_onsets(m, rate) for m in real]
+  has_truth = onsets is not None
+  onsets = onsets if has_truth else detected_real
   shuffled_ref = onsets[1:] + onsets[:1]
   out = {}
   for ms in TOLERANCES_MS:
@@ -77,8 +89,9 @@ def onset_scores(generated: np.ndarray, real: np.ndarray, onsets: list,
       out['gen/onset_f1@100ms'] = gen['f1']
     out[f'gen/onset_hit@{ms}ms_shuffled'] = metrics.onset_hit_rate(
         detected, shuffled_ref, tol)['hit_rate']
-    out[f'gen/onset_hit@{ms}ms_real'] = metrics.onset_hit_rate(
-        detected_real, onsets, tol)['hit_rate']
+    if has_truth:
+      out[f'gen/onset_hit@{ms}ms_real'] = metrics.onset_hit_rate(
+          detected_real, onsets, tol)['hit_rate']
   return out
 
 
@@ -149,9 +162,11 @@ class GenerationEvaluator:
     results['gen/num_clips'] = len(generated)
     results['gen/seconds_per_clip'] = seconds / len(generated)
     logging.info('step %d generation (%d clips, %.2f s/clip): onset hit@100ms %.1f%% '
-                 '(shuffled videos %.1f%%, real audio %.1f%%)', step, len(generated),
+                 '(shuffled videos %.1f%%, real audio %s)', step, len(generated),
                  results['gen/seconds_per_clip'], results['gen/onset_hit@100ms'],
-                 results['gen/onset_hit@100ms_shuffled'], results['gen/onset_hit@100ms_real'])
+                 results['gen/onset_hit@100ms_shuffled'],
+                 f"{results['gen/onset_hit@100ms_real']:.1f}%"
+                 if 'gen/onset_hit@100ms_real' in results else 'is the reference')
     if jax.process_index() == 0:
       self._summaries(generated, real, clips, step, workdir, writer)
     return results
@@ -162,8 +177,9 @@ class GenerationEvaluator:
       return
     image = plotting.spectrograms(
         generated[:k], os.path.join(workdir, 'plots', 'generated.png'),
-        f'{c.experiment}: generated vs real log-mel, step {step} (lines: true onsets)',
-        real=real[:k], frame_rate=frame_rate(c), onsets=clips['onsets'][:k])
+        f'{c.experiment}: generated vs real log-mel, step {step}' +
+        (' (lines: true onsets)' if clips['onsets'] is not None else ''),
+        real=real[:k], frame_rate=frame_rate(c), onsets=first(clips['onsets'], k))
     writer.write_image(step, 'generation/spectrograms', image)
     waves = np.asarray(vocoder.griffin_lim_from_config(
         generated[:k], c.audio, num_iters=c.eval.griffin_lim_iters))
