@@ -93,10 +93,13 @@ def check_name(name: str) -> str:
 def features(config: ClipsConfig, num_classes: int) -> tfds.features.FeaturesDict:
   """The record spec (module docstring) of `config`'s geometry and K = num_classes."""
   tensor = tfds.features.Tensor
+  # Raw bytes: without an encoding tfds stores a tensor as a protobuf list of int64/float,
+  # value by value in Python, which took 57 ms of a runlocal clip's 64 ms to serialize.
+  raw = tfds.features.Encoding.BYTES
   return tfds.features.FeaturesDict({
       'frames': tensor(shape=(config.num_frames, config.image_size, config.image_size, 3),
-                       dtype=np.uint8),
-      'waveform': tensor(shape=(config.num_samples,), dtype=np.float32),
+                       dtype=np.uint8, encoding=raw),
+      'waveform': tensor(shape=(config.num_samples,), dtype=np.float32, encoding=raw),
       'label': tensor(shape=(), dtype=np.int32),
       'labels': tensor(shape=(num_classes,), dtype=np.float32),
       'audio_padding': tensor(shape=(), dtype=np.int32),
