@@ -61,9 +61,13 @@ def generate_from_upload(driver: webdriver.Chrome, video: str, timeout_s: float 
 
 
 def save_full_page(driver: webdriver.Chrome, path: str) -> None:
-  """A PNG of the whole page, not only the window's height."""
-  height = driver.execute_script('return document.documentElement.scrollHeight')
-  driver.set_window_size(driver.get_window_size()['width'], height + 40)
+  """A PNG of the whole page, not only what the window shows."""
+  # Gradio's container is as tall as the window, whatever it holds: measure the content.
+  bottom = driver.execute_script(
+      'return Math.max(...[...document.querySelectorAll("body *")].map('
+      'e => e.getBoundingClientRect().bottom + window.scrollY))')
+  frame = driver.get_window_size()['height'] - driver.execute_script('return innerHeight')
+  driver.set_window_size(driver.get_window_size()['width'], int(bottom) + frame + 24)
   driver.save_screenshot(path)
 
 
