@@ -62,17 +62,28 @@ class Retriever:
         self.embeddings, top_k, video=None if frames is None else video[0],
         audio=None if waveform is None else audio[0])
 
-  def file(self, top_k: int, *, video: str | None = None, audio: str | None = None,
-           start_seconds: float = 0.0) -> dict:
-    """Top-k test clips for the clip window at `start_seconds` of a video file (its sound
-    too, when it has any) or of an audio file; media.MediaError for a file unfit for it."""
-    if (video is None) == (audio is None):
-      raise ValueError('give exactly one of video= or audio=')
-    if video is not None:
-      clip = soundtrack.load_clip(self.config, video=video, test_index=None,
-                                  start_seconds=start_seconds)
-      return self.clip(top_k, frames=clip['frames'], waveform=clip['waveform'])
-    waveform = media.read_audio(audio, sample_rate=self.config.audio.sample_rate,
-                                num_samples=soundtrack.num_samples(self.config),
+
+def load_query(config, *, video: str | None = None, audio: str | None = None,
+               start_seconds: float = 0.0) -> dict:
+  """The clip window at `start_seconds` of a video file ({'frames', 'waveform'}: its sound
+  too, None when it has none) or of an audio file ({'frames': None, 'waveform'});
+  media.MediaError for a file unfit for it."""
+  if (video is None) == (audio is None):
+    raise ValueError('give exactly one of video= or audio=')
+  if video is not None:
+    clip = soundtrack.load_clip(config, video=video, test_index=None,
                                 start_seconds=start_seconds)
-    return self.clip(top_k, waveform=waveform)
+    return {'frames': clip['frames'], 'waveform': clip['waveform']}
+  return {'frames': None,
+          'waveform': media.read_audio(audio, sample_rate=config.audio.sample_rate,
+                                       num_samples=soundtrack.num_samples(config),
+                                       start_seconds=start_seconds)}
+
+
+def file_query(workdir: str, top_k: int, *, video: str | None = None, audio: str | None = None,
+               start_seconds: float = 0.0) -> dict:
+  """`Retriever.clip`'s answer for `load_query`'s clip (decoded before the checkpoint is
+  restored, so a bad file is reported at once)."""
+  query = load_query(train.load_config(workdir), video=video, audio=audio,
+                     start_seconds=start_seconds)
+  return Retriever(workdir).clip(top_k, **query)

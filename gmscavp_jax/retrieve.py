@@ -39,7 +39,8 @@ def main(argv):
     raise app.UsageError('give exactly one query: --test_index=N, --video=FILE or --audio=FILE')
   cli.setup()
   if _TEST_INDEX.value is None:
-    out = cli.run_or_explain(_file_query)
+    out = cli.run_or_explain(queries.file_query, _WORKDIR.value, _TOP_K.value,
+                             video=_VIDEO.value, audio=_AUDIO.value, start_seconds=_START.value)
     print(f"query: {_VIDEO.value or _AUDIO.value} from {_START.value:g} s, checkpoint "
           f"{out['step']}")
   else:
@@ -62,11 +63,6 @@ def main(argv):
   if _OUTPUT_JSON.value:
     with open(_OUTPUT_JSON.value, 'w') as f:
       json.dump(out, f, indent=2)
-
-
-def _file_query() -> dict:
-  return queries.Retriever(_WORKDIR.value).file(
-      _TOP_K.value, video=_VIDEO.value, audio=_AUDIO.value, start_seconds=_START.value)
 
 
 if __name__ == '__main__':

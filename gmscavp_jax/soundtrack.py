@@ -121,6 +121,7 @@ def generate(workdir: str, output_dir: str, *, video: str | None = None,
              test_index: int | None = None, start_seconds: float = 0.0, seed: int = 0,
              **sampler_args) -> dict:
   """Generates a soundtrack for one clip; returns `Soundtracker.write`'s paths and onsets."""
-  soundtracker = Soundtracker(workdir)
-  clip = soundtracker.load_clip(video=video, test_index=test_index, start_seconds=start_seconds)
-  return soundtracker.write(clip, output_dir, seed=seed, **sampler_args)
+  # The clip first: a bad video is reported before the checkpoint is restored.
+  clip = load_clip(train.load_config(workdir), video=video, test_index=test_index,
+                   start_seconds=start_seconds)
+  return Soundtracker(workdir).write(clip, output_dir, seed=seed, **sampler_args)
