@@ -29,7 +29,7 @@ _KEEP_REQUESTS = 8
 # Progress fractions at which each stage of a request starts.
 _STAGES = {'decoding': 0.0, 'sampling': 0.1, 'vocoding': 0.7, 'writing': 0.8,
            'retrieving': 0.9}
-_TABLE_HEADERS = ['rank', 'clip', 'class', 'score', 'note']
+TABLE_HEADERS = ['rank', 'clip', 'class', 'score', 'note']
 
 
 class Backend:
@@ -174,8 +174,8 @@ def build_app(backend: Backend) -> gr.Blocks:
             generated = gr.Audio(label='Generated audio', type='filepath')
         spectrogram = gr.Image(label='Generated vs original spectrogram', type='filepath')
         with gr.Row():
-          v2a = gr.Dataframe(headers=_TABLE_HEADERS, label='Video → audio: top test clips')
-          a2v = gr.Dataframe(headers=_TABLE_HEADERS, label='Audio → video: top test clips')
+          v2a = gr.Dataframe(headers=TABLE_HEADERS, label='Video → audio: top test clips')
+          a2v = gr.Dataframe(headers=TABLE_HEADERS, label='Audio → video: top test clips')
     outputs = [video_out, spectrogram, original, generated, v2a, a2v, message]
 
     def from_upload(video, start, sampler, steps, guidance, seed, progress=gr.Progress()):

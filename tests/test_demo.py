@@ -86,7 +86,7 @@ def test_a_good_upload_gets_a_soundtrack_spectrogram_and_scores(workdir, client,
     assert image.width > 200 and image.height > 100
   assert original and generated and os.path.getsize(generated) > 0
   for table in (v2a, a2v):
-    assert table['headers'] == demo_app._TABLE_HEADERS
+    assert table['headers'] == demo_app.TABLE_HEADERS
     ranks = [row[0] for row in table['data']]
     scores = [row[3] for row in table['data']]
     assert ranks == [1, 2, 3, 4, 5] and scores == sorted(scores, reverse=True)
