@@ -8,8 +8,15 @@ HERE = pathlib.Path(__file__).parent
 
 
 def _requirements(name):
-  lines = (HERE / name).read_text().splitlines()
-  return [l.strip() for l in lines if l.strip() and not l.startswith('#')]
+  """The requirements listed in file `name`, following `-r OTHER` includes as pip does."""
+  out = []
+  for line in (HERE / name).read_text().splitlines():
+    line = line.strip()
+    if line.startswith('-r '):
+      out += _requirements(line[3:].strip())
+    elif line and not line.startswith('#'):
+      out.append(line)
+  return out
 
 
 setuptools.setup(
@@ -21,5 +28,6 @@ setuptools.setup(
     python_requires='>=3.11',
     packages=setuptools.find_packages(include=['gmscavp_jax', 'gmscavp_jax.*', 'configs']),
     install_requires=_requirements('requirements.txt'),
-    extras_require={'test': _requirements('requirements-test.txt')},
+    extras_require={'test': _requirements('requirements-test.txt'),
+                    'demo': _requirements('requirements-demo.txt')},
 )

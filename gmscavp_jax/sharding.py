@@ -140,6 +140,17 @@ def global_batch(mesh: Mesh, local_batch: dict) -> dict:
       lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local_batch)
 
 
+def padded_host_batch(mesh: Mesh, array: np.ndarray, size: int) -> jax.Array:
+  """A host array (N,...) that every process holds whole, padded to (size,...) by repeating
+  its last row, as a global array sharded over the batch axes (`size` a multiple of the
+  device count: each small query batch reuses one compiled program)."""
+  pad = size - len(array)
+  if pad:
+    array = np.concatenate([array, np.repeat(array[-1:], pad, axis=0)])
+  return jax.make_array_from_callback(array.shape, batch_sharded(mesh),
+                                      lambda idx: array[idx])
+
+
 def sync_processes(name: str, timeout_s: int = 3600) -> None:
   """Waits until every process reaches the barrier `name` (unique per call); no-op alone.
 

@@ -7,6 +7,7 @@ NAME_spectrogram.png (generated beside the real log-mel, when the clip has audio
 NAME.mp4 (the video with the generated soundtrack).
 """
 
+from collections.abc import Callable
 import os
 
 from absl import logging
@@ -25,6 +26,11 @@ from gmscavp_jax.evaluators import generation
 from gmscavp_jax.evaluators import metrics
 
 
+def num_samples(config) -> int:
+  """Audio samples (S) in one clip of the config's length."""
+  return round(config.data.num_frames / config.data.fps * config.audio.sample_rate)
+
+
 def load_clip(config, *, video: str | None, test_index: int | None,
               start_seconds: float = 0.0) -> dict:
   """The clip to score: frames (T,H,W,3) uint8, waveform (S,) or None, onsets or None."""
@@ -32,10 +38,9 @@ def load_clip(config, *, video: str | None, test_index: int | None,
     frames = media.read_video_clip(video, num_frames=config.data.num_frames, fps=config.data.fps,
                                    image_size=config.data.image_size,
                                    start_seconds=start_seconds)
-    num_samples = round(config.data.num_frames / config.data.fps * config.audio.sample_rate)
     try:
       waveform = media.read_audio(video, sample_rate=config.audio.sample_rate,
-                                  num_samples=num_samples, start_seconds=start_seconds)
+                                  num_samples=num_samples(config), start_seconds=start_seconds)
     except media.MediaError as e:
       logging.info('no reference audio: %s', e)
       waveform = None
@@ -52,35 +57,71 @@ def load_clip(config, *, video: str | None, test_index: int | None,
                      if config.data.name == 'synthetic' else None)}  # Real clips: no truth.
 
 
+class Soundtracker:
+  """The MSD generator of a trained workdir, restored once; `write` gives clips soundtracks.
+
+  The generate CLI makes one per call; the demo keeps one per server, so its compiled
+  samplers are reused across requests.
+  """
+
+  def __init__(self, workdir: str):
+    self.workdir = workdir
+    self.config = train.load_config(workdir)
+    self.mesh = sharding.mesh_from_config(self.config)
+    self.models, self.params, self.step = train.restore_generator(workdir, self.config,
+                                                                  self.mesh)
+    self._evaluator = generation.GenerationEvaluator(self.config, self.mesh, self.models)
+
+  def load_clip(self, *, video: str | None = None, test_index: int | None = None,
+                start_seconds: float = 0.0) -> dict:
+    """`load_clip` with this workdir's config."""
+    return load_clip(self.config, video=video, test_index=test_index,
+                     start_seconds=start_seconds)
+
+  def write(self, clip: dict, output_dir: str, *, seed: int = 0,
+            progress: Callable[[str], None] | None = None, **sampler_args) -> dict:
+    """Generates a soundtrack for `clip` (`load_clip`'s dict) and writes its files.
+
+    `sampler_args` are `GenerationEvaluator.generate`'s (None = the config's eval.*);
+    `progress(stage)` is called as each stage starts. Returns {'wav', 'png', 'mp4'} (paths),
+    'step', 'detected_onsets' (seconds) and, for a clip with true onsets, 'true_onsets' and
+    'onset_hit@100ms' (percent).
+    """
+    config, report = self.config, progress or (lambda stage: None)
+    report('sampling')
+    mel = self._evaluator.generate(self.params, clip['frames'][None], seed=seed, **sampler_args)
+    report('vocoding')
+    wave = np.asarray(vocoder.griffin_lim_from_config(
+        mel, config.audio, num_iters=config.eval.griffin_lim_iters,
+        rng=jax.random.key(seed)))[0]
+
+    report('writing')
+    os.makedirs(output_dir, exist_ok=True)
+    base = os.path.join(output_dir, clip['name'])
+    rate = generation.frame_rate(config)
+    real = (None if clip['waveform'] is None
+            else self._evaluator.real_log_mel(clip['waveform'][None]))
+    onsets = None if clip['onsets'] is None else [clip['onsets']]
+    plotting.spectrograms(mel, base + '_spectrogram.png',
+                          f'{config.experiment} step {self.step}: {clip["name"]}', real=real,
+                          frame_rate=rate, onsets=onsets)
+    media_writing.write_wav(base + '.wav', wave, config.audio.sample_rate)
+    media_writing.write_video(base + '.mp4', clip['frames'], config.data.fps, waveform=wave,
+                              sample_rate=config.audio.sample_rate)
+    out = {'wav': base + '.wav', 'png': base + '_spectrogram.png', 'mp4': base + '.mp4',
+           'step': self.step, 'detected_onsets': metrics.detect_onsets(mel[0], rate).tolist()}
+    if clip['onsets'] is not None:
+      out['true_onsets'] = np.asarray(clip['onsets']).tolist()
+      out['onset_hit@100ms'] = metrics.onset_hit_rate(
+          [np.asarray(out['detected_onsets'])], [clip['onsets']], 0.1)['hit_rate']
+    return out
+
+
 def generate(workdir: str, output_dir: str, *, video: str | None = None,
              test_index: int | None = None, start_seconds: float = 0.0, seed: int = 0,
              **sampler_args) -> dict:
-  """Generates a soundtrack for one clip; returns the written paths and onset counts."""
-  config = train.load_config(workdir)
-  clip = load_clip(config, video=video, test_index=test_index, start_seconds=start_seconds)
-  mesh = sharding.mesh_from_config(config)
-  models, params, step = train.restore_generator(workdir, config, mesh)
-  evaluator = generation.GenerationEvaluator(config, mesh, models)
-  mel = evaluator.generate(params, clip['frames'][None], seed=seed, **sampler_args)
-  wave = np.asarray(vocoder.griffin_lim_from_config(
-      mel, config.audio, num_iters=config.eval.griffin_lim_iters,
-      rng=jax.random.key(seed)))[0]
-
-  os.makedirs(output_dir, exist_ok=True)
-  base = os.path.join(output_dir, clip['name'])
-  rate = generation.frame_rate(config)
-  real = None if clip['waveform'] is None else evaluator.real_log_mel(clip['waveform'][None])
-  onsets = None if clip['onsets'] is None else [clip['onsets']]
-  plotting.spectrograms(mel, base + '_spectrogram.png',
-                        f'{config.experiment} step {step}: {clip["name"]}', real=real,
-                        frame_rate=rate, onsets=onsets)
-  media_writing.write_wav(base + '.wav', wave, config.audio.sample_rate)
-  media_writing.write_video(base + '.mp4', clip['frames'], config.data.fps, waveform=wave,
-                    sample_rate=config.audio.sample_rate)
-  out = {'wav': base + '.wav', 'png': base + '_spectrogram.png', 'mp4': base + '.mp4',
-         'step': step, 'detected_onsets': metrics.detect_onsets(mel[0], rate).tolist()}
-  if clip['onsets'] is not None:
-    out['true_onsets'] = np.asarray(clip['onsets']).tolist()
-    out['onset_hit@100ms'] = metrics.onset_hit_rate(
-        [np.asarray(out['detected_onsets'])], [clip['onsets']], 0.1)['hit_rate']
-  return out
+  """Generates a soundtrack for one clip; returns `Soundtracker.write`'s paths and onsets."""
+  # The clip first: a bad video is reported before the checkpoint is restored.
+  clip = load_clip(train.load_config(workdir), video=video, test_index=test_index,
+                   start_seconds=start_seconds)
+  return Soundtracker(workdir).write(clip, output_dir, seed=seed, **sampler_args)

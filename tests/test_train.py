@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import scipy.io.wavfile
 
+from gmscavp_jax import queries
 from gmscavp_jax import soundtrack
 from gmscavp_jax import steps
 from gmscavp_jax import metrics_io
@@ -137,6 +138,16 @@ def test_retrieve_from_cache_and_from_checkpoint(msa_workdir, tmp_path):
     assert len(scores) == 5 and scores == sorted(scores, reverse=True)
   with pytest.raises(ValueError, match='test_index'):
     retrieval.answer_query(cached, test_index=16, top_k=5, direction='both')
+  # A query from outside the split (the demo's uploads): test clip 3's own frames and audio,
+  # embedded anew by the restored encoders, rank the split as its cached embeddings do.
+  record = pipeline.make_source(train.load_config(workdir), 'test')[3]
+  retriever = queries.Retriever(workdir)
+  fresh = retriever.clip(5, frames=record['frames'], waveform=record['waveform'])
+  for name in ('v2a', 'a2v'):
+    assert [h['clip'] for h in fresh[name]] == [h['clip'] for h in out[name]]
+    np.testing.assert_allclose([h['score'] for h in fresh[name]],
+                               [h['score'] for h in out[name]], atol=1e-4)
+  assert set(retriever.clip(5, frames=record['frames'])) == {'step', 'v2a'}
 
 
 def test_retrieve_cli(msa_workdir, tmp_path):
@@ -150,6 +161,21 @@ def test_retrieve_cli(msa_workdir, tmp_path):
   with open(out_json) as f:
     answer = json.load(f)
   assert len(answer['v2a']) == 3 and len(answer['a2v']) == 3
+  # A video file as the query: its frames rank the audios, its sound the videos.
+  record = pipeline.make_source(train.load_config(workdir), 'test')[2]
+  video = str(tmp_path / 'query.mp4')
+  media_writing.write_video(video, record['frames'], train.load_config(workdir).data.fps,
+                            record['waveform'], train.load_config(workdir).audio.sample_rate)
+  r = subprocess.run([sys.executable, '-m', 'gmscavp_jax.retrieve', f'--workdir={workdir}',
+                      f'--video={video}', '--top_k=3', f'--output_json={out_json}'], cwd=ROOT,
+                     capture_output=True, text=True, timeout=300)
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert f'query: {video} from 0 s, checkpoint 4' in r.stdout
+  with open(out_json) as f:
+    answer = json.load(f)
+  for name in ('v2a', 'a2v'):
+    scores = [hit['score'] for hit in answer[name]]
+    assert len(scores) == 3 and scores == sorted(scores, reverse=True)
   r = subprocess.run([sys.executable, '-m', 'gmscavp_jax.retrieve',
                       f'--workdir={tmp_path / "missing"}', '--test_index=0'], cwd=ROOT,
                      capture_output=True, text=True, timeout=300)

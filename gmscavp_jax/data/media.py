@@ -66,6 +66,21 @@ class TooShortError(MediaError):
     self.available_seconds, self.needed_seconds = available_seconds, needed_seconds
 
 
+class TooLargeError(MediaError):
+  """The file is over a size limit (an upload to the demo), checked before any decoding."""
+
+
+def check_size(path: str | os.PathLike, max_bytes: int) -> None:
+  """Raises TooLargeError if the file at `path` has more than `max_bytes` bytes (MediaError if
+  it is missing)."""
+  if not os.path.isfile(path):
+    raise MediaError(path, 'not found')
+  size = os.path.getsize(path)
+  if size > max_bytes:
+    raise TooLargeError(path, f'is too large: {size / 2**20:.1f} MB, over the limit of '
+                        f'{max_bytes / 2**20:g} MB')
+
+
 @dataclasses.dataclass(frozen=True)
 class Clip:
   """A decoded clip: frames (T,H,W,3) uint8 (H = W), waveform (S,) float32 mono, and how

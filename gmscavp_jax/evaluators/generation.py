@@ -131,13 +131,9 @@ class GenerationEvaluator:
     out = []
     for i, start in enumerate(range(0, n, chunk)):
       part = frames[start:start + chunk]
-      pad = chunk - len(part)
-      if pad:
-        part = np.concatenate([part, np.repeat(part[-1:], pad, axis=0)])
-      batch = jax.make_array_from_callback(part.shape, sharding.batch_sharded(self._mesh),
-                                           lambda idx, part=part: part[idx])
+      batch = sharding.padded_host_batch(self._mesh, part, chunk)
       rng = jax.random.fold_in(jax.random.key(seed), i)
-      out.append(np.asarray(sample(params, batch, rng))[:chunk - pad])
+      out.append(np.asarray(sample(params, batch, rng))[:len(part)])
     return np.concatenate(out)
 
   def real_log_mel(self, waveform: np.ndarray) -> np.ndarray:

@@ -42,6 +42,20 @@ class RetrievalEvaluator:
             local[key], tiled=True)))
     return {k: np.concatenate(v) for k, v in parts.items()}
 
+  def embed_clips(self, params, frames: np.ndarray,
+                  waveform: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Embeddings (N,E) of videos (N,T,H,W,3) and audios (N,S) from outside the split.
+
+    The N clips are padded to a multiple of the device count, so each query size reuses one
+    compiled program.
+    """
+    n, ndev = len(frames), self._mesh.size
+    size = -(-n // ndev) * ndev
+    batch = {'frames': sharding.padded_host_batch(self._mesh, frames, size),
+             'waveform': sharding.padded_host_batch(self._mesh, waveform, size)}
+    video, audio = self._embed(params, batch)
+    return np.asarray(video)[:n], np.asarray(audio)[:n]
+
   def run(self, params) -> tuple[dict, dict]:
     """Scores retrieval; returns (metrics dict, embeddings dict with 'similarity' (N,N))."""
     emb = self.embed_test_split(params)
@@ -67,6 +81,13 @@ def load_embeddings(workdir: str) -> dict | None:
     return {k: f[k] for k in f.files}
 
 
+def _hits(emb: dict, candidates: np.ndarray, query: np.ndarray, top_k: int) -> list[dict]:
+  """The top-k rows of `candidates` (N,E) by cosine with `query` (E,), best first."""
+  idx, scores = metrics_lib.top_k(candidates @ query, top_k)
+  return [{'clip': int(emb['index'][i]), 'score': float(s), 'label': int(emb['label'][i])}
+          for i, s in zip(idx, scores)]
+
+
 def answer_query(emb: dict, test_index: int, top_k: int, direction: str) -> dict:
   """Top-k of the other modality for test clip `test_index`, from `embed_test_split` output.
 
@@ -82,7 +103,21 @@ def answer_query(emb: dict, test_index: int, top_k: int, direction: str) -> dict
          'step': int(emb['step'])}
   for name, (query, candidates) in queries.items():
     if direction in (name, 'both'):
-      idx, scores = metrics_lib.top_k(candidates @ query[test_index], top_k)
-      out[name] = [{'clip': int(emb['index'][i]), 'score': float(s),
-                    'label': int(emb['label'][i])} for i, s in zip(idx, scores)]
+      out[name] = _hits(emb, candidates, query[test_index], top_k)
+  return out
+
+
+def answer_embedding_query(emb: dict, top_k: int, *, video: np.ndarray | None = None,
+                           audio: np.ndarray | None = None) -> dict:
+  """Top-k test clips for a query from outside the split: its video embedding (E,) ranks
+  the split's audios ('v2a'), its audio embedding (E,) the split's videos ('a2v').
+
+  Returns {'step', 'v2a': [{'clip', 'score', 'label'}, ...] (with `video`), 'a2v': [...]
+  (with `audio`)}, best first.
+  """
+  out = {'step': int(emb['step'])}
+  if video is not None:
+    out['v2a'] = _hits(emb, emb['audio'], video, top_k)
+  if audio is not None:
+    out['a2v'] = _hits(emb, emb['video'], audio, top_k)
   return out
