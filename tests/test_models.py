@@ -100,7 +100,7 @@ def test_adaptive_avg_pool_2d_bins():
   # PyTorch bins for 5 -> 2: [0, 3) and [2, 5).
   np.testing.assert_allclose(y[0, 0, :, 0], [x[0, 0, :3, :3].mean(), x[0, 0, :3, 2:].mean(),
                                              x[0, 0, 2:, :3].mean(), x[0, 0, 2:, 2:].mean()],
-                             rtol=1e-6)  # float32 sums in another order; a wrong bin is off by >= 1.
+                             rtol=1e-6)  # Sums in another order; a wrong bin is off by >= 1.
 
 
 def test_gmscavp_outputs(model_and_vars):
