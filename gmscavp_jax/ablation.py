@@ -39,17 +39,7 @@ _GUIDANCE = flags.DEFINE_float('guidance', None, 'Guidance scale, for evaluate.'
 _CONFIGS_DIR = flags.DEFINE_string('configs_dir', 'configs', 'Where NAME.py files live.')
 flags.mark_flag_as_required('root')
 
-# (results key, Table 3 column, lower is better, decimals).
-METRICS = (
-    ('gen/kld', 'KLD ↓', True, 2),
-    ('gen/fad', 'FAD ↓', True, 2),
-    ('gen/align_acc', 'Align Acc ↑', False, 1),
-    ('gen/onset_hit@50ms', 'onset hit@50ms ↑', False, 1),
-    ('gen/onset_hit@100ms', 'onset hit@100ms ↑', False, 1),
-) + tuple((f'retrieval/{d}_R@{k}', f'{d} R@{k}', False, 1)
-          for d in ('v2a', 'a2v') for k in (1, 5, 10))
-PLOT_METRICS = ('gen/kld', 'gen/fad', 'gen/align_acc', 'gen/onset_hit@100ms',
-                'retrieval/v2a_R@1', 'retrieval/a2v_R@1')
+METRICS, PLOT_METRICS = suite.METRICS, suite.PLOT_METRICS
 TABLE3 = tuple(suite.TABLE3_FLAGS)  # The paper's four configs, neither to both.
 
 # The default command runner (tests replace it through this name).

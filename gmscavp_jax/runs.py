@@ -176,3 +176,10 @@ def run_tasks(tasks: Sequence[Task], run_command: RunCommand = run_subprocess,
   if failed:
     logging.error('%d of %d tasks failed: %s', len(failed), len(tasks), ', '.join(failed))
   return failed
+
+
+def write_json(path: str, obj) -> None:
+  """Writes `obj` as strict JSON (non-finite floats as null), atomically."""
+  with open(path + '.tmp', 'w') as f:
+    json.dump(finite(obj), f, indent=2, allow_nan=False)
+  os.replace(path + '.tmp', path)

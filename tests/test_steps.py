@@ -127,7 +127,6 @@ def test_contrastive_diffusion_term_on_the_same_noise(setup):
 
   def with_cdiff(**fields):
     c = config.copy_and_resolve_references()
-    c.loss.cdiff_max_shift_seconds = 0.5  # 4 of the tiny config's 8 frames at 8 fps.
     c.loss.update(fields)
     return functools.partial(steps.loss_fn, models=models, config=c, phase='joint')
 
