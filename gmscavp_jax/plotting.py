@@ -143,6 +143,8 @@ def study_lines(series: dict, path: str, metrics, xlabel: str, *, log_x: bool = 
   cols = min(3, len(metrics))
   rows = -(-len(metrics) // cols)
   fig, axes = plt.subplots(rows, cols, figsize=(3.8 * cols, 3 * rows), squeeze=False)
+  if log_x and not xticks:  # Ticks at the studied values, written plainly.
+    xticks = [(x, f'{x:g}') for x in sorted({x for pts in series.values() for x, _ in pts})]
   for ax, (key, label, lower) in zip(axes.flat, metrics):
     for name, points in series.items():
       pts = sorted((x, r[key]) for x, r in points if r.get(key) is not None)
@@ -154,8 +156,10 @@ def study_lines(series: dict, path: str, metrics, xlabel: str, *, log_x: bool = 
     if log_x:
       ax.set_xscale('log')
     if xticks:
+      ax.minorticks_off()
       ax.set_xticks([x for x, _ in xticks], [t for _, t in xticks], fontsize=7)
     ax.tick_params(labelsize=7)
+    ax.ticklabel_format(axis='y', useOffset=False)
     ax.grid(alpha=0.3)
   handles, labels = axes.flat[0].get_legend_handles_labels()
   if len(labels) > 1:

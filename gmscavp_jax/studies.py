@@ -121,6 +121,7 @@ def study_rows(study: str, o: Options) -> tuple[list[Row], dict]:
                 eval_flags=[f'--sampler={s}', f'--steps={n}', *fixed], reuse=o.workdir)
             for s in o.samplers for n in o.sample_steps]
     return rows, dict(xlabel='sampling steps', log_x=True, xticks=None, metrics=SAMPLING_METRICS,
+                      title=f'sampling_steps: {o.workdir}',
                       about='One trained run sampled by each sampler at each step count; '
                       's / clip is the sampling time per clip at eval.batch_size clips a '
                       'batch, after compiling.')
@@ -287,7 +288,8 @@ def run_study(study: str, root: str, options: Options = _DEFAULT, *, config: str
   argv = list(sys.argv if argv is None else argv)
   report = lambda plot: write_report(study, rows, view, base, out, argv, runtimes, eval_flags,
                                      num_steps, plot=plot,
-                                     title=f'{study}: {config}:{variant or "full"}')
+                                     title=view.get('title',
+                                                    f'{study}: {config}:{variant or "full"}'))
   # The table after every row (an interrupted study leaves it); the plot once at the end.
   failed = runs.run_tasks(tasks, run_command, after_task=lambda: report(False), on_job=record)
   report(True)

@@ -42,7 +42,7 @@ class Contrast(NamedTuple):
     dropped for classifier-free guidance: with both conditions null, there is nothing to rank),
     on top of `diffusion_loss`'s example_weights.
   """
-  denoise_fn: 'DenoiseFn'
+  denoise_fn: DenoiseFn
   weight: float
   temperature: float
   mask: jnp.ndarray | None = None
