@@ -21,23 +21,14 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from gmscavp_jax import config_validation
 from gmscavp_jax import plotting
 from gmscavp_jax import runs
 from gmscavp_jax.evaluators import suite
 
-_ROOT = flags.DEFINE_string('root', None, 'Directory for all runs, logs and the report.')
+# Also --root, --variant, --override, --configs_dir, --sampler, --steps, --guidance (runs.py).
 _CONFIGS = flags.DEFINE_list('configs', ['cavp', 'msa', 'msd', 'msa_msd'],
                              'Experiment files CONFIGS_DIR/NAME.py to run.')
-_VARIANT = flags.DEFINE_string('variant', 'runlocal', 'Config variant (empty: full size).')
 _SEEDS = flags.DEFINE_integer('seeds', 3, 'Seeds 0..N-1 per config.', lower_bound=1)
-_OVERRIDE = flags.DEFINE_multi_string('override', [], 'FIELD=VALUE, passed as --config.FIELD.')
-_SAMPLER = flags.DEFINE_enum('sampler', None, list(config_validation.SAMPLERS),
-                             'For evaluate.')
-_STEPS = flags.DEFINE_integer('steps', None, 'Sampling steps, for evaluate.')
-_GUIDANCE = flags.DEFINE_float('guidance', None, 'Guidance scale, for evaluate.')
-_CONFIGS_DIR = flags.DEFINE_string('configs_dir', 'configs', 'Where NAME.py files live.')
-flags.mark_flag_as_required('root')
 
 METRICS, PLOT_METRICS = suite.METRICS, suite.PLOT_METRICS
 TABLE3 = tuple(suite.TABLE3_FLAGS)  # The paper's four configs, neither to both.
@@ -207,11 +198,10 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   logging.set_verbosity(logging.INFO)
-  eval_flags = [f'--{n}={f.value}' for n, f in
-                (('sampler', _SAMPLER), ('steps', _STEPS), ('guidance', _GUIDANCE))
-                if f.value is not None]
-  failed = run_ablation(_ROOT.value, _CONFIGS.value, _VARIANT.value, _SEEDS.value,
-                        _OVERRIDE.value, eval_flags, _CONFIGS_DIR.value,
+  eval_flags = runs.eval_flags(sampler=runs.SAMPLER.value, steps=runs.STEPS.value,
+                               guidance=runs.GUIDANCE.value)
+  failed = run_ablation(runs.ROOT.value, _CONFIGS.value, runs.VARIANT.value, _SEEDS.value,
+                        runs.OVERRIDE.value, eval_flags, runs.CONFIGS_DIR.value,
                         run_command=run_subprocess)
   if failed:
     sys.exit(1)

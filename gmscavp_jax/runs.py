@@ -21,11 +21,32 @@ import time
 from typing import Callable, Sequence
 
 from absl import app
+from absl import flags
 from absl import logging
 import numpy as np
 
+from gmscavp_jax import config_validation
+
+# The flags both runners (ablation.py, studies.py) take, defined once here: absl refuses a
+# second definition of a name, and one process (a test worker) imports both runners.
+ROOT = flags.DEFINE_string('root', None, 'Directory for the runs, their logs and reports.')
+VARIANT = flags.DEFINE_string('variant', 'runlocal', 'Config variant (empty: full size).')
+OVERRIDE = flags.DEFINE_multi_string('override', [],
+                                     "FIELD=VALUE for every run's training (--config.FIELD).")
+CONFIGS_DIR = flags.DEFINE_string('configs_dir', 'configs', 'Where NAME.py files live.')
+SAMPLER = flags.DEFINE_enum('sampler', None, list(config_validation.SAMPLERS), 'For evaluate.')
+STEPS = flags.DEFINE_integer('steps', None, 'Sampling steps, for evaluate.')
+GUIDANCE = flags.DEFINE_float('guidance', None, 'Guidance scale, for evaluate.')
+flags.mark_flag_as_required('root')
+
 # (argv, log path) -> exit status: `run_subprocess`, or a fake in tests.
 RunCommand = Callable[[list, str], int]
+
+
+def eval_flags(**values) -> list[str]:
+  """['--NAME=VALUE'] for the evaluate flags given (None: left to evaluate's defaults), e.g.
+  eval_flags(sampler=SAMPLER.value, steps=STEPS.value)."""
+  return [f'--{name}={value}' for name, value in values.items() if value is not None]
 
 
 def run_subprocess(args: list, log_path: str) -> int:

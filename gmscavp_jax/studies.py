@@ -59,18 +59,12 @@ class Options:
 
 
 _DEFAULT = Options()
-_ROOT = flags.DEFINE_string('root', None, 'Directory for the runs, logs and study.json.')
+# Also --root, --variant, --override, --configs_dir, --sampler, --steps, --guidance (runs.py).
 _OUT = flags.DEFINE_string('out', 'docs/studies', 'Where STUDY.md and STUDY.png go.')
 _CONFIG = flags.DEFINE_string('config', 'msa_msd', 'Experiment file CONFIGS_DIR/NAME.py.')
-_CONFIGS_DIR = flags.DEFINE_string('configs_dir', 'configs', 'Where NAME.py files live.')
-_VARIANT = flags.DEFINE_string('variant', 'runlocal', 'Config variant (empty: full size).')
 _SEED = flags.DEFINE_integer('seed', 0, 'Training seed of every row.')
-_OVERRIDE = flags.DEFINE_multi_string('override', [], "FIELD=VALUE for every row's training.")
 _BASELINE = flags.DEFINE_string('baseline_workdir', None,
                                 'A trained run to reuse as the row the config itself gives.')
-_SAMPLER = flags.DEFINE_enum('sampler', None, list(config_validation.SAMPLERS), 'For evaluate.')
-_STEPS = flags.DEFINE_integer('steps', None, 'Sampling steps, for evaluate.')
-_GUIDANCE = flags.DEFINE_float('guidance', None, 'Guidance scale, for evaluate.')
 _NUM_CLIPS = flags.DEFINE_integer('num_clips', None, 'Test videos to generate for '
                                   '(sampling_steps: 64 unless given).')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'sampling_steps: the trained run to sample.')
@@ -358,23 +352,20 @@ def write_report(study: str, rows: Sequence[Row], view: dict, base: str, out: st
 def main(argv):
   if len(argv) != 2:
     raise app.UsageError(f'give one study: {" | ".join(STUDIES)} (got {argv[1:]})')
-  if not _ROOT.value:
-    raise app.UsageError('--root is required')
   logging.set_verbosity(logging.INFO)
   options = Options(
       baseline=_BASELINE.value, workdir=_WORKDIR.value, samplers=tuple(_SAMPLERS.value),
       sample_steps=tuple(_ints(_SAMPLE_STEPS.value, 'sample_steps')),
-      num_clips=_NUM_CLIPS.value, guidance=_GUIDANCE.value,
+      num_clips=_NUM_CLIPS.value, guidance=runs.GUIDANCE.value,
       intervals=tuple(_ints(_INTERVALS.value, 'intervals')), grids=tuple(_GRIDS.value),
       sizes=tuple(_ints(_SIZES.value, 'sizes')), source=_SOURCE.value,
       mixtures=tuple(_MIXTURES.value))
-  eval_flags = [] if argv[1] == 'sampling_steps' else [  # Its rows set these themselves.
-      f'--{n}={f.value}' for n, f in (('sampler', _SAMPLER), ('steps', _STEPS),
-                                      ('guidance', _GUIDANCE), ('num_clips', _NUM_CLIPS))
-      if f.value is not None]
-  failed = run_study(argv[1], _ROOT.value, options, config=_CONFIG.value,
-                     variant=_VARIANT.value, seed=_SEED.value, overrides=_OVERRIDE.value,
-                     eval_flags=eval_flags, out=_OUT.value, configs_dir=_CONFIGS_DIR.value,
+  eval_flags = [] if argv[1] == 'sampling_steps' else runs.eval_flags(  # Rows set their own.
+      sampler=runs.SAMPLER.value, steps=runs.STEPS.value, guidance=runs.GUIDANCE.value,
+      num_clips=_NUM_CLIPS.value)
+  failed = run_study(argv[1], runs.ROOT.value, options, config=_CONFIG.value,
+                     variant=runs.VARIANT.value, seed=_SEED.value, overrides=runs.OVERRIDE.value,
+                     eval_flags=eval_flags, out=_OUT.value, configs_dir=runs.CONFIGS_DIR.value,
                      run_command=runs.run_subprocess)
   if failed:
     sys.exit(1)
