@@ -31,6 +31,17 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.image_size = 224
   c.data.num_classes = 16  # K source classes of the synthetic world.
   c.data.num_train_clips = 1_000_000  # Size of the synthetic train split (random access).
+  # A weighted mixture of train sets (grain's MapDataset.mix), '' = data.name alone. Entries
+  # NAME[OPTIONS]:WEIGHT, comma-separated, e.g.
+  #   'synthetic:0.7,vggsound[data_dir=/data/tfds]:0.3'
+  #   'synthetic[clips=4000]:0.5,synthetic[seed=1,clips=16000]:0.5'
+  # OPTIONS (comma-separated key=value, all optional): data_dir (a prepared set's; default
+  # data.data_dir), seed (synthetic: its world; default data.seed), clips (the first N train
+  # clips; default data.num_train_clips for synthetic, the whole split for a prepared set).
+  # WEIGHT: each source's share of the training examples (normalised to sum 1); a source
+  # smaller than its share repeats. Sources share the config's geometry (frames, fps, image
+  # size, sample rate) and classes. Evaluation always reads data.name's test split.
+  c.data.mixture = ''
   c.data.max_onsets = 32  # Onset lists are padded with -1 to this length.
   c.data.worker_count = 2  # grain worker processes per host (0 = in the main process).
   c.data.prefetch_buffer_size = 4  # Batches each worker keeps ready.
@@ -72,6 +83,20 @@ def base_config() -> ml_collections.ConfigDict:
   # L = msa_weight * L_MSA + msd_weight * L_MSD (lambda_MSA, lambda_MSD of the joint configs).
   c.loss.msa_weight = 1.0
   c.loss.msd_weight = 1.0
+  # Contrastive diffusion (CMMD, papers/002 eq. 4): L_MSD gains cdiff_weight (eta) times a
+  # ranking term that asks the denoiser's error with a misaligned video condition to exceed
+  # its error with the true one, on the same noisy input: per example
+  # tau * softplus((log e_true - log e_misaligned) / tau), tau = cdiff_temperature (a relative
+  # margin: the term fades once the misaligned error is ~exp(3 tau) times the true one).
+  # 0 = off: the program is exactly the one without it. The misaligned conditions are the
+  # clip's own per-frame video features shifted by cdiff_{min,max}_shift_seconds either way,
+  # spliced with another clip's at a random point, or another clip's (one of cdiff_kinds per
+  # example; the same generators as the alignment evaluator's negatives, data/negatives.py).
+  c.loss.cdiff_weight = 0.0
+  c.loss.cdiff_temperature = 0.1
+  c.loss.cdiff_min_shift_seconds = 0.2
+  c.loss.cdiff_max_shift_seconds = 1.0
+  c.loss.cdiff_kinds = ('shift', 'segment_swap', 'random_swap')
 
   # MSD denoiser (DESIGN §3): a UNet over the normalised log-mel, attending to the video scales.
   c.unet = ml_collections.ConfigDict()

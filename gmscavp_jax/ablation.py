@@ -11,172 +11,63 @@ it writes ROOT/ablation.json, ROOT/ablation.md (Table 3 layout) and ROOT/ablatio
 a runlocal ablation takes on a CPU is recorded in docs/results.md.
 """
 
-import datetime
 import json
 import math
 import os
-import platform
-import shlex
-import subprocess
 import sys
-import time
-from typing import Callable, Sequence
+from typing import Sequence
 
 from absl import app
 from absl import flags
 from absl import logging
-import numpy as np
 
-from gmscavp_jax import config_validation
 from gmscavp_jax import plotting
+from gmscavp_jax import runs
 from gmscavp_jax.evaluators import suite
 
-_ROOT = flags.DEFINE_string('root', None, 'Directory for all runs, logs and the report.')
+# Also --root, --variant, --override, --configs_dir, --sampler, --steps, --guidance (runs.py).
 _CONFIGS = flags.DEFINE_list('configs', ['cavp', 'msa', 'msd', 'msa_msd'],
                              'Experiment files CONFIGS_DIR/NAME.py to run.')
-_VARIANT = flags.DEFINE_string('variant', 'runlocal', 'Config variant (empty: full size).')
 _SEEDS = flags.DEFINE_integer('seeds', 3, 'Seeds 0..N-1 per config.', lower_bound=1)
-_OVERRIDE = flags.DEFINE_multi_string('override', [], 'FIELD=VALUE, passed as --config.FIELD.')
-_SAMPLER = flags.DEFINE_enum('sampler', None, list(config_validation.SAMPLERS),
-                             'For evaluate.')
-_STEPS = flags.DEFINE_integer('steps', None, 'Sampling steps, for evaluate.')
-_GUIDANCE = flags.DEFINE_float('guidance', None, 'Guidance scale, for evaluate.')
-_CONFIGS_DIR = flags.DEFINE_string('configs_dir', 'configs', 'Where NAME.py files live.')
-flags.mark_flag_as_required('root')
 
-# (results key, Table 3 column, lower is better, decimals).
-METRICS = (
-    ('gen/kld', 'KLD ↓', True, 2),
-    ('gen/fad', 'FAD ↓', True, 2),
-    ('gen/align_acc', 'Align Acc ↑', False, 1),
-    ('gen/onset_hit@50ms', 'onset hit@50ms ↑', False, 1),
-    ('gen/onset_hit@100ms', 'onset hit@100ms ↑', False, 1),
-) + tuple((f'retrieval/{d}_R@{k}', f'{d} R@{k}', False, 1)
-          for d in ('v2a', 'a2v') for k in (1, 5, 10))
-PLOT_METRICS = ('gen/kld', 'gen/fad', 'gen/align_acc', 'gen/onset_hit@100ms',
-                'retrieval/v2a_R@1', 'retrieval/a2v_R@1')
+METRICS, PLOT_METRICS = suite.METRICS, suite.PLOT_METRICS
 TABLE3 = tuple(suite.TABLE3_FLAGS)  # The paper's four configs, neither to both.
 
-RunCommand = Callable[[list, str], int]
-
-
-def run_subprocess(args: list, log_path: str) -> int:
-  """Runs `args` with stdout and stderr appended to `log_path`; returns the exit status."""
-  with open(log_path, 'a') as log:
-    log.write(f'\n$ {shlex.join(args)}\n')
-    log.flush()
-    return subprocess.run(args, stdout=log, stderr=subprocess.STDOUT, check=False).returncode
+# The default command runner (tests replace it through this name).
+run_subprocess = runs.run_subprocess
 
 
 def run_name(name: str, variant: str, seed: int) -> str:
   return f'{name}-{variant or "full"}-seed{seed}'
 
 
-def _read_json(path: str) -> dict | None:
-  if not os.path.exists(path):
-    return None
-  with open(path) as f:
-    return json.load(f)
-
-
-def run_state(workdir: str, num_steps: int | None = None) -> tuple[bool, bool]:
-  """(trained, evaluated) of a workdir; `num_steps` overrides config.json's target."""
-  config, results = (_read_json(os.path.join(workdir, f)) for f in ('config.json',
-                                                                     'results.json'))
-  if config is None or results is None:
-    return False, False
-  target = int(config['train']['num_steps']) if num_steps is None else num_steps
-  trained = results.get('step') == target
-  return trained, trained and results.get('evaluate/step') == target
-
-
-def _config_flags(overrides: Sequence[str]) -> tuple[list, int | None]:
-  """--override=FIELD=VALUE -> (['--config.FIELD=VALUE', ...], overridden train.num_steps)."""
-  out, num_steps = [], None
-  for o in overrides:
-    field, sep, value = o.partition('=')
-    field = field.removeprefix('config.')
-    if not sep or not field or field == 'seed':
-      raise app.UsageError(f'--override={o}: want FIELD=VALUE (seed is set by --seeds)')
-    out.append(f'--config.{field}={value}')
-    if field == 'train.num_steps':
-      num_steps = int(value)  # Else a changed step count would look finished.
-  return out, num_steps
-
-
-def _tail(path: str, n: int = 15) -> str:
-  if not os.path.exists(path):
-    return ''
-  with open(path, errors='replace') as f:
-    return ''.join(f.readlines()[-n:])
-
-
-def _hms(seconds: float) -> str:
-  m, s = divmod(int(seconds), 60)
-  return f'{m // 60}h{m % 60:02d}m{s:02d}s' if m >= 60 else f'{m}m{s:02d}s'
-
-
 def run_ablation(root: str, configs: Sequence[str], variant: str = 'runlocal', seeds: int = 3,
                  overrides: Sequence[str] = (), eval_flags: Sequence[str] = (),
-                 configs_dir: str = 'configs', run_command: RunCommand = run_subprocess,
+                 configs_dir: str = 'configs', run_command: runs.RunCommand = run_subprocess,
                  argv: Sequence[str] | None = None) -> int:
   """Trains and evaluates every (seed, config) not yet done, rewriting the report after each.
 
   Returns the number of runs that failed (their subprocess exited non-zero or stopped short).
   """
   os.makedirs(root, exist_ok=True)
-  config_args, num_steps = _config_flags(overrides)
-  runs = [(name, seed) for seed in range(seeds) for name in configs]
-  todo = sum(not run_state(os.path.join(root, run_name(n, variant, s)), num_steps)[1]
-             for n, s in runs)
-  start, durations, failed = time.time(), [], []
-  for i, (name, seed) in enumerate(runs, 1):
-    run = run_name(name, variant, seed)
-    workdir, log_path = os.path.join(root, run), os.path.join(root, f'{run}.log')
-    t0, did, error = time.time(), [], None
-    config = os.path.join(configs_dir, f'{name}.py') + (f':{variant}' if variant else '')
-    jobs = (('train', ['gmscavp_jax.main', f'--config={config}', f'--workdir={workdir}',
-                       f'--config.seed={seed}', *config_args], 0),
-            ('evaluate', ['gmscavp_jax.evaluate', f'--workdir={workdir}', *eval_flags], 1))
-    for job, args, done_index in jobs:
-      if run_state(workdir, num_steps)[done_index]:
-        continue
-      logging.info('[%d/%d] %s: %s (log %s)', i, len(runs), run, job, log_path)
-      code = run_command([sys.executable, '-m', *args], log_path)
-      did.append(job)
-      if code == 0 and not run_state(workdir, num_steps)[done_index]:
-        error = f'{job} exited 0 but {workdir}/results.json does not show it finished'
-      elif code != 0:
-        error = f'{job} exited with status {code}'
-      if error:
-        break
-    if did:
-      durations.append(time.time() - t0)
-      todo -= 1
-    if error:
-      failed.append(run)
-      logging.error('[%d/%d] %s FAILED: %s; log %s, last lines:\n%s', i, len(runs), run, error,
-                    log_path, _tail(log_path))
-    if did:  # The report so far: an interrupted ablation still leaves its table.
-      write_report(root, aggregate(root, configs, seeds, variant),
-                   list(sys.argv if argv is None else argv))
-    eta = _hms(np.mean(durations) * todo) if durations else '?'
-    logging.info('[%d/%d] %s: %s in %s (elapsed %s, ETA %s)', i, len(runs), run,
-                 '+'.join(did) + (' FAILED' if error else '') or 'already done',
-                 _hms(time.time() - t0),
-                 _hms(time.time() - start), eta)
-  if failed:
-    logging.error('%d of %d runs failed: %s', len(failed), len(runs), ', '.join(failed))
-  agg = aggregate(root, configs, seeds, variant)
-  write_report(root, agg, list(sys.argv if argv is None else argv))
+  config_args, num_steps = runs.config_flags(overrides, reserved={'seed': '--seeds'})
+  tasks = []
+  for seed in range(seeds):
+    for name in configs:
+      run = run_name(name, variant, seed)
+      workdir = os.path.join(root, run)
+      config = os.path.join(configs_dir, f'{name}.py') + (f':{variant}' if variant else '')
+      state = lambda i, w=workdir: runs.run_state(w, num_steps)[i]
+      tasks.append(runs.Task(run, os.path.join(root, f'{run}.log'), [
+          runs.Job('train', ['gmscavp_jax.main', f'--config={config}', f'--workdir={workdir}',
+                             f'--config.seed={seed}', *config_args], lambda s=state: s(0)),
+          runs.Job('evaluate', ['gmscavp_jax.evaluate', f'--workdir={workdir}', *eval_flags],
+                   lambda s=state: s(1))]))
+  argv = list(sys.argv if argv is None else argv)
+  report = lambda: write_report(root, aggregate(root, configs, seeds, variant), argv)
+  failed = runs.run_tasks(tasks, run_command, after_task=report)
+  report()
   return len(failed)
-
-
-def _stats(values: list) -> dict:
-  """Mean and sample std (ddof=1; None below two values); NaNs become None for JSON."""
-  clean = lambda x: None if x is None or not math.isfinite(x) else float(x)
-  std = float(np.std(values, ddof=1)) if len(values) >= 2 else None
-  return {'mean': clean(float(np.mean(values))), 'std': clean(std), 'n': len(values)}
 
 
 def aggregate(root: str, configs: Sequence[str], seeds: int, variant: str = 'runlocal') -> dict:
@@ -192,9 +83,9 @@ def aggregate(root: str, configs: Sequence[str], seeds: int, variant: str = 'run
     seeds_done, values = [], {}
     for seed in range(seeds):
       workdir = os.path.join(root, run_name(name, variant, seed))
-      if not run_state(workdir)[1]:
+      if not runs.run_state(workdir)[1]:
         continue
-      results = _read_json(os.path.join(workdir, 'results.json'))
+      results = runs.read_json(os.path.join(workdir, 'results.json'))
       out['runs'][run_name(name, variant, seed)] = dict(config=name, seed=seed, results=results)
       seeds_done.append(seed)
       for key, _, _, _ in METRICS:
@@ -206,14 +97,14 @@ def aggregate(root: str, configs: Sequence[str], seeds: int, variant: str = 'run
       if 'retrieval/chance_R@1' in results:
         chance.append(float(results['retrieval/chance_R@1']))
     if seeds_done:
-      stats = {k: _stats(v) for k, v in values.items()}
+      stats = {k: runs.stats(v) for k, v in values.items()}
       out['configs'][name] = dict(seeds=seeds_done, values=values,
                                   mean={k: s['mean'] for k, s in stats.items()},
                                   std={k: s['std'] for k, s in stats.items()})
   for key, v in refs.items():
     _, kind, metric = key.split('/', 2)
-    out['ref'][kind][f'gen/{metric}'] = _stats(v)['mean']
-  out['chance_R@1'] = _stats(chance)['mean'] if chance else None
+    out['ref'][kind][f'gen/{metric}'] = runs.stats(v)['mean']
+  out['chance_R@1'] = runs.stats(chance)['mean'] if chance else None
   return out
 
 
@@ -255,11 +146,8 @@ def _cell(mean, std, dec) -> str:
 
 def markdown(agg: dict, argv: Sequence[str]) -> str:
   """ablation.md: provenance, the Table 3 layout, and the paper's ordering checked per metric."""
-  cmd = shlex.join(['python', '-m', 'gmscavp_jax.ablation', *argv[1:]])
-  cpu = platform.processor() or platform.machine()
-  machine = f'{platform.node()} ({platform.platform()}, {cpu}, {os.cpu_count()} CPUs)'
-  lines = ['# GMS-CAVP ablation (Table 3)', '', f'- command: `{cmd}`', f'- machine: {machine}',
-           f'- date: {datetime.datetime.now().isoformat(timespec="seconds")}', '',
+  lines = ['# GMS-CAVP ablation (Table 3)', '', *runs.provenance('gmscavp_jax.ablation', argv),
+           '',
            '| config | MSA | MSD | seeds | ' + ' | '.join(m[1] for m in METRICS) + ' |',
            '|' + ' --- |' * (4 + len(METRICS))]
   mark = lambda b: '✓' if b else '✗'
@@ -294,19 +182,10 @@ def markdown(agg: dict, argv: Sequence[str]) -> str:
   return '\n'.join(lines) + '\n'
 
 
-def _finite(x):
-  """`x` with NaN/inf floats (a diverged metric) as None, so ablation.json is strict JSON."""
-  if isinstance(x, dict):
-    return {k: _finite(v) for k, v in x.items()}
-  if isinstance(x, (list, tuple)):
-    return [_finite(v) for v in x]
-  return None if isinstance(x, float) and not math.isfinite(x) else x
-
-
 def write_report(root: str, agg: dict, argv: Sequence[str]) -> None:
   """ROOT/ablation.json, ablation.md and (when any run has results) ablation.png."""
   with open(os.path.join(root, 'ablation.json'), 'w') as f:
-    json.dump(_finite({**agg, 'ordering': ordering(agg)}), f, indent=2, allow_nan=False)
+    json.dump(runs.finite({**agg, 'ordering': ordering(agg)}), f, indent=2, allow_nan=False)
   with open(os.path.join(root, 'ablation.md'), 'w') as f:
     f.write(markdown(agg, argv))
   if agg['configs']:
@@ -319,11 +198,10 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   logging.set_verbosity(logging.INFO)
-  eval_flags = [f'--{n}={f.value}' for n, f in
-                (('sampler', _SAMPLER), ('steps', _STEPS), ('guidance', _GUIDANCE))
-                if f.value is not None]
-  failed = run_ablation(_ROOT.value, _CONFIGS.value, _VARIANT.value, _SEEDS.value,
-                        _OVERRIDE.value, eval_flags, _CONFIGS_DIR.value,
+  eval_flags = runs.eval_flags(sampler=runs.SAMPLER.value, steps=runs.STEPS.value,
+                               guidance=runs.GUIDANCE.value)
+  failed = run_ablation(runs.ROOT.value, _CONFIGS.value, runs.VARIANT.value, _SEEDS.value,
+                        runs.OVERRIDE.value, eval_flags, runs.CONFIGS_DIR.value,
                         run_command=run_subprocess)
   if failed:
     sys.exit(1)

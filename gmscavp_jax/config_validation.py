@@ -9,6 +9,9 @@ import re
 
 import ml_collections
 
+from gmscavp_jax.data import mixture
+from gmscavp_jax.data import negatives
+
 
 class ConfigError(ValueError):
   """A config field holds a value the code cannot run with."""
@@ -39,6 +42,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
   _require(isinstance(d.seed, int) and d.seed >= 0, 'data.seed', 'an integer >= 0', d.seed)
   _require(d.fps > 0, 'data.fps', 'a positive frame rate', d.fps)
   _require(d.worker_count >= 0, 'data.worker_count', 'an integer >= 0', d.worker_count)
+  _validate_mixture(config)
 
   _require(a.sample_rate > 0, 'audio.sample_rate', 'a positive rate in Hz', a.sample_rate)
   _require(0 < a.win_length <= a.n_fft, 'audio.win_length', f'in (0, n_fft={a.n_fft}]',
@@ -77,6 +81,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
            l.adaptive_temperature)
 
   _validate_generator(config, num_scales=len(pools))
+  _validate_contrastive_diffusion(config)
 
   _require(t.num_steps > 0, 'train.num_steps', 'a positive step count', t.num_steps)
   _require(t.batch_size > 0, 'train.batch_size', 'a positive global batch', t.batch_size)
@@ -198,3 +203,44 @@ def _validate_generator(config: ml_collections.ConfigDict, num_scales: int) -> N
   _require(d.mel_std > 0, 'diffusion.mel_std', 'a positive scale', d.mel_std)
   _require(l.msa_weight >= 0 and l.msd_weight >= 0, 'loss.msd_weight',
            'non-negative loss weights', (l.msa_weight, l.msd_weight))
+
+
+def _validate_mixture(config: ml_collections.ConfigDict) -> None:
+  """data.mixture: parseable, and every prepared dataset in it has a data_dir."""
+  d = config.data
+  spec = d.get('mixture', '')
+  _require(isinstance(spec, str), 'data.mixture', "a string (NAME[OPTIONS]:WEIGHT,...)", spec)
+  try:
+    entries = mixture.parse(spec)
+  except ValueError as e:
+    raise ConfigError(f'config.data.mixture={spec!r}: {e}') from e
+  for entry in entries:
+    _require(entry.name == 'synthetic' or bool(entry.data_dir or d.data_dir), 'data.mixture',
+             f'a data_dir for the prepared dataset {entry.name!r} (its [data_dir=...] option '
+             'or data.data_dir)', spec)
+
+
+def _validate_contrastive_diffusion(config: ml_collections.ConfigDict) -> None:
+  """loss.cdiff_*: the contrastive diffusion term (steps.negative_video_scales)."""
+  l, d = config.loss, config.data
+  _require(l.cdiff_weight >= 0, 'loss.cdiff_weight', 'a weight >= 0 (0 = off)', l.cdiff_weight)
+  _require(l.cdiff_temperature > 0, 'loss.cdiff_temperature', 'a positive tau',
+           l.cdiff_temperature)
+  kinds = tuple(l.cdiff_kinds)
+  _require(len(kinds) >= 1 and len(set(kinds)) == len(kinds) and set(kinds) <= set(
+      negatives.KINDS), 'loss.cdiff_kinds', f'a non-empty subset of {negatives.KINDS}', kinds)
+  if l.cdiff_weight == 0:
+    return
+  _require(config.diffusion.training != 'none', 'loss.cdiff_weight',
+           "0 when diffusion.training='none' (no denoiser to contrast)", l.cdiff_weight)
+  _require(config.train.batch_size >= 2, 'train.batch_size',
+           'at least 2 with loss.cdiff_weight > 0 (negatives pair clips)', config.train.batch_size)
+  seconds = d.num_frames / d.fps
+  min_shift, max_shift = negatives.shift_steps(l.cdiff_min_shift_seconds,
+                                               l.cdiff_max_shift_seconds, d.fps)
+  _require(0 < l.cdiff_min_shift_seconds <= l.cdiff_max_shift_seconds
+           and max_shift < d.num_frames, 'loss.cdiff_max_shift_seconds',
+           f'0 < cdiff_min_shift_seconds <= cdiff_max_shift_seconds, shorter than the clip '
+           f'({seconds:g} s) by at least a frame at data.fps={d.fps:g} (shifts of '
+           f'{min_shift}..{max_shift} of {d.num_frames} frames)',
+           (l.cdiff_min_shift_seconds, l.cdiff_max_shift_seconds))

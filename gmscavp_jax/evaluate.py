@@ -1,6 +1,7 @@
 """Evaluates a trained workdir with every metric of the paper (DESIGN §5).
 
-  python -m gmscavp_jax.evaluate --workdir=/tmp/gmscavp_msa_msd [--sampler=ddim --steps=50]
+  python -m gmscavp_jax.evaluate --workdir=/tmp/gmscavp_msa_msd [--sampler=ddim --steps=50] \
+      [--num_clips=N] [--output_dir=DIR]
 
 Retrieval R@1/5/10 both ways over eval.num_test_clips; audio generated for the first
 eval.num_metric_clips test videos, scored by KLD, FAD, Align Acc, onset hit-rate and class
@@ -23,6 +24,9 @@ _NUM_CLIPS = flags.DEFINE_integer('num_clips', None,
                                   'Test videos to generate for (default: eval.num_metric_clips).')
 _SEED = flags.DEFINE_integer('seed', 0, 'Seed of the sampling noise.')
 _EVALUATOR_DIR = cli.define_evaluator_dir_flag()
+_OUTPUT_DIR = flags.DEFINE_string(
+    'output_dir', None, 'Where results.json, results.md and plots/evaluate.png go (default: '
+    'the workdir); one per setting keeps several evaluations of one checkpoint apart.')
 flags.mark_flags_as_required(['workdir'])
 
 
@@ -32,14 +36,16 @@ def main(argv):
   cli.setup()
   r = cli.run_or_explain(
       evaluation.evaluate, _WORKDIR.value, evaluator_dir=_EVALUATOR_DIR.value,
-      num_clips=_NUM_CLIPS.value, seed=_SEED.value, **cli.sampler_args(_SAMPLER_FLAGS))
+      num_clips=_NUM_CLIPS.value, seed=_SEED.value, output_dir=_OUTPUT_DIR.value,
+      **cli.sampler_args(_SAMPLER_FLAGS))
   print(f"checkpoint {r['evaluate/step']}: KLD {r['gen/kld']:.3f}  FAD {r['gen/fad']:.3f}  "
         f"Align Acc {r['gen/align_acc']:.1f}%  onset hit@100ms {r['gen/onset_hit@100ms']:.1f}%"
         f"  v2a R@1 {r['retrieval/v2a_R@1']:.2f}%  a2v R@1 {r['retrieval/a2v_R@1']:.2f}%")
   print(f"ground truth: KLD {r['ref/gt/kld']:.3f}  FAD {r['ref/gt/fad']:.3f}  Align Acc "
         f"{r['ref/gt/align_acc']:.1f}%; shuffled ground truth Align Acc "
         f"{r['ref/shuffled/align_acc']:.1f}%")
-  print(f"wrote {os.path.join(_WORKDIR.value, 'results.json')} and results.md")
+  print(f"wrote {os.path.join(_OUTPUT_DIR.value or _WORKDIR.value, 'results.json')} and "
+        'results.md')
 
 
 if __name__ == '__main__':

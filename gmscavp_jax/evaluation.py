@@ -35,8 +35,14 @@ def _clips_with_log_mel(config, evaluator, num: int, start: int) -> dict:
 
 def evaluate(workdir: str, *, evaluator_dir: str | None = None, num_clips: int | None = None,
              sampler: str | None = None, num_steps: int | None = None,
-             guidance: float | None = None, eta: float | None = None, seed: int = 0) -> dict:
-  """Scores the newest checkpoint of `workdir`; returns the merged results.json dict."""
+             guidance: float | None = None, eta: float | None = None, seed: int = 0,
+             output_dir: str | None = None) -> dict:
+  """Scores the newest checkpoint of `workdir`; returns the merged results.json dict.
+
+  The results go to `output_dir` (default: the workdir itself), merged into its
+  results.json: several settings of one checkpoint each keep their own directory.
+  """
+  output_dir = output_dir or workdir
   t0 = time.perf_counter()
   config = train.load_config(workdir)
   if num_clips is not None:
@@ -54,29 +60,30 @@ def evaluate(workdir: str, *, evaluator_dir: str | None = None, num_clips: int |
   reference = _clips_with_log_mel(config, gen_eval, n, n)
   logging.info('generating audio for %d test videos (%s, %d steps, guidance %g)', n,
                sampler_args['sampler'], sampler_args['num_steps'], sampler_args['guidance'])
-  t_gen = time.perf_counter()
-  generated = gen_eval.generate(params, clips['frames'], seed=seed, **sampler_args)
-  seconds_per_clip = (time.perf_counter() - t_gen) / n
+  generated, timing = gen_eval.generate_timed(params, clips['frames'], seed=seed,
+                                              **sampler_args)
   results.update(suite.score(evalset, generated, clips, reference,
                              generation.frame_rate(config)))
   results.update({k: v for k, v in summary.items() if k.startswith('eval/')})
   results.update({
       'gen/num_clips': float(n), 'gen/num_reference_clips': float(n),
-      'gen/seconds_per_clip': seconds_per_clip, 'evaluate/step': step,
+      # Per clip at eval.batch_size clips a batch, after compiling (compile time apart).
+      'gen/seconds_per_clip': timing['seconds'] / n,
+      'gen/compile_seconds': timing['compile_seconds'], 'evaluate/step': step,
       'evaluate/sampler': sampler_args['sampler'],
       'evaluate/sample_steps': sampler_args['num_steps'],
       'evaluate/guidance': sampler_args['guidance'], 'evaluate/seed': seed,
       'evaluate/evaluator_dir': classifier_training.evaluator_dir(config, evaluator_dir),
       'evaluate/seconds': time.perf_counter() - t0})
-  merged = _merged(workdir, results)
+  merged = _merged(output_dir, results)
   if jax.process_index() == 0:
-    _write(workdir, config, merged, generated, clips)
+    _write(output_dir, config, merged, generated, clips)
   return merged
 
 
-def _merged(workdir: str, results: dict) -> dict:
+def _merged(output_dir: str, results: dict) -> dict:
   """The saved results.json with `results` over it (training's keys kept, ours newer)."""
-  path = os.path.join(workdir, 'results.json')
+  path = os.path.join(output_dir, 'results.json')
   old = {}
   if os.path.exists(path):
     with open(path) as f:
@@ -84,17 +91,18 @@ def _merged(workdir: str, results: dict) -> dict:
   return {**old, **results}
 
 
-def _write(workdir: str, config: ml_collections.ConfigDict, merged: dict,
+def _write(output_dir: str, config: ml_collections.ConfigDict, merged: dict,
            generated: np.ndarray, clips: dict) -> None:
-  path = os.path.join(workdir, 'results.json')
+  os.makedirs(os.path.join(output_dir, 'plots'), exist_ok=True)
+  path = os.path.join(output_dir, 'results.json')
   with open(path + '.tmp', 'w') as f:
     json.dump(merged, f, indent=2, sort_keys=True)
   os.replace(path + '.tmp', path)
-  with open(os.path.join(workdir, 'results.md'), 'w') as f:
+  with open(os.path.join(output_dir, 'results.md'), 'w') as f:
     f.write(suite.results_markdown(merged, config.experiment))
   k = min(4, len(generated))
   plotting.spectrograms(
-      generated[:k], os.path.join(workdir, 'plots', 'evaluate.png'),
+      generated[:k], os.path.join(output_dir, 'plots', 'evaluate.png'),
       f"{config.experiment} step {merged['evaluate/step']}: generated vs real "
       f"(KLD {merged['gen/kld']:.2f}, FAD {merged['gen/fad']:.2f}, "
       f"Align Acc {merged['gen/align_acc']:.1f}%)", real=clips['log_mel'][:k],

@@ -130,3 +130,43 @@ def ablation_bars(aggregate: dict, path: str, metrics) -> np.ndarray:
     ax.axis('off')
   fig.tight_layout()
   return _save_and_decode(fig, path)
+
+
+def study_lines(series: dict, path: str, metrics, xlabel: str, *, log_x: bool = False,
+                xticks=None, title: str = '') -> np.ndarray:
+  """Saves a study's metrics against its variable, one subplot per metric; returns the PNG.
+
+  `series` maps a name to [(x, results dict)]: a line per name with 2+ points, a lone marker
+  otherwise. `metrics` is a sequence of (results key, label, lower_is_better); `xticks` an
+  optional [(x, label)] for a categorical variable.
+  """
+  cols = min(3, len(metrics))
+  rows = -(-len(metrics) // cols)
+  fig, axes = plt.subplots(rows, cols, figsize=(3.8 * cols, 3 * rows), squeeze=False)
+  if log_x and not xticks:  # Ticks at the studied values, written plainly.
+    xticks = [(x, f'{x:g}') for x in sorted({x for pts in series.values() for x, _ in pts})]
+  for ax, (key, label, lower) in zip(axes.flat, metrics):
+    for name, points in series.items():
+      pts = sorted((x, r[key]) for x, r in points if r.get(key) is not None)
+      if pts:
+        xs, ys = zip(*pts)
+        ax.plot(xs, ys, 'o-' if len(pts) > 1 else 's', label=name, ms=4)
+    ax.set_title(f'{label.rstrip(" ↓↑")} {"↓" if lower else "↑"}', fontsize=9)
+    ax.set_xlabel(xlabel, fontsize=8)
+    if log_x:
+      ax.set_xscale('log')
+    if xticks:
+      ax.minorticks_off()
+      ax.set_xticks([x for x, _ in xticks], [t for _, t in xticks], fontsize=7)
+    ax.tick_params(labelsize=7)
+    ax.ticklabel_format(axis='y', useOffset=False)
+    ax.grid(alpha=0.3)
+  handles, labels = axes.flat[0].get_legend_handles_labels()
+  if len(labels) > 1:
+    fig.legend(handles, labels, loc='lower center', ncol=min(4, len(labels)), fontsize=7)
+  for ax in list(axes.flat)[len(metrics):]:
+    ax.axis('off')
+  if title:
+    fig.suptitle(title, fontsize=10)
+  fig.tight_layout(rect=(0, 0.06 if len(labels) > 1 else 0, 1, 1))
+  return _save_and_decode(fig, path)

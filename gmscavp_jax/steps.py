@@ -8,6 +8,9 @@ optimizer, so a training phase updates exactly the part it trains (Table 3):
   contrastive  msa_weight L_MSA                          encoders
   joint        msa_weight L_MSA + msd_weight L_MSD       encoders and denoiser
   generator    msd_weight L_MSD on frozen video scales   denoiser
+
+With loss.cdiff_weight > 0, L_MSD includes CMMD's contrastive diffusion term (eq. 4 in a
+bounded form, `msd_loss`).
 """
 
 from collections.abc import Callable
@@ -21,6 +24,7 @@ import ml_collections
 import optax
 
 from gmscavp_jax.data import audio
+from gmscavp_jax.data import negatives
 from gmscavp_jax.diffusion import objectives
 from gmscavp_jax.diffusion import samplers
 from gmscavp_jax.diffusion import schedules
@@ -168,22 +172,59 @@ def alpha_bar(config: ml_collections.ConfigDict) -> jax.Array:
 
 
 def msd_loss(denoiser_params, video_scales: list, x0: jax.Array, rng: jax.Array, *,
-             models: Models, config: ml_collections.ConfigDict) -> tuple[jax.Array, dict]:
+             models: Models, config: ml_collections.ConfigDict,
+             negative_scales: list | None = None) -> tuple[jax.Array, dict]:
   """L_MSD (eq. 7) of normalised log-mels x0 (B,Ta,F) given the video scales.
 
   Each example's condition is replaced by the learned null with probability
-  diffusion.condition_dropout (classifier-free guidance).
+  diffusion.condition_dropout (classifier-free guidance). With `negative_scales` (misaligned
+  video scales, see `negative_video_scales`) the loss adds loss.cdiff_weight times CMMD's
+  contrastive term on the same x_t, t and noise (diffusion/objectives.py), over the examples
+  whose condition was not dropped.
   """
   d = config.diffusion
   drop_rng, loss_rng = jax.random.split(rng)
   drop = jax.random.bernoulli(drop_rng, d.condition_dropout, (x0.shape[0],))
 
-  def denoise(x_t, t):
-    return models.denoiser.apply({'params': denoiser_params}, x_t, t, video_scales,
-                                 drop_condition=drop)
+  def denoiser(scales):
+    return lambda x_t, t: models.denoiser.apply({'params': denoiser_params}, x_t, t, scales,
+                                                drop_condition=drop)
 
-  return objectives.diffusion_loss(denoise, x0, loss_rng, alpha_bar(config),
-                                   prediction=d.prediction, terminal_weight=d.terminal_weight)
+  contrast = None
+  if negative_scales is not None:
+    contrast = objectives.Contrast(denoiser(negative_scales), config.loss.cdiff_weight,
+                                   config.loss.cdiff_temperature, mask=1.0 - drop)
+  return objectives.diffusion_loss(denoiser(video_scales), x0, loss_rng, alpha_bar(config),
+                                   prediction=d.prediction, terminal_weight=d.terminal_weight,
+                                   contrast=contrast)
+
+
+# Folded into the step's key for the negatives: a stream apart from msd_loss's splits, so the
+# program without the contrastive term draws exactly what it drew before it existed.
+_NEGATIVES_STREAM = 0x63646966
+
+
+def negative_video_scales(encoder_params, features: jax.Array, rng: jax.Array, *,
+                          models: Models, config: ml_collections.ConfigDict) -> list:
+  """Misaligned conditions for the contrastive diffusion loss: [(B,T_l,S_l,D)] * L.
+
+  The negatives (data/negatives.py, loss.cdiff_kinds: shifted by loss.cdiff_{min,max}_
+  shift_seconds, spliced with, or swapped for another clip) are made of the per-frame video
+  features (B,T,h,w,C) and pooled by the pyramid: only the pyramid runs again, and every scale
+  sees one consistent misalignment (a shift of the scales themselves would be coarser than a
+  frame, or impossible at T_l = 1). No gradient flows back through them: the term trains the
+  denoiser to use its condition; aligning the encoders is L_MSA's job, and a gradient here
+  would reward features whose misaligned copies mislead the denoiser.
+  """
+  l = config.loss
+  min_shift, max_shift = negatives.shift_steps(l.cdiff_min_shift_seconds,
+                                               l.cdiff_max_shift_seconds, config.data.fps)
+  misaligned, _ = negatives.make_negatives(
+      jax.random.fold_in(rng, _NEGATIVES_STREAM), jax.lax.stop_gradient(features),
+      min_shift=min_shift, max_shift=max_shift, kinds=tuple(l.cdiff_kinds))
+  scales = models.encoders.apply({'params': encoder_params}, misaligned,
+                                 method=gmscavp.GMSCAVP.video_scales)
+  return jax.lax.stop_gradient(scales)
 
 
 def loss_fn(params, batch: dict, rng: jax.Array, *, models: Models,
@@ -205,14 +246,21 @@ def loss_fn(params, batch: dict, rng: jax.Array, *, models: Models,
         adaptive_stop_gradient=config.loss.adaptive_stop_gradient)
     total += config.loss.msa_weight * msa
     metrics.update(msa_metrics)
-    video = out['video']
+    video, features = out['video'], out['video_features']
   else:
-    video = models.encoders.apply(enc, batch['frames'], method=gmscavp.GMSCAVP.embed_video)
+    features = models.encoders.apply(enc, batch['frames'],
+                                     method=gmscavp.GMSCAVP.video_features)
+    video = models.encoders.apply(enc, features, method=gmscavp.GMSCAVP.video_scales)
   if phase in ('joint', 'generator'):
     if phase == 'generator' or config.diffusion.stop_gradient:
       video = jax.lax.stop_gradient(video)
+    negative = None
+    # Static: weight 0 compiles no negative at all (nor do configs from before the field).
+    if config.loss.get('cdiff_weight', 0.0) > 0:
+      negative = negative_video_scales(params['encoders'], features, rng, models=models,
+                                       config=config)
     msd, msd_metrics = msd_loss(params['denoiser'], video, normalise_mel(mel, config), rng,
-                                models=models, config=config)
+                                models=models, config=config, negative_scales=negative)
     total += config.loss.msd_weight * msd
     metrics.update({f'loss/{k}': v for k, v in msd_metrics.items()})
   metrics['loss'] = total

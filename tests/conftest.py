@@ -68,6 +68,7 @@ def tiny_config(name: str = 'msa', **overrides):
   config.evaluator.batch_size = 8
   config.evaluator.num_check_clips = 8
   config.evaluator.max_shift_seconds = 0.5
+  config.loss.cdiff_max_shift_seconds = 0.5  # Of the 1 s clip (as the evaluator's shifts).
   if config.diffusion.training == 'frozen':
     config.diffusion.encoder_steps = 2  # Steps 1-2 contrastive, 3-4 the denoiser alone.
   for key, value in overrides.items():

@@ -71,12 +71,38 @@ def test_unknown_variant_is_rejected():
     ('diffusion.encoder_steps', 0, 'contrastive stage'),
     ('eval.sampler', 'euler', 'one of'),
     ('eval.num_generate_clips', 32, 'eval.num_test_clips'),
+    ('loss.cdiff_weight', -0.5, 'weight >= 0'),
+    ('loss.cdiff_temperature', 0.0, 'positive tau'),
+    ('loss.cdiff_kinds', ('shift', 'flip'), 'non-empty subset'),
+    ('data.mixture', 'synthetic:0', 'weight'),
+    ('data.mixture', 'synthetic[clips=10,bogus=1]:1', 'bogus'),
+    ('data.mixture', 'synthetic:1,vggsound:1', "data_dir for the prepared dataset 'vggsound'"),
 ])
 def test_bad_values_name_the_field(field, value, message):
   config = tiny_config('msa', **{field: value})  # msa trains its denoiser in a second stage.
   with pytest.raises(config_validation.ConfigError, match=message) as e:
     config_validation.validate(config)
   assert f'config.{field.split(".")[0]}' in str(e.value)
+
+
+@pytest.mark.parametrize('fields,message', [
+    # The tiny clip is 8 frames at 8 fps: a 1 s shift is the whole clip.
+    (dict(cdiff_max_shift_seconds=1.0), 'shorter than the clip'),
+    (dict(cdiff_min_shift_seconds=0.5, cdiff_max_shift_seconds=0.25), 'shorter than the clip'),
+])
+def test_contrastive_diffusion_shifts(fields, message):
+  config = tiny_config('msa_msd', **{'loss.cdiff_weight': 0.5})
+  config_validation.validate(config)  # The tiny defaults with a 0.5 s maximum shift.
+  config.loss.update(fields)
+  with pytest.raises(config_validation.ConfigError, match=message) as e:
+    config_validation.validate(config)
+  assert 'config.loss.cdiff_max_shift_seconds' in str(e.value)
+  off = tiny_config('msa_msd', **{'loss.cdiff_weight': 0.0})
+  off.loss.update(fields)
+  config_validation.validate(off)  # Off: the shift range is not used.
+  none = tiny_config('msa_msd', **{'loss.cdiff_weight': 0.5, 'diffusion.training': 'none'})
+  with pytest.raises(config_validation.ConfigError, match="diffusion.training='none'"):
+    config_validation.validate(none)
 
 
 def test_batch_not_divisible_by_devices():

@@ -107,7 +107,9 @@ def test_gmscavp_outputs(model_and_vars):
   model, variables = model_and_vars
   frames, log_mel = inputs(1)
   out = jax.jit(model.apply)(variables, frames, log_mel)
-  assert set(out) == {'video', 'audio', 'temperature'}
+  assert set(out) == {'video', 'video_features', 'audio', 'temperature'}
+  # The per-frame features the pyramid pooled (the contrastive diffusion loss's negatives).
+  assert out['video_features'].shape[:2] == (B, T) and out['video_features'].ndim == 5
   for p, g, v, a in zip(POOLS, GRIDS, out['video'], out['audio']):
     chex.assert_shape(v, (B, T // p, g * g, D))
     chex.assert_shape(a, (B, T // p, 1, D))

@@ -142,3 +142,28 @@ def test_make_negatives_bad_shapes():
   with pytest.raises(ValueError, match='batch_size=1'):
     negatives.make_negatives(jax.random.PRNGKey(0), jnp.zeros((1, 10)), min_shift=1,
                              max_shift=2)
+
+
+def test_no_positive_left_in_the_negatives():
+  # Every value unique: a position of a negative equals its positive only where it kept it.
+  batch, length = 64, 20
+  x = jnp.arange(batch * length * 3, dtype=jnp.float32).reshape(batch, length, 3)
+  out, info = _make_negatives(jax.random.PRNGKey(5), x, min_shift=2, max_shift=6,
+                              kinds=negatives.KINDS)  # The shapes compiled above.
+  kept = np.all(np.asarray(out) == np.asarray(x), axis=2).sum(axis=1)  # (B,) positions kept.
+  kind, split = np.asarray(info['kind']), np.asarray(info['split'])
+  other_first = np.asarray(info['other_first'])
+  for b in range(batch):
+    name = negatives.KINDS[kind[b]]
+    if name == 'segment_swap':  # Only its own piece is left, the other is the partner's.
+      assert kept[b] == (length - split[b] if other_first[b] else split[b])
+      assert 0 < kept[b] < length
+    else:  # Shifted by 2-6 of 20 steps, or another clip: nothing of it at its own time.
+      assert kept[b] == 0, (name, b)
+
+
+def test_shift_steps_from_seconds():
+  assert negatives.shift_steps(0.2, 1.0, 8.0) == (2, 8)  # runlocal: 8 fps video features.
+  assert negatives.shift_steps(0.2, 1.0, 4.0) == (1, 4)  # Full size: 0.8 frames rounds to 1.
+  assert negatives.shift_steps(0.01, 0.05, 8.0) == (1, 1)  # A shift moves at least one step.
+  assert negatives.shift_steps(0.2, 1.0, 8000) == (1600, 8000)  # The evaluator's waveforms.

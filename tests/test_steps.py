@@ -118,3 +118,30 @@ def test_bfloat16_compute_keeps_float32_params_and_loss():
                         phase='joint'), state, batch, jax.random.key(1))
   assert {x.dtype for x in jax.tree.leaves(new.params)} == {jnp.dtype(jnp.float32)}
   assert metrics['train/loss'].dtype == jnp.float32
+
+
+def test_contrastive_diffusion_term_on_the_same_noise(setup):
+  """loss.cdiff_weight adds weight * cdiff to the joint loss on the same t, noise and dropout;
+  at weight 0 none of the cdiff fields reach the program (exactly the loss without it)."""
+  config, models, _, state, batch = setup
+
+  def with_cdiff(**fields):
+    c = config.copy_and_resolve_references()
+    c.loss.update(fields)
+    return functools.partial(steps.loss_fn, models=models, config=c, phase='joint')
+
+  args = (state.params, batch, jax.random.key(4))
+  off = jax.make_jaxpr(with_cdiff(cdiff_weight=0.0))(*args)
+  off_other = jax.make_jaxpr(with_cdiff(cdiff_weight=0.0, cdiff_temperature=0.3,
+                                        cdiff_kinds=('shift',)))(*args)
+  assert str(off) == str(off_other)
+  # One program for both weights: XLA shares their common work, so it compiles about once.
+  both = jax.jit(lambda *a: (with_cdiff(cdiff_weight=0.0)(*a), with_cdiff(cdiff_weight=0.5)(*a)))
+  (loss0, m0), (loss1, m1) = both(*args)
+  assert 'loss/cdiff' not in m0
+  for key in ('loss/msd_loss', 'loss/msd_mse', 'loss/msa'):
+    np.testing.assert_allclose(m1[key], m0[key], rtol=1e-5, err_msg=key)
+  np.testing.assert_allclose(loss1, loss0 + 0.5 * config.loss.msd_weight * m1['loss/cdiff'],
+                             rtol=1e-5)
+  assert float(m1['loss/cdiff']) >= 0.0
+  assert 0.0 <= float(m1['loss/cdiff_acc']) <= 1.0

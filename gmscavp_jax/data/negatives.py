@@ -11,8 +11,8 @@ no longer matches its partner in the other modality:
 
 "Another example" is x[partner[b]] for a derangement `partner`, so it is never b itself.
 Pure jax.numpy and jit-compatible: shapes and the arguments of `make_negatives` other than
-`rng` and `x` are static. Shared by the alignment classifier (evaluators) and, later,
-CMMD's contrastive diffusion loss.
+`rng` and `x` are static. Shared by the alignment classifier (evaluators, on waveforms) and
+CMMD's contrastive diffusion loss (steps.py, on per-frame video features).
 """
 
 import math
@@ -34,6 +34,14 @@ def derangement(rng: jax.Array, batch_size: int) -> jax.Array:
                      '(no other example to pair with)')
   perm = jax.random.permutation(rng, batch_size).astype(jnp.int32)
   return jnp.zeros(batch_size, jnp.int32).at[perm].set(jnp.roll(perm, -1))
+
+
+def shift_steps(min_seconds: float, max_seconds: float, rate: float) -> tuple[int, int]:
+  """A shift range in seconds -> (min_shift, max_shift) time steps at `rate` steps/s.
+
+  Rounded to the nearest step, at least 1: a shift must move the series.
+  """
+  return (max(1, int(round(min_seconds * rate))), max(1, int(round(max_seconds * rate))))
 
 
 def _per_example(values: jax.Array, ndim: int) -> jax.Array:

@@ -12,8 +12,10 @@ import sys
 import grain.python as grain
 import jax
 import ml_collections
+import numpy as np
 
 from gmscavp_jax import config_validation
+from gmscavp_jax.data import mixture
 from gmscavp_jax.data import synthetic
 
 # Fields the model and evaluators consume; the rest of a record stays on the host.
@@ -28,11 +30,59 @@ def make_source(config: ml_collections.ConfigDict, split: str):
   the config's geometry (data.num_frames, data.fps, data.image_size, audio.sample_rate);
   its records carry the synthetic source's fields (builders.PreparedSource). Its train split
   is used whole (data.num_train_clips only sizes the synthetic set); an evaluation split
-  serves its first eval.num_test_clips records, which it must have.
+  serves its first eval.num_test_clips records, which it must have. With data.mixture the
+  train split is that mixture of sources instead (`mixture_source`).
   """
+  if split == 'train' and config.data.get('mixture'):
+    return mixture_source(config)
   if config.data.name == 'synthetic':
     return synthetic.from_config(config, split)
   return _prepared_source(config, split)
+
+
+def mixture_source(config: ml_collections.ConfigDict) -> mixture.MixtureSource:
+  """The train sources of data.mixture, mixed by their weights (data/mixture.py).
+
+  Each entry is the source `make_source` gives for data.name = its NAME, with its options
+  in place of data.data_dir, data.seed and the train size. A ConfigError names the entry
+  that cannot be opened, or whose records do not batch with the first entry's.
+  """
+  try:
+    entries = mixture.parse(config.data.mixture)
+  except ValueError as e:
+    raise config_validation.ConfigError(f'config.data.mixture={config.data.mixture!r}: {e}')
+  sources, shapes = [], None
+  for i, entry in enumerate(entries):
+    where = f'config.data.mixture entry {i} ({entry.spec()!r})'
+    sub = ml_collections.ConfigDict(config.to_dict())
+    sub.data.mixture, sub.data.name = '', entry.name
+    sub.data.data_dir = entry.data_dir or config.data.data_dir
+    if entry.seed is not None:
+      sub.data.seed = entry.seed
+    if entry.name == 'synthetic' and entry.clips:
+      sub.data.num_train_clips = entry.clips
+    try:
+      source = make_source(sub, 'train')
+    except config_validation.ConfigError as e:
+      raise config_validation.ConfigError(f'{where}: {e}') from e
+    if entry.name != 'synthetic' and entry.clips:
+      if entry.clips > len(source):
+        raise config_validation.ConfigError(
+            f'{where}: clips={entry.clips}, but its train split has {len(source)}')
+      source = grain.MapDataset.source(source)[:entry.clips]
+    # One record says what the source yields: every field must batch with the first entry's
+    # (frames, fps, image size and sample rate set the shapes; the classes set `labels`).
+    record = {k: np.shape(v) for k, v in source[0].items() if k in mixture.FIELDS}
+    if shapes is None:
+      shapes = record
+    elif record != shapes:
+      raise config_validation.ConfigError(
+          f'{where}: its records have shapes {record}, those of entry 0 {shapes}; expected '
+          'sources with the same geometry (data.num_frames, data.fps, data.image_size, '
+          'audio.sample_rate) and classes')
+    sources.append(source)
+  return mixture.MixtureSource(sources, [e.weight for e in entries],
+                               [e.spec() for e in entries])
 
 
 def _prepared_source(config: ml_collections.ConfigDict, split: str):

@@ -9,9 +9,19 @@ draws its own t from the mixture
 and the loss is (1+lambda_T) times the mean per-example error. Writing e(t) for the expected
 error at step t, E[(1+lambda_T) e(t)] = (1+lambda_T) [E_U e / (1+lambda_T)
 + lambda_T e(N-1) / (1+lambda_T)] = E_U e + lambda_T e(N-1): eq. 7 exactly, in expectation.
+
+Contrastive diffusion (CMMD, papers/002 eq. 4) adds a second denoiser call on the same x_t, t
+and noise with a misaligned condition, so the two errors differ by the condition alone. CMMD's
+L_diff(pos) - eta L_diff(neg) is unbounded below: the denoiser could lower it without limit by
+making its error on negatives explode. Here the negative enters through a ranking term per
+example, tau * softplus((log e_pos - log e_neg) / tau): >= 0, with the gradient
+sigmoid(.) (grad log e_pos - grad log e_neg), i.e. CMMD's linear form on log errors (with
+weight 1/2) while the two errors are close, fading once the negative's error exceeds the
+positive's by a factor of about exp(3 tau). Log errors make tau a relative margin, so one tau
+serves every timestep, although the error's scale changes by orders of magnitude over t.
 """
 
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import chex
 import jax
@@ -20,6 +30,52 @@ import jax.numpy as jnp
 from gmscavp_jax.diffusion import schedules
 
 DenoiseFn = Callable[[jnp.ndarray, jnp.ndarray], jnp.ndarray]
+
+
+class Contrast(NamedTuple):
+  """The contrastive term of `diffusion_loss`: the same denoiser given negative conditions.
+
+  denoise_fn: (x_t, t) -> output like the positive denoiser's, under a misaligned condition.
+  weight: eta, the term's weight in the returned loss.
+  temperature: tau > 0 of the ranking term (module docstring), a relative error margin.
+  mask: optional (B,) 0/1, the examples the term covers (e.g. those whose condition was not
+    dropped for classifier-free guidance: with both conditions null, there is nothing to rank),
+    on top of `diffusion_loss`'s example_weights.
+  """
+  denoise_fn: DenoiseFn
+  weight: float
+  temperature: float
+  mask: jnp.ndarray | None = None
+
+
+# Floor of the per-example errors inside the log: an exact prediction stays finite.
+_LOG_ERROR_FLOOR = 1e-8
+
+
+def contrastive_term(err_pos: jnp.ndarray, err_neg: jnp.ndarray, temperature: float,
+                     mask: jnp.ndarray | None = None) -> tuple[jnp.ndarray, dict]:
+  """Masked mean of tau * softplus((log e_pos - log e_neg) / tau) over (B,) errors.
+
+  `mask` (B,) holds non-negative weights (0/1 to mask); None weighs every example equally.
+
+  Returns (term, metrics): 'cdiff' (the term), 'cdiff_acc' (share of examples whose positive
+  error is below the negative's), 'msd_mse_pos' and 'msd_mse_neg' (mean errors), all over the
+  masked-in examples (0 when the mask is empty).
+  """
+  if temperature <= 0:
+    raise ValueError(f'contrastive temperature must be > 0, got {temperature}')
+  chex.assert_equal_shape([err_pos, err_neg])
+  weights = (jnp.ones_like(err_pos) if mask is None
+             else jnp.asarray(mask, jnp.float32).reshape(err_pos.shape))
+  gap = jnp.log(err_pos + _LOG_ERROR_FLOOR) - jnp.log(err_neg + _LOG_ERROR_FLOOR)
+  ranking = temperature * jax.nn.softplus(gap / temperature)
+  term = _safe_mean(ranking, weights)
+  return term, {
+      'cdiff': term,
+      'cdiff_acc': _safe_mean((err_pos < err_neg).astype(jnp.float32), weights),
+      'msd_mse_pos': _safe_mean(err_pos, weights),
+      'msd_mse_neg': _safe_mean(err_neg, weights),
+  }
 
 
 def _safe_mean(values: jnp.ndarray, weights: jnp.ndarray) -> jnp.ndarray:
@@ -44,6 +100,7 @@ def diffusion_loss(denoise_fn: DenoiseFn, x0: jnp.ndarray, rng: jax.Array,
                    alpha_bar: jnp.ndarray, *, prediction: str = 'eps',
                    terminal_weight: float = 0.0,
                    example_weights: jnp.ndarray | None = None,
+                   contrast: Contrast | None = None,
                    ) -> tuple[jnp.ndarray, dict[str, jnp.ndarray]]:
   """Eq. 7 estimated with a single `denoise_fn` call (see the module docstring).
 
@@ -58,11 +115,14 @@ def diffusion_loss(denoise_fn: DenoiseFn, x0: jnp.ndarray, rng: jax.Array,
     example_weights: optional (B,) non-negative weights on the per-example errors. The loss is
       their weighted mean (normalised by their sum), so 0/1 weights mask examples out without
       changing the loss scale; all-zero weights give a loss of 0.
+    contrast: optional contrastive term (module docstring); None leaves the program as eq. 7
+      alone (one denoiser call).
 
   Returns:
-    (scalar loss, metrics): 'msd_loss' (the loss), 'msd_mse' (weighted mean per-example
+    (scalar loss, metrics): 'msd_loss' (eq. 7), 'msd_mse' (weighted mean per-example
     error, without the (1+lambda_T) factor) and 'msd_mse_terminal' (the same over examples
-    that drew t = N-1; 0 if none did).
+    that drew t = N-1; 0 if none did). With `contrast`, the loss is msd_loss + weight * cdiff
+    and the metrics add `contrastive_term`'s.
   """
   schedules.check_prediction(prediction)
   if terminal_weight < 0:
@@ -77,10 +137,12 @@ def diffusion_loss(denoise_fn: DenoiseFn, x0: jnp.ndarray, rng: jax.Array,
   x_t = schedules.q_sample(x0, eps, a, s)
   target = eps if prediction == 'eps' else schedules.v_from_x0_eps(x0, eps, a, s)
 
-  pred = denoise_fn(x_t, t)
-  chex.assert_equal_shape([pred, x0])
-  err = jnp.square(target - pred.astype(jnp.float32))
-  per_example = err.reshape(batch, -1).mean(axis=1)
+  def per_example_error(fn):
+    pred = fn(x_t, t)
+    chex.assert_equal_shape([pred, x0])
+    return jnp.square(target - pred.astype(jnp.float32)).reshape(batch, -1).mean(axis=1)
+
+  per_example = per_example_error(denoise_fn)
 
   weights = (jnp.ones((batch,), jnp.float32) if example_weights is None
              else jnp.asarray(example_weights, jnp.float32))
@@ -93,4 +155,10 @@ def diffusion_loss(denoise_fn: DenoiseFn, x0: jnp.ndarray, rng: jax.Array,
       'msd_mse': mse,
       'msd_mse_terminal': _safe_mean(per_example, weights * is_terminal),
   }
+  if contrast is not None:
+    mask = weights if contrast.mask is None else weights * contrast.mask
+    term, contrast_metrics = contrastive_term(
+        per_example, per_example_error(contrast.denoise_fn), contrast.temperature, mask)
+    loss = loss + contrast.weight * term
+    metrics.update(contrast_metrics)
   return loss, metrics

@@ -36,8 +36,9 @@ from gmscavp_jax.evaluators import classifiers
 from gmscavp_jax.evaluators import generation
 
 SUMMARY_FILE = 'evaluators.json'
-# data.* fields that do not change what the data is.
-_NOT_IDENTITY = ('worker_count', 'prefetch_buffer_size')
+# data.* fields that do not change what the data is. The evaluators of a mixture's run are
+# data.name's own (a mixture shapes what a generator trains on, not what it is judged by).
+_NOT_IDENTITY = ('worker_count', 'prefetch_buffer_size', 'mixture')
 
 
 def evaluator_root(root: str | None = None) -> str:
@@ -116,6 +117,7 @@ def _loader_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
   cfg = ml_collections.ConfigDict(config.to_dict())
   cfg.train.batch_size = config.evaluator.batch_size
   cfg.seed = config.evaluator.seed
+  cfg.data.mixture = ''  # data.name's own train split (see _NOT_IDENTITY).
   return cfg
 
 

@@ -180,6 +180,5 @@ def make_negative_waveforms(rng, waveform, *, min_shift: int, max_shift: int, ki
 
 def shift_samples(config: ml_collections.ConfigDict) -> tuple[int, int]:
   """evaluator.{min,max}_shift_seconds in waveform samples."""
-  rate = config.audio.sample_rate
-  return (int(round(config.evaluator.min_shift_seconds * rate)),
-          int(round(config.evaluator.max_shift_seconds * rate)))
+  return negatives.shift_steps(config.evaluator.min_shift_seconds,
+                               config.evaluator.max_shift_seconds, config.audio.sample_rate)

@@ -105,36 +105,51 @@ class GenerationEvaluator:
     self._log_mel = jax.jit(functools.partial(audio.log_mel_from_config,
                                               audio_cfg=config.audio))
 
-  def _sampler(self, sampler: str, num_steps: int, guidance: float, eta: float):
-    key = (sampler, num_steps, guidance, eta)
-    if key not in self._compiled:
-      repl = sharding.replicated(self._mesh)
-      self._compiled[key] = jax.jit(
-          functools.partial(steps.sample_step, models=self._models, config=self._config,
-                            sampler=sampler, num_steps=num_steps, guidance=guidance, eta=eta),
-          # Params keep the layout they come with (replicated, or the trainer's FSDP shards).
-          in_shardings=(None, sharding.batch_sharded(self._mesh), repl), out_shardings=repl)
-    return self._compiled[key]
+  def _sampler(self, settings: dict, params, batch, rng):
+    """The sampling program of `settings` compiled for this chunk shape: (executable, seconds
+    spent compiling it now, 0 when it was compiled before)."""
+    key = (tuple(sorted(settings.items())), batch.shape)
+    if key in self._compiled:
+      return self._compiled[key], 0.0
+    repl = sharding.replicated(self._mesh)
+    sample = jax.jit(
+        functools.partial(steps.sample_step, models=self._models, config=self._config,
+                          **settings),
+        # Params keep the layout they come with (replicated, or the trainer's FSDP shards).
+        in_shardings=(None, sharding.batch_sharded(self._mesh), repl), out_shardings=repl)
+    t0 = time.perf_counter()
+    self._compiled[key] = sample.lower(params, batch, rng).compile()
+    return self._compiled[key], time.perf_counter() - t0
 
-  def generate(self, params, frames: np.ndarray, *, sampler: str | None = None,
-               num_steps: int | None = None, guidance: float | None = None,
-               eta: float | None = None, seed: int = 0) -> np.ndarray:
+  def generate(self, params, frames: np.ndarray, **kwargs) -> np.ndarray:
+    """Log-mels (N,Ta,F) generated for videos (N,T,H,W,3); see `generate_timed`."""
+    return self.generate_timed(params, frames, **kwargs)[0]
+
+  def generate_timed(self, params, frames: np.ndarray, *, sampler: str | None = None,
+                     num_steps: int | None = None, guidance: float | None = None,
+                     eta: float | None = None, seed: int = 0) -> tuple[np.ndarray, dict]:
     """Log-mels (N,Ta,F) generated for videos (N,T,H,W,3); None = the eval.* defaults.
 
     Videos go in chunks of eval.batch_size (fewer, rounded up to the device count, when N is
-    smaller), the last chunk padded, so every chunk reuses one compiled program.
+    smaller), the last chunk padded, so every chunk reuses one compiled program. Also returns
+    {'compile_seconds': compiling that program (0 if it was already), 'seconds': sampling
+    every chunk, without the compile}.
     """
     e = self._config.eval
-    sample = self._sampler(**sampler_settings(e, sampler, num_steps, guidance, eta))
+    settings = sampler_settings(e, sampler, num_steps, guidance, eta)
     n, ndev = len(frames), self._mesh.size
     chunk = min(e.batch_size, -(-n // ndev) * ndev)
-    out = []
+    out, timing = [], {'compile_seconds': 0.0, 'seconds': 0.0}
     for i, start in enumerate(range(0, n, chunk)):
       part = frames[start:start + chunk]
       batch = sharding.padded_host_batch(self._mesh, part, chunk)
       rng = jax.random.fold_in(jax.random.key(seed), i)
+      sample, compile_seconds = self._sampler(settings, params, batch, rng)
+      timing['compile_seconds'] += compile_seconds
+      t0 = time.perf_counter()
       out.append(np.asarray(sample(params, batch, rng))[:len(part)])
-    return np.concatenate(out)
+      timing['seconds'] += time.perf_counter() - t0
+    return np.concatenate(out), timing
 
   def real_log_mel(self, waveform: np.ndarray) -> np.ndarray:
     """Log-mels (N,Ta,F) of waveforms (N,S)."""
@@ -150,13 +165,11 @@ class GenerationEvaluator:
     if self._clips is None:
       self._clips = test_clips(c, c.eval.num_generate_clips)
     clips = self._clips
-    t0 = time.perf_counter()
-    generated = self.generate(params, clips['frames'], **sampler_args)
-    seconds = time.perf_counter() - t0
+    generated, timing = self.generate_timed(params, clips['frames'], **sampler_args)
     real = self.real_log_mel(clips['waveform'])
     results = onset_scores(generated, real, clips['onsets'], frame_rate(c))
     results['gen/num_clips'] = len(generated)
-    results['gen/seconds_per_clip'] = seconds / len(generated)
+    results['gen/seconds_per_clip'] = timing['seconds'] / len(generated)
     logging.info('step %d generation (%d clips, %.2f s/clip): onset hit@100ms %.1f%% '
                  '(shuffled videos %.1f%%, real audio %s)', step, len(generated),
                  results['gen/seconds_per_clip'], results['gen/onset_hit@100ms'],

@@ -20,6 +20,20 @@ from gmscavp_jax.evaluators import generation
 from gmscavp_jax.evaluators import metrics
 
 
+# The columns of the ablation and study tables: (results key, column, lower is better,
+# decimals), and the keys their plots show.
+METRICS = (
+    ('gen/kld', 'KLD ↓', True, 2),
+    ('gen/fad', 'FAD ↓', True, 2),
+    ('gen/align_acc', 'Align Acc ↑', False, 1),
+    ('gen/onset_hit@50ms', 'onset hit@50ms ↑', False, 1),
+    ('gen/onset_hit@100ms', 'onset hit@100ms ↑', False, 1),
+) + tuple((f'retrieval/{d}_R@{k}', f'{d} R@{k}', False, 1)
+          for d in ('v2a', 'a2v') for k in (1, 5, 10))
+PLOT_METRICS = ('gen/kld', 'gen/fad', 'gen/align_acc', 'gen/onset_hit@100ms',
+                'retrieval/v2a_R@1', 'retrieval/a2v_R@1')
+
+
 def match_by_labels(labels: np.ndarray, candidates: np.ndarray) -> np.ndarray:
   """For each row of multi-hot `labels` (N,K), the first row of `candidates` (M,K) with the
   same classes, else the first with the same first class, else -1; (N,) int."""

@@ -21,10 +21,12 @@ Dtype = Any
 class GMSCAVP(nn.Module):
   """frames (B,T,H,W,3), log_mel (B,Ta,F) -> multi-scale embeddings and temperatures.
 
-  `__call__` returns {'video': [(B,T_l,S_l,D)] * L, 'audio': [(B,T_l,1,D)] * L,
-  'temperature': (L,)}. `embed_video` / `embed_audio` run one modality alone (retrieval,
-  MSD conditioning); `temperatures` returns only the clipped temperatures. Parameters are
-  float32; `dtype` is the compute dtype of the encoders and heads (embeddings are float32).
+  `__call__` returns {'video': [(B,T_l,S_l,D)] * L, 'video_features': (B,T,h,w,C) (what the
+  pyramid pooled), 'audio': [(B,T_l,1,D)] * L, 'temperature': (L,)}. `embed_video` /
+  `embed_audio` run one modality alone (retrieval, MSD conditioning); `video_features` and
+  `video_scales` are embed_video's two halves; `temperatures` returns only the clipped
+  temperatures. Parameters are float32; `dtype` is the compute dtype of the encoders and
+  heads (embeddings are float32).
   """
   video_patch: int
   video_widths: Sequence[int]
@@ -74,8 +76,17 @@ class GMSCAVP(nn.Module):
 
   def embed_video(self, frames: jnp.ndarray) -> list[jnp.ndarray]:
     """frames (B,T,H,W,3) uint8 in [0,255] or float in [0,1] -> [(B,T_l,S_l,D)] * L."""
+    return self.video_scales(self.video_features(frames))
+
+  def video_features(self, frames: jnp.ndarray) -> jnp.ndarray:
+    """frames (B,T,H,W,3) -> the video encoder's per-frame features (B,T,h,w,C)."""
     chex.assert_axis_dimension(frames, 1, self.num_frames)
-    return self.pyramid.video(self.video_encoder(frames))
+    return self.video_encoder(frames)
+
+  def video_scales(self, features: jnp.ndarray) -> list[jnp.ndarray]:
+    """Per-frame features (B,T,h,w,C) -> the pyramid's [(B,T_l,S_l,D)] * L (e.g. of features
+    made misaligned: the contrastive diffusion loss's negative conditions)."""
+    return self.pyramid.video(features)
 
   def embed_audio(self, log_mel: jnp.ndarray) -> list[jnp.ndarray]:
     """log_mel (B,Ta,F) -> [(B,T_l,1,D)] * L (audio time resampled to T video frames)."""
@@ -83,8 +94,10 @@ class GMSCAVP(nn.Module):
 
   def __call__(self, frames: jnp.ndarray, log_mel: jnp.ndarray) -> dict[str, Any]:
     chex.assert_equal_shape_prefix([frames, log_mel], 1)
+    features = self.video_features(frames)
     return {
-        'video': self.embed_video(frames),
+        'video': self.video_scales(features),
+        'video_features': features,
         'audio': self.embed_audio(log_mel),
         'temperature': self.temperatures(),
     }

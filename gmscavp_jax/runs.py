@@ -1,0 +1,206 @@
+"""Resumable queues of training and evaluation subprocesses, and what their reports share.
+
+The ablation (ablation.py) and the studies (studies.py) are lists of `Task`s: a run directory
+with its jobs (train, then evaluate), each a command line and a test of whether its output is
+already there. `run_tasks` runs what is missing, one subprocess at a time with its output in
+the task's log, continues past a failed task, and logs progress with an ETA; restarting the
+same command resumes. The rest are helpers their reports share: workdir state, --override
+parsing, mean/std, strict JSON, provenance lines.
+"""
+
+import dataclasses
+import datetime
+import json
+import math
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from typing import Callable, Sequence
+
+from absl import app
+from absl import flags
+from absl import logging
+import numpy as np
+
+from gmscavp_jax import config_validation
+
+# The flags both runners (ablation.py, studies.py) take, defined once here: absl refuses a
+# second definition of a name, and one process (a test worker) imports both runners.
+ROOT = flags.DEFINE_string('root', None, 'Directory for the runs, their logs and reports.')
+VARIANT = flags.DEFINE_string('variant', 'runlocal', 'Config variant (empty: full size).')
+OVERRIDE = flags.DEFINE_multi_string('override', [],
+                                     "FIELD=VALUE for every run's training (--config.FIELD).")
+CONFIGS_DIR = flags.DEFINE_string('configs_dir', 'configs', 'Where NAME.py files live.')
+SAMPLER = flags.DEFINE_enum('sampler', None, list(config_validation.SAMPLERS), 'For evaluate.')
+STEPS = flags.DEFINE_integer('steps', None, 'Sampling steps, for evaluate.')
+GUIDANCE = flags.DEFINE_float('guidance', None, 'Guidance scale, for evaluate.')
+flags.mark_flag_as_required('root')
+
+# (argv, log path) -> exit status: `run_subprocess`, or a fake in tests.
+RunCommand = Callable[[list, str], int]
+
+
+def eval_flags(**values) -> list[str]:
+  """['--NAME=VALUE'] for the evaluate flags given (None: left to evaluate's defaults), e.g.
+  eval_flags(sampler=SAMPLER.value, steps=STEPS.value)."""
+  return [f'--{name}={value}' for name, value in values.items() if value is not None]
+
+
+def run_subprocess(args: list, log_path: str) -> int:
+  """Runs `args` with stdout and stderr appended to `log_path`; returns the exit status."""
+  with open(log_path, 'a') as log:
+    log.write(f'\n$ {shlex.join(args)}\n')
+    log.flush()
+    return subprocess.run(args, stdout=log, stderr=subprocess.STDOUT, check=False).returncode
+
+
+def read_json(path: str) -> dict | None:
+  """The JSON object in `path`, or None if there is no such file."""
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
+def run_state(workdir: str, num_steps: int | None = None) -> tuple[bool, bool]:
+  """(trained, evaluated) of a workdir; `num_steps` overrides config.json's target."""
+  config, results = (read_json(os.path.join(workdir, f)) for f in ('config.json',
+                                                                    'results.json'))
+  if config is None or results is None:
+    return False, False
+  target = int(config['train']['num_steps']) if num_steps is None else num_steps
+  trained = results.get('step') == target
+  return trained, trained and results.get('evaluate/step') == target
+
+
+def config_flags(overrides: Sequence[str], reserved: dict[str, str] | None = None
+                 ) -> tuple[list, int | None]:
+  """--override=FIELD=VALUE -> (['--config.FIELD=VALUE', ...], overridden train.num_steps).
+
+  `reserved` maps fields the caller sets itself to the flag that sets them (an override of
+  one is a UsageError).
+  """
+  out, num_steps = [], None
+  for o in overrides:
+    field, sep, value = o.partition('=')
+    field = field.removeprefix('config.')
+    if not sep or not field or field in (reserved or {}):
+      why = f' ({field} is set by {reserved[field]})' if field in (reserved or {}) else ''
+      raise app.UsageError(f'--override={o}: want FIELD=VALUE{why}')
+    out.append(f'--config.{field}={value}')
+    if field == 'train.num_steps':
+      num_steps = int(value)  # Else a changed step count would look finished.
+  return out, num_steps
+
+
+def tail(path: str, n: int = 15) -> str:
+  """The last `n` lines of a log ('' if it does not exist)."""
+  if not os.path.exists(path):
+    return ''
+  with open(path, errors='replace') as f:
+    return ''.join(f.readlines()[-n:])
+
+
+def hms(seconds: float) -> str:
+  """Seconds as 1h02m03s or 2m03s."""
+  m, s = divmod(int(seconds), 60)
+  return f'{m // 60}h{m % 60:02d}m{s:02d}s' if m >= 60 else f'{m}m{s:02d}s'
+
+
+def stats(values: list) -> dict:
+  """Mean and sample std (ddof=1; None below two values); NaNs become None for JSON."""
+  clean = lambda x: None if x is None or not math.isfinite(x) else float(x)
+  std = float(np.std(values, ddof=1)) if len(values) >= 2 else None
+  return {'mean': clean(float(np.mean(values))), 'std': clean(std), 'n': len(values)}
+
+
+def finite(x):
+  """`x` with NaN/inf floats (a diverged metric) as None, so a report is strict JSON."""
+  if isinstance(x, dict):
+    return {k: finite(v) for k, v in x.items()}
+  if isinstance(x, (list, tuple)):
+    return [finite(v) for v in x]
+  return None if isinstance(x, float) and not math.isfinite(x) else x
+
+
+def provenance(module: str, argv: Sequence[str]) -> list[str]:
+  """Markdown list lines: the command (`python -m MODULE argv[1:]`), machine and date."""
+  cmd = shlex.join(['python', '-m', module, *argv[1:]])
+  cpu = platform.processor() or platform.machine()
+  machine = f'{platform.node()} ({platform.platform()}, {cpu}, {os.cpu_count()} CPUs)'
+  return [f'- command: `{cmd}`', f'- machine: {machine}',
+          f'- date: {datetime.datetime.now().isoformat(timespec="seconds")}']
+
+
+@dataclasses.dataclass
+class Job:
+  """One subprocess of a task: `python -m MODULE ARGS`, skipped while `done()` is true."""
+  name: str
+  args: list
+  done: Callable[[], bool]
+
+
+@dataclasses.dataclass
+class Task:
+  """A run directory's jobs, in order; the log of all of them goes to `log_path`."""
+  name: str
+  log_path: str
+  jobs: list
+
+
+def run_tasks(tasks: Sequence[Task], run_command: RunCommand = run_subprocess,
+              after_task: Callable[[], None] | None = None,
+              on_job: Callable[[Task, Job, float], None] | None = None) -> list[str]:
+  """Runs each task's jobs that are not done; returns the names of the tasks that failed.
+
+  A job fails when its subprocess exits non-zero, or exits 0 without making `done()` true;
+  the task's later jobs are then skipped and the next task starts. `after_task` runs after
+  every task that ran a job (e.g. to rewrite a report, so an interrupted queue leaves one);
+  `on_job(task, job, seconds)` after every job that finished.
+  """
+  todo = sum(not all(job.done() for job in t.jobs) for t in tasks)
+  start, durations, failed = time.time(), [], []
+  for i, task in enumerate(tasks, 1):
+    t0, did, error = time.time(), [], None
+    for job in task.jobs:
+      if job.done():
+        continue
+      logging.info('[%d/%d] %s: %s (log %s)', i, len(tasks), task.name, job.name,
+                   task.log_path)
+      t_job = time.time()
+      code = run_command([sys.executable, '-m', *job.args], task.log_path)
+      did.append(job.name)
+      if code == 0 and not job.done():
+        error = f'{job.name} exited 0 but its output does not show it finished'
+      elif code != 0:
+        error = f'{job.name} exited with status {code}'
+      if error:
+        break
+      if on_job is not None:
+        on_job(task, job, time.time() - t_job)
+    if did:
+      durations.append(time.time() - t0)
+      todo -= 1
+    if error:
+      failed.append(task.name)
+      logging.error('[%d/%d] %s FAILED: %s; log %s, last lines:\n%s', i, len(tasks), task.name,
+                    error, task.log_path, tail(task.log_path))
+    if did and after_task is not None:
+      after_task()
+    eta = hms(np.mean(durations) * todo) if durations else '?'
+    logging.info('[%d/%d] %s: %s in %s (elapsed %s, ETA %s)', i, len(tasks), task.name,
+                 '+'.join(did) + (' FAILED' if error else '') or 'already done',
+                 hms(time.time() - t0), hms(time.time() - start), eta)
+  if failed:
+    logging.error('%d of %d tasks failed: %s', len(failed), len(tasks), ', '.join(failed))
+  return failed
+
+
+def write_json(path: str, obj) -> None:
+  """Writes `obj` as strict JSON (non-finite floats as null), atomically."""
+  with open(path + '.tmp', 'w') as f:
+    json.dump(finite(obj), f, indent=2, allow_nan=False)
+  os.replace(path + '.tmp', path)
