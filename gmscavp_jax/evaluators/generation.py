@@ -64,15 +64,48 @@ def sampler_settings(eval_cfg: ml_collections.ConfigDict, sampler: str | None = 
           'eta': eval_cfg.eta if eta is None else eta}
 
 
+def jit_sampler(sample_fn, mesh: Mesh, **static):
+  """sample_fn(params, inputs, rng, **static) jitted for `mesh`: inputs split over the batch
+  axes, output replicated, params in the layout they come with (replicated, or the
+  trainer's FSDP shards)."""
+  repl = sharding.replicated(mesh)
+  return jax.jit(functools.partial(sample_fn, **static),
+                 in_shardings=(None, sharding.batch_sharded(mesh), repl), out_shardings=repl)
+
+
+def map_in_chunks(fn, inputs: np.ndarray, mesh: Mesh, max_chunk: int,
+                  seed: int) -> np.ndarray:
+  """fn(batch, rng) over `inputs` (N, ...) in chunks, concatenated back to (N, ...) numpy.
+
+  Chunks hold max_chunk rows (fewer, rounded up to the device count, when N is smaller),
+  are split over the mesh's batch axes, and the last is padded by repeating its last row,
+  so every chunk reuses one compiled program; chunk i gets fold_in(key(seed), i).
+  """
+  n, ndev = len(inputs), mesh.size
+  chunk = min(max_chunk, -(-n // ndev) * ndev)
+  out = []
+  for i, start in enumerate(range(0, n, chunk)):
+    part = inputs[start:start + chunk]
+    pad = chunk - len(part)
+    if pad:
+      part = np.concatenate([part, np.repeat(part[-1:], pad, axis=0)])
+    batch = jax.make_array_from_callback(part.shape, sharding.batch_sharded(mesh),
+                                         lambda idx, part=part: part[idx])
+    out.append(np.asarray(fn(batch, jax.random.fold_in(jax.random.key(seed), i)))[:chunk - pad])
+  return np.concatenate(out)
+
+
 def onset_scores(generated: np.ndarray, real: np.ndarray, onsets: list | None,
-                 rate: float) -> dict:
+                 rate: float, prefix: str = 'gen', tolerances_ms=TOLERANCES_MS) -> dict:
   """Onset hit-rates (percent) of generated log-mels (N,Ta,F) against true `onsets`.
 
   Keys: gen/onset_hit@{50,100}ms (share of true onsets matched by a detected onset within
   the tolerance), gen/onset_precision@100ms, gen/onset_f1@100ms, the same hit-rates with
   suffix `_shuffled` (clip i's audio scored against clip i+1's onsets) and `_real` (onsets
   detected in the real log-mels `real`). `onsets` None (no true times): the reference is
-  the onsets detected in `real`, and there is no `_real` key.
+  the onsets detected in `real`, and there is no `_real` key. `prefix` replaces 'gen' and
+  `tolerances_ms` the tolerances (precision and F1 at the largest); any (N,steps,features)
+  arrays at `rate` steps per second work, e.g. frames (N,T,h*w*3) at the frame rate.
   """
   detected = [metrics.detect_onsets(m, rate) for m in generated]
   detected_real = [metrics.detect_onsets(m, rate) for m in real]
@@ -80,17 +113,17 @@ def onset_scores(generated: np.ndarray, real: np.ndarray, onsets: list | None,
   onsets = onsets if has_truth else detected_real
   shuffled_ref = onsets[1:] + onsets[:1]
   out = {}
-  for ms in TOLERANCES_MS:
+  for ms in tolerances_ms:
     tol = ms / 1000
     gen = metrics.onset_hit_rate(detected, onsets, tol)
-    out[f'gen/onset_hit@{ms}ms'] = gen['hit_rate']
-    if ms == 100:
-      out['gen/onset_precision@100ms'] = gen['precision']
-      out['gen/onset_f1@100ms'] = gen['f1']
-    out[f'gen/onset_hit@{ms}ms_shuffled'] = metrics.onset_hit_rate(
+    out[f'{prefix}/onset_hit@{ms}ms'] = gen['hit_rate']
+    if ms == max(tolerances_ms):
+      out[f'{prefix}/onset_precision@{ms}ms'] = gen['precision']
+      out[f'{prefix}/onset_f1@{ms}ms'] = gen['f1']
+    out[f'{prefix}/onset_hit@{ms}ms_shuffled'] = metrics.onset_hit_rate(
         detected, shuffled_ref, tol)['hit_rate']
     if has_truth:
-      out[f'gen/onset_hit@{ms}ms_real'] = metrics.onset_hit_rate(
+      out[f'{prefix}/onset_hit@{ms}ms_real'] = metrics.onset_hit_rate(
           detected_real, onsets, tol)['hit_rate']
   return out
 
@@ -108,12 +141,9 @@ class GenerationEvaluator:
   def _sampler(self, sampler: str, num_steps: int, guidance: float, eta: float):
     key = (sampler, num_steps, guidance, eta)
     if key not in self._compiled:
-      repl = sharding.replicated(self._mesh)
-      self._compiled[key] = jax.jit(
-          functools.partial(steps.sample_step, models=self._models, config=self._config,
-                            sampler=sampler, num_steps=num_steps, guidance=guidance, eta=eta),
-          # Params keep the layout they come with (replicated, or the trainer's FSDP shards).
-          in_shardings=(None, sharding.batch_sharded(self._mesh), repl), out_shardings=repl)
+      self._compiled[key] = jit_sampler(
+          steps.sample_step, self._mesh, models=self._models, config=self._config,
+          sampler=sampler, num_steps=num_steps, guidance=guidance, eta=eta)
     return self._compiled[key]
 
   def generate(self, params, frames: np.ndarray, *, sampler: str | None = None,
@@ -126,19 +156,8 @@ class GenerationEvaluator:
     """
     e = self._config.eval
     sample = self._sampler(**sampler_settings(e, sampler, num_steps, guidance, eta))
-    n, ndev = len(frames), self._mesh.size
-    chunk = min(e.batch_size, -(-n // ndev) * ndev)
-    out = []
-    for i, start in enumerate(range(0, n, chunk)):
-      part = frames[start:start + chunk]
-      pad = chunk - len(part)
-      if pad:
-        part = np.concatenate([part, np.repeat(part[-1:], pad, axis=0)])
-      batch = jax.make_array_from_callback(part.shape, sharding.batch_sharded(self._mesh),
-                                           lambda idx, part=part: part[idx])
-      rng = jax.random.fold_in(jax.random.key(seed), i)
-      out.append(np.asarray(sample(params, batch, rng))[:chunk - pad])
-    return np.concatenate(out)
+    return map_in_chunks(lambda batch, rng: sample(params, batch, rng), frames, self._mesh,
+                         e.batch_size, seed)
 
   def real_log_mel(self, waveform: np.ndarray) -> np.ndarray:
     """Log-mels (N,Ta,F) of waveforms (N,S)."""
