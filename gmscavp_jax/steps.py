@@ -137,16 +137,24 @@ def make_optimizer(train_cfg: ml_collections.ConfigDict,
 
 
 def make_optimizers(config: ml_collections.ConfigDict) -> dict:
-  """{'encoders': tx, 'denoiser': tx}, each decaying over the steps that train its group."""
+  """{'encoders': tx, 'denoiser': tx} (and 'video_denoiser' with bidirectional training),
+  each decaying over the steps that train its group."""
   total, d = config.train.num_steps, config.diffusion
   if d.training == 'frozen':
     steps = {'encoders': d.encoder_steps, 'denoiser': total - d.encoder_steps}
   else:
     steps = {'encoders': total, 'denoiser': total}
+  txs = {k: make_optimizer(config.train, n) for k, n in steps.items()}
   every = bidirectional.interval(config)
-  if every:  # One a2v update every `every` steps of the denoiser's phase.
-    steps['video_denoiser'] = max(steps['denoiser'] // every, 1)
-  return {k: make_optimizer(config.train, n) for k, n in steps.items()}
+  if every:
+    # One a2v update every `every` steps of the denoiser's phase: its warmup and decay are
+    # counted in those updates, so they span the same steps as the denoiser's.
+    a2v_train = config.train.copy_and_resolve_references()
+    a2v_train.warmup_steps //= every
+    if a2v_train.decay_steps:
+      a2v_train.decay_steps = max(a2v_train.decay_steps // every, a2v_train.warmup_steps + 1)
+    txs['video_denoiser'] = make_optimizer(a2v_train, max(steps['denoiser'] // every, 1))
+  return txs
 
 
 def num_mel_frames(config: ml_collections.ConfigDict) -> int:

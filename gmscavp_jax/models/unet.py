@@ -164,31 +164,12 @@ class UNet(nn.Module):
           h.shape[1], st, ta, self.widths[0], dt, b)
       h = h + aligned[:, :, None, :]
 
-    # Down path: one skip per ResBlock (the last one after the level's attention).
-    skips = []
-    for i, width in enumerate(self.widths):
-      if i > 0:
-        h = layers.Downsample2D(width, self.num_groups, dt, name=f'down{i}')(h)
-      for j in range(self.blocks_per_level):
-        h = res_block(width, self.num_groups, dt, name=f'down{i}_block{j}')(h, emb)
-        if i in self.attention_levels and j == self.blocks_per_level - 1:
-          h = attention(h, i, f'down{i}')
-        skips.append(h)
-
-    h = res_block(self.widths[-1], self.num_groups, dt, name='mid_block0')(h, emb)
-    h = attention(h, n - 1, 'mid')
-    h = res_block(self.widths[-1], self.num_groups, dt, name='mid_block1')(h, emb)
-
-    for i in reversed(range(n)):
-      width = self.widths[i]
-      for j in range(self.blocks_per_level):
-        h = jnp.concatenate([h, skips.pop()], axis=-1)
-        h = res_block(width, self.num_groups, dt, name=f'up{i}_block{j}')(h, emb)
-      if i in self.attention_levels:
-        h = attention(h, i, f'up{i}')
-      if i > 0:
-        h = blocks.Upsample(self.widths[i - 1], dt, name=f'up{i}_upsample')(h)
-    assert not skips
+    h = blocks.unet_trunk(
+        h, emb, widths=self.widths, attention_levels=self.attention_levels,
+        blocks_per_level=self.blocks_per_level, num_groups=self.num_groups, dtype=dt,
+        res_block=res_block, attention=attention,
+        down=lambda width, name: layers.Downsample2D(width, self.num_groups, dt, name=name),
+        up=lambda width, name: blocks.Upsample(width, dt, name=name))
 
     # Zero-initialised output (standard for diffusion): the untrained model predicts 0. A 1x1
     # conv, so each position's patch is a linear read-out of its features (as DiT's final

@@ -165,6 +165,45 @@ def aligned_condition(module: nn.Module, scale: jnp.ndarray | None, drop: jnp.nd
   return select_null(drop, null_aligned, aligned)
 
 
+def unet_trunk(h: jnp.ndarray, emb: jnp.ndarray, *, widths, attention_levels,
+               blocks_per_level: int, num_groups: int, dtype: Dtype, res_block, attention,
+               down, up) -> jnp.ndarray:
+  """The down / middle / up path both denoisers share, on the stem's output h.
+
+  Down: per level `blocks_per_level` ResBlocks (one skip each, the last after the level's
+  attention in `attention_levels`), then `down(width, name)(h)` into the next level; middle:
+  ResBlock, attention at the last level, ResBlock; up: mirrored, each ResBlock on the
+  concatenated skip, then attention, then `up(width, name)(h)` back to the finer level.
+  `attention(h, level, prefix)` applies a level's self- and cross-attention. Modules are
+  created (with these names) in the caller's module. Returns the finest level's features.
+  """
+  n = len(widths)
+  skips = []
+  for i, width in enumerate(widths):
+    if i > 0:
+      h = down(width, f'down{i}')(h)
+    for j in range(blocks_per_level):
+      h = res_block(width, num_groups, dtype, name=f'down{i}_block{j}')(h, emb)
+      if i in attention_levels and j == blocks_per_level - 1:
+        h = attention(h, i, f'down{i}')
+      skips.append(h)
+
+  h = res_block(widths[-1], num_groups, dtype, name='mid_block0')(h, emb)
+  h = attention(h, n - 1, 'mid')
+  h = res_block(widths[-1], num_groups, dtype, name='mid_block1')(h, emb)
+
+  for i in reversed(range(n)):
+    for j in range(blocks_per_level):
+      h = jnp.concatenate([h, skips.pop()], axis=-1)
+      h = res_block(widths[i], num_groups, dtype, name=f'up{i}_block{j}')(h, emb)
+    if i in attention_levels:
+      h = attention(h, i, f'up{i}')
+    if i > 0:
+      h = up(widths[i - 1], f'up{i}_upsample')(h)
+  assert not skips
+  return h
+
+
 class ResBlock(nn.Module):
   """Residual block with embedding injection: (B,X,Y,C), emb (B,E) -> (B,X,Y,features).
 

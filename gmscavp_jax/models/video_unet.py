@@ -20,6 +20,7 @@ Classifier-free guidance as in the UNet: `drop_condition` (B,) or audio_scales=N
 learned nulls. `dtype` is the compute dtype; params and the output are float32.
 """
 
+import functools
 from typing import Any, Sequence
 
 import chex
@@ -150,30 +151,15 @@ class VideoUNet(nn.Module):
           num_frames, 1, num_frames, self.widths[0], dt, b)
       h = h + aligned[:, :, None, None, :]
 
-    skips = []
-    for i, level_width in enumerate(self.widths):
-      if i > 0:
-        h = layers.per_frame(
-            layers.Downsample2D(level_width, self.num_groups, dt, name=f'down{i}'), h)
-      for j in range(self.blocks_per_level):
-        h = res_block(level_width, self.num_groups, dt, name=f'down{i}_block{j}')(h, emb)
-        if i in self.attention_levels and j == self.blocks_per_level - 1:
-          h = attention(h, i, f'down{i}')
-        skips.append(h)
-
-    h = res_block(self.widths[-1], self.num_groups, dt, name='mid_block0')(h, emb)
-    h = attention(h, n - 1, 'mid')
-    h = res_block(self.widths[-1], self.num_groups, dt, name='mid_block1')(h, emb)
-
-    for i in reversed(range(n)):
-      for j in range(self.blocks_per_level):
-        h = jnp.concatenate([h, skips.pop()], axis=-1)
-        h = res_block(self.widths[i], self.num_groups, dt, name=f'up{i}_block{j}')(h, emb)
-      if i in self.attention_levels:
-        h = attention(h, i, f'up{i}')
-      if i > 0:
-        h = layers.per_frame(blocks.Upsample(self.widths[i - 1], dt, name=f'up{i}_upsample'), h)
-    assert not skips
+    # Resolution changes act on each frame; time is never pooled.
+    h = blocks.unet_trunk(
+        h, emb, widths=self.widths, attention_levels=self.attention_levels,
+        blocks_per_level=self.blocks_per_level, num_groups=self.num_groups, dtype=dt,
+        res_block=res_block, attention=attention,
+        down=lambda width, name: functools.partial(
+            layers.per_frame, layers.Downsample2D(width, self.num_groups, dt, name=name)),
+        up=lambda width, name: functools.partial(
+            layers.per_frame, blocks.Upsample(width, dt, name=name)))
 
     # Zero-initialised 1x1 read-out of each stem patch's p x p x 3 values (as the UNet's).
     h = nn.silu(layers.group_norm(self.num_groups, dt, 'norm_out')(h))
