@@ -269,9 +269,9 @@ def apply_variant(c: ml_collections.ConfigDict, arg: str | None) -> ml_collectio
     # channels) keeps the paper's eps.
     c.diffusion.prediction = 'v'
     # 16x16 frames (4x4-pixel blocks of the 64x64 input: objects stay a few pixels wide) in
-    # 4x4 stem patches: a 4x4 then 2x2 grid of 16 frames, 16 of the 32 examples. With 2x2
-    # patches, (32, 64) widths and the whole batch an a2v step cost 2.5 s more than a joint
-    # step (0.9 s; 2 loaded cores), with 4x4 patches and (48, 96) 1.0 s more.
+    # 4x4 stem patches: a 4x4 then 2x2 grid of 16 frames, 16 of the 32 examples: a joint
+    # step takes 0.36 s, a joint+a2v step 0.68 s (2 cores shared with other jobs). With 2x2
+    # patches, (32, 64) widths and the whole batch the a2v part cost 2.5 s (heavier load).
     c.a2v.image_size = 16
     c.a2v.stem_patch = 4
     c.a2v.widths = (48, 96)
