@@ -128,6 +128,34 @@ def base_config() -> ml_collections.ConfigDict:
   c.diffusion.mel_mean = -7.5
   c.diffusion.mel_std = 2.5
 
+  # Bidirectional diffusion (papers/002): an audio->video denoiser (models/video_unet.py)
+  # that generates the clip's T frames at a2v.image_size^2 (area-downsampled from
+  # data.image_size, pixels in [-1, 1]) conditioned on the shared audio encoder's scales.
+  # It trains when train.bidirectional_interval > 0, with the diffusion.* schedule,
+  # prediction and condition_dropout of the MSD denoiser.
+  c.a2v = ml_collections.ConfigDict()
+  c.a2v.image_size = 32  # Side of the generated frames; must divide data.image_size.
+  c.a2v.widths = (64, 128, 256)  # Channels per level; each level halves height and width.
+  c.a2v.attention_levels = (2,)  # Levels with self- and cross-attention (and the middle).
+  # Audio scale each level cross-attends to; empty: level i attends to scale min(i, L-2),
+  # the finest temporal scales (the clip level reaches every block through the embedding).
+  c.a2v.level_scales = ()
+  c.a2v.blocks_per_level = 2
+  c.a2v.num_groups = 8
+  c.a2v.num_heads = 4
+  c.a2v.stem_patch = 2  # Square patch of the stem (3 * patch^2 <= widths[0]).
+  c.a2v.aligned_conditioning = True  # Add per-frame audio features at every pixel.
+  c.a2v.loss_weight = 1.0  # L += loss_weight * L_a2v on the steps that train it.
+  # Examples of each batch the a2v loss uses (the first ones; 0 = the whole batch): the
+  # a2v UNet costs about as much as the MSD UNet, and fewer examples keep k = 1 affordable.
+  c.a2v.batch_size = 0
+  # 'joint': keep the a2v loss's gradients out of the audio encoder (in 'frozen' training
+  # the a2v denoiser trains in the generator phase on frozen audio features anyway).
+  c.a2v.stop_gradient = False
+  c.a2v.guidance = 3.0  # Classifier-free guidance scale of a2v sampling.
+  # Test clips whose frames are generated (and scored: gen_a2v/*) at each evaluation.
+  c.a2v.num_eval_clips = 16
+
   # Optimisation.
   c.train = ml_collections.ConfigDict()
   c.train.num_steps = 100_000
@@ -152,6 +180,10 @@ def base_config() -> ml_collections.ConfigDict:
   # Skipped updates: a step whose loss or gradient is not finite leaves params and optimizer
   # state as they were (counted as train/skipped); this many in a row stop the run.
   c.train.max_skipped_steps = 20
+  # Bidirectional diffusion: steps with step % k == 0 also train the a2v denoiser (config.a2v)
+  # on the batch's audio; 0 = off (no a2v params, today's programs). Only with
+  # diffusion.training 'joint' (every k-th step) or 'frozen' (every k-th generator step).
+  c.train.bidirectional_interval = 0
 
   # Device mesh (DESIGN §6): mesh.data x mesh.fsdp devices (-1: whatever the other leaves).
   # Batches are split over both axes; params and optimizer state are sharded along 'fsdp'
@@ -261,6 +293,16 @@ def apply_variant(c: ml_collections.ConfigDict, arg: str | None) -> ml_collectio
     # 400). A v error reaches x0 multiplied by s <= 1. Full size (1x4 patches of 128
     # channels) keeps the paper's eps.
     c.diffusion.prediction = 'v'
+    # 16x16 frames (4x4-pixel blocks of the 64x64 input: objects stay a few pixels wide) in
+    # 4x4 stem patches: a 4x4 then 2x2 grid of 16 frames, 16 of the 32 examples: a joint
+    # step takes 0.36 s, a joint+a2v step 0.68 s (2 cores shared with other jobs). With 2x2
+    # patches, (32, 64) widths and the whole batch the a2v part cost 2.5 s (heavier load).
+    c.a2v.image_size = 16
+    c.a2v.stem_patch = 4
+    c.a2v.widths = (48, 96)
+    c.a2v.attention_levels = (1,)
+    c.a2v.blocks_per_level = 1
+    c.a2v.batch_size = 16
     if c.diffusion.training == 'frozen':
       # The same number of UNet steps as the joint configs, after the same contrastive stage.
       c.diffusion.encoder_steps = c.train.num_steps

@@ -82,6 +82,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
 
   _validate_generator(config, num_scales=len(pools))
   _validate_contrastive_diffusion(config)
+  _validate_a2v(config, num_scales=len(pools))
 
   _require(t.num_steps > 0, 'train.num_steps', 'a positive step count', t.num_steps)
   _require(t.batch_size > 0, 'train.batch_size', 'a positive global batch', t.batch_size)
@@ -244,3 +245,42 @@ def _validate_contrastive_diffusion(config: ml_collections.ConfigDict) -> None:
            f'({seconds:g} s) by at least a frame at data.fps={d.fps:g} (shifts of '
            f'{min_shift}..{max_shift} of {d.num_frames} frames)',
            (l.cdiff_min_shift_seconds, l.cdiff_max_shift_seconds))
+
+
+def _validate_a2v(config: ml_collections.ConfigDict, num_scales: int) -> None:
+  """train.bidirectional_interval and, when it is on, the a2v denoiser's fields."""
+  k = config.train.get('bidirectional_interval', 0)
+  _require(isinstance(k, int) and k >= 0, 'train.bidirectional_interval',
+           'an integer >= 0 (0 = off: no audio->video denoiser)', k)
+  if not k:
+    return
+  _require(config.diffusion.training in ('joint', 'frozen'), 'train.bidirectional_interval',
+           f"0 with diffusion.training={config.diffusion.training!r} (the a2v denoiser "
+           "trains beside the MSD denoiser: 'joint' or 'frozen')", k)
+  a, image = config.a2v, config.data.image_size
+  widths = tuple(a.widths)
+  _require(len(widths) >= 1 and all(w > 0 and w % a.num_groups == 0 for w in widths),
+           'a2v.widths', f'positive widths divisible by a2v.num_groups={a.num_groups}', widths)
+  _require(a.num_heads >= 1 and all(w % a.num_heads == 0 for w in widths), 'a2v.num_heads',
+           f'a divisor of every a2v width {widths}', a.num_heads)
+  _require(all(0 <= i < len(widths) for i in a.attention_levels), 'a2v.attention_levels',
+           f'level indices below {len(widths)}', a.attention_levels)
+  _require(len(a.level_scales) in (0, len(widths)) and
+           all(0 <= s < num_scales for s in a.level_scales), 'a2v.level_scales',
+           f'empty or one audio scale index in [0, {num_scales}) per level ({len(widths)})',
+           a.level_scales)
+  _require(a.blocks_per_level >= 1, 'a2v.blocks_per_level', 'a positive integer',
+           a.blocks_per_level)
+  _require(a.stem_patch >= 1 and 3 * a.stem_patch**2 <= widths[0], 'a2v.stem_patch',
+           f'a patch side p >= 1 with 3 p^2 <= a2v.widths[0]={widths[0]}', a.stem_patch)
+  mult = a.stem_patch * 2**(len(widths) - 1)
+  _require(a.image_size > 0 and image % a.image_size == 0 and a.image_size % mult == 0,
+           'a2v.image_size', f'a divisor of data.image_size={image} and a multiple of '
+           f'stem_patch * 2^(levels-1) = {mult}', a.image_size)
+  _require(a.loss_weight >= 0, 'a2v.loss_weight', 'a non-negative weight', a.loss_weight)
+  _require(0 <= a.batch_size <= config.train.batch_size, 'a2v.batch_size',
+           f'0 (the whole batch) or at most train.batch_size={config.train.batch_size}',
+           a.batch_size)
+  _require(a.guidance >= 0, 'a2v.guidance', 'a guidance scale >= 0', a.guidance)
+  _require(0 <= a.num_eval_clips <= config.eval.num_test_clips, 'a2v.num_eval_clips',
+           f'in [0, eval.num_test_clips={config.eval.num_test_clips}]', a.num_eval_clips)

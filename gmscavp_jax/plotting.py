@@ -40,7 +40,7 @@ def similarity_matrix(sim: np.ndarray, path: str, title: str, labels: np.ndarray
   return _save_and_decode(fig, path)
 
 
-LOSS_KEYS = ('train/loss', 'train/loss/msa', 'train/loss/msd_loss')
+LOSS_KEYS = ('train/loss', 'train/loss/msa', 'train/loss/msd_loss', 'train/loss/a2v_loss')
 
 
 def loss_curves(rows: list[dict], path: str, keys=LOSS_KEYS) -> None:
@@ -169,4 +169,43 @@ def study_lines(series: dict, path: str, metrics, xlabel: str, *, log_x: bool = 
   if title:
     fig.suptitle(title, fontsize=10)
   fig.tight_layout(rect=(0, 0.06 if len(labels) > 1 else 0, 1, 1))
+  return _save_and_decode(fig, path)
+
+
+def frame_strip(generated: np.ndarray, path: str, title: str, real: np.ndarray | None = None,
+                fps: float | None = None, onsets: list | None = None) -> np.ndarray:
+  """Saves generated clips (N,T,h,w,3) uint8 as rows of frames, each above its real frames.
+
+  Frame j of a row is the clip at j / fps seconds; `onsets` (N lists of seconds, with `fps`)
+  marks the sound onsets of each clip above its frames. Returns the PNG (H, W, 3) uint8.
+  """
+  n, t, h, w, _ = generated.shape
+  rows = [(i, name, clips[i]) for i in range(n)
+          for name, clips in [('generated', generated)] + ([('real', real)] if real is not None
+                                                           else [])]
+  gap = max(1, w // 16)
+  width_in = min(14.0, max(6.0, 0.7 * t + 0.5))
+  row_in = width_in * h / (t * (w + gap)) + 0.35
+  fig, axes = plt.subplots(len(rows), 1, figsize=(width_in, row_in * len(rows) + 0.8),
+                           squeeze=False)
+  for r, (ax, (i, name, clip)) in enumerate(zip(axes[:, 0], rows)):
+    strip = np.full((h, t * (w + gap) - gap, 3), 255, np.uint8)
+    for j in range(t):
+      strip[:, j * (w + gap):j * (w + gap) + w] = clip[j]
+    ax.imshow(strip, interpolation='nearest')
+    if onsets is not None and fps:
+      for onset in onsets[i]:
+        ax.plot(onset * fps * (w + gap), -0.5, marker='v', color='tab:cyan', ms=5, clip_on=False)
+    ax.set_title(f'clip {i}: {name}', fontsize=8, loc='left')
+    ax.set_yticks([])
+    if r == len(rows) - 1:  # Frame times once, under the last row.
+      ax.set_xticks([j * (w + gap) + w / 2 for j in range(t)],
+                    [f'{j / fps:.2f}' if fps else str(j) for j in range(t)], fontsize=6)
+      ax.set_xlabel('seconds' if fps else 'frame', fontsize=7)
+    else:
+      ax.set_xticks([])
+  if onsets is not None and fps:
+    title += '\n(triangles: sound onsets)'
+  fig.suptitle(title, fontsize=9)
+  fig.tight_layout()
   return _save_and_decode(fig, path)

@@ -11,6 +11,11 @@ optimizer, so a training phase updates exactly the part it trains (Table 3):
 
 With loss.cdiff_weight > 0, L_MSD includes CMMD's contrastive diffusion term (eq. 4 in a
 bounded form, `msd_loss`).
+
+With train.bidirectional_interval = k > 0 there is a third group, 'video_denoiser' (the a2v
+denoiser, bidirectional.py), and every k-th step of 'joint' or 'generator' runs as
+'joint+a2v' / 'generator+a2v': the same loss plus a2v.loss_weight L_a2v, which also updates
+video_denoiser (and, in 'joint', reaches the audio encoder unless a2v.stop_gradient).
 """
 
 from collections.abc import Callable
@@ -23,6 +28,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from gmscavp_jax import bidirectional
 from gmscavp_jax.data import audio
 from gmscavp_jax.data import negatives
 from gmscavp_jax.diffusion import objectives
@@ -32,10 +38,13 @@ from gmscavp_jax.losses import contrastive
 from gmscavp_jax.models import gmscavp
 from gmscavp_jax.models import pyramid
 from gmscavp_jax.models import unet as unet_lib
+from gmscavp_jax.models import video_unet
 
 # Which parameter groups each phase trains.
 TRAINED = {'contrastive': ('encoders',), 'joint': ('encoders', 'denoiser'),
            'generator': ('denoiser',)}
+TRAINED.update({p + bidirectional.A2V: TRAINED[p] + ('video_denoiser',)
+                for p in bidirectional.A2V_PHASES})
 
 
 class NonFiniteError(RuntimeError):
@@ -51,9 +60,11 @@ class TrainState:
 
 
 class Models(NamedTuple):
-  """The two Flax modules: encoders + pyramid (GMSCAVP) and the MSD denoiser (UNet)."""
+  """The Flax modules: encoders + pyramid (GMSCAVP), the MSD denoiser (UNet) and, with
+  bidirectional training, the a2v denoiser (VideoUNet; None when it is off)."""
   encoders: gmscavp.GMSCAVP
   denoiser: unet_lib.UNet
+  video_denoiser: video_unet.VideoUNet | None = None
 
 
 def build_models(config: ml_collections.ConfigDict) -> Models:
@@ -62,7 +73,9 @@ def build_models(config: ml_collections.ConfigDict) -> Models:
   dtype = jnp.dtype(config.train.get('compute_dtype', 'float32'))
   remat = config.train.get('remat', 'none')
   return Models(gmscavp.build_model(config, dtype, remat),
-                unet_lib.build_unet(config, dtype=dtype, remat=remat))
+                unet_lib.build_unet(config, dtype=dtype, remat=remat),
+                video_unet.build_video_unet(config, dtype, remat)
+                if bidirectional.interval(config) else None)
 
 
 def phase_at(config: ml_collections.ConfigDict, step: int) -> str:
@@ -79,6 +92,26 @@ def generator_trained(config: ml_collections.ConfigDict, step: int) -> bool:
   """Whether the denoiser has been trained by the end of step `step`."""
   # The generator trains from step 1 ('joint') or only in the last phase ('frozen').
   return step >= 1 and phase_at(config, step) != 'contrastive'
+
+
+def train_phase(config: ml_collections.ConfigDict, step: int) -> str:
+  """The compiled step that takes step `step`: `phase_at`'s phase, plus bidirectional.A2V
+  on the steps that also train the a2v denoiser (step % bidirectional_interval == 0)."""
+  phase, k = phase_at(config, step), bidirectional.interval(config)
+  if k and step % k == 0 and phase in bidirectional.A2V_PHASES:
+    return phase + bidirectional.A2V
+  return phase
+
+
+def a2v_trained(config: ml_collections.ConfigDict, step: int) -> bool:
+  """Whether the a2v denoiser has taken an update by the end of step `step`."""
+  k = bidirectional.interval(config)
+  if not k or config.diffusion.training not in ('joint', 'frozen'):
+    return False
+  # Its first update: step k ('joint'), or the first multiple of k after the encoder stage.
+  first = k if config.diffusion.training == 'joint' else (
+      config.diffusion.encoder_steps // k + 1) * k
+  return step >= first
 
 
 def make_optimizer(train_cfg: ml_collections.ConfigDict,
@@ -108,13 +141,24 @@ def make_optimizer(train_cfg: ml_collections.ConfigDict,
 
 
 def make_optimizers(config: ml_collections.ConfigDict) -> dict:
-  """{'encoders': tx, 'denoiser': tx}, each decaying over the steps that train its group."""
+  """{'encoders': tx, 'denoiser': tx} (and 'video_denoiser' with bidirectional training),
+  each decaying over the steps that train its group."""
   total, d = config.train.num_steps, config.diffusion
   if d.training == 'frozen':
     steps = {'encoders': d.encoder_steps, 'denoiser': total - d.encoder_steps}
   else:
     steps = {'encoders': total, 'denoiser': total}
-  return {k: make_optimizer(config.train, n) for k, n in steps.items()}
+  txs = {k: make_optimizer(config.train, n) for k, n in steps.items()}
+  every = bidirectional.interval(config)
+  if every:
+    # One a2v update every `every` steps of the denoiser's phase: its warmup and decay are
+    # counted in those updates, so they span the same steps as the denoiser's.
+    a2v_train = config.train.copy_and_resolve_references()
+    a2v_train.warmup_steps //= every
+    if a2v_train.decay_steps:
+      a2v_train.decay_steps = max(a2v_train.decay_steps // every, a2v_train.warmup_steps + 1)
+    txs['video_denoiser'] = make_optimizer(a2v_train, max(steps['denoiser'] // every, 1))
+  return txs
 
 
 def num_mel_frames(config: ml_collections.ConfigDict) -> int:
@@ -139,7 +183,7 @@ def dummy_video_scales(config: ml_collections.ConfigDict, batch_size: int = 1) -
 
 def init_state(config: ml_collections.ConfigDict, models: Models, txs: dict,
                rng: jax.Array) -> TrainState:
-  """Fresh params of both groups from `rng` and their optimizer states (step 0)."""
+  """Fresh params of every group from `rng` and their optimizer states (step 0)."""
   enc_rng, den_rng = jax.random.split(rng)
   frames, mel = dummy_inputs(config)
   params = {
@@ -147,6 +191,14 @@ def init_state(config: ml_collections.ConfigDict, models: Models, txs: dict,
       'denoiser': models.denoiser.init(den_rng, mel, jnp.zeros((1,), jnp.int32),
                                        dummy_video_scales(config))['params'],
   }
+  if models.video_denoiser is not None:
+    # A key of its own (the split above is unchanged): the other groups start as without it.
+    size = config.a2v.image_size
+    low_res = jnp.zeros((1, config.data.num_frames, size, size, 3))
+    audio_scales = [x[:, :, :1] for x in dummy_video_scales(config)]
+    params['video_denoiser'] = models.video_denoiser.init(
+        jax.random.fold_in(rng, 2), low_res, jnp.zeros((1,), jnp.int32),
+        audio_scales)['params']
   opt_state = {k: txs[k].init(params[k]) for k in params}
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state)
 
@@ -232,6 +284,8 @@ def loss_fn(params, batch: dict, rng: jax.Array, *, models: Models,
   """The phase's loss of one global batch (contrastive negatives span the whole batch)."""
   chex.assert_rank(batch['frames'], 5)
   chex.assert_rank(batch['waveform'], 2)
+  with_a2v = phase.endswith(bidirectional.A2V)
+  phase = phase.removesuffix(bidirectional.A2V)
   mel = log_mel(batch, config)
   enc = {'params': params['encoders']}
   total, metrics = jnp.zeros((), jnp.float32), {}
@@ -263,6 +317,18 @@ def loss_fn(params, batch: dict, rng: jax.Array, *, models: Models,
                                 models=models, config=config, negative_scales=negative)
     total += config.loss.msd_weight * msd
     metrics.update({f'loss/{k}': v for k, v in msd_metrics.items()})
+  if with_a2v:
+    # The joint phase has the audio scales already; the generator phase's encoders are frozen.
+    aud = out['audio'] if phase == 'joint' else models.encoders.apply(
+        enc, mel, method=gmscavp.GMSCAVP.embed_audio)
+    if phase == 'generator' or config.a2v.stop_gradient:
+      aud = jax.lax.stop_gradient(aud)
+    n = config.a2v.batch_size or batch['frames'].shape[0]
+    a2v, a2v_metrics = bidirectional.a2v_loss(
+        params['video_denoiser'], [x[:n] for x in aud], batch['frames'][:n],
+        jax.random.fold_in(rng, 1), denoiser=models.video_denoiser, config=config)
+    total += config.a2v.loss_weight * a2v
+    metrics.update({f'loss/{k}': v for k, v in a2v_metrics.items()})
   metrics['loss'] = total
   return total, metrics
 

@@ -23,6 +23,7 @@ from gmscavp_jax import plotting
 from gmscavp_jax import sharding
 from gmscavp_jax import steps
 from gmscavp_jax.data import pipeline
+from gmscavp_jax.evaluators import a2v_generation
 from gmscavp_jax.evaluators import generation
 from gmscavp_jax.evaluators import retrieval
 
@@ -150,13 +151,15 @@ def test_embeddings(workdir: str) -> dict:
 
 def evaluate(evaluators: dict, state, step: int, workdir: str, writer,
              config: ml_collections.ConfigDict) -> dict:
-  """Retrieval (and generation, once the denoiser trains): results.json, PNGs, scalars."""
+  """Retrieval (and generation, once the denoisers train): results.json, PNGs, scalars."""
   results, emb = evaluators['retrieval'].run(state.params)
   logging.info('step %d retrieval: v2a R@1 %.2f%%  a2v R@1 %.2f%%  (chance %.2f%%)', step,
                results['retrieval/v2a_R@1'], results['retrieval/a2v_R@1'],
                results['retrieval/chance_R@1'])
   if steps.generator_trained(config, step) and config.eval.num_generate_clips > 0:
     results.update(evaluators['generation'].run(state.params, step, workdir, writer))
+  if 'a2v' in evaluators and steps.a2v_trained(config, step):
+    results.update(evaluators['a2v'].run(state.params, step, workdir, writer))
   results['step'] = step
   writer.write_scalars(step, {k: v for k, v in results.items()
                               if k != 'step' and isinstance(v, (int, float))})
@@ -231,10 +234,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   metrics_jsonl = os.path.join(workdir, 'metrics.jsonl')
   metrics_io.truncate_jsonl(metrics_jsonl, after_step=start)
 
-  # One compiled step per phase, compiled when its phase first runs.
+  # One compiled step per phase (steps.train_phase), compiled when its phase first runs.
   compiled, layout = {}, layout_of(state)
   evaluators = {'retrieval': retrieval.RetrievalEvaluator(config, mesh, models),
                 'generation': generation.GenerationEvaluator(config, mesh, models)}
+  if models.video_denoiser is not None and config.a2v.num_eval_clips > 0:
+    evaluators['a2v'] = a2v_generation.A2VGenerationEvaluator(config, mesh, models)
   writer = metrics_io.MetricWriter(workdir)
   progress = metrics_io.Progress(start, config.train.num_steps)
   skips = SkipCounter(config.train.max_skipped_steps)
@@ -249,6 +254,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       phase = steps.phase_at(config, step)
       if phase != steps.phase_at(config, step - 1) and step > 1:
         logging.info('step %d: %s phase starts', step, phase)
+      phase = steps.train_phase(config, step)  # With '+a2v' on bidirectional steps.
       if phase not in compiled:
         compiled[phase] = jit_train_step(models, txs, config, mesh, phase, layout).lower(
             state, batch, rng).compile()

@@ -64,15 +64,60 @@ def sampler_settings(eval_cfg: ml_collections.ConfigDict, sampler: str | None = 
           'eta': eval_cfg.eta if eta is None else eta}
 
 
+def jit_sampler(sample_fn, mesh: Mesh, **static):
+  """sample_fn(params, inputs, rng, **static) jitted for `mesh`: inputs split over the batch
+  axes, output replicated, params in the layout they come with (replicated, or the
+  trainer's FSDP shards)."""
+  repl = sharding.replicated(mesh)
+  return jax.jit(functools.partial(sample_fn, **static),
+                 in_shardings=(None, sharding.batch_sharded(mesh), repl), out_shardings=repl)
+
+
+class ChunkedSampler:
+  """A jitted sampler (see `jit_sampler`) mapped over host inputs in chunks.
+
+  Chunks hold max_chunk rows (fewer, rounded up to the device count, when N is smaller), are
+  split over the mesh's batch axes, and the last is padded by repeating its last row, so every
+  chunk reuses one program, compiled ahead of time per chunk shape: sampling time is then
+  measured apart from compiling.
+  """
+
+  def __init__(self, jitted, mesh: Mesh):
+    self._jitted, self._mesh, self._executables = jitted, mesh, {}
+
+  def __call__(self, params, inputs: np.ndarray, max_chunk: int,
+               seed: int) -> tuple[np.ndarray, dict]:
+    """Outputs for `inputs` (N, ...) concatenated back to (N, ...) numpy, chunk i sampled with
+    fold_in(key(seed), i); and {'compile_seconds' (0 when compiled before), 'seconds' (sampling
+    every chunk, without compiling)}."""
+    n, ndev = len(inputs), self._mesh.size
+    chunk = min(max_chunk, -(-n // ndev) * ndev)
+    out, timing = [], {'compile_seconds': 0.0, 'seconds': 0.0}
+    for i, start in enumerate(range(0, n, chunk)):
+      part = inputs[start:start + chunk]
+      batch = sharding.padded_host_batch(self._mesh, part, chunk)
+      rng = jax.random.fold_in(jax.random.key(seed), i)
+      if batch.shape not in self._executables:
+        t0 = time.perf_counter()
+        self._executables[batch.shape] = self._jitted.lower(params, batch, rng).compile()
+        timing['compile_seconds'] += time.perf_counter() - t0
+      t0 = time.perf_counter()
+      out.append(np.asarray(self._executables[batch.shape](params, batch, rng))[:len(part)])
+      timing['seconds'] += time.perf_counter() - t0
+    return np.concatenate(out), timing
+
+
 def onset_scores(generated: np.ndarray, real: np.ndarray, onsets: list | None,
-                 rate: float) -> dict:
+                 rate: float, prefix: str = 'gen', tolerances_ms=TOLERANCES_MS) -> dict:
   """Onset hit-rates (percent) of generated log-mels (N,Ta,F) against true `onsets`.
 
   Keys: gen/onset_hit@{50,100}ms (share of true onsets matched by a detected onset within
   the tolerance), gen/onset_precision@100ms, gen/onset_f1@100ms, the same hit-rates with
   suffix `_shuffled` (clip i's audio scored against clip i+1's onsets) and `_real` (onsets
   detected in the real log-mels `real`). `onsets` None (no true times): the reference is
-  the onsets detected in `real`, and there is no `_real` key.
+  the onsets detected in `real`, and there is no `_real` key. `prefix` replaces 'gen' and
+  `tolerances_ms` the tolerances (precision and F1 at the largest); any (N,steps,features)
+  arrays at `rate` steps per second work, e.g. frames (N,T,h*w*3) at the frame rate.
   """
   detected = [metrics.detect_onsets(m, rate) for m in generated]
   detected_real = [metrics.detect_onsets(m, rate) for m in real]
@@ -80,17 +125,17 @@ def onset_scores(generated: np.ndarray, real: np.ndarray, onsets: list | None,
   onsets = onsets if has_truth else detected_real
   shuffled_ref = onsets[1:] + onsets[:1]
   out = {}
-  for ms in TOLERANCES_MS:
+  for ms in tolerances_ms:
     tol = ms / 1000
     gen = metrics.onset_hit_rate(detected, onsets, tol)
-    out[f'gen/onset_hit@{ms}ms'] = gen['hit_rate']
-    if ms == 100:
-      out['gen/onset_precision@100ms'] = gen['precision']
-      out['gen/onset_f1@100ms'] = gen['f1']
-    out[f'gen/onset_hit@{ms}ms_shuffled'] = metrics.onset_hit_rate(
+    out[f'{prefix}/onset_hit@{ms}ms'] = gen['hit_rate']
+    if ms == max(tolerances_ms):
+      out[f'{prefix}/onset_precision@{ms}ms'] = gen['precision']
+      out[f'{prefix}/onset_f1@{ms}ms'] = gen['f1']
+    out[f'{prefix}/onset_hit@{ms}ms_shuffled'] = metrics.onset_hit_rate(
         detected, shuffled_ref, tol)['hit_rate']
     if has_truth:
-      out[f'gen/onset_hit@{ms}ms_real'] = metrics.onset_hit_rate(
+      out[f'{prefix}/onset_hit@{ms}ms_real'] = metrics.onset_hit_rate(
           detected_real, onsets, tol)['hit_rate']
   return out
 
@@ -105,21 +150,14 @@ class GenerationEvaluator:
     self._log_mel = jax.jit(functools.partial(audio.log_mel_from_config,
                                               audio_cfg=config.audio))
 
-  def _sampler(self, settings: dict, params, batch, rng):
-    """The sampling program of `settings` compiled for this chunk shape: (executable, seconds
-    spent compiling it now, 0 when it was compiled before)."""
-    key = (tuple(sorted(settings.items())), batch.shape)
-    if key in self._compiled:
-      return self._compiled[key], 0.0
-    repl = sharding.replicated(self._mesh)
-    sample = jax.jit(
-        functools.partial(steps.sample_step, models=self._models, config=self._config,
-                          **settings),
-        # Params keep the layout they come with (replicated, or the trainer's FSDP shards).
-        in_shardings=(None, sharding.batch_sharded(self._mesh), repl), out_shardings=repl)
-    t0 = time.perf_counter()
-    self._compiled[key] = sample.lower(params, batch, rng).compile()
-    return self._compiled[key], time.perf_counter() - t0
+  def _sampler(self, settings: dict) -> ChunkedSampler:
+    """The sampling program of `settings` (one per setting, compiled per chunk shape)."""
+    key = tuple(sorted(settings.items()))
+    if key not in self._compiled:
+      self._compiled[key] = ChunkedSampler(jit_sampler(
+          steps.sample_step, self._mesh, models=self._models, config=self._config,
+          **settings), self._mesh)
+    return self._compiled[key]
 
   def generate(self, params, frames: np.ndarray, **kwargs) -> np.ndarray:
     """Log-mels (N,Ta,F) generated for videos (N,T,H,W,3); see `generate_timed`."""
@@ -136,20 +174,8 @@ class GenerationEvaluator:
     every chunk, without the compile}.
     """
     e = self._config.eval
-    settings = sampler_settings(e, sampler, num_steps, guidance, eta)
-    n, ndev = len(frames), self._mesh.size
-    chunk = min(e.batch_size, -(-n // ndev) * ndev)
-    out, timing = [], {'compile_seconds': 0.0, 'seconds': 0.0}
-    for i, start in enumerate(range(0, n, chunk)):
-      part = frames[start:start + chunk]
-      batch = sharding.padded_host_batch(self._mesh, part, chunk)
-      rng = jax.random.fold_in(jax.random.key(seed), i)
-      sample, compile_seconds = self._sampler(settings, params, batch, rng)
-      timing['compile_seconds'] += compile_seconds
-      t0 = time.perf_counter()
-      out.append(np.asarray(sample(params, batch, rng))[:len(part)])
-      timing['seconds'] += time.perf_counter() - t0
-    return np.concatenate(out), timing
+    sample = self._sampler(sampler_settings(e, sampler, num_steps, guidance, eta))
+    return sample(params, frames, e.batch_size, seed)
 
   def real_log_mel(self, waveform: np.ndarray) -> np.ndarray:
     """Log-mels (N,Ta,F) of waveforms (N,S)."""

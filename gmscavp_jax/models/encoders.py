@@ -43,13 +43,6 @@ def resample_time(x: jnp.ndarray, num_frames: int) -> jnp.ndarray:
   return jax.image.resize(x, (b, num_frames, c), method='linear', antialias=True)
 
 
-def _per_frame(fn, x: jnp.ndarray) -> jnp.ndarray:
-  """Applies a (N,H,W,C) -> (N,H',W',C') function to every frame of (B,T,H,W,C)."""
-  b, t = x.shape[:2]
-  y = fn(x.reshape((b * t,) + x.shape[2:]))
-  return y.reshape((b, t) + y.shape[1:])
-
-
 class VideoEncoder(nn.Module):
   """(2+1)D conv ResNet: frames (B,T,H,W,3) uint8 or float -> features (B,T,h,w,C).
 
@@ -71,11 +64,11 @@ class VideoEncoder(nn.Module):
     b, t = frames.shape[:2]
     x = frames_to_float(frames, self.dtype)
     stem = layers.Patchify(self.widths[0], (self.patch, self.patch), self.dtype, name='stem')
-    x = _per_frame(stem, x)
+    x = layers.per_frame(stem, x)
     for i, width in enumerate(self.widths):
       if i > 0:
         down = layers.Downsample2D(width, self.num_groups, self.dtype, name=f'down{i}')
-        x = _per_frame(down, x)
+        x = layers.per_frame(down, x)
       for j in range(self.blocks_per_stage):
         block = layers.remat(layers.ResBlock2Plus1D, self.remat)
         x = block(self.num_groups, self.dtype, name=f'stage{i}_block{j}')(x)

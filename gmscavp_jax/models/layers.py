@@ -33,6 +33,13 @@ def remat(block_cls: type[nn.Module], policy: str) -> type[nn.Module]:
   return nn.remat(block_cls, policy=_REMAT_POLICIES[policy])
 
 
+def per_frame(fn, x: jnp.ndarray) -> jnp.ndarray:
+  """Applies a (N,H,W,C) -> (N,H',W',C') function to every frame of (B,T,H,W,C)."""
+  b, t = x.shape[:2]
+  y = fn(x.reshape((b * t,) + x.shape[2:]))
+  return y.reshape((b, t) + y.shape[1:])
+
+
 def group_norm(num_groups: int, dtype: Dtype, name: str | None = None) -> nn.GroupNorm:
   """GroupNorm over all non-batch axes of each group (per example, per clip for video)."""
   return nn.GroupNorm(num_groups=num_groups, dtype=dtype, param_dtype=jnp.float32, name=name)

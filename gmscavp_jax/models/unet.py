@@ -127,20 +127,8 @@ class UNet(nn.Module):
       drop_condition = None  # Everything is dropped anyway.
 
     # Timestep embedding (ADM: 4x the first width) plus the global clip-level condition.
-    emb_dim = 4 * self.widths[0]
-    emb = blocks.sinusoidal_embedding(t, self.widths[0])
-    emb = blocks.dense(emb_dim, dt, 'time_mlp1')(emb)
-    emb = blocks.dense(emb_dim, dt, 'time_mlp2')(act(emb))
-    null_global = self.param('null_global', nn.initializers.zeros_init(), (emb_dim,),
-                             jnp.float32)
-    if video_scales is None:
-      cond = jnp.broadcast_to(null_global.astype(dt), (b, emb_dim))
-    else:
-      clip = video_scales[-1].astype(dt).mean(axis=(1, 2))
-      clip = nn.LayerNorm(dtype=dt, param_dtype=jnp.float32, name='global_norm')(clip)
-      cond = blocks.select_null(drop_condition, null_global,
-                                blocks.dense(emb_dim, dt, 'global_proj')(clip))
-    emb = act(emb + cond)  # Activated once; every ResBlock projects it.
+    clip = None if video_scales is None else video_scales[-1].astype(dt).mean(axis=(1, 2))
+    emb = blocks.condition_embedding(self, t, clip, drop_condition, self.widths[0], dt)
 
     # Cross-attention tokens, prepared once per video scale that some level attends to.
     # Levels with attention: the listed ones and the middle block (at the last level).
@@ -171,44 +159,17 @@ class UNet(nn.Module):
     if self.aligned_conditioning:
       # Per-frame features of the finest scale on the stem's time grid, added at every mel
       # bin: onsets in the video become onsets in the audio without going through attention.
-      null_aligned = self.param('null_aligned', nn.initializers.zeros_init(),
-                                (self.widths[0],), jnp.float32)
-      if video_scales is None:
-        aligned = jnp.broadcast_to(null_aligned.astype(dt), (b, h.shape[1], self.widths[0]))
-      else:
-        frames = video_scales[0].astype(dt).mean(axis=2)  # (B,T_0,D)
-        frames = nn.LayerNorm(dtype=dt, param_dtype=jnp.float32, name='aligned_norm')(frames)
-        frames = blocks.dense(self.widths[0], dt, 'aligned_proj')(frames)
-        resample = blocks.linear_resample_matrix(h.shape[1], st, ta, frames.shape[1])
-        aligned = jnp.einsum('st,btc->bsc', jnp.asarray(resample, dt), frames)
-        aligned = blocks.select_null(drop_condition, null_aligned, aligned)
+      aligned = blocks.aligned_condition(
+          self, None if video_scales is None else video_scales[0], drop_condition,
+          h.shape[1], st, ta, self.widths[0], dt, b)
       h = h + aligned[:, :, None, :]
 
-    # Down path: one skip per ResBlock (the last one after the level's attention).
-    skips = []
-    for i, width in enumerate(self.widths):
-      if i > 0:
-        h = layers.Downsample2D(width, self.num_groups, dt, name=f'down{i}')(h)
-      for j in range(self.blocks_per_level):
-        h = res_block(width, self.num_groups, dt, name=f'down{i}_block{j}')(h, emb)
-        if i in self.attention_levels and j == self.blocks_per_level - 1:
-          h = attention(h, i, f'down{i}')
-        skips.append(h)
-
-    h = res_block(self.widths[-1], self.num_groups, dt, name='mid_block0')(h, emb)
-    h = attention(h, n - 1, 'mid')
-    h = res_block(self.widths[-1], self.num_groups, dt, name='mid_block1')(h, emb)
-
-    for i in reversed(range(n)):
-      width = self.widths[i]
-      for j in range(self.blocks_per_level):
-        h = jnp.concatenate([h, skips.pop()], axis=-1)
-        h = res_block(width, self.num_groups, dt, name=f'up{i}_block{j}')(h, emb)
-      if i in self.attention_levels:
-        h = attention(h, i, f'up{i}')
-      if i > 0:
-        h = blocks.Upsample(self.widths[i - 1], dt, name=f'up{i}_upsample')(h)
-    assert not skips
+    h = blocks.unet_trunk(
+        h, emb, widths=self.widths, attention_levels=self.attention_levels,
+        blocks_per_level=self.blocks_per_level, num_groups=self.num_groups, dtype=dt,
+        res_block=res_block, attention=attention,
+        down=lambda width, name: layers.Downsample2D(width, self.num_groups, dt, name=name),
+        up=lambda width, name: blocks.Upsample(width, dt, name=name))
 
     # Zero-initialised output (standard for diffusion): the untrained model predicts 0. A 1x1
     # conv, so each position's patch is a linear read-out of its features (as DiT's final

@@ -1,4 +1,5 @@
-"""Building blocks of the MSD denoiser (models/unet.py): embeddings, ResBlock, attention.
+"""Building blocks of the denoisers (models/unet.py, models/video_unet.py): embeddings, the
+condition paths, ResBlock, attention.
 
 `dtype` is the compute dtype; parameters are always float32.
 """
@@ -116,11 +117,100 @@ def select_null(drop: jnp.ndarray | None, null: jnp.ndarray, value: jnp.ndarray)
   return jnp.where(mask, null.astype(value.dtype), value)
 
 
+def condition_embedding(module: nn.Module, t: jnp.ndarray, clip: jnp.ndarray | None,
+                        drop: jnp.ndarray | None, width: int, dtype: Dtype) -> jnp.ndarray:
+  """The activated embedding (B, 4*width) that every ResBlock of a denoiser receives.
+
+  The timestep t (B,)'s sinusoidal embedding through a 2-layer MLP (ADM), plus the global
+  condition: a projection of `clip` (B,D), the clip-level embedding of the conditioning
+  modality, or the learned null where drop (B,) is True (everywhere when `clip` is None).
+  Called inside `module`'s compact method: the params (time_mlp1, time_mlp2, null_global,
+  global_norm, global_proj) are `module`'s own.
+  """
+  emb_dim = 4 * width
+  emb = sinusoidal_embedding(t, width)
+  emb = dense(emb_dim, dtype, 'time_mlp1')(emb)
+  emb = dense(emb_dim, dtype, 'time_mlp2')(nn.silu(emb))
+  null_global = module.param('null_global', nn.initializers.zeros_init(), (emb_dim,),
+                             jnp.float32)
+  if clip is None:
+    cond = jnp.broadcast_to(null_global.astype(dtype), (t.shape[0], emb_dim))
+  else:
+    clip = nn.LayerNorm(dtype=dtype, param_dtype=jnp.float32, name='global_norm')(
+        clip.astype(dtype))
+    cond = select_null(drop, null_global, dense(emb_dim, dtype, 'global_proj')(clip))
+  return nn.silu(emb + cond)  # Activated once; every ResBlock projects it.
+
+
+def aligned_condition(module: nn.Module, scale: jnp.ndarray | None, drop: jnp.ndarray | None,
+                      num_steps: int, stride: float, length: float, width: int,
+                      dtype: Dtype, batch: int) -> jnp.ndarray:
+  """(B, num_steps, width): the finest condition scale on the denoiser's time grid.
+
+  `scale` (B,T_0,S,D) is averaged over its tokens, normalised, projected to `width` and
+  linearly resampled (`linear_resample_matrix`) onto `num_steps` steps of `stride` frames
+  each of a clip of `length` frames: a direct path for event timing that bypasses attention.
+  The learned null where drop (B,) is True (everywhere when `scale` is None). Params
+  (null_aligned, aligned_norm, aligned_proj) are `module`'s own.
+  """
+  null_aligned = module.param('null_aligned', nn.initializers.zeros_init(), (width,),
+                              jnp.float32)
+  if scale is None:
+    return jnp.broadcast_to(null_aligned.astype(dtype), (batch, num_steps, width))
+  frames = scale.astype(dtype).mean(axis=2)  # (B,T_0,D)
+  frames = nn.LayerNorm(dtype=dtype, param_dtype=jnp.float32, name='aligned_norm')(frames)
+  frames = dense(width, dtype, 'aligned_proj')(frames)
+  resample = linear_resample_matrix(num_steps, stride, length, frames.shape[1])
+  aligned = jnp.einsum('st,btc->bsc', jnp.asarray(resample, dtype), frames)
+  return select_null(drop, null_aligned, aligned)
+
+
+def unet_trunk(h: jnp.ndarray, emb: jnp.ndarray, *, widths, attention_levels,
+               blocks_per_level: int, num_groups: int, dtype: Dtype, res_block, attention,
+               down, up) -> jnp.ndarray:
+  """The down / middle / up path both denoisers share, on the stem's output h.
+
+  Down: per level `blocks_per_level` ResBlocks (one skip each, the last after the level's
+  attention in `attention_levels`), then `down(width, name)(h)` into the next level; middle:
+  ResBlock, attention at the last level, ResBlock; up: mirrored, each ResBlock on the
+  concatenated skip, then attention, then `up(width, name)(h)` back to the finer level.
+  `attention(h, level, prefix)` applies a level's self- and cross-attention. Modules are
+  created (with these names) in the caller's module. Returns the finest level's features.
+  """
+  n = len(widths)
+  skips = []
+  for i, width in enumerate(widths):
+    if i > 0:
+      h = down(width, f'down{i}')(h)
+    for j in range(blocks_per_level):
+      h = res_block(width, num_groups, dtype, name=f'down{i}_block{j}')(h, emb)
+      if i in attention_levels and j == blocks_per_level - 1:
+        h = attention(h, i, f'down{i}')
+      skips.append(h)
+
+  h = res_block(widths[-1], num_groups, dtype, name='mid_block0')(h, emb)
+  h = attention(h, n - 1, 'mid')
+  h = res_block(widths[-1], num_groups, dtype, name='mid_block1')(h, emb)
+
+  for i in reversed(range(n)):
+    for j in range(blocks_per_level):
+      h = jnp.concatenate([h, skips.pop()], axis=-1)
+      h = res_block(widths[i], num_groups, dtype, name=f'up{i}_block{j}')(h, emb)
+    if i in attention_levels:
+      h = attention(h, i, f'up{i}')
+    if i > 0:
+      h = up(widths[i - 1], f'up{i}_upsample')(h)
+  assert not skips
+  return h
+
+
 class ResBlock(nn.Module):
   """Residual block with embedding injection: (B,X,Y,C), emb (B,E) -> (B,X,Y,features).
 
   GN -> silu -> conv3x3, plus a Dense projection of the (already activated) embedding, then
   GN -> silu -> conv3x3; the skip is the identity or a 1x1 projection when C != features.
+  A video (B,T,H,W,C) gets the (2+1)D version: conv1 a 3x3 conv of each frame, conv2 a
+  temporal conv of width 3 at each pixel, GroupNorm statistics over the whole clip.
   """
   features: int
   num_groups: int
@@ -128,13 +218,21 @@ class ResBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, emb: jnp.ndarray) -> jnp.ndarray:
-    chex.assert_rank([x, emb], [4, 2])
+    chex.assert_rank(x, {4, 5})
+    chex.assert_rank(emb, 2)
     chex.assert_equal_shape_prefix([x, emb], 1)
+    if x.ndim == 5:
+      conv1 = layers.SpatialConv(self.features, 3, dtype=self.dtype, name='conv1')
+      conv2 = layers.TemporalConv(self.features, 3, self.dtype, name='conv2')
+    else:
+      conv1 = conv3x3(self.features, self.dtype, 'conv1')
+      conv2 = conv3x3(self.features, self.dtype, 'conv2')
     h = nn.silu(layers.group_norm(self.num_groups, self.dtype, 'norm1')(x))
-    h = conv3x3(self.features, self.dtype, 'conv1')(h)
-    h = h + dense(self.features, self.dtype, 'emb_proj')(emb)[:, None, None, :]
+    h = conv1(h)
+    proj = dense(self.features, self.dtype, 'emb_proj')(emb)
+    h = h + proj.reshape(proj.shape[:1] + (1,) * (x.ndim - 2) + proj.shape[1:])
     h = nn.silu(layers.group_norm(self.num_groups, self.dtype, 'norm2')(h))
-    h = conv3x3(self.features, self.dtype, 'conv2')(h)
+    h = conv2(h)
     skip = x if x.shape[-1] == self.features else dense(self.features, self.dtype, 'skip')(x)
     return skip.astype(self.dtype) + h
 
@@ -208,7 +306,9 @@ class CrossAttention(nn.Module):
 
 
 class VideoTokens(nn.Module):
-  """One video scale (B,T_l,S_l,D) -> cross-attention tokens (B,T_l*S_l,D), token (t, s).
+  """One scale (B,T_l,S_l,D) -> cross-attention tokens (B,T_l*S_l,D), token (t, s).
+
+  A video scale for the MSD UNet, an audio scale (S_l = 1) for the a2v VideoUNet.
 
   Adds a learned scale embedding (D,), a learned time embedding (T_l,D), a learned spatial
   embedding (S_l,D) and a Dense of the clip-time encoding shared with the audio queries,
