@@ -99,8 +99,8 @@ def time_train_step(config, mesh, num_steps: int, phase: str, peak: float,
     raise MemoryError(
         f'[{phase}] the train step at global batch {config.train.batch_size} needs about '
         f"{_gib(perf.compiled_memory_bytes(compiled)).strip()} GiB per device (XLA's "
-        'estimate) and the device ran out: lower --config.train.batch_size, set --config.train.remat=full, or '
-        'shard params with --config.mesh.fsdp') from e
+        'estimate) and the device ran out: lower --config.train.batch_size, set '
+        '--config.train.remat=full, or shard params with --config.mesh.fsdp') from e
   t0 = time.perf_counter()
   for _ in range(num_steps):
     state, metrics = compiled(state, batch, rng)

@@ -89,7 +89,8 @@ def test_synthetic_mixture_through_the_train_loader():
   # The evaluators stay data.name's own: the mixture changes neither their data nor their id.
   assert (classifier_training.identity(config) ==
           classifier_training.identity(tiny_config('msa')))
-  assert not classifier_training._loader_config(config).data.mixture  # pylint: disable=protected-access
+  loader_config = classifier_training._loader_config  # pylint: disable=protected-access
+  assert not loader_config(config).data.mixture
 
 
 def test_sources_that_do_not_batch_are_a_config_error(monkeypatch):

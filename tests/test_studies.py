@@ -1,5 +1,6 @@
 """The studies runner on fake runs: rows and command lines, resume, baseline reuse, report."""
 
+import ast
 import json
 import os
 import sys
@@ -75,7 +76,8 @@ class FakeCommands:
       overrides = {k[len('config.'):]: v for k, v in flags.items() if k.startswith('config.')}
       fields = {}
       if 'model.scale_grids' in overrides:
-        fields['model.scale_grids'] = list(eval(overrides['model.scale_grids']))  # pylint: disable=eval-used
+        grids = overrides['model.scale_grids']
+        fields['model.scale_grids'] = list(ast.literal_eval(grids))
       if 'train.bidirectional_interval' in overrides:
         fields['train.bidirectional_interval'] = int(overrides['train.bidirectional_interval'])
       write_trained(workdir, seed=int(overrides['seed']),
@@ -86,7 +88,8 @@ class FakeCommands:
 
 
 def _rows_of(md: str) -> list:
-  return [l for l in md.splitlines() if l.startswith('| ') and not l.startswith(('| setting', '| ---'))]
+  return [l for l in md.splitlines()
+          if l.startswith('| ') and not l.startswith(('| setting', '| ---'))]
 
 
 def _is_png(path) -> bool:
@@ -108,7 +111,8 @@ def test_sampling_steps_rows_resume_and_report(tmp_path):
                                '--num_clips=8', f'--output_dir={root}/sampling_steps/ddim-10']
   md = (out / 'sampling_steps.md').read_text()
   assert '- command: `python -m gmscavp_jax.studies x`' in md
-  assert '| setting | KLD ↓ | FAD ↓ | Align Acc ↑ | onset hit@100ms ↑ | s / clip ↓ |' in md
+  header = '| setting | KLD ↓ | FAD ↓ | Align Acc ↑ | onset hit@100ms ↑ | s / clip ↓ |'
+  assert header in md
   rows = _rows_of(md)
   assert len(rows) == 4 and rows[0].startswith('| ddim, 10 steps | 1.30 | 1.00 |')
   assert rows[0].split(' | ')[5] == '0.100' and rows[0].split(' | ')[6] == 'reused'

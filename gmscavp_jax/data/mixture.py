@@ -106,8 +106,8 @@ class MixtureSource:
   grain's MapDataset.mix interleaves the sources deterministically by their (integer-scaled)
   weights; its length is what the scarcest source can fill, so each source is first repeated
   enough times that one pass over the mixture holds (up to rounding) every record of the
-  source scarcest for its share once, and every other source's records once or more. Records keep FIELDS
-  and gain `source` () int32, the index of the source they came from.
+  source scarcest for its share once, and every other source's records once or more. Records
+  keep FIELDS and gain `source` () int32, the index of the source they came from.
   """
 
   def __init__(self, sources: Sequence, weights: Sequence[float], names: Sequence[str]):
