@@ -192,7 +192,9 @@ def bench_training(config, parts=('train', 'pipeline', 'sampling')) -> None:
     peak = perf.peak_flops(compute_dtype, list(mesh.devices.flat))
     print(f'peak compute              {_tflops(peak.flops_per_sec)} TFLOP/s  ({peak.source})',
           flush=True)
-    for phase in sorted({steps.phase_at(config, s) for s in (1, config.train.num_steps)}):
+    # Every compiled step the run takes, bidirectional ('+a2v') steps included.
+    for phase in sorted({steps.train_phase(config, s)
+                         for s in range(1, config.train.num_steps + 1)}):
       step = time_train_step(config, mesh, _STEPS.value, phase, peak.flops_per_sec,
                              _PROFILE.value)
       _print_step(phase, step, peak.flops_per_sec)

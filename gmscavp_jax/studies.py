@@ -26,6 +26,7 @@ end of the command (rerunning a finished study redraws it in seconds).
 import ast
 import dataclasses
 import os
+import re
 import sys
 from typing import Sequence
 
@@ -86,6 +87,25 @@ _MIXTURES = flags.DEFINE_multi_string('mixtures', list(_DEFAULT.mixtures),
 TRAINED_METRICS = tuple(m for m in suite.METRICS if m[0] in suite.PLOT_METRICS)
 SAMPLING_METRICS = tuple(m for m in TRAINED_METRICS if m[0].startswith('gen/')) + (
     ('gen/seconds_per_clip', 's / clip ↓', True, 3),)
+# Audio-to-video columns (gen_a2v/..., where a run trained the a2v denoiser): each score
+# beside its control, the same score against another clip (what ignoring the audio gets).
+# The onset tolerance is one frame period, so its key depends on data.fps.
+A2V_COLUMNS = ((r'psnr', 'a2v PSNR'), (r'psnr_shuffled', 'a2v PSNR, shuffled'),
+               (r'onset_hit(@\d+ms)', 'a2v onset hit{}'),
+               (r'onset_hit(@\d+ms)_shuffled', 'a2v onset hit{}, shuffled'))
+
+
+def a2v_metrics(results: dict) -> list:
+  """(key, label, lower_is_better, decimals) of the A2V_COLUMNS some row's results have."""
+  keys = sorted({k for res in results.values() if res for k in res
+                 if k.startswith('gen_a2v/') and isinstance(res[k], (int, float))})
+  out = []
+  for pattern, label in A2V_COLUMNS:
+    for key in keys:
+      match = re.fullmatch('gen_a2v/' + pattern, key)
+      if match:
+        out.append((key, label.format(*match.groups()) + ' ↑', False, 1))
+  return out
 
 
 @dataclasses.dataclass
@@ -301,9 +321,7 @@ def write_report(study: str, rows: Sequence[Row], view: dict, base: str, out: st
   results = {r.name: evaluation(os.path.join(base, r.name), r.reuse or os.path.join(
       base, r.name), [*eval_flags, *r.eval_flags], num_steps) for r in rows}
   metrics = list(view['metrics'])
-  extra = sorted({k for res in results.values() if res for k in res
-                  if k.startswith('gen_a2v/') and isinstance(res[k], (int, float))})
-  metrics += [(k, k, False, 2) for k in extra]  # Audio-to-video rows, where a run has them.
+  metrics += a2v_metrics(results)
   time_of = lambda r, job: runtimes.get(r.name, {}).get(job)
   lines = [f'# Study: {study}', '', view['about'], '', *runs.provenance('gmscavp_jax.studies',
                                                                          argv),
