@@ -14,13 +14,16 @@ import tempfile
 
 from absl import logging
 import gradio as gr
+import numpy as np
 
 from gmscavp_jax import cli
 from gmscavp_jax import config_validation
 from gmscavp_jax import queries
 from gmscavp_jax import soundtrack
+from gmscavp_jax import train
 from gmscavp_jax.data import media
 from gmscavp_jax.data import media_writing
+from gmscavp_jax.data import pipeline
 from gmscavp_jax.evaluators import generation
 
 TITLE = 'GMS-CAVP: a soundtrack for your video'
@@ -210,3 +213,18 @@ def serve(workdir: str, *, port: int, max_upload_mb: float, top_k: int = 5,
   app.queue().launch(server_name='127.0.0.1', server_port=port, share=False,
                      allowed_paths=[output_dir], footer_links=[], prevent_thread_lock=not block)
   return app
+
+
+def clips_as_upload(workdir: str, seconds: float, path: str) -> str:
+  """Writes test clips 0, 1, ... back to back (frames, sound) to `path`, an mp4 of ~`seconds`.
+
+  What the demo's benchmark and tests upload. Returns `path`.
+  """
+  config = train.load_config(workdir)
+  clip_seconds = config.data.num_frames / config.data.fps
+  source = pipeline.make_source(config, 'test')
+  clips = [source[i] for i in range(max(1, round(seconds / clip_seconds)))]
+  media_writing.write_video(path, np.concatenate([c['frames'] for c in clips]), config.data.fps,
+                            np.concatenate([c['waveform'] for c in clips]),
+                            config.audio.sample_rate)
+  return path

@@ -17,30 +17,15 @@ import time
 
 from absl import app
 from absl import flags
-import numpy as np
 
 from gmscavp_jax import cli
 from gmscavp_jax import train
-from gmscavp_jax.data import media_writing
-from gmscavp_jax.data import pipeline
 from gmscavp_jax.evaluators import generation
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Workdir of a training run (MSD trained).')
 _UPLOAD_SECONDS = flags.DEFINE_float('upload_seconds', 10.0, 'Length of the uploaded video.')
 _REQUESTS = flags.DEFINE_integer('requests', 4, 'Requests, each at another start time.')
 flags.mark_flag_as_required('workdir')
-
-
-def upload_video(workdir: str, seconds: float, path: str) -> str:
-  """Writes test clips 0, 1, ... back to back (frames and sound) as an mp4 of `seconds`."""
-  config = train.load_config(workdir)
-  clip_seconds = config.data.num_frames / config.data.fps
-  source = pipeline.make_source(config, 'test')
-  clips = [source[i] for i in range(max(1, round(seconds / clip_seconds)))]
-  media_writing.write_video(path, np.concatenate([c['frames'] for c in clips]), config.data.fps,
-                            np.concatenate([c['waveform'] for c in clips]),
-                            config.audio.sample_rate)
-  return path
 
 
 def main(argv):
@@ -53,7 +38,7 @@ def main(argv):
 
   workdir = _WORKDIR.value
   config = train.load_config(workdir)
-  video = upload_video(workdir, _UPLOAD_SECONDS.value,
+  video = demo_app.clips_as_upload(workdir, _UPLOAD_SECONDS.value,
                        os.path.join(tempfile.mkdtemp(prefix='gmscavp_demo_bench_'),
                                     'upload.mp4'))
   with socket.socket() as s:

@@ -14,7 +14,6 @@ from PIL import Image
 import pytest
 
 from gmscavp_jax import demo_app
-from gmscavp_jax import demo_bench
 from gmscavp_jax import train
 from gmscavp_jax.data import media_writing
 from gmscavp_jax.data import pipeline
@@ -71,11 +70,11 @@ def _sampler_args(workdir, seed: int = 0) -> tuple:
 
 
 def test_a_good_upload_gets_a_soundtrack_spectrogram_and_scores(workdir, client, tmp_path):
-  # Two test clips back to back with their sound (what demo_bench uploads): the demo takes
+  # Two test clips back to back with their sound (what demo_bench uploads, through the same function): the demo takes
   # the window at 0.5 s.
   config = train.load_config(workdir)
   seconds = 2 * config.data.num_frames / config.data.fps
-  video = demo_bench.upload_video(workdir, seconds, str(tmp_path / 'two clips.mp4'))
+  video = demo_app.clips_as_upload(workdir, seconds, str(tmp_path / 'two clips.mp4'))
   with av.open(video) as container:
     assert float(container.duration / av.time_base) == pytest.approx(seconds, abs=0.2)
   mp4, png, original, generated, v2a, a2v, message = client.predict(
