@@ -143,8 +143,10 @@ def study_lines(series: dict, path: str, metrics, xlabel: str, *, log_x: bool = 
   cols = min(3, len(metrics))
   rows = -(-len(metrics) // cols)
   fig, axes = plt.subplots(rows, cols, figsize=(3.8 * cols, 3 * rows), squeeze=False)
-  if log_x and not xticks:  # Ticks at the studied values, written plainly.
-    xticks = [(x, f'{x:g}') for x in sorted({x for pts in series.values() for x, _ in pts})]
+  if log_x and not xticks:  # Ticks at the lines' values, written plainly (a lone marker's
+    # x, e.g. a mixture's total clips, would print over a neighbouring tick; the legend names it).
+    lines = [pts for pts in series.values() if len(pts) > 1] or list(series.values())
+    xticks = [(x, f'{x:g}') for x in sorted({x for pts in lines for x, _ in pts})]
   for ax, (key, label, lower) in zip(axes.flat, metrics):
     for name, points in series.items():
       pts = sorted((x, r[key]) for x, r in points if r.get(key) is not None)
