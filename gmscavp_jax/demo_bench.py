@@ -38,9 +38,9 @@ def main(argv):
 
   workdir = _WORKDIR.value
   config = train.load_config(workdir)
-  video = demo_app.clips_as_upload(workdir, _UPLOAD_SECONDS.value,
-                       os.path.join(tempfile.mkdtemp(prefix='gmscavp_demo_bench_'),
-                                    'upload.mp4'))
+  video = demo_app.clips_as_upload(
+      workdir, _UPLOAD_SECONDS.value,
+      os.path.join(tempfile.mkdtemp(prefix='gmscavp_demo_bench_'), 'upload.mp4'))
   with socket.socket() as s:
     s.bind(('127.0.0.1', 0))
     port = s.getsockname()[1]

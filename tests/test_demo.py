@@ -70,8 +70,8 @@ def _sampler_args(workdir, seed: int = 0) -> tuple:
 
 
 def test_a_good_upload_gets_a_soundtrack_spectrogram_and_scores(workdir, client, tmp_path):
-  # Two test clips back to back with their sound (what demo_bench uploads, through the same function): the demo takes
-  # the window at 0.5 s.
+  # Two test clips back to back with their sound (what demo_bench uploads, by the same
+  # function): the demo takes the window at 0.5 s.
   config = train.load_config(workdir)
   seconds = 2 * config.data.num_frames / config.data.fps
   video = demo_app.clips_as_upload(workdir, seconds, str(tmp_path / 'two clips.mp4'))
