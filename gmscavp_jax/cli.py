@@ -2,6 +2,7 @@
 
 import logging as std_logging
 import os
+import re
 import sys
 
 from absl import flags
@@ -21,6 +22,12 @@ def setup() -> None:
   """Persistent compilation cache and logging, before any jax computation."""
   cache = os.environ.get('GMSCAVP_COMPILATION_CACHE',
                          os.path.join(os.path.expanduser('~'), '.cache', 'gmscavp_jax', 'xla'))
+  # A CPU split into fake devices (XLA_FLAGS) runs without the cache: with jaxlib 0.10.2 a
+  # multi-device CPU program with collectives read back from it deadlocks at its first
+  # execution (the device threads wait in different all-gathers), freshly compiled it runs.
+  fake = re.search(r'xla_force_host_platform_device_count=(\d+)', os.environ.get('XLA_FLAGS', ''))
+  if fake and int(fake.group(1)) > 1:
+    cache = ''
   if cache:
     jax.config.update('jax_compilation_cache_dir', cache)
     jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)

@@ -25,11 +25,14 @@ def fake_cpu_devices_env(num_devices: int) -> dict:
 
   The fake devices are threads on a 2-core machine shared with another test worker; XLA
   aborts a collective when one thread arrives more than 40 s after the rest, which heavy
-  load can cause, so that limit is raised to 10 minutes.
+  load can cause, so that limit is raised to 10 minutes. The persistent compilation cache
+  is off: with jaxlib 0.10.2, an 8-device CPU program with collectives read back from it
+  deadlocks (the device threads wait in different all-gathers of one execution), every
+  time, while the same program freshly compiled runs (see cli.setup).
   """
-  return dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS=(
-      f'--xla_force_host_platform_device_count={num_devices} '
-      '--xla_cpu_collective_call_terminate_timeout_seconds=600'))
+  return dict(os.environ, JAX_PLATFORMS='cpu', JAX_ENABLE_COMPILATION_CACHE='false',
+              XLA_FLAGS=(f'--xla_force_host_platform_device_count={num_devices} '
+                         '--xla_cpu_collective_call_terminate_timeout_seconds=600'))
 
 
 def tiny_config(name: str = 'msa', **overrides):
