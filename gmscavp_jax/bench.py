@@ -40,11 +40,11 @@ from ml_collections import config_flags
 import numpy as np
 
 from gmscavp_jax import cli
-from gmscavp_jax import config_validation
-from gmscavp_jax import perf
-from gmscavp_jax import profiling
-from gmscavp_jax import sharding
-from gmscavp_jax import steps
+from gmscavp_jax.core import config_validation
+from gmscavp_jax.infra import perf
+from gmscavp_jax.infra import profiling
+from gmscavp_jax.infra import sharding
+from gmscavp_jax.core import steps
 from gmscavp_jax import train
 from gmscavp_jax.data import pipeline
 from gmscavp_jax.evaluators import generation

@@ -9,8 +9,8 @@ from absl import flags
 from absl import logging
 import jax
 
-from gmscavp_jax import config_validation
-from gmscavp_jax import steps
+from gmscavp_jax.core import config_validation
+from gmscavp_jax.core import steps
 from gmscavp_jax.data import media
 
 # Errors that mean "the user asked for something that cannot work": reported as one line.

@@ -7,7 +7,7 @@ workdir generates for it, and see the test clips it retrieves.
 Serves http://127.0.0.1:PORT (this machine only; nothing is shared or sent elsewhere). The
 page shows the video with its generated soundtrack, the generated spectrogram beside the
 original one, both audios, and the top test clips of the other modality with their scores;
-sampler, steps, guidance scale and seed are controls. See demo_app.py.
+sampler, steps, guidance scale and seed are controls. See demo_page.py.
 """
 
 import sys
@@ -35,12 +35,13 @@ def main(argv):
     raise app.UsageError(f'--max_upload_mb={_MAX_UPLOAD_MB.value}: expected a positive size')
   cli.setup()
   try:
-    from gmscavp_jax import demo_app  # pylint: disable=g-import-not-at-top  (gradio: optional)
+    # gradio is optional: imported only when the page is served.
+    from gmscavp_jax.inference import demo_page  # pylint: disable=g-import-not-at-top
   except ModuleNotFoundError as e:
     if e.name not in ('gradio', 'gradio_client'):
       raise
     sys.exit(f"error: the demo needs {e.name}: pip install -e '.[demo]'")
-  cli.run_or_explain(demo_app.serve, _WORKDIR.value, port=_PORT.value,
+  cli.run_or_explain(demo_page.serve, _WORKDIR.value, port=_PORT.value,
                      max_upload_mb=_MAX_UPLOAD_MB.value, top_k=_TOP_K.value,
                      output_dir=_OUTPUT_DIR.value)
 

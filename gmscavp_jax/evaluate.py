@@ -16,7 +16,7 @@ from absl import app
 from absl import flags
 
 from gmscavp_jax import cli
-from gmscavp_jax import evaluation
+from gmscavp_jax.evaluators import checkpoint_evaluation
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Workdir of a training run.')
 _SAMPLER_FLAGS = cli.define_sampler_flags()
@@ -35,7 +35,7 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   cli.setup()
   r = cli.run_or_explain(
-      evaluation.evaluate, _WORKDIR.value, evaluator_dir=_EVALUATOR_DIR.value,
+      checkpoint_evaluation.evaluate, _WORKDIR.value, evaluator_dir=_EVALUATOR_DIR.value,
       num_clips=_NUM_CLIPS.value, seed=_SEED.value, output_dir=_OUTPUT_DIR.value,
       **cli.sampler_args(_SAMPLER_FLAGS))
   print(f"checkpoint {r['evaluate/step']}: KLD {r['gen/kld']:.3f}  FAD {r['gen/fad']:.3f}  "

@@ -17,9 +17,9 @@ NAME_strip.png. Sampler flags default to the config's eval.* settings (a2v: a2v.
 from absl import app
 from absl import flags
 
-from gmscavp_jax import animation
+from gmscavp_jax.inference import audio_to_video
 from gmscavp_jax import cli
-from gmscavp_jax import soundtrack
+from gmscavp_jax.inference import video_to_audio
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Workdir of a training run.')
 _DIRECTION = flags.DEFINE_enum('direction', 'v2a', ['v2a', 'a2v'],
@@ -49,7 +49,7 @@ def main(argv):
   cli.setup()
   if _DIRECTION.value == 'a2v':
     out = cli.run_or_explain(
-        animation.generate, _WORKDIR.value, _OUTPUT_DIR.value, audio=_AUDIO.value,
+        audio_to_video.generate, _WORKDIR.value, _OUTPUT_DIR.value, audio=_AUDIO.value,
         video=_VIDEO.value, test_index=_TEST_INDEX.value, start_seconds=_START.value,
         seed=_SEED.value, **cli.sampler_args(_SAMPLER_FLAGS))
     print(f"checkpoint {out['step']}: wrote {out['mp4']}, {out['png']} "
@@ -58,7 +58,7 @@ def main(argv):
       print(f"PSNR against the real frames: {out['psnr']:.2f} dB")
     return
   out = cli.run_or_explain(
-      soundtrack.generate, _WORKDIR.value, _OUTPUT_DIR.value, video=_VIDEO.value,
+      video_to_audio.generate, _WORKDIR.value, _OUTPUT_DIR.value, video=_VIDEO.value,
       test_index=_TEST_INDEX.value, start_seconds=_START.value, seed=_SEED.value,
       **cli.sampler_args(_SAMPLER_FLAGS))
   print(f"checkpoint {out['step']}: wrote {out['wav']}, {out['png']}, {out['mp4']}")

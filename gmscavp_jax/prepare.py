@@ -58,9 +58,9 @@ from absl import flags
 from ml_collections import config_flags
 
 from gmscavp_jax.data import builders
-from gmscavp_jax.data import layouts
-from gmscavp_jax.data import prepare_bench
-from gmscavp_jax.data import preparation
+from gmscavp_jax.data.prepare import layouts
+from gmscavp_jax.tools import prepare_bench
+from gmscavp_jax.data.prepare import preparation
 
 _LAYOUT = flags.DEFINE_enum('layout', None, list(layouts.LAYOUTS), 'Layout of the videos.')
 _VIDEOS = flags.DEFINE_string('videos', None, 'Folder of the video files.')

@@ -17,7 +17,7 @@ from absl import app
 from absl import flags
 
 from gmscavp_jax import cli
-from gmscavp_jax import queries
+from gmscavp_jax.inference import retrieval_queries
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Workdir of a training run.')
 _TEST_INDEX = flags.DEFINE_integer('test_index', None, 'Query: this clip of the test split.')
@@ -39,13 +39,13 @@ def main(argv):
     raise app.UsageError('give exactly one query: --test_index=N, --video=FILE or --audio=FILE')
   cli.setup()
   if _TEST_INDEX.value is None:
-    out = cli.run_or_explain(queries.file_query, _WORKDIR.value, _TOP_K.value,
+    out = cli.run_or_explain(retrieval_queries.file_query, _WORKDIR.value, _TOP_K.value,
                              video=_VIDEO.value, audio=_AUDIO.value, start_seconds=_START.value)
     print(f"query: {_VIDEO.value or _AUDIO.value} from {_START.value:g} s, checkpoint "
           f"{out['step']}")
   else:
     try:
-      out = cli.run_or_explain(queries.test_clip_query, _WORKDIR.value, _TEST_INDEX.value,
+      out = cli.run_or_explain(retrieval_queries.test_clip_query, _WORKDIR.value, _TEST_INDEX.value,
                                _TOP_K.value, _DIRECTION.value)
     except ValueError as e:
       print(f'error: {e}', file=sys.stderr)

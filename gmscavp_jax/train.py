@@ -16,12 +16,12 @@ import jax
 import ml_collections
 import numpy as np
 
-from gmscavp_jax import checkpointing
-from gmscavp_jax import config_validation
-from gmscavp_jax import metrics_io
-from gmscavp_jax import plotting
-from gmscavp_jax import sharding
-from gmscavp_jax import steps
+from gmscavp_jax.infra import checkpointing
+from gmscavp_jax.core import config_validation
+from gmscavp_jax.infra import metrics_io
+from gmscavp_jax.infra import plotting
+from gmscavp_jax.infra import sharding
+from gmscavp_jax.core import steps
 from gmscavp_jax.data import pipeline
 from gmscavp_jax.evaluators import a2v_generation
 from gmscavp_jax.evaluators import generation

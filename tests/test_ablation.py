@@ -8,7 +8,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 
-from gmscavp_jax import ablation
+from gmscavp_jax.tools import ablation
 
 CONFIGS = ('cavp', 'msa', 'msd', 'msa_msd')
 # Per config: (KLD, Align Acc); seed s adds s * (0.1, 1.0). The paper's ordering holds for KLD
@@ -106,7 +106,7 @@ def test_markdown_table_and_ordering(tmp_path):
   agg = ablation.aggregate(str(tmp_path), CONFIGS + ('other',), seeds=2)
   md = ablation.markdown(agg, ['x/ablation.py', '--root=/r', '--seeds=2'])
   lines = md.splitlines()
-  assert '- command: `python -m gmscavp_jax.ablation --root=/r --seeds=2`' in lines
+  assert '- command: `python -m gmscavp_jax.tools.ablation --root=/r --seeds=2`' in lines
   assert ('| config | MSA | MSD | seeds | KLD ↓ | FAD ↓ | Align Acc ↑ | onset hit@50ms ↑ | '
           'onset hit@100ms ↑ | v2a R@1 | v2a R@5 | v2a R@10 | a2v R@1 | a2v R@5 | a2v R@10 |'
           ) in lines

@@ -18,12 +18,12 @@ import pytest
 
 from configs import msa_msd
 from configs import msd
-from gmscavp_jax import animation
-from gmscavp_jax import checkpointing
-from gmscavp_jax import config_validation
-from gmscavp_jax import metrics_io
-from gmscavp_jax import sharding
-from gmscavp_jax import steps
+from gmscavp_jax.inference import audio_to_video
+from gmscavp_jax.infra import checkpointing
+from gmscavp_jax.core import config_validation
+from gmscavp_jax.infra import metrics_io
+from gmscavp_jax.infra import sharding
+from gmscavp_jax.core import steps
 from gmscavp_jax import train
 from gmscavp_jax.data import media
 from gmscavp_jax.data import media_writing
@@ -201,7 +201,7 @@ def test_a2v_generate_cli_writes_viewable_files(bi_workdir, tmp_path):
   clip = pipeline.make_source(config, 'test')[2]
   wav = str(tmp_path / 'sound.wav')
   media_writing.write_wav(wav, clip['waveform'], config.audio.sample_rate)
-  out = animation.generate(workdir, str(tmp_path / 'wav'), audio=wav)
+  out = audio_to_video.generate(workdir, str(tmp_path / 'wav'), audio=wav)
   assert 'psnr' not in out and os.path.exists(out['png']) and os.path.exists(out['mp4'])
 
   # A run without bidirectional training: one clear error, before reading any media.
@@ -212,7 +212,7 @@ def test_a2v_generate_cli_writes_viewable_files(bi_workdir, tmp_path):
   saved['train']['bidirectional_interval'] = 0
   (plain / 'config.json').write_text(json.dumps(saved))
   with pytest.raises(config_validation.ConfigError, match='bidirectional_interval=0'):
-    animation.generate(str(plain), str(tmp_path / 'none'), test_index=0)
+    audio_to_video.generate(str(plain), str(tmp_path / 'none'), test_index=0)
 
 
 @pytest.mark.parametrize('field, value, training', [

@@ -5,12 +5,12 @@ import pickle
 import numpy as np
 import pytest
 
-from gmscavp_jax import config_validation
+from gmscavp_jax.core import config_validation
 from gmscavp_jax.data import builders
-from gmscavp_jax.data import layouts
+from gmscavp_jax.data.prepare import layouts
 from gmscavp_jax.data import media_writing
 from gmscavp_jax.data import pipeline
-from gmscavp_jax.data import preparation
+from gmscavp_jax.data.prepare import preparation
 from tests.conftest import tiny_config
 
 SR, FPS, T, SIZE = 8000, 8.0, 8, 32

@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from configs import cavp, common, msa, msa_msd, msd
-from gmscavp_jax import config_validation
+from gmscavp_jax.core import config_validation
 from tests.conftest import ROOT, tiny_config
 
 

@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from gmscavp_jax import demo_app
+from gmscavp_jax.inference import demo_page
 from gmscavp_jax import train
 from gmscavp_jax.data import media_writing
 from gmscavp_jax.data import pipeline
@@ -43,7 +43,7 @@ def _free_port() -> int:
 def server(workdir, tmp_path_factory):
   """What `python -m gmscavp_jax.demo` serves, in this process on a free loopback port;
   yields its URL and stops it after the module's tests."""
-  app = demo_app.serve(workdir, port=_free_port(), max_upload_mb=MAX_UPLOAD_MB,
+  app = demo_page.serve(workdir, port=_free_port(), max_upload_mb=MAX_UPLOAD_MB,
                        output_dir=str(tmp_path_factory.mktemp('demo')), block=False)
   try:
     yield app.local_url
@@ -74,7 +74,7 @@ def test_a_good_upload_gets_a_soundtrack_spectrogram_and_scores(workdir, client,
   # function): the demo takes the window at 0.5 s.
   config = train.load_config(workdir)
   seconds = 2 * config.data.num_frames / config.data.fps
-  video = demo_app.clips_as_upload(workdir, seconds, str(tmp_path / 'two clips.mp4'))
+  video = demo_page.clips_as_upload(workdir, seconds, str(tmp_path / 'two clips.mp4'))
   with av.open(video) as container:
     assert float(container.duration / av.time_base) == pytest.approx(seconds, abs=0.2)
   mp4, png, original, generated, v2a, a2v, message = client.predict(
@@ -87,7 +87,7 @@ def test_a_good_upload_gets_a_soundtrack_spectrogram_and_scores(workdir, client,
     assert image.width > 200 and image.height > 100
   assert original and generated and os.path.getsize(generated) > 0
   for table in (v2a, a2v):
-    assert table['headers'] == demo_app.TABLE_HEADERS
+    assert table['headers'] == demo_page.TABLE_HEADERS
     ranks = [row[0] for row in table['data']]
     scores = [row[3] for row in table['data']]
     assert ranks == [1, 2, 3, 4, 5] and scores == sorted(scores, reverse=True)
@@ -131,7 +131,7 @@ def test_the_page_renders_and_generates_in_headless_chromium(workdir, server, tm
     driver = headless_chromium.start(profile)  # Fails naming chromium if it is missing.
     try:
       headless_chromium.open_page(driver, server)
-      assert driver.title == demo_app.TITLE
+      assert driver.title == demo_page.TITLE
       message = headless_chromium.generate_from_upload(driver, video, timeout_s=120)
       assert message.startswith('Checkpoint 4.'), message
       headless_chromium.save_full_page(driver, str(tmp_path / 'page.png'))

@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from gmscavp_jax import evaluation
+from gmscavp_jax.evaluators import checkpoint_evaluation
 from gmscavp_jax import train
 from gmscavp_jax.evaluators import classifier_training
 from gmscavp_jax.evaluators import classifiers
@@ -66,7 +66,7 @@ def test_evaluator_set_is_keyed_by_the_dataset(tmp_path):
 
 def test_evaluate_writes_results_and_reuses_the_evaluators(trained):
   workdir, root = trained
-  results = evaluation.evaluate(workdir, evaluator_dir=root, sampler='ddim', num_steps=3)
+  results = checkpoint_evaluation.evaluate(workdir, evaluator_dir=root, sampler='ddim', num_steps=3)
   with open(os.path.join(workdir, 'results.json')) as f:
     saved = json.load(f)
   for key in REQUIRED:
@@ -103,4 +103,4 @@ def test_evaluate_cli_reports_a_missing_workdir(tmp_path):
 def test_bad_metric_clip_count_is_named(trained):
   workdir, root = trained
   with pytest.raises(Exception, match='eval.num_metric_clips'):
-    evaluation.evaluate(workdir, evaluator_dir=root, num_clips=100)
+    checkpoint_evaluation.evaluate(workdir, evaluator_dir=root, num_clips=100)

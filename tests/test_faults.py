@@ -10,10 +10,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gmscavp_jax import checkpointing
+from gmscavp_jax.infra import checkpointing
 from gmscavp_jax import cli
-from gmscavp_jax import config_validation
-from gmscavp_jax import steps
+from gmscavp_jax.core import config_validation
+from gmscavp_jax.core import steps
 from gmscavp_jax import train
 
 

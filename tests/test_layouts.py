@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from gmscavp_jax.data import layouts
+from gmscavp_jax.data.prepare import layouts
 
 
 def _write(path, text=''):

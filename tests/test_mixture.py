@@ -6,7 +6,7 @@ import collections
 import numpy as np
 import pytest
 
-from gmscavp_jax import config_validation
+from gmscavp_jax.core import config_validation
 from gmscavp_jax.data import mixture
 from gmscavp_jax.data import pipeline
 from gmscavp_jax.evaluators import classifier_training

@@ -1,4 +1,4 @@
-"""Tests of the benchmark's accounting (gmscavp_jax/perf.py): FLOPs, peaks, MFU, memory."""
+"""Tests of the benchmark's accounting (gmscavp_jax/infra/perf.py): FLOPs, peaks, MFU, memory."""
 
 import math
 import os
@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from gmscavp_jax import perf
+from gmscavp_jax.infra import perf
 from tests.conftest import ROOT
 
 M, K, N = 64, 32, 16

@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-from gmscavp_jax import sharding
+from gmscavp_jax.infra import sharding
 from gmscavp_jax.data import pipeline
 from tests.conftest import tiny_config
 

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 
 from gmscavp_jax.data import builders
-from gmscavp_jax.data import layouts
-from gmscavp_jax.data import prepare_bench
-from gmscavp_jax.data import preparation
+from gmscavp_jax.data.prepare import layouts
+from gmscavp_jax.tools import prepare_bench
+from gmscavp_jax.data.prepare import preparation
 from tests.conftest import ROOT
 from tests.test_builders import GEOMETRY
 from tests.test_builders import write_clip

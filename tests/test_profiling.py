@@ -5,8 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gmscavp_jax import perf
-from gmscavp_jax import profiling
+from gmscavp_jax.infra import perf
+from gmscavp_jax.infra import profiling
 
 
 def _matmul_and_conv(x, w, img, kernel):

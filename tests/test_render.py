@@ -7,10 +7,10 @@ import sys
 import numpy as np
 import pytest
 
-from gmscavp_jax import config_validation
+from gmscavp_jax.core import config_validation
 from gmscavp_jax.data import audio
 from gmscavp_jax.data import media
-from gmscavp_jax.data import render
+from gmscavp_jax.data.prepare import render
 from gmscavp_jax.data import synthetic
 from tests.conftest import ROOT
 from tests.conftest import tiny_config
@@ -126,7 +126,7 @@ def test_worker_pool_renders_the_same_clips(rendered, tmp_path):
 
 
 def test_cli(tmp_path):
-  args = [sys.executable, '-m', 'gmscavp_jax.render_synthetic',
+  args = [sys.executable, '-m', 'gmscavp_jax.tools.render_synthetic',
           '--config=configs/msa.py:runlocal', '--config.data.image_size=32',
           '--config.data.num_frames=8', f'--out={tmp_path}', '--num_train_clips=2',
           '--num_test_clips=1', '--workers=0']

@@ -11,7 +11,7 @@ import time
 import numpy as np
 import orbax.checkpoint as ocp
 
-from gmscavp_jax import metrics_io
+from gmscavp_jax.infra import metrics_io
 from gmscavp_jax import train
 from tests.conftest import ROOT, tiny_config
 

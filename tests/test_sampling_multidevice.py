@@ -43,7 +43,7 @@ def _correlated_denoiser(alpha_bar, mu_cond, mu_uncond, cov):
 def _compare_meshes() -> dict:
   import functools  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
-  from gmscavp_jax import sharding  # pylint: disable=g-import-not-at-top
+  from gmscavp_jax.infra import sharding  # pylint: disable=g-import-not-at-top
   from gmscavp_jax.diffusion import samplers  # pylint: disable=g-import-not-at-top
   from gmscavp_jax.diffusion import schedules  # pylint: disable=g-import-not-at-top
 

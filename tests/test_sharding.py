@@ -6,8 +6,8 @@ from jax.sharding import PartitionSpec as P
 import optax
 import pytest
 
-from gmscavp_jax import config_validation
-from gmscavp_jax import sharding
+from gmscavp_jax.core import config_validation
+from gmscavp_jax.infra import sharding
 from tests.conftest import tiny_config
 
 

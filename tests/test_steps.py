@@ -8,7 +8,7 @@ import numpy as np
 import optax
 import pytest
 
-from gmscavp_jax import steps
+from gmscavp_jax.core import steps
 from gmscavp_jax.data import pipeline
 from tests.conftest import tiny_config
 

@@ -9,7 +9,7 @@ from absl import app
 import matplotlib.pyplot as plt
 import pytest
 
-from gmscavp_jax import studies
+from gmscavp_jax.tools import studies
 
 EVAL = dict(sampler='dpmpp2m', sample_steps=25, guidance=5.0, num_metric_clips=256)
 
@@ -113,7 +113,7 @@ def test_sampling_steps_rows_resume_and_report(tmp_path):
   assert fake.calls[0][3:] == [f'--workdir={workdir}', '--sampler=ddim', '--steps=10',
                                '--num_clips=8', f'--output_dir={root}/sampling_steps/ddim-10']
   md = (out / 'sampling_steps.md').read_text()
-  assert '- command: `python -m gmscavp_jax.studies x`' in md
+  assert '- command: `python -m gmscavp_jax.tools.studies x`' in md
   header = '| setting | KLD ↓ | FAD ↓ | Align Acc ↑ | onset hit@100ms ↑ | s / clip ↓ |'
   assert header in md
   rows = _rows_of(md)

@@ -13,18 +13,18 @@ import numpy as np
 import pytest
 import scipy.io.wavfile
 
-from gmscavp_jax import queries
-from gmscavp_jax import soundtrack
-from gmscavp_jax import steps
-from gmscavp_jax import metrics_io
+from gmscavp_jax.inference import retrieval_queries
+from gmscavp_jax.inference import video_to_audio
+from gmscavp_jax.core import steps
+from gmscavp_jax.infra import metrics_io
 from gmscavp_jax import train
 from gmscavp_jax.data import builders
-from gmscavp_jax.data import layouts
+from gmscavp_jax.data.prepare import layouts
 from gmscavp_jax.data import media
 from gmscavp_jax.data import media_writing
 from gmscavp_jax.data import pipeline
-from gmscavp_jax.data import preparation
-from gmscavp_jax.data import render
+from gmscavp_jax.data.prepare import preparation
+from gmscavp_jax.data.prepare import render
 from gmscavp_jax.evaluators import retrieval
 from tests.conftest import ROOT, tiny_config
 
@@ -141,7 +141,7 @@ def test_retrieve_from_cache_and_from_checkpoint(msa_workdir, tmp_path):
   # A query from outside the split (the demo's uploads): test clip 3's own frames and audio,
   # embedded anew by the restored encoders, rank the split as its cached embeddings do.
   record = pipeline.make_source(train.load_config(workdir), 'test')[3]
-  retriever = queries.Retriever(workdir)
+  retriever = retrieval_queries.Retriever(workdir)
   fresh = retriever.clip(5, frames=record['frames'], waveform=record['waveform'])
   for name in ('v2a', 'a2v'):
     assert [h['clip'] for h in fresh[name]] == [h['clip'] for h in out[name]]
@@ -185,7 +185,7 @@ def test_retrieve_cli(msa_workdir, tmp_path):
 
 def test_generate_for_a_test_clip(msa_workdir, tmp_path):
   workdir, _ = msa_workdir
-  out = soundtrack.generate(workdir, str(tmp_path), test_index=1, num_steps=3)
+  out = video_to_audio.generate(workdir, str(tmp_path), test_index=1, num_steps=3)
   config = train.load_config(workdir)
   num_samples = round(config.data.num_frames / config.data.fps * config.audio.sample_rate)
   rate, wave = scipy.io.wavfile.read(out['wav'])

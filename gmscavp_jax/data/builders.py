@@ -29,7 +29,7 @@ from absl import logging
 import numpy as np
 import tensorflow_datasets as tfds
 
-from gmscavp_jax.data import layouts
+from gmscavp_jax.data.prepare import layouts
 from gmscavp_jax.data import media
 
 DATASET_VERSION = '1.0.0'

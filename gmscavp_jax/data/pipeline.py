@@ -14,7 +14,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from gmscavp_jax import config_validation
+from gmscavp_jax.core import config_validation
 from gmscavp_jax.data import mixture
 from gmscavp_jax.data import synthetic
 

@@ -21,9 +21,9 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh
 
-from gmscavp_jax import bidirectional
-from gmscavp_jax import plotting
-from gmscavp_jax import steps
+from gmscavp_jax.core import bidirectional
+from gmscavp_jax.infra import plotting
+from gmscavp_jax.core import steps
 from gmscavp_jax.evaluators import generation
 
 PREFIX = 'gen_a2v'

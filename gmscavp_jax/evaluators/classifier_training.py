@@ -8,7 +8,7 @@ $GMSCAVP_EVALUATORS, else ~/.cache/gmscavp_jax/evaluators), written atomically: 
 and evaluators.json (settings, training summary, and the self-check accuracies on the test
 split, which say whether the evaluators can be trusted).
 
-  python -m gmscavp_jax.train_evaluators --config=configs/msa_msd.py:runlocal
+  python -m gmscavp_jax.tools.train_evaluators --config=configs/msa_msd.py:runlocal
 """
 
 import functools
@@ -26,10 +26,10 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
-from gmscavp_jax import config_validation
-from gmscavp_jax import metrics_io
-from gmscavp_jax import sharding
-from gmscavp_jax import steps
+from gmscavp_jax.core import config_validation
+from gmscavp_jax.infra import metrics_io
+from gmscavp_jax.infra import sharding
+from gmscavp_jax.core import steps
 from gmscavp_jax.data import negatives
 from gmscavp_jax.data import pipeline
 from gmscavp_jax.evaluators import classifiers

@@ -22,8 +22,8 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh
 
-from gmscavp_jax import sharding
-from gmscavp_jax import steps
+from gmscavp_jax.infra import sharding
+from gmscavp_jax.core import steps
 from gmscavp_jax.data import negatives
 from gmscavp_jax.models import encoders
 

@@ -20,9 +20,9 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh
 
-from gmscavp_jax import plotting
-from gmscavp_jax import sharding
-from gmscavp_jax import steps
+from gmscavp_jax.infra import plotting
+from gmscavp_jax.infra import sharding
+from gmscavp_jax.core import steps
 from gmscavp_jax.data import audio
 from gmscavp_jax.data import pipeline
 from gmscavp_jax.data import vocoder

@@ -9,8 +9,8 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh
 
-from gmscavp_jax import sharding
-from gmscavp_jax import steps
+from gmscavp_jax.infra import sharding
+from gmscavp_jax.core import steps
 from gmscavp_jax.data import pipeline
 from gmscavp_jax.evaluators import metrics as metrics_lib
 

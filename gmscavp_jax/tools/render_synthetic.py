@@ -1,6 +1,6 @@
 """Renders the synthetic benchmark as a VGGSound-style folder of mp4 files and a CSV.
 
-  python -m gmscavp_jax.render_synthetic --config=configs/msa.py:runlocal --out=/tmp/vgg \
+  python -m gmscavp_jax.tools.render_synthetic --config=configs/msa.py:runlocal --out=/tmp/vgg \
       --num_train_clips=2000 --num_test_clips=512 --workers=8
 
 Clips have the config's frame size, frame rate, length and audio sample rate; test clip i is
@@ -15,7 +15,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from gmscavp_jax import cli
-from gmscavp_jax.data import render
+from gmscavp_jax.data.prepare import render
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file.',
                                           lock_config=True)

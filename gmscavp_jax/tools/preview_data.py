@@ -1,6 +1,6 @@
 r"""Writes preview PNGs of synthetic clips: frames over time above the log-mel spectrogram.
 
-  python -m gmscavp_jax.data.preview --out=/tmp/preview [--num_clips=4 --split=train]
+  python -m gmscavp_jax.tools.preview_data --out=/tmp/preview [--num_clips=4 --split=train]
 
 Onset times are drawn as dashed lines across both panels, which share one time axis, so a
 reader can check that impacts and flashes line up with sound onsets.

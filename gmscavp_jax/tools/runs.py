@@ -25,7 +25,7 @@ from absl import flags
 from absl import logging
 import numpy as np
 
-from gmscavp_jax import config_validation
+from gmscavp_jax.core import config_validation
 
 # The flags both runners (ablation.py, studies.py) take, defined once here: absl refuses a
 # second definition of a name, and one process (a test worker) imports both runners.

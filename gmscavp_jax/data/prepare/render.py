@@ -28,7 +28,7 @@ import os
 import ml_collections
 import tqdm
 
-from gmscavp_jax import config_validation
+from gmscavp_jax.core import config_validation
 from gmscavp_jax.data import media_writing
 from gmscavp_jax.data import synthetic
 

@@ -8,9 +8,9 @@ embed; its video ranks the split's audios (v2a), its audio the split's videos (a
 
 import numpy as np
 
-from gmscavp_jax import config_validation
-from gmscavp_jax import sharding
-from gmscavp_jax import soundtrack
+from gmscavp_jax.core import config_validation
+from gmscavp_jax.infra import sharding
+from gmscavp_jax.inference import video_to_audio
 from gmscavp_jax import train
 from gmscavp_jax.data import media
 from gmscavp_jax.evaluators import retrieval
@@ -57,7 +57,8 @@ class Retriever:
         self._params,
         (np.zeros((c.data.num_frames, c.data.image_size, c.data.image_size, 3), np.uint8)
          if frames is None else frames)[None],
-        (np.zeros(soundtrack.num_samples(c), np.float32) if waveform is None else waveform)[None])
+        (np.zeros(video_to_audio.num_samples(c), np.float32) if waveform is None
+         else waveform)[None])
     return retrieval.answer_embedding_query(
         self.embeddings, top_k, video=None if frames is None else video[0],
         audio=None if waveform is None else audio[0])
@@ -71,12 +72,12 @@ def load_query(config, *, video: str | None = None, audio: str | None = None,
   if (video is None) == (audio is None):
     raise ValueError('give exactly one of video= or audio=')
   if video is not None:
-    clip = soundtrack.load_clip(config, video=video, test_index=None,
+    clip = video_to_audio.load_clip(config, video=video, test_index=None,
                                 start_seconds=start_seconds)
     return {'frames': clip['frames'], 'waveform': clip['waveform']}
   return {'frames': None,
           'waveform': media.read_audio(audio, sample_rate=config.audio.sample_rate,
-                                       num_samples=soundtrack.num_samples(config),
+                                       num_samples=video_to_audio.num_samples(config),
                                        start_seconds=start_seconds)}
 
 

@@ -17,7 +17,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import orbax.checkpoint as ocp
 
-from gmscavp_jax import config_validation
+from gmscavp_jax.core import config_validation
 
 DATA_AXIS = 'data'
 FSDP_AXIS = 'fsdp'

@@ -14,9 +14,9 @@ from absl import logging
 import jax
 import numpy as np
 
-from gmscavp_jax import config_validation
-from gmscavp_jax import plotting
-from gmscavp_jax import sharding
+from gmscavp_jax.core import config_validation
+from gmscavp_jax.infra import plotting
+from gmscavp_jax.infra import sharding
 from gmscavp_jax import train
 from gmscavp_jax.data import media
 from gmscavp_jax.data import media_writing

@@ -1,6 +1,6 @@
 """Trains the evaluator networks of a dataset (DESIGN §5) ahead of `evaluate`.
 
-  python -m gmscavp_jax.train_evaluators --config=configs/msa_msd.py:runlocal
+  python -m gmscavp_jax.tools.train_evaluators --config=configs/msa_msd.py:runlocal
 
 The dataset is the config's data.* / audio.* fields, the networks its evaluator.* fields;
 the set lands in EVALUATOR_ROOT/<data.name>-<hash> (see evaluators/classifier_training.py),

@@ -1,6 +1,6 @@
 r"""Table 3 of the paper: trains and evaluates each config for several seeds, then tabulates.
 
-  python -m gmscavp_jax.ablation --root=/tmp/ablation --seeds=3 \
+  python -m gmscavp_jax.tools.ablation --root=/tmp/ablation --seeds=3 \
       [--configs=cavp,msa,msd,msa_msd] [--variant=runlocal] [--override=train.num_steps=500] \
       [--sampler=ddim --steps=50 --guidance=3]
 
@@ -21,8 +21,8 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from gmscavp_jax import plotting
-from gmscavp_jax import runs
+from gmscavp_jax.infra import plotting
+from gmscavp_jax.tools import runs
 from gmscavp_jax.evaluators import suite
 
 # Also --root, --variant, --override, --configs_dir, --sampler, --steps, --guidance (runs.py).
@@ -146,7 +146,8 @@ def _cell(mean, std, dec) -> str:
 
 def markdown(agg: dict, argv: Sequence[str]) -> str:
   """ablation.md: provenance, the Table 3 layout, and the paper's ordering checked per metric."""
-  lines = ['# GMS-CAVP ablation (Table 3)', '', *runs.provenance('gmscavp_jax.ablation', argv),
+  lines = ['# GMS-CAVP ablation (Table 3)', '',
+           *runs.provenance('gmscavp_jax.tools.ablation', argv),
            '',
            '| config | MSA | MSD | seeds | ' + ' | '.join(m[1] for m in METRICS) + ' |',
            '|' + ' --- |' * (4 + len(METRICS))]

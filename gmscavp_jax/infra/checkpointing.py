@@ -19,7 +19,7 @@ import jax
 from jax.experimental import multihost_utils
 import orbax.checkpoint as ocp
 
-from gmscavp_jax import config_validation
+from gmscavp_jax.core import config_validation
 
 ITEMS = ('state', 'data_iter', 'config')
 

@@ -36,9 +36,9 @@ import numpy as np
 import tqdm
 
 from gmscavp_jax.data import builders
-from gmscavp_jax.data import layouts
+from gmscavp_jax.data.prepare import layouts
 from gmscavp_jax.data import media
-from gmscavp_jax.data import tfds_compat
+from gmscavp_jax.data.prepare import tfds_compat
 
 REPORT_NAME = 'prepare_report'
 # A worker that dies this often while decoding the same file marks the file as bad.

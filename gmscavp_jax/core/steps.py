@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from gmscavp_jax import bidirectional
+from gmscavp_jax.core import bidirectional
 from gmscavp_jax.data import audio
 from gmscavp_jax.data import negatives
 from gmscavp_jax.diffusion import objectives

@@ -1,10 +1,10 @@
 """The demo page: a trained workdir's soundtracks and retrieval in a browser (gradio).
 
 `Backend` restores the workdir once per server and answers one request at a time through
-the functions the CLIs run (`soundtrack.Soundtracker` for generate, `queries.Retriever` for
-retrieve); `build_app` lays out the page around it and `serve` starts it. Only demo.py (and
-the demo's tests) import this module, so the core package never needs gradio
-(`pip install -e .[demo]`).
+the functions the CLIs run (`video_to_audio.Soundtracker` for generate,
+`retrieval_queries.Retriever` for retrieve); `build_app` lays out the page around it and
+`serve` starts it. Only demo.py (and the demo's tests) import this module, so the core
+package never needs gradio (`pip install -e .[demo]`).
 """
 
 from collections.abc import Callable
@@ -17,9 +17,9 @@ import gradio as gr
 import numpy as np
 
 from gmscavp_jax import cli
-from gmscavp_jax import config_validation
-from gmscavp_jax import queries
-from gmscavp_jax import soundtrack
+from gmscavp_jax.core import config_validation
+from gmscavp_jax.inference import retrieval_queries
+from gmscavp_jax.inference import video_to_audio
 from gmscavp_jax import train
 from gmscavp_jax.data import media
 from gmscavp_jax.data import media_writing
@@ -39,9 +39,9 @@ class Backend:
   """One workdir's generator and retriever, restored once; `answer` serves a request."""
 
   def __init__(self, workdir: str, output_dir: str, *, max_upload_mb: float, top_k: int = 5):
-    self.soundtracker = soundtrack.Soundtracker(workdir)
+    self.soundtracker = video_to_audio.Soundtracker(workdir)
     s = self.soundtracker
-    self.retriever = queries.Retriever(
+    self.retriever = retrieval_queries.Retriever(
         workdir, restored=(s.config, s.mesh, s.models, s.params, s.step))
     self.num_test_clips = len(self.retriever.embeddings['index'])
     self._output_dir, self._top_k = output_dir, top_k

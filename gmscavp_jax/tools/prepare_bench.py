@@ -16,9 +16,9 @@ import grain.python as grain
 
 from configs import common
 from gmscavp_jax.data import builders
-from gmscavp_jax.data import layouts
-from gmscavp_jax.data import preparation
-from gmscavp_jax.data import render
+from gmscavp_jax.data.prepare import layouts
+from gmscavp_jax.data.prepare import preparation
+from gmscavp_jax.data.prepare import render
 
 
 def render_synthetic_videos(folder: str, config: builders.ClipsConfig,

@@ -1,6 +1,6 @@
 """Times the demo page's answers to an uploaded video, through gradio's own client.
 
-  python -m gmscavp_jax.demo_bench --workdir=/tmp/gmscavp_msa_msd [--upload_seconds=10]
+  python -m gmscavp_jax.tools.demo_bench --workdir=/tmp/gmscavp_msa_msd [--upload_seconds=10]
 
 Writes a video of `--upload_seconds` (test clips back to back, with their sound), starts the
 page that `python -m gmscavp_jax.demo` serves on a free loopback port, and asks it
@@ -34,18 +34,18 @@ def main(argv):
   cli.setup()
   from gradio_client import Client  # pylint: disable=g-import-not-at-top  (the [demo] extra)
   from gradio_client import handle_file  # pylint: disable=g-import-not-at-top
-  from gmscavp_jax import demo_app  # pylint: disable=g-import-not-at-top
+  from gmscavp_jax.inference import demo_page  # pylint: disable=g-import-not-at-top
 
   workdir = _WORKDIR.value
   config = train.load_config(workdir)
-  video = demo_app.clips_as_upload(
+  video = demo_page.clips_as_upload(
       workdir, _UPLOAD_SECONDS.value,
       os.path.join(tempfile.mkdtemp(prefix='gmscavp_demo_bench_'), 'upload.mp4'))
   with socket.socket() as s:
     s.bind(('127.0.0.1', 0))
     port = s.getsockname()[1]
   t0 = time.perf_counter()
-  page = demo_app.serve(workdir, port=port, max_upload_mb=1024, block=False)
+  page = demo_page.serve(workdir, port=port, max_upload_mb=1024, block=False)
   print(f'server ready in {time.perf_counter() - t0:.1f} s ({page.local_url})')
   client = Client(page.local_url, verbose=False)
   settings = generation.sampler_settings(config.eval)

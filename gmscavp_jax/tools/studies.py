@@ -1,6 +1,6 @@
 r"""The analysis studies of GMS-CAVP (papers/000 sec. 4.3), one subcommand each, resumable.
 
-  python -m gmscavp_jax.studies STUDY --root=DIR [--config=msa_msd --variant=runlocal]
+  python -m gmscavp_jax.tools.studies STUDY --root=DIR [--config=msa_msd --variant=runlocal]
       [--override=FIELD=VALUE ...] [--baseline_workdir=DIR] [--out=docs/studies]
       [--sampler=S --steps=N --guidance=G --num_clips=N]
 
@@ -34,9 +34,9 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from gmscavp_jax import config_validation
-from gmscavp_jax import plotting
-from gmscavp_jax import runs
+from gmscavp_jax.core import config_validation
+from gmscavp_jax.infra import plotting
+from gmscavp_jax.tools import runs
 from gmscavp_jax.data import mixture
 from gmscavp_jax.evaluators import suite
 
@@ -323,7 +323,7 @@ def write_report(study: str, rows: Sequence[Row], view: dict, base: str, out: st
   metrics = list(view['metrics'])
   metrics += a2v_metrics(results)
   time_of = lambda r, job: runtimes.get(r.name, {}).get(job)
-  lines = [f'# Study: {study}', '', view['about'], '', *runs.provenance('gmscavp_jax.studies',
+  lines = [f'# Study: {study}', '', view['about'], '', *runs.provenance('gmscavp_jax.tools.studies',
                                                                          argv),
            f'- trainings: {sum(not r.reuse for r in rows)} (rows reusing a trained run: '
            f'{sum(bool(r.reuse) for r in rows)}); evaluations: {len(rows)}',

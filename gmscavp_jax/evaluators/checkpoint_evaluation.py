@@ -17,9 +17,9 @@ import jax
 import ml_collections
 import numpy as np
 
-from gmscavp_jax import config_validation
-from gmscavp_jax import plotting
-from gmscavp_jax import sharding
+from gmscavp_jax.core import config_validation
+from gmscavp_jax.infra import plotting
+from gmscavp_jax.infra import sharding
 from gmscavp_jax import train
 from gmscavp_jax.evaluators import classifier_training
 from gmscavp_jax.evaluators import generation

@@ -12,12 +12,12 @@ import os
 
 import numpy as np
 
-from gmscavp_jax import bidirectional
-from gmscavp_jax import config_validation
-from gmscavp_jax import plotting
-from gmscavp_jax import sharding
-from gmscavp_jax import soundtrack
-from gmscavp_jax import steps
+from gmscavp_jax.core import bidirectional
+from gmscavp_jax.core import config_validation
+from gmscavp_jax.infra import plotting
+from gmscavp_jax.infra import sharding
+from gmscavp_jax.inference import video_to_audio
+from gmscavp_jax.core import steps
 from gmscavp_jax import train
 from gmscavp_jax.data import media
 from gmscavp_jax.data import media_writing
@@ -31,7 +31,7 @@ def load_audio_clip(config, *, audio: str | None, video: str | None, test_index:
                     start_seconds: float = 0.0) -> dict:
   """The clip to animate: name, waveform (S,), frames (T,H,W,3) or None, onsets or None."""
   if audio is None:
-    clip = soundtrack.load_clip(config, video=video, test_index=test_index,
+    clip = video_to_audio.load_clip(config, video=video, test_index=test_index,
                                 start_seconds=start_seconds)
     if clip['waveform'] is None:
       raise media.MediaError(video, 'has no audio track to generate frames from')
@@ -75,7 +75,7 @@ def generate(workdir: str, output_dir: str, *, audio: str | None = None,
   """Generates frames for one clip's audio; returns the written paths and scores.
 
   Exactly one of `audio`, `video` and `test_index` names the clip. Sampler arguments as for
-  soundtrack.generate (None: eval.* and a2v.guidance).
+  video_to_audio.generate (None: eval.* and a2v.guidance).
   """
   config = train.load_config(workdir)
   check_bidirectional(config, workdir)  # Before reading media or checkpoints.

@@ -1,0 +1,1 @@
+"""The method: config validation, the pure training steps, the bidirectional (a2v) half."""

@@ -1,0 +1,1 @@
+"""What every floor above uses: sharding, checkpointing, metrics files, plots, timing."""

@@ -1,0 +1,1 @@
+"""Commands beside the main ones: the ablation and studies runners, benchmarks, data tools."""
