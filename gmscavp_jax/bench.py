@@ -40,14 +40,15 @@ from ml_collections import config_flags
 import numpy as np
 
 from gmscavp_jax import cli
+from gmscavp_jax.core import config_io
 from gmscavp_jax.core import config_validation
+from gmscavp_jax.core import steps
+from gmscavp_jax.data import pipeline
+from gmscavp_jax.evaluators import generation
 from gmscavp_jax.infra import perf
 from gmscavp_jax.infra import profiling
 from gmscavp_jax.infra import sharding
-from gmscavp_jax.core import steps
 from gmscavp_jax import train
-from gmscavp_jax.data import pipeline
-from gmscavp_jax.evaluators import generation
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file.',
                                           lock_config=True)
@@ -255,7 +256,7 @@ def time_sampling_latency(config, mesh, sampler: str = LATENCY_SAMPLER,
 def bench_sampling(workdir: str, step_counts: list[int], samplers: list[str],
                    guidances: list[float]) -> list[dict]:
   """Latency and onset hit-rate of each sampler x steps x guidance on the last checkpoint."""
-  config = train.load_config(workdir)
+  config = config_io.load_config(workdir)
   mesh = sharding.mesh_from_config(config)
   models, params, ckpt_step = train.restore_params(workdir, config, mesh)
   evaluator = generation.GenerationEvaluator(config, mesh, models)

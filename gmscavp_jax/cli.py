@@ -10,12 +10,12 @@ from absl import logging
 import jax
 
 from gmscavp_jax.core import config_validation
-from gmscavp_jax.core import steps
 from gmscavp_jax.data import media
+from gmscavp_jax.infra import errors
 
 # Errors that mean "the user asked for something that cannot work": reported as one line.
-USER_ERRORS = (config_validation.ConfigError, media.MediaError, FileNotFoundError,
-               steps.NonFiniteError)
+USER_ERRORS = (errors.ConfigError, media.MediaError, FileNotFoundError,
+               errors.NonFiniteError)
 
 
 def setup() -> None:
@@ -59,7 +59,7 @@ def init_distributed(defined: dict) -> None:
   if values['coordinator_address']:
     missing = [f'--{k}' for k in ('num_processes', 'process_id') if values[k] is None]
     if missing:
-      raise config_validation.ConfigError(
+      raise errors.ConfigError(
           f'--coordinator_address={values["coordinator_address"]}: expected '
           f'{" and ".join(missing)} as well')
     jax.distributed.initialize(**values)

@@ -3,7 +3,7 @@
 validate config -> mesh -> data -> init or resume -> loop (log, checkpoint, evaluate) -> final
 evaluation and results.json. Restart is the default: a workdir with checkpoints continues.
 A SIGTERM saves a checkpoint and raises `Preempted`; too many non-finite steps in a row raise
-`steps.NonFiniteError` (the last checkpoint is the params from before them).
+`errors.NonFiniteError` (the last checkpoint is the params from before them).
 """
 
 from collections.abc import Callable
@@ -16,37 +16,18 @@ import jax
 import ml_collections
 import numpy as np
 
-from gmscavp_jax.infra import checkpointing
+from gmscavp_jax.core import config_io
 from gmscavp_jax.core import config_validation
-from gmscavp_jax.infra import metrics_io
-from gmscavp_jax.infra import plotting
-from gmscavp_jax.infra import sharding
 from gmscavp_jax.core import steps
 from gmscavp_jax.data import pipeline
 from gmscavp_jax.evaluators import a2v_generation
 from gmscavp_jax.evaluators import generation
 from gmscavp_jax.evaluators import retrieval
-
-
-def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-  """Writes the resolved config to WORKDIR/config.json (process 0)."""
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, 'config.json'), 'w') as f:
-      f.write(config.to_json_best_effort(indent=2, sort_keys=True))
-
-
-def load_config(workdir: str) -> ml_collections.ConfigDict:
-  """The resolved config a run saved in `workdir` (for the evaluation and query CLIs)."""
-  path = os.path.join(workdir, 'config.json')
-  if not os.path.exists(path):
-    raise FileNotFoundError(f'{path} not found: is {workdir!r} the workdir of a training run?')
-  with open(path) as f:
-    # JSON turns tuples into lists; the model and loss expect tuples.
-    return ml_collections.ConfigDict(json.load(f, object_hook=_lists_to_tuples))
-
-
-def _lists_to_tuples(obj: dict) -> dict:
-  return {k: tuple(v) if isinstance(v, list) else v for k, v in obj.items()}
+from gmscavp_jax.infra import checkpointing
+from gmscavp_jax.infra import errors
+from gmscavp_jax.infra import metrics_io
+from gmscavp_jax.infra import plotting
+from gmscavp_jax.infra import sharding
 
 
 # The exit status of a preempted run: 128 + SIGTERM, what a process killed by the signal
@@ -124,7 +105,7 @@ def restore_generator(workdir: str, config: ml_collections.ConfigDict, mesh):
   """`restore_params` for the CLIs that sample: a ConfigError if the denoiser is untrained."""
   models, params, step = restore_params(workdir, config, mesh)
   if not steps.generator_trained(config, step):
-    raise config_validation.ConfigError(
+    raise errors.ConfigError(
         f'config.diffusion.training={config.diffusion.training!r}: the checkpoint at step '
         f'{step} in {workdir} has no trained denoiser yet')
   return models, params, step
@@ -132,7 +113,7 @@ def restore_generator(workdir: str, config: ml_collections.ConfigDict, mesh):
 
 def test_embeddings(workdir: str) -> dict:
   """Test-split embeddings of the newest checkpoint in `workdir` (cached or recomputed)."""
-  config = load_config(workdir)
+  config = config_io.load_config(workdir)
   ckpt = checkpointing.Checkpointer(workdir, keep=config.train.keep_checkpoints)
   saved_steps = ckpt.all_steps()
   ckpt.close()
@@ -184,7 +165,7 @@ class SkipCounter:
   """Counts skipped (non-finite) steps from the step's train/skipped flags, fetched lazily.
 
   `check` fetches the flags added since the last check (at log and checkpoint steps only, so
-  steps stay asynchronous) and raises steps.NonFiniteError once `limit` are in a row.
+  steps stay asynchronous) and raises errors.NonFiniteError once `limit` are in a row.
   """
 
   def __init__(self, limit: int):
@@ -202,7 +183,7 @@ class SkipCounter:
       self.total += int(flag > 0)
       if self.streak >= self.limit:
         saved = saved_steps()
-        raise steps.NonFiniteError(
+        raise errors.NonFiniteError(
             f'config.train.max_skipped_steps={self.limit}: the loss or gradients were not '
             f'finite for {self.streak} steps in a row (steps {step - self.streak + 1}-{step}); '
             f'their updates were skipped, so the params are those after step '
@@ -218,7 +199,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   mesh = sharding.mesh_from_config(config)
   config_validation.validate(config, num_devices=mesh.size)
   os.makedirs(os.path.join(workdir, 'plots'), exist_ok=True)
-  save_config(config, workdir)
+  config_io.save_config(config, workdir)
   logging.info('experiment %s on %d devices (%d processes), workdir %s', config.experiment,
                mesh.size, jax.process_count(), workdir)
 

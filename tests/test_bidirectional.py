@@ -18,17 +18,19 @@ import pytest
 
 from configs import msa_msd
 from configs import msd
-from gmscavp_jax.inference import audio_to_video
-from gmscavp_jax.infra import checkpointing
+from gmscavp_jax.core import config_io
 from gmscavp_jax.core import config_validation
-from gmscavp_jax.infra import metrics_io
-from gmscavp_jax.infra import sharding
 from gmscavp_jax.core import steps
-from gmscavp_jax import train
 from gmscavp_jax.data import media
 from gmscavp_jax.data import media_writing
 from gmscavp_jax.data import pipeline
+from gmscavp_jax.inference import audio_to_video
+from gmscavp_jax.infra import checkpointing
+from gmscavp_jax.infra import errors
+from gmscavp_jax.infra import metrics_io
+from gmscavp_jax.infra import sharding
 from gmscavp_jax.losses import contrastive
+from gmscavp_jax import train
 from tests.conftest import ROOT, tiny_config
 
 INTERVAL = 2
@@ -53,7 +55,7 @@ def bi_workdir(tmp_path_factory):
 def bi_states(bi_workdir):
   """The run's freshly initialised state and its checkpoints {1: state, 2: state}."""
   workdir, _ = bi_workdir
-  config = train.load_config(workdir)
+  config = config_io.load_config(workdir)
   _, _, fresh = train.build(config, sharding.mesh_from_config(config))
   manager = ocp.CheckpointManager(checkpointing.checkpoint_dir(workdir),
                                   item_names=checkpointing.ITEMS)
@@ -147,7 +149,7 @@ def test_a2v_denoiser_output_shapes():
 
 def test_the_a2v_denoiser_trains_on_every_kth_step_only(bi_workdir, bi_states):
   workdir, results = bi_workdir
-  config = train.load_config(workdir)
+  config = config_io.load_config(workdir)
   assert [steps.train_phase(config, s) for s in (1, 2, 3, 4)] == [
       'joint', 'joint+a2v', 'joint', 'joint+a2v']
   assert [steps.a2v_trained(config, s) for s in (1, 2)] == [False, True]
@@ -180,7 +182,7 @@ def test_the_a2v_denoiser_trains_on_every_kth_step_only(bi_workdir, bi_states):
 
 def test_a2v_generate_cli_writes_viewable_files(bi_workdir, tmp_path):
   workdir, _ = bi_workdir
-  config = train.load_config(workdir)
+  config = config_io.load_config(workdir)
   r = subprocess.run([sys.executable, '-m', 'gmscavp_jax.generate', '--direction=a2v',
                       f'--workdir={workdir}', '--test_index=1', f'--output_dir={tmp_path}'],
                      cwd=ROOT, capture_output=True, text=True, timeout=300)
@@ -211,7 +213,7 @@ def test_a2v_generate_cli_writes_viewable_files(bi_workdir, tmp_path):
     saved = json.load(f)
   saved['train']['bidirectional_interval'] = 0
   (plain / 'config.json').write_text(json.dumps(saved))
-  with pytest.raises(config_validation.ConfigError, match='bidirectional_interval=0'):
+  with pytest.raises(errors.ConfigError, match='bidirectional_interval=0'):
     audio_to_video.generate(str(plain), str(tmp_path / 'none'), test_index=0)
 
 
@@ -226,5 +228,5 @@ def test_bad_bidirectional_fields_are_named(field, value, training):
                                      'diffusion.training': training})
   group, name = field.split('.')
   config[group][name] = value
-  with pytest.raises(config_validation.ConfigError, match=field.replace('.', r'\.')):
+  with pytest.raises(errors.ConfigError, match=field.replace('.', r'\.')):
     config_validation.validate(config)

@@ -7,10 +7,11 @@ import pytest
 
 from gmscavp_jax.core import config_validation
 from gmscavp_jax.data import builders
-from gmscavp_jax.data.prepare import layouts
 from gmscavp_jax.data import media_writing
 from gmscavp_jax.data import pipeline
+from gmscavp_jax.data.prepare import layouts
 from gmscavp_jax.data.prepare import preparation
+from gmscavp_jax.infra import errors
 from tests.conftest import tiny_config
 
 SR, FPS, T, SIZE = 8000, 8.0, 8, 32
@@ -165,7 +166,7 @@ def test_make_source_reads_the_prepared_set_through_grain(prepared):
                                  r"of split 'test' .*\(e.g. 2, a multiple"),
 ])
 def test_make_source_errors_name_the_field(prepared, overrides, message):
-  with pytest.raises(config_validation.ConfigError, match=message):
+  with pytest.raises(errors.ConfigError, match=message):
     pipeline.make_source(_config(prepared, **overrides), 'test')
 
 
@@ -173,7 +174,7 @@ def test_validation_accepts_dataset_names_only():
   config = tiny_config('msa', **{'data.name': 'my_set', 'data.data_dir': '/data'})
   config_validation.validate(config)
   config.data.name = 'My Set'
-  with pytest.raises(config_validation.ConfigError, match="config.data.name='My Set': "
+  with pytest.raises(errors.ConfigError, match="config.data.name='My Set': "
                      "expected 'synthetic' or the lower_snake_case name"):
     config_validation.validate(config)
 

@@ -7,6 +7,7 @@ import pytest
 
 from configs import cavp, common, msa, msa_msd, msd
 from gmscavp_jax.core import config_validation
+from gmscavp_jax.infra import errors
 from tests.conftest import ROOT, tiny_config
 
 
@@ -80,7 +81,7 @@ def test_unknown_variant_is_rejected():
 ])
 def test_bad_values_name_the_field(field, value, message):
   config = tiny_config('msa', **{field: value})  # msa trains its denoiser in a second stage.
-  with pytest.raises(config_validation.ConfigError, match=message) as e:
+  with pytest.raises(errors.ConfigError, match=message) as e:
     config_validation.validate(config)
   assert f'config.{field.split(".")[0]}' in str(e.value)
 
@@ -94,20 +95,20 @@ def test_contrastive_diffusion_shifts(fields, message):
   config = tiny_config('msa_msd', **{'loss.cdiff_weight': 0.5})
   config_validation.validate(config)  # The tiny defaults with a 0.5 s maximum shift.
   config.loss.update(fields)
-  with pytest.raises(config_validation.ConfigError, match=message) as e:
+  with pytest.raises(errors.ConfigError, match=message) as e:
     config_validation.validate(config)
   assert 'config.loss.cdiff_max_shift_seconds' in str(e.value)
   off = tiny_config('msa_msd', **{'loss.cdiff_weight': 0.0})
   off.loss.update(fields)
   config_validation.validate(off)  # Off: the shift range is not used.
   none = tiny_config('msa_msd', **{'loss.cdiff_weight': 0.5, 'diffusion.training': 'none'})
-  with pytest.raises(config_validation.ConfigError, match="diffusion.training='none'"):
+  with pytest.raises(errors.ConfigError, match="diffusion.training='none'"):
     config_validation.validate(none)
 
 
 def test_batch_not_divisible_by_devices():
   config = tiny_config('msa', **{'train.batch_size': 12})
-  with pytest.raises(config_validation.ConfigError, match=r'multiple of the device count \(8\)'):
+  with pytest.raises(errors.ConfigError, match=r'multiple of the device count \(8\)'):
     config_validation.validate(config, num_devices=8)
 
 

@@ -13,12 +13,13 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from gmscavp_jax.inference import demo_page
-from gmscavp_jax import train
+from gmscavp_jax.core import config_io
 from gmscavp_jax.data import media_writing
 from gmscavp_jax.data import pipeline
 from gmscavp_jax.evaluators import generation
 from gmscavp_jax.evaluators import retrieval
+from gmscavp_jax.inference import demo_page
+from gmscavp_jax import train
 from tests import headless_chromium
 from tests.conftest import tiny_config
 
@@ -57,7 +58,7 @@ def client(server):
 
 
 def _test_clips(workdir, indices):
-  config = train.load_config(workdir)
+  config = config_io.load_config(workdir)
   clips = [pipeline.make_source(config, 'test')[i] for i in indices]
   return config, clips
 
@@ -65,14 +66,14 @@ def _test_clips(workdir, indices):
 def _sampler_args(workdir, seed: int = 0) -> tuple:
   """sampler, steps, guidance, seed: the page's defaults, so that the client's requests and
   the browser's share one compiled sampler."""
-  s = generation.sampler_settings(train.load_config(workdir).eval)
+  s = generation.sampler_settings(config_io.load_config(workdir).eval)
   return s['sampler'], s['num_steps'], s['guidance'], seed
 
 
 def test_a_good_upload_gets_a_soundtrack_spectrogram_and_scores(workdir, client, tmp_path):
   # Two test clips back to back with their sound (what demo_bench uploads, by the same
   # function): the demo takes the window at 0.5 s.
-  config = train.load_config(workdir)
+  config = config_io.load_config(workdir)
   seconds = 2 * config.data.num_frames / config.data.fps
   video = demo_page.clips_as_upload(workdir, seconds, str(tmp_path / 'two clips.mp4'))
   with av.open(video) as container:

@@ -9,11 +9,12 @@ import jax
 import numpy as np
 import pytest
 
+from gmscavp_jax.core import config_io
 from gmscavp_jax.evaluators import checkpoint_evaluation
-from gmscavp_jax import train
 from gmscavp_jax.evaluators import classifier_training
 from gmscavp_jax.evaluators import classifiers
 from gmscavp_jax.evaluators import suite
+from gmscavp_jax import train
 from tests.conftest import ROOT
 from tests.conftest import tiny_config
 
@@ -84,7 +85,7 @@ def test_evaluate_writes_results_and_reuses_the_evaluators(trained):
   (path,) = [os.path.join(root, d) for d in os.listdir(root)]
   stamp = os.path.getmtime(os.path.join(path, classifier_training.SUMMARY_FILE))
   assert results['evaluate/sampler'] == 'ddim' and results['evaluate/sample_steps'] == 3
-  config = train.load_config(workdir)
+  config = config_io.load_config(workdir)
   evalset, summary = classifier_training.load_or_train(config, root)
   assert os.path.getmtime(os.path.join(path, classifier_training.SUMMARY_FILE)) == stamp
   assert summary['eval/align_classifier_acc'] == results['eval/align_classifier_acc']

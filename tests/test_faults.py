@@ -10,10 +10,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gmscavp_jax.infra import checkpointing
 from gmscavp_jax import cli
-from gmscavp_jax.core import config_validation
-from gmscavp_jax.core import steps
+from gmscavp_jax.infra import checkpointing
+from gmscavp_jax.infra import errors
 from gmscavp_jax import train
 
 
@@ -67,7 +66,7 @@ def test_no_good_checkpoint_restores_nothing(tmp_path):
 
 def test_a_changed_input_pipeline_is_a_clear_error_not_a_silent_restart(tmp_path):
   _save_steps(tmp_path, [(2, 2.0)])
-  with pytest.raises(config_validation.ConfigError, match='data iterator saved at step 2'):
+  with pytest.raises(errors.ConfigError, match='data iterator saved at step 2'):
     _restore(tmp_path, _loader(seed=1))
 
 
@@ -88,7 +87,7 @@ def test_skip_counter_stops_after_the_limit_in_a_row():
   counter.check(lambda: [2])
   assert (counter.total, counter.streak) == (4, 2)
   counter.add(6, np.float32(1.0))
-  with pytest.raises(steps.NonFiniteError, match=r'3 steps in a row \(steps 4-6\).*step 2'):
+  with pytest.raises(errors.NonFiniteError, match=r'3 steps in a row \(steps 4-6\).*step 2'):
     counter.check(lambda: [2])
 
 
@@ -105,5 +104,5 @@ def test_a_coordinator_without_process_flags_is_a_clear_error():
   holders = {name: type('Flag', (), {'value': value})()
              for name, value in (('coordinator_address', '127.0.0.1:1234'),
                                  ('num_processes', 2), ('process_id', None))}
-  with pytest.raises(config_validation.ConfigError, match='--process_id'):
+  with pytest.raises(errors.ConfigError, match='--process_id'):
     cli.init_distributed(holders)

@@ -10,6 +10,7 @@ from gmscavp_jax.core import config_validation
 from gmscavp_jax.data import mixture
 from gmscavp_jax.data import pipeline
 from gmscavp_jax.evaluators import classifier_training
+from gmscavp_jax.infra import errors
 from tests.conftest import tiny_config
 
 
@@ -103,13 +104,13 @@ def test_sources_that_do_not_batch_are_a_config_error(monkeypatch):
     return real(cfg, split)
 
   monkeypatch.setattr(pipeline, 'make_source', fake)
-  with pytest.raises(config_validation.ConfigError,
+  with pytest.raises(errors.ConfigError,
                      match=r"mixture entry 1 \('synthetic\[seed=1\]:1'\).*same geometry"):
     pipeline.mixture_source(config)
 
 
 def test_prepared_entry_errors_name_the_entry(tmp_path):
   config = tiny_config('msa', **{'data.mixture': f'synthetic:1,vggsound[data_dir={tmp_path}]:1'})
-  with pytest.raises(config_validation.ConfigError,
+  with pytest.raises(errors.ConfigError,
                      match=r"mixture entry 1 \('vggsound\[data_dir=.*\]:1'\): .*vggsound"):
     pipeline.make_source(config, 'train')

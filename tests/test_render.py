@@ -7,11 +7,11 @@ import sys
 import numpy as np
 import pytest
 
-from gmscavp_jax.core import config_validation
 from gmscavp_jax.data import audio
 from gmscavp_jax.data import media
 from gmscavp_jax.data.prepare import render
 from gmscavp_jax.data import synthetic
+from gmscavp_jax.infra import errors
 from tests.conftest import ROOT
 from tests.conftest import tiny_config
 
@@ -108,7 +108,7 @@ def test_rerun_skips_and_resumes(rendered):
     assert f.read() == csv_text
   # Other synthetic settings would mix two worlds in one folder: refused.
   other = tiny_config('msa', **{'data.image_size': 48})
-  with pytest.raises(config_validation.ConfigError, match='image_size.*32, 48'):
+  with pytest.raises(errors.ConfigError, match='image_size.*32, 48'):
     render.render_vggsound_layout(other, out_dir, num_train=1, num_test=1, progress=False)
 
 

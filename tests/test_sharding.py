@@ -6,7 +6,7 @@ from jax.sharding import PartitionSpec as P
 import optax
 import pytest
 
-from gmscavp_jax.core import config_validation
+from gmscavp_jax.infra import errors
 from gmscavp_jax.infra import sharding
 from tests.conftest import tiny_config
 
@@ -21,7 +21,7 @@ def test_mesh_shape_fills_the_axis_left_at_minus_one():
 @pytest.mark.parametrize('data,fsdp,field', [(-1, 3, 'mesh.fsdp'), (3, 2, 'mesh.data x'),
                                              (-1, -1, 'both -1')])
 def test_mesh_shape_names_the_field_that_cannot_tile(data, fsdp, field):
-  with pytest.raises(config_validation.ConfigError, match=field):
+  with pytest.raises(errors.ConfigError, match=field):
     sharding.mesh_shape(8, data=data, fsdp=fsdp)
 
 

@@ -13,19 +13,20 @@ import numpy as np
 import pytest
 import scipy.io.wavfile
 
-from gmscavp_jax.inference import retrieval_queries
-from gmscavp_jax.inference import video_to_audio
+from gmscavp_jax.core import config_io
 from gmscavp_jax.core import steps
-from gmscavp_jax.infra import metrics_io
-from gmscavp_jax import train
 from gmscavp_jax.data import builders
-from gmscavp_jax.data.prepare import layouts
 from gmscavp_jax.data import media
 from gmscavp_jax.data import media_writing
 from gmscavp_jax.data import pipeline
+from gmscavp_jax.data.prepare import layouts
 from gmscavp_jax.data.prepare import preparation
 from gmscavp_jax.data.prepare import render
 from gmscavp_jax.evaluators import retrieval
+from gmscavp_jax.inference import retrieval_queries
+from gmscavp_jax.inference import video_to_audio
+from gmscavp_jax.infra import metrics_io
+from gmscavp_jax import train
 from tests.conftest import ROOT, tiny_config
 
 
@@ -74,7 +75,7 @@ def test_train_and_evaluate_fills_the_workdir(name, tmp_path, msa_workdir):
   assert [('train/loss/msa' in r) for r in train_rows] == (
       [True] * 4 if joint else [True, True, False, False])
   # The saved config is the resolved one and loads back.
-  assert train.load_config(workdir).model.scale_pools == tiny_config(name).model.scale_pools
+  assert config_io.load_config(workdir).model.scale_pools == tiny_config(name).model.scale_pools
 
 
 def test_rendered_mp4s_prepare_train_and_retrieve(msa_workdir, tmp_path):
@@ -94,7 +95,7 @@ def test_rendered_mp4s_prepare_train_and_retrieve(msa_workdir, tmp_path):
                                  'data.num_classes': len(dataset.classes)})
   workdir = str(tmp_path / 'work')
   results = train.train_and_evaluate(config, workdir)
-  assert train.load_config(workdir).data.name == 'vggsound'
+  assert config_io.load_config(workdir).data.name == 'vggsound'
   assert results['retrieval/num_clips'] == 16 and 0 <= results['retrieval/v2a_R@1'] <= 100
   # No true onset times in real clips: the real audio's detected onsets are the reference.
   assert 'gen/onset_hit@100ms_real' not in results
@@ -140,7 +141,7 @@ def test_retrieve_from_cache_and_from_checkpoint(msa_workdir, tmp_path):
     retrieval.answer_query(cached, test_index=16, top_k=5, direction='both')
   # A query from outside the split (the demo's uploads): test clip 3's own frames and audio,
   # embedded anew by the restored encoders, rank the split as its cached embeddings do.
-  record = pipeline.make_source(train.load_config(workdir), 'test')[3]
+  record = pipeline.make_source(config_io.load_config(workdir), 'test')[3]
   retriever = retrieval_queries.Retriever(workdir)
   fresh = retriever.clip(5, frames=record['frames'], waveform=record['waveform'])
   for name in ('v2a', 'a2v'):
@@ -162,10 +163,10 @@ def test_retrieve_cli(msa_workdir, tmp_path):
     answer = json.load(f)
   assert len(answer['v2a']) == 3 and len(answer['a2v']) == 3
   # A video file as the query: its frames rank the audios, its sound the videos.
-  record = pipeline.make_source(train.load_config(workdir), 'test')[2]
+  record = pipeline.make_source(config_io.load_config(workdir), 'test')[2]
   video = str(tmp_path / 'query.mp4')
-  media_writing.write_video(video, record['frames'], train.load_config(workdir).data.fps,
-                            record['waveform'], train.load_config(workdir).audio.sample_rate)
+  media_writing.write_video(video, record['frames'], config_io.load_config(workdir).data.fps,
+                            record['waveform'], config_io.load_config(workdir).audio.sample_rate)
   r = subprocess.run([sys.executable, '-m', 'gmscavp_jax.retrieve', f'--workdir={workdir}',
                       f'--video={video}', '--top_k=3', f'--output_json={out_json}'], cwd=ROOT,
                      capture_output=True, text=True, timeout=300)
@@ -186,7 +187,7 @@ def test_retrieve_cli(msa_workdir, tmp_path):
 def test_generate_for_a_test_clip(msa_workdir, tmp_path):
   workdir, _ = msa_workdir
   out = video_to_audio.generate(workdir, str(tmp_path), test_index=1, num_steps=3)
-  config = train.load_config(workdir)
+  config = config_io.load_config(workdir)
   num_samples = round(config.data.num_frames / config.data.fps * config.audio.sample_rate)
   rate, wave = scipy.io.wavfile.read(out['wav'])
   assert rate == config.audio.sample_rate and len(wave) == num_samples
@@ -201,7 +202,7 @@ def test_generate_for_a_test_clip(msa_workdir, tmp_path):
 
 def test_generate_cli_on_an_mp4_and_its_errors(msa_workdir, tmp_path):
   workdir, _ = msa_workdir
-  config = train.load_config(workdir)
+  config = config_io.load_config(workdir)
   # A video twice the clip length with sound: the CLI takes the window at --start_seconds.
   clips = [pipeline.make_source(config, 'test')[i] for i in (0, 1)]
   video = str(tmp_path / 'long.mp4')

@@ -11,19 +11,16 @@ import ml_collections
 
 from gmscavp_jax.data import mixture
 from gmscavp_jax.data import negatives
-
-
-class ConfigError(ValueError):
-  """A config field holds a value the code cannot run with."""
+from gmscavp_jax.infra import errors
 
 
 def _require(ok: bool, field: str, expected: str, value) -> None:
   if not ok:
-    raise ConfigError(f'config.{field}={value!r}: expected {expected}')
+    raise errors.ConfigError(f'config.{field}={value!r}: expected {expected}')
 
 
 def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) -> None:
-  """Raises ConfigError naming the first invalid field of `config`.
+  """Raises errors.ConfigError naming the first invalid field of `config`.
 
   Args:
     config: the resolved experiment config (configs/common.py fields).
@@ -214,7 +211,7 @@ def _validate_mixture(config: ml_collections.ConfigDict) -> None:
   try:
     entries = mixture.parse(spec)
   except ValueError as e:
-    raise ConfigError(f'config.data.mixture={spec!r}: {e}') from e
+    raise errors.ConfigError(f'config.data.mixture={spec!r}: {e}') from e
   for entry in entries:
     _require(entry.name == 'synthetic' or bool(entry.data_dir or d.data_dir), 'data.mixture',
              f'a data_dir for the prepared dataset {entry.name!r} (its [data_dir=...] option '

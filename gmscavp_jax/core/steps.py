@@ -47,10 +47,6 @@ TRAINED.update({p + bidirectional.A2V: TRAINED[p] + ('video_denoiser',)
                 for p in bidirectional.A2V_PHASES})
 
 
-class NonFiniteError(RuntimeError):
-  """Training stopped: too many steps in a row had a non-finite loss or gradient."""
-
-
 @flax.struct.dataclass
 class TrainState:
   """What a checkpoint holds of the model: step, params and optimizer state (per group)."""

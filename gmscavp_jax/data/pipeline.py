@@ -14,9 +14,9 @@ import jax
 import ml_collections
 import numpy as np
 
-from gmscavp_jax.core import config_validation
 from gmscavp_jax.data import mixture
 from gmscavp_jax.data import synthetic
+from gmscavp_jax.infra import errors
 
 # Fields the model and evaluators consume; the rest of a record stays on the host.
 TRAIN_FIELDS = ('frames', 'waveform', 'label', 'labels', 'onsets', 'num_onsets', 'index')
@@ -50,7 +50,7 @@ def mixture_source(config: ml_collections.ConfigDict) -> mixture.MixtureSource:
   try:
     entries = mixture.parse(config.data.mixture)
   except ValueError as e:
-    raise config_validation.ConfigError(f'config.data.mixture={config.data.mixture!r}: {e}')
+    raise errors.ConfigError(f'config.data.mixture={config.data.mixture!r}: {e}')
   sources, shapes = [], None
   for i, entry in enumerate(entries):
     where = f'config.data.mixture entry {i} ({entry.spec()!r})'
@@ -63,11 +63,11 @@ def mixture_source(config: ml_collections.ConfigDict) -> mixture.MixtureSource:
       sub.data.num_train_clips = entry.clips
     try:
       source = make_source(sub, 'train')
-    except config_validation.ConfigError as e:
-      raise config_validation.ConfigError(f'{where}: {e}') from e
+    except errors.ConfigError as e:
+      raise errors.ConfigError(f'{where}: {e}') from e
     if entry.name != 'synthetic' and entry.clips:
       if entry.clips > len(source):
-        raise config_validation.ConfigError(
+        raise errors.ConfigError(
             f'{where}: clips={entry.clips}, but its train split has {len(source)}')
       source = grain.MapDataset.source(source)[:entry.clips]
     # One record says what the source yields: every field must batch with the first entry's
@@ -76,7 +76,7 @@ def mixture_source(config: ml_collections.ConfigDict) -> mixture.MixtureSource:
     if shapes is None:
       shapes = record
     elif record != shapes:
-      raise config_validation.ConfigError(
+      raise errors.ConfigError(
           f'{where}: its records have shapes {record}, those of entry 0 {shapes}; expected '
           'sources with the same geometry (data.num_frames, data.fps, data.image_size, '
           'audio.sample_rate) and classes')
@@ -90,23 +90,23 @@ def _prepared_source(config: ml_collections.ConfigDict, split: str):
   from gmscavp_jax.data import builders  # pylint: disable=g-import-not-at-top  (tfds: slow)
   d = config.data
   if not d.data_dir:
-    raise config_validation.ConfigError(
+    raise errors.ConfigError(
         f'config.data.data_dir={d.data_dir!r}: expected the --data_dir where dataset '
         f'{d.name!r} was prepared')
   geometry = builders.clips_config(d.num_frames, d.fps, d.image_size, config.audio.sample_rate)
   try:
     path = builders.find_prepared(d.data_dir, d.name, geometry)
   except builders.NotPreparedError as e:
-    raise config_validation.ConfigError(
+    raise errors.ConfigError(
         f'config.data.name={d.name!r} (data.data_dir={d.data_dir!r}, data.num_frames, '
         f'data.fps, data.image_size, audio.sample_rate): {e}') from e
   classes, sizes = builders.prepared_info(path)
   if split not in sizes:
-    raise config_validation.ConfigError(
+    raise errors.ConfigError(
         f'config.data.name={d.name!r}: the prepared dataset {path} has no {split!r} split '
         f'(it has {sorted(sizes)})')
   if classes and d.num_classes != len(classes):
-    raise config_validation.ConfigError(
+    raise errors.ConfigError(
         f'config.data.num_classes={d.num_classes}: expected {len(classes)}, the classes of '
         f'the prepared dataset {path}')
   num_records = None
@@ -114,7 +114,7 @@ def _prepared_source(config: ml_collections.ConfigDict, split: str):
     num_records = config.eval.num_test_clips
     if num_records > sizes[split]:
       fit = sizes[split] // config.eval.batch_size * config.eval.batch_size
-      raise config_validation.ConfigError(
+      raise errors.ConfigError(
           f'config.eval.num_test_clips={num_records}: expected at most {sizes[split]}, the '
           f'clips of split {split!r} of {path} (e.g. {fit}, a multiple of eval.batch_size)')
   return builders.PreparedSource(path, split, max_onsets=d.max_onsets,
@@ -124,7 +124,7 @@ def _prepared_source(config: ml_collections.ConfigDict, split: str):
 def _per_process(global_batch_size: int, field: str) -> int:
   n = jax.process_count()
   if global_batch_size % n:
-    raise config_validation.ConfigError(
+    raise errors.ConfigError(
         f'config.{field}={global_batch_size}: expected a multiple of the process count ({n})')
   return global_batch_size // n
 

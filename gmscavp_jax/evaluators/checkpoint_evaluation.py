@@ -17,14 +17,15 @@ import jax
 import ml_collections
 import numpy as np
 
+from gmscavp_jax.core import config_io
 from gmscavp_jax.core import config_validation
-from gmscavp_jax.infra import plotting
-from gmscavp_jax.infra import sharding
-from gmscavp_jax import train
 from gmscavp_jax.evaluators import classifier_training
 from gmscavp_jax.evaluators import generation
 from gmscavp_jax.evaluators import retrieval
 from gmscavp_jax.evaluators import suite
+from gmscavp_jax.infra import plotting
+from gmscavp_jax.infra import sharding
+from gmscavp_jax import train
 
 
 def _clips_with_log_mel(config, evaluator, num: int, start: int) -> dict:
@@ -44,7 +45,7 @@ def evaluate(workdir: str, *, evaluator_dir: str | None = None, num_clips: int |
   """
   output_dir = output_dir or workdir
   t0 = time.perf_counter()
-  config = train.load_config(workdir)
+  config = config_io.load_config(workdir)
   if num_clips is not None:
     config.eval.num_metric_clips = num_clips
   config_validation.validate_evaluation(config)

@@ -13,15 +13,16 @@ import os
 import numpy as np
 
 from gmscavp_jax.core import bidirectional
-from gmscavp_jax.core import config_validation
-from gmscavp_jax.infra import plotting
-from gmscavp_jax.infra import sharding
-from gmscavp_jax.inference import video_to_audio
+from gmscavp_jax.core import config_io
 from gmscavp_jax.core import steps
-from gmscavp_jax import train
 from gmscavp_jax.data import media
 from gmscavp_jax.data import media_writing
 from gmscavp_jax.evaluators import a2v_generation
+from gmscavp_jax.inference import video_to_audio
+from gmscavp_jax.infra import errors
+from gmscavp_jax.infra import plotting
+from gmscavp_jax.infra import sharding
+from gmscavp_jax import train
 
 # The mp4 is upscaled (nearest neighbour) to at least this height, so players show pixels.
 VIEW_SIZE = 128
@@ -46,7 +47,7 @@ def load_audio_clip(config, *, audio: str | None, video: str | None, test_index:
 def check_bidirectional(config, workdir: str) -> None:
   """A ConfigError unless the run in `workdir` trains an a2v denoiser (before any restore)."""
   if not bidirectional.interval(config):
-    raise config_validation.ConfigError(
+    raise errors.ConfigError(
         f'config.train.bidirectional_interval=0 in {workdir}: the run trained no '
         'audio->video denoiser; expected a run trained with '
         '--config.train.bidirectional_interval=K (K > 0) for --direction=a2v')
@@ -57,7 +58,7 @@ def restore_a2v(workdir: str, config, mesh):
   check_bidirectional(config, workdir)
   models, params, step = train.restore_params(workdir, config, mesh)
   if not steps.a2v_trained(config, step):
-    raise config_validation.ConfigError(
+    raise errors.ConfigError(
         f'config.train.bidirectional_interval={bidirectional.interval(config)}: the '
         f'checkpoint at step {step} in {workdir} has no trained a2v denoiser yet')
   return models, params, step
@@ -77,7 +78,7 @@ def generate(workdir: str, output_dir: str, *, audio: str | None = None,
   Exactly one of `audio`, `video` and `test_index` names the clip. Sampler arguments as for
   video_to_audio.generate (None: eval.* and a2v.guidance).
   """
-  config = train.load_config(workdir)
+  config = config_io.load_config(workdir)
   check_bidirectional(config, workdir)  # Before reading media or checkpoints.
   clip = load_audio_clip(config, audio=audio, video=video, test_index=test_index,
                          start_seconds=start_seconds)

@@ -17,14 +17,15 @@ import gradio as gr
 import numpy as np
 
 from gmscavp_jax import cli
+from gmscavp_jax.core import config_io
 from gmscavp_jax.core import config_validation
-from gmscavp_jax.inference import retrieval_queries
-from gmscavp_jax.inference import video_to_audio
-from gmscavp_jax import train
 from gmscavp_jax.data import media
 from gmscavp_jax.data import media_writing
 from gmscavp_jax.data import pipeline
 from gmscavp_jax.evaluators import generation
+from gmscavp_jax.inference import retrieval_queries
+from gmscavp_jax.inference import video_to_audio
+from gmscavp_jax.infra import errors
 
 TITLE = 'GMS-CAVP: a soundtrack for your video'
 # Request folders kept on disk (gradio copies what it serves into its own cache).
@@ -69,7 +70,7 @@ class Backend:
     if video is not None:
       media.check_size(video, self._max_bytes)  # Before any decoding.
     elif not (test_index is not None and 0 <= test_index < self.num_test_clips):
-      raise config_validation.ConfigError(
+      raise errors.ConfigError(
           f'test clip {test_index}: expected an index in [0, {self.num_test_clips})')
     clip = self.soundtracker.load_clip(video=video, test_index=test_index,
                                        start_seconds=start_seconds)
@@ -220,7 +221,7 @@ def clips_as_upload(workdir: str, seconds: float, path: str) -> str:
 
   What the demo's benchmark and tests upload. Returns `path`.
   """
-  config = train.load_config(workdir)
+  config = config_io.load_config(workdir)
   clip_seconds = config.data.num_frames / config.data.fps
   source = pipeline.make_source(config, 'test')
   clips = [source[i] for i in range(max(1, round(seconds / clip_seconds)))]

@@ -8,12 +8,13 @@ embed; its video ranks the split's audios (v2a), its audio the split's videos (a
 
 import numpy as np
 
-from gmscavp_jax.core import config_validation
-from gmscavp_jax.infra import sharding
-from gmscavp_jax.inference import video_to_audio
-from gmscavp_jax import train
+from gmscavp_jax.core import config_io
 from gmscavp_jax.data import media
 from gmscavp_jax.evaluators import retrieval
+from gmscavp_jax.inference import video_to_audio
+from gmscavp_jax.infra import errors
+from gmscavp_jax.infra import sharding
+from gmscavp_jax import train
 
 
 def test_clip_query(workdir: str, test_index: int, top_k: int, direction: str = 'both') -> dict:
@@ -29,13 +30,13 @@ class Retriever:
     """`restored`: (config, mesh, models, params, step) already restored from `workdir` (the
     demo shares its generator's); restored here when None."""
     if restored is None:
-      config = train.load_config(workdir)
+      config = config_io.load_config(workdir)
       mesh = sharding.mesh_from_config(config)
       restored = (config, mesh, *train.restore_params(workdir, config, mesh))
     self.config, self.mesh, models, self._params, self.step = restored
     self.embeddings = train.test_embeddings(workdir)
     if int(self.embeddings['step']) != self.step:  # A checkpoint was saved in between.
-      raise config_validation.ConfigError(
+      raise errors.ConfigError(
           f'{workdir}: the test embeddings are of step {int(self.embeddings["step"])} but the '
           f'restored checkpoint is step {self.step}; try again once training has stopped')
     self._evaluator = retrieval.RetrievalEvaluator(self.config, self.mesh, models)
@@ -85,6 +86,6 @@ def file_query(workdir: str, top_k: int, *, video: str | None = None, audio: str
                start_seconds: float = 0.0) -> dict:
   """`Retriever.clip`'s answer for `load_query`'s clip (decoded before the checkpoint is
   restored, so a bad file is reported at once)."""
-  query = load_query(train.load_config(workdir), video=video, audio=audio,
+  query = load_query(config_io.load_config(workdir), video=video, audio=audio,
                      start_seconds=start_seconds)
   return Retriever(workdir).clip(top_k, **query)

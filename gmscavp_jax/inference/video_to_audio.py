@@ -14,16 +14,17 @@ from absl import logging
 import jax
 import numpy as np
 
-from gmscavp_jax.core import config_validation
-from gmscavp_jax.infra import plotting
-from gmscavp_jax.infra import sharding
-from gmscavp_jax import train
+from gmscavp_jax.core import config_io
 from gmscavp_jax.data import media
 from gmscavp_jax.data import media_writing
 from gmscavp_jax.data import pipeline
 from gmscavp_jax.data import vocoder
 from gmscavp_jax.evaluators import generation
 from gmscavp_jax.evaluators import metrics
+from gmscavp_jax.infra import errors
+from gmscavp_jax.infra import plotting
+from gmscavp_jax.infra import sharding
+from gmscavp_jax import train
 
 
 def num_samples(config) -> int:
@@ -48,7 +49,7 @@ def load_clip(config, *, video: str | None, test_index: int | None,
     return {'name': name, 'frames': frames, 'waveform': waveform, 'onsets': None}
   source = pipeline.make_source(config, 'test')
   if not 0 <= test_index < len(source):
-    raise config_validation.ConfigError(
+    raise errors.ConfigError(
         f'--test_index={test_index}: expected a clip index in [0, {len(source)})')
   record = source[test_index]
   return {'name': f'test{test_index:05d}', 'frames': record['frames'],
@@ -66,7 +67,7 @@ class Soundtracker:
 
   def __init__(self, workdir: str):
     self.workdir = workdir
-    self.config = train.load_config(workdir)
+    self.config = config_io.load_config(workdir)
     self.mesh = sharding.mesh_from_config(self.config)
     self.models, self.params, self.step = train.restore_generator(workdir, self.config,
                                                                   self.mesh)
@@ -122,6 +123,6 @@ def generate(workdir: str, output_dir: str, *, video: str | None = None,
              **sampler_args) -> dict:
   """Generates a soundtrack for one clip; returns `Soundtracker.write`'s paths and onsets."""
   # The clip first: a bad video is reported before the checkpoint is restored.
-  clip = load_clip(train.load_config(workdir), video=video, test_index=test_index,
+  clip = load_clip(config_io.load_config(workdir), video=video, test_index=test_index,
                    start_seconds=start_seconds)
   return Soundtracker(workdir).write(clip, output_dir, seed=seed, **sampler_args)

@@ -19,7 +19,7 @@ import jax
 from jax.experimental import multihost_utils
 import orbax.checkpoint as ocp
 
-from gmscavp_jax.core import config_validation
+from gmscavp_jax.infra import errors
 
 ITEMS = ('state', 'data_iter', 'config')
 
@@ -77,7 +77,7 @@ class Checkpointer:
       # The state restored, so the folder is whole: the pipeline differs from the one saved
       # (worker count, process count, batch size, dataset). Walking back would not help, and
       # starting over would silently change the data order.
-      raise config_validation.ConfigError(
+      raise errors.ConfigError(
           f'config.data / config.train.batch_size: the data iterator saved at step {step} in '
           f'{self._manager.directory} does not fit this run\'s input pipeline ({e}); expected '
           'the data.worker_count, train.batch_size, dataset and process count of the run that '

@@ -17,7 +17,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import orbax.checkpoint as ocp
 
-from gmscavp_jax.core import config_validation
+from gmscavp_jax.infra import errors
 
 DATA_AXIS = 'data'
 FSDP_AXIS = 'fsdp'
@@ -30,16 +30,16 @@ def mesh_shape(num_devices: int, data: int = -1, fsdp: int = 1) -> tuple[int, in
   Raises ConfigError (naming mesh.data / mesh.fsdp) if the sizes cannot tile the devices.
   """
   if data == -1 and fsdp == -1:
-    raise config_validation.ConfigError('config.mesh.data and config.mesh.fsdp are both -1: '
+    raise errors.ConfigError('config.mesh.data and config.mesh.fsdp are both -1: '
                                         'expected at most one axis left to fill')
   if data == -1 or fsdp == -1:
     known, field = (fsdp, 'fsdp') if data == -1 else (data, 'data')
     if num_devices % known:
-      raise config_validation.ConfigError(
+      raise errors.ConfigError(
           f'config.mesh.{field}={known}: expected a divisor of the device count ({num_devices})')
     return (num_devices // known, known) if data == -1 else (known, num_devices // known)
   if data * fsdp != num_devices:
-    raise config_validation.ConfigError(
+    raise errors.ConfigError(
         f'config.mesh.data x config.mesh.fsdp = {data} x {fsdp}: expected their product to be '
         f'the device count ({num_devices}); set one of them to -1')
   return data, fsdp

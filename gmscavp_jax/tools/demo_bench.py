@@ -19,7 +19,7 @@ from absl import app
 from absl import flags
 
 from gmscavp_jax import cli
-from gmscavp_jax import train
+from gmscavp_jax.core import config_io
 from gmscavp_jax.evaluators import generation
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Workdir of a training run (MSD trained).')
@@ -37,7 +37,7 @@ def main(argv):
   from gmscavp_jax.inference import demo_page  # pylint: disable=g-import-not-at-top
 
   workdir = _WORKDIR.value
-  config = train.load_config(workdir)
+  config = config_io.load_config(workdir)
   video = demo_page.clips_as_upload(
       workdir, _UPLOAD_SECONDS.value,
       os.path.join(tempfile.mkdtemp(prefix='gmscavp_demo_bench_'), 'upload.mp4'))

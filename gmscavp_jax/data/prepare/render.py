@@ -28,9 +28,9 @@ import os
 import ml_collections
 import tqdm
 
-from gmscavp_jax.core import config_validation
 from gmscavp_jax.data import media_writing
 from gmscavp_jax.data import synthetic
+from gmscavp_jax.infra import errors
 
 CSV_NAME = 'vggsound.csv'
 VIDEO_DIR = 'VIDEOS'
@@ -75,7 +75,7 @@ def _check_spec(out_dir: str, spec: dict) -> None:
       old = json.load(f)
     if old != spec:
       changed = {k: (old.get(k), v) for k, v in spec.items() if old.get(k) != v}
-      raise config_validation.ConfigError(
+      raise errors.ConfigError(
           f'{out_dir}: was rendered with other synthetic settings (field: (then, now)) '
           f'{changed}; use another folder or empty it')
     return
@@ -136,11 +136,11 @@ def render_vggsound_layout(config: ml_collections.ConfigDict, out_dir: str | os.
     {'train': num_train, 'test': num_test, 'written': mp4 files written by this call,
      'skipped': those that already existed}.
   Raises:
-    config_validation.ConfigError (a ValueError): a count is negative, or `out_dir` holds
+    errors.ConfigError (a ValueError): a count is negative, or `out_dir` holds
       clips rendered with other settings.
   """
   if num_train < 0 or num_test < 0 or workers < 0:
-    raise config_validation.ConfigError(
+    raise errors.ConfigError(
         f'num_train={num_train}, num_test={num_test} and workers={workers} must be '
         'non-negative')
   out_dir = os.fspath(out_dir)
