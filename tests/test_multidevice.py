@@ -24,7 +24,9 @@ def _compare_meshes() -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np
   import optax
-  from gmscavp_jax.infra import sharding, steps, train
+  from gmscavp_jax import train
+  from gmscavp_jax.core import steps
+  from gmscavp_jax.infra import sharding
   from gmscavp_jax.data import pipeline
   from tests.conftest import tiny_config
 

@@ -30,7 +30,9 @@ def _worker(process_id: int, num_processes: int, port: int, out_dir: str) -> Non
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
   import optax  # pylint: disable=g-import-not-at-top
   # pylint: disable=g-import-not-at-top
-  from gmscavp_jax.infra import checkpointing, sharding, steps, train
+  from gmscavp_jax import train
+  from gmscavp_jax.core import steps
+  from gmscavp_jax.infra import checkpointing, sharding
   from gmscavp_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   from tests.conftest import tiny_config  # pylint: disable=g-import-not-at-top
 

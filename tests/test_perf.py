@@ -48,7 +48,7 @@ def test_flops_are_counted_per_device_on_a_mesh():
   # The benchmark multiplies by the mesh size: check that XLA counts one partition's FLOPs.
   code = ('import jax, jax.numpy as jnp, numpy as np\n'
           'from jax.sharding import Mesh, NamedSharding, PartitionSpec as P\n'
-          'from gmscavp_jax import perf\n'
+          'from gmscavp_jax.infra import perf\n'
           "mesh = Mesh(np.asarray(jax.devices()), ('data',))\n"
           "fn = jax.jit(jnp.matmul, in_shardings=(NamedSharding(mesh, P('data')), "
           'NamedSharding(mesh, P())))\n'

@@ -137,7 +137,8 @@ def test_a_killed_run_resumes_with_the_missing_chunks_only(tmp_path):
   data_dir = str(tmp_path / 'data')
   decoded_dir = os.path.join(data_dir, 'resumable', GEOMETRY.name, 'decoded')
   script = textwrap.dedent(f"""
-      from gmscavp_jax.data import builders, layouts, preparation
+      from gmscavp_jax.data import builders
+      from gmscavp_jax.data.prepare import layouts, preparation
       from tests import test_prepare
       dataset = layouts.load('generic', {str(tmp_path / 'videos')!r}, test_percent=0)
       preparation.prepare(dataset, data_dir={data_dir!r}, name='resumable',
