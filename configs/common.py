@@ -1,8 +1,10 @@
-"""Fields every gmscavp_jax experiment shares (DESIGN §7), and their validation.
+"""Fields every gmscavp_jax experiment shares (DESIGN §7), with their full-size defaults.
 
 Experiment files (`configs/cavp.py`, `configs/msa.py`, ...) start from `base_config()`,
 change what makes the experiment, and call `apply_variant(config, arg)` so that
 `--config=configs/msa.py:runlocal` gives the small CPU-sized variant of the same experiment.
+A resolved config is checked by `gmscavp_jax/core/config_validation.py` before any work; the
+measurements behind the values chosen here are in docs/config_notes.md.
 """
 
 import ml_collections
@@ -123,8 +125,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.diffusion.prediction = 'eps'  # 'eps' (paper default) or 'v'.
   c.diffusion.terminal_weight = 0.0  # lambda_T of eq. 7 (the t = T term).
   c.diffusion.condition_dropout = 0.1  # Classifier-free guidance: P(null condition).
-  # The UNet sees (log_mel - mel_mean) / mel_std; measured on synthetic clips (mean -7.4,
-  # std 2.2 over 64 clips); set them for a real dataset's statistics.
+  # The UNet sees (log_mel - mel_mean) / mel_std: the synthetic clips' statistics, rounded
+  # (docs/config_notes.md); set them to a real dataset's.
   c.diffusion.mel_mean = -7.5
   c.diffusion.mel_std = 2.5
 
@@ -181,7 +183,7 @@ def base_config() -> ml_collections.ConfigDict:
   # state as they were (counted as train/skipped); this many in a row stop the run.
   c.train.max_skipped_steps = 20
   # Bidirectional diffusion: steps with step % k == 0 also train the a2v denoiser (config.a2v)
-  # on the batch's audio; 0 = off (no a2v params, today's programs). Only with
+  # on the batch's audio; 0 = off (no a2v params or a2v steps). Only with
   # diffusion.training 'joint' (every k-th step) or 'frozen' (every k-th generator step).
   c.train.bidirectional_interval = 0
 
@@ -207,10 +209,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.num_summary_clips = 4  # Spectrograms and audio written for these at each evaluation.
   c.eval.sampler = 'dpmpp2m'  # 'ddpm', 'ddim' or 'dpmpp2m'.
   c.eval.sample_steps = 25
-  # Classifier-free guidance scale (1 = the conditional model alone, one UNet call per step).
-  # On msa_msd.py:runlocal (step 1200, dpmpp2m 25 steps, 64 clips) onset hit@100ms was
-  # 45.6 / 50.0 / 52.2 / 59.2 at scales 1 / 3 / 5 / 8, against 38.2 / 29.8 / 28.5 / 30.3
-  # with shuffled videos.
+  # Classifier-free guidance scale (1 = the conditional model alone, one UNet call per step);
+  # 5 from a guidance sweep of onset hit-rate against shuffled videos (docs/config_notes.md).
   c.eval.guidance = 5.0
   c.eval.eta = 0.0  # DDIM noise (0 = deterministic).
   c.eval.griffin_lim_iters = 32
@@ -252,8 +252,8 @@ def apply_variant(c: ml_collections.ConfigDict, arg: str | None) -> ml_collectio
     c.data.fps = RUNLOCAL['fps']
     c.data.image_size = RUNLOCAL['image_size']
     c.data.num_train_clips = 200_000
-    # Patch 8 and narrow video stages: the first-stage 3x3 convs over 16x16 positions of
-    # every frame cost 1.3 s/step on 2 cores at patch 4; this is ~0.2 s.
+    # Patch 8 and narrow video stages: at patch 4 the first-stage convs over every frame
+    # cost 1.3 s/step on 2 cores (docs/config_notes.md).
     c.model.video_patch = 8
     c.model.video_widths = (16, 32)
     c.model.audio_widths = (32, 64)
@@ -262,7 +262,7 @@ def apply_variant(c: ml_collections.ConfigDict, arg: str | None) -> ml_collectio
     # Keep the experiment's number of scales, remapped onto T = 16 frames.
     c.model.scale_pools = remap_pools(c.model.scale_pools, c.data.num_frames)
     c.model.scale_grids = tuple(c.model.scale_grids)[:len(c.model.scale_pools)]
-    c.train.num_steps = 1_200  # ~8 min on 2 CPU cores, leaving margin under 10.
+    c.train.num_steps = 1_200  # Minutes on 2 CPU cores (docs/config_notes.md).
     c.train.batch_size = 32
     # 1.2k steps instead of the paper's ~100k: a 10x larger peak rate (full size keeps 1e-4).
     c.train.learning_rate = 1e-3
@@ -279,26 +279,21 @@ def apply_variant(c: ml_collections.ConfigDict, arg: str | None) -> ml_collectio
     c.evaluator.num_steps = 1_500
     c.evaluator.batch_size = 32
     c.evaluator.num_check_clips = 256
-    # 2x16 stem patches (50 ms x 16 mels) and attention at the coarsest level only: about
-    # 0.3 s per UNet update at batch 32 on 2 cores; attention over the 160 positions of a
-    # finer level alone costs ~85 ms, and a (2,8) stem 1.4 s per step.
+    # 2x16 stem patches (50 ms x 16 mels) and attention at the coarsest level only keep a
+    # UNet update at batch 32 affordable on 2 cores (docs/config_notes.md).
     c.unet.widths = (32, 48, 64)
     c.unet.attention_levels = (2,)
     c.unet.level_scales = tuple(min(l, len(c.model.scale_pools) - 2) for l in range(3))
     c.unet.blocks_per_level = 1
     c.unet.stem_patch = (2, 16)
     # v-prediction: with 32 pixels per 32-channel stem patch the UNet cannot copy its input
-    # through, so eps-prediction stayed at MSE 0.22 even at t = T (where eps ~ x_t), and
-    # x0 = (x_t - s eps) / a amplified that 15x into exploding samples (measured at step
-    # 400). A v error reaches x0 multiplied by s <= 1. Full size (1x4 patches of 128
-    # channels) keeps the paper's eps.
+    # through, so an eps error near t = T is amplified into x0 = (x_t - s eps) / a, while a
+    # v error reaches x0 multiplied by s <= 1 (docs/config_notes.md). Full size (1x4
+    # patches of 128 channels) keeps the paper's eps.
     c.diffusion.prediction = 'v'
     # 16x16 frames (4x4-pixel blocks of the 64x64 input: objects stay a few pixels wide) in
-    # 2x2 stem patches of 32 channels, 16 of the 32 examples. 4x4 patches of 48 channels
-    # (48 values into 48 features) cost about as much but could not pass pixel noise
-    # through: trained on one fixed batch of 8 clips for 600 steps they sampled frames worse
-    # than the mean frame (MSE 0.24 against 0.046), 2x2 patches 0.07, and after a whole
-    # bidirectional run (interval 1) their frames were noise (PSNR = the shuffled control).
+    # 2x2 stem patches of 32 channels, 16 of the 32 examples; 4x4 patches (48 values into 48
+    # features) could not pass pixel noise through (docs/config_notes.md).
     c.a2v.image_size = 16
     c.a2v.stem_patch = 2
     c.a2v.widths = (32, 64)

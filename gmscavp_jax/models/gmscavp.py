@@ -1,7 +1,9 @@
 """GMS-CAVP module: both encoders + the multi-scale pyramid + learnable per-scale temperatures.
 
-The module knows nothing about devices or sharding; `steps.py` jits it with shardings.
-(The MSD denoiser is a separate module, models/unet.py, that consumes the video scales.)
+The module knows nothing about devices or sharding: `core/steps.py` builds it and applies it
+inside pure steps, and whoever runs those steps (the trainer, the evaluators, inference) jits
+them with shardings. The denoisers are separate modules: models/unet.py (MSD, conditioned on
+the video scales) and models/video_unet.py (a2v, conditioned on the audio scales).
 """
 
 import math
