@@ -20,6 +20,7 @@ from configs import msa_msd
 from configs import msd
 from gmscavp_jax.core import config_io
 from gmscavp_jax.core import config_validation
+from gmscavp_jax.core import phases
 from gmscavp_jax.core import steps
 from gmscavp_jax.data import media
 from gmscavp_jax.data import media_writing
@@ -82,7 +83,7 @@ def test_interval_0_is_todays_training():
   config = _config(interval=0)
   models, txs = steps.build_models(config), steps.make_optimizers(config)
   assert models.video_denoiser is None and sorted(txs) == ['denoiser', 'encoders']
-  assert {steps.train_phase(config, s) for s in range(1, 9)} == {'joint'}
+  assert {steps.train_phase(config, s) for s in range(1, 9)} == {phases.JOINT}
   state = jax.eval_shape(functools.partial(steps.init_state, config, models, txs),
                          jax.random.key(0))
   assert sorted(state.params) == ['denoiser', 'encoders']
@@ -119,7 +120,7 @@ def test_joint_loss_without_a2v_is_exactly_todays(bi_workdir, bi_states):
 
   # One program (one compile) computes both.
   loss, expected = jax.jit(lambda *args: (
-      steps.loss_fn(*args, models=models, config=config, phase='joint')[0],
+      steps.loss_fn(*args, models=models, config=config, phase=phases.JOINT)[0],
       todays_loss(*args)))(params, batch, rng)
   assert float(loss) == float(expected)
   rows = metrics_io.read_jsonl(os.path.join(workdir, 'metrics.jsonl'))
@@ -150,7 +151,7 @@ def test_a2v_denoiser_output_shapes():
 def test_the_a2v_denoiser_trains_on_every_kth_step_only(bi_workdir, bi_states):
   workdir, results = bi_workdir
   config = config_io.load_config(workdir)
-  assert [steps.train_phase(config, s) for s in (1, 2, 3, 4)] == [
+  assert [str(steps.train_phase(config, s)) for s in (1, 2, 3, 4)] == [
       'joint', 'joint+a2v', 'joint', 'joint+a2v']
   assert [steps.a2v_trained(config, s) for s in (1, 2)] == [False, True]
   fresh, saved = bi_states
@@ -168,7 +169,7 @@ def test_the_a2v_denoiser_trains_on_every_kth_step_only(bi_workdir, bi_states):
   # Two-stage configs: the first a2v step is the first multiple of k after the encoder stage.
   frozen = tiny_config('msa', **{'train.bidirectional_interval': 2})  # encoder_steps = 2.
   assert [steps.train_phase(frozen, s) for s in (2, 3, 4)] == [
-      'contrastive', 'generator', 'generator+a2v']
+      phases.CONTRASTIVE, phases.GENERATOR, phases.GENERATOR.with_a2v()]
   assert [steps.a2v_trained(frozen, s) for s in (3, 4)] == [False, True]
   # The evaluation scored a2v generation, each score beside its control.
   with open(os.path.join(workdir, 'results.json')) as f:

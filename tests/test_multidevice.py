@@ -25,6 +25,7 @@ def _compare_meshes() -> dict:
   import numpy as np
   import optax
   from gmscavp_jax import train
+  from gmscavp_jax.core import phases
   from gmscavp_jax.core import steps
   from gmscavp_jax.infra import sharding
   from gmscavp_jax.data import pipeline
@@ -43,7 +44,7 @@ def _compare_meshes() -> dict:
     layout = train.state_shardings(config, models, txs, mesh)
     state = jax.device_put(init, layout)
     sharded = [s.spec for s in jax.tree.leaves(layout.params) if 'fsdp' in s.spec]
-    step = train.jit_train_step(models, txs, config, mesh, 'contrastive', layout)
+    step = train.jit_train_step(models, txs, config, mesh, phases.CONTRASTIVE, layout)
     batch = sharding.global_batch(mesh, local)
     assert len(batch['frames'].sharding.device_set) == data * fsdp
     losses = []

@@ -31,6 +31,7 @@ def _worker(process_id: int, num_processes: int, port: int, out_dir: str) -> Non
   import optax  # pylint: disable=g-import-not-at-top
   # pylint: disable=g-import-not-at-top
   from gmscavp_jax import train
+  from gmscavp_jax.core import phases
   from gmscavp_jax.core import steps
   from gmscavp_jax.infra import checkpointing, sharding
   from gmscavp_jax.data import pipeline  # pylint: disable=g-import-not-at-top
@@ -46,7 +47,7 @@ def _worker(process_id: int, num_processes: int, port: int, out_dir: str) -> Non
   train_iter = iter(pipeline.train_loader(config))
   batches = [sharding.global_batch(mesh, pipeline.select(next(train_iter)))
              for _ in range(NUM_STEPS)]
-  step = train.jit_train_step(models, txs, config, mesh, 'contrastive', layout).lower(
+  step = train.jit_train_step(models, txs, config, mesh, phases.CONTRASTIVE, layout).lower(
       state, batches[0], jax.random.key(1)).compile()
   sharding.sync_processes('compiled')  # As the trainer does: compile times differ.
   losses = []

@@ -8,6 +8,7 @@ import numpy as np
 import optax
 import pytest
 
+from gmscavp_jax.core import phases
 from gmscavp_jax.core import steps
 from gmscavp_jax.data import pipeline
 from tests.conftest import tiny_config
@@ -29,7 +30,8 @@ def _changed(before, after) -> bool:
              for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(after)))
 
 
-@pytest.mark.parametrize('phase', ['contrastive', 'generator', 'joint'])
+@pytest.mark.parametrize('phase', [phases.CONTRASTIVE, phases.GENERATOR, phases.JOINT],
+                         ids=str)
 def test_phase_updates_only_its_groups(setup, phase):
   config, models, txs, state, batch = setup
   step = jax.jit(functools.partial(steps.train_step, models=models, txs=txs, config=config,
@@ -37,9 +39,9 @@ def test_phase_updates_only_its_groups(setup, phase):
   new, metrics = step(state, batch, jax.random.key(1))
   assert int(new.step) == 1
   for group in ('encoders', 'denoiser'):
-    assert _changed(state.params[group], new.params[group]) == (group in steps.TRAINED[phase])
-  assert ('train/loss/msa' in metrics) == (phase != 'generator')
-  assert ('train/loss/msd_loss' in metrics) == (phase != 'contrastive')
+    assert _changed(state.params[group], new.params[group]) == (group in phase.groups)
+  assert ('train/loss/msa' in metrics) == (phase != phases.GENERATOR)
+  assert ('train/loss/msd_loss' in metrics) == (phase != phases.CONTRASTIVE)
   assert np.isfinite(float(metrics['train/loss']))
 
 
@@ -56,7 +58,7 @@ def test_msd_gradient_reaches_the_video_encoder_unless_stopped(setup, stop_gradi
   # Gradients of the encoders only: the denoiser's weight gradients would double the compile.
   def loss_of_encoders(encoders):
     return steps.loss_fn({**params, 'encoders': encoders}, batch, jax.random.key(3),
-                         models=models, config=config, phase='joint')[0]
+                         models=models, config=config, phase=phases.JOINT)[0]
 
   grads = jax.jit(jax.grad(loss_of_encoders))(params['encoders'])
   video_norm = float(jnp.sqrt(sum(jnp.sum(g**2) for g in jax.tree.leaves(
@@ -70,10 +72,10 @@ def test_msd_gradient_reaches_the_video_encoder_unless_stopped(setup, stop_gradi
 def test_phase_schedule_of_the_table3_configs():
   frozen = tiny_config('msa')  # encoder_steps = 2 of 4.
   assert [steps.phase_at(frozen, s) for s in (1, 2, 3, 4)] == [
-      'contrastive', 'contrastive', 'generator', 'generator']
+      phases.CONTRASTIVE, phases.CONTRASTIVE, phases.GENERATOR, phases.GENERATOR]
   assert [steps.generator_trained(frozen, s) for s in (0, 2, 3)] == [False, False, True]
   joint = tiny_config('msa_msd')
-  assert {steps.phase_at(joint, s) for s in (1, 4)} == {'joint'}
+  assert {steps.phase_at(joint, s) for s in (1, 4)} == {phases.JOINT}
   assert steps.generator_trained(joint, 1)
   none = tiny_config('msa', **{'diffusion.training': 'none'})
   assert not steps.generator_trained(none, 4)
@@ -90,7 +92,7 @@ def test_a_non_finite_batch_is_skipped_and_counted(setup):
   # The fixture's optimizers and phase: the step compiled above comes from the cache.
   config, models, txs, state, batch = setup
   step = jax.jit(functools.partial(steps.train_step, models=models, txs=txs, config=config,
-                                   phase='contrastive'))
+                                   phase=phases.CONTRASTIVE))
   bad = dict(batch, waveform=batch['waveform'].at[0, 10].set(jnp.nan))
   skipped, metrics = step(state, bad, jax.random.key(1))
   assert float(metrics['train/skipped']) == 1.0 and not np.isfinite(metrics['train/loss'])
@@ -115,7 +117,7 @@ def test_bfloat16_compute_keeps_float32_params_and_loss():
   batch = {'frames': frames, 'waveform': jnp.zeros((2, round(seconds * config.audio.sample_rate)))}
   new, metrics = jax.eval_shape(
       functools.partial(steps.train_step, models=models, txs=txs, config=config,
-                        phase='joint'), state, batch, jax.random.key(1))
+                        phase=phases.JOINT), state, batch, jax.random.key(1))
   assert {x.dtype for x in jax.tree.leaves(new.params)} == {jnp.dtype(jnp.float32)}
   assert metrics['train/loss'].dtype == jnp.float32
 
@@ -128,7 +130,7 @@ def test_contrastive_diffusion_term_on_the_same_noise(setup):
   def with_cdiff(**fields):
     c = config.copy_and_resolve_references()
     c.loss.update(fields)
-    return functools.partial(steps.loss_fn, models=models, config=c, phase='joint')
+    return functools.partial(steps.loss_fn, models=models, config=c, phase=phases.JOINT)
 
   args = (state.params, batch, jax.random.key(4))
   off = jax.make_jaxpr(with_cdiff(cdiff_weight=0.0))(*args)

@@ -22,12 +22,6 @@ from gmscavp_jax.diffusion import schedules
 from gmscavp_jax.models import encoders
 from gmscavp_jax.models import gmscavp
 
-# Suffix of a phase whose step also trains the a2v denoiser ('joint+a2v', 'generator+a2v').
-A2V = '+a2v'
-# Phases that can take an a2v update: those that train a generator.
-A2V_PHASES = ('joint', 'generator')
-
-
 def interval(config: ml_collections.ConfigDict) -> int:
   """train.bidirectional_interval (0 for configs saved before the field existed)."""
   return int(config.train.get('bidirectional_interval', 0) or 0)

@@ -1,21 +1,14 @@
 """Pure steps: train state, optimizers, the joint loss, train / embedding / sampling steps.
 
 Everything here is a function of arrays and config; `train.py` jits these with shardings.
-The params are {'encoders': GMSCAVP params, 'denoiser': UNet params}, each with its own
-optimizer, so a training phase updates exactly the part it trains (Table 3):
-
-  phase        loss                                      updates
-  contrastive  msa_weight L_MSA                          encoders
-  joint        msa_weight L_MSA + msd_weight L_MSD       encoders and denoiser
-  generator    msd_weight L_MSD on frozen video scales   denoiser
+The params are {'encoders': GMSCAVP params, 'denoiser': UNet params} (and 'video_denoiser',
+the a2v denoiser of bidirectional.py, with train.bidirectional_interval = k > 0), each with
+its own optimizer, so a training phase (core/phases.py) updates exactly the groups it trains
+(Table 3). Every k-th step of the 'joint' or 'generator' stage also trains the a2v denoiser
+(`train_phase`), which in 'joint' reaches the audio encoder unless a2v.stop_gradient.
 
 With loss.cdiff_weight > 0, L_MSD includes CMMD's contrastive diffusion term (eq. 4 in a
 bounded form, `msd_loss`).
-
-With train.bidirectional_interval = k > 0 there is a third group, 'video_denoiser' (the a2v
-denoiser, bidirectional.py), and every k-th step of 'joint' or 'generator' runs as
-'joint+a2v' / 'generator+a2v': the same loss plus a2v.loss_weight L_a2v, which also updates
-video_denoiser (and, in 'joint', reaches the audio encoder unless a2v.stop_gradient).
 """
 
 from collections.abc import Callable
@@ -29,6 +22,7 @@ import ml_collections
 import optax
 
 from gmscavp_jax.core import bidirectional
+from gmscavp_jax.core import phases
 from gmscavp_jax.data import audio
 from gmscavp_jax.data import negatives
 from gmscavp_jax.diffusion import objectives
@@ -39,13 +33,6 @@ from gmscavp_jax.models import gmscavp
 from gmscavp_jax.models import pyramid
 from gmscavp_jax.models import unet as unet_lib
 from gmscavp_jax.models import video_unet
-
-# Which parameter groups each phase trains.
-TRAINED = {'contrastive': ('encoders',), 'joint': ('encoders', 'denoiser'),
-           'generator': ('denoiser',)}
-TRAINED.update({p + bidirectional.A2V: TRAINED[p] + ('video_denoiser',)
-                for p in bidirectional.A2V_PHASES})
-
 
 @flax.struct.dataclass
 class TrainState:
@@ -74,28 +61,28 @@ def build_models(config: ml_collections.ConfigDict) -> Models:
                 if bidirectional.interval(config) else None)
 
 
-def phase_at(config: ml_collections.ConfigDict, step: int) -> str:
-  """The phase that takes optimizer step `step` (1-based)."""
-  training = config.diffusion.training
-  if training == 'joint':
-    return 'joint'
-  if training == 'frozen' and step > config.diffusion.encoder_steps:
-    return 'generator'
-  return 'contrastive'
+def phase_at(config: ml_collections.ConfigDict, step: int) -> phases.Phase:
+  """The stage (a phase without a2v) that takes optimizer step `step` (1-based)."""
+  if config.diffusion.training == 'joint':
+    return phases.JOINT
+  end = phases.encoder_stage_end(config)
+  if end is not None and step > end:
+    return phases.GENERATOR
+  return phases.CONTRASTIVE
 
 
 def generator_trained(config: ml_collections.ConfigDict, step: int) -> bool:
   """Whether the denoiser has been trained by the end of step `step`."""
-  # The generator trains from step 1 ('joint') or only in the last phase ('frozen').
-  return step >= 1 and phase_at(config, step) != 'contrastive'
+  # The generator trains from step 1 ('joint') or only in the last stage ('frozen').
+  return step >= 1 and phase_at(config, step).msd
 
 
-def train_phase(config: ml_collections.ConfigDict, step: int) -> str:
-  """The compiled step that takes step `step`: `phase_at`'s phase, plus bidirectional.A2V
-  on the steps that also train the a2v denoiser (step % bidirectional_interval == 0)."""
+def train_phase(config: ml_collections.ConfigDict, step: int) -> phases.Phase:
+  """The compiled step that takes step `step`: `phase_at`'s stage, with a2v on the steps
+  that also train the a2v denoiser (step % bidirectional_interval == 0)."""
   phase, k = phase_at(config, step), bidirectional.interval(config)
-  if k and step % k == 0 and phase in bidirectional.A2V_PHASES:
-    return phase + bidirectional.A2V
+  if k and step % k == 0 and phase.msd:
+    return phase.with_a2v()
   return phase
 
 
@@ -105,8 +92,8 @@ def a2v_trained(config: ml_collections.ConfigDict, step: int) -> bool:
   if not k or config.diffusion.training not in ('joint', 'frozen'):
     return False
   # Its first update: step k ('joint'), or the first multiple of k after the encoder stage.
-  first = k if config.diffusion.training == 'joint' else (
-      config.diffusion.encoder_steps // k + 1) * k
+  end = phases.encoder_stage_end(config)
+  first = k if end is None else (end // k + 1) * k
   return step >= first
 
 
@@ -139,9 +126,9 @@ def make_optimizer(train_cfg: ml_collections.ConfigDict,
 def make_optimizers(config: ml_collections.ConfigDict) -> dict:
   """{'encoders': tx, 'denoiser': tx} (and 'video_denoiser' with bidirectional training),
   each decaying over the steps that train its group."""
-  total, d = config.train.num_steps, config.diffusion
-  if d.training == 'frozen':
-    steps = {'encoders': d.encoder_steps, 'denoiser': total - d.encoder_steps}
+  total, end = config.train.num_steps, phases.encoder_stage_end(config)
+  if end is not None:
+    steps = {'encoders': end, 'denoiser': total - end}
   else:
     steps = {'encoders': total, 'denoiser': total}
   txs = {k: make_optimizer(config.train, n) for k, n in steps.items()}
@@ -276,16 +263,15 @@ def negative_video_scales(encoder_params, features: jax.Array, rng: jax.Array, *
 
 
 def loss_fn(params, batch: dict, rng: jax.Array, *, models: Models,
-            config: ml_collections.ConfigDict, phase: str) -> tuple[jax.Array, dict]:
+            config: ml_collections.ConfigDict,
+            phase: phases.Phase) -> tuple[jax.Array, dict]:
   """The phase's loss of one global batch (contrastive negatives span the whole batch)."""
   chex.assert_rank(batch['frames'], 5)
   chex.assert_rank(batch['waveform'], 2)
-  with_a2v = phase.endswith(bidirectional.A2V)
-  phase = phase.removesuffix(bidirectional.A2V)
   mel = log_mel(batch, config)
   enc = {'params': params['encoders']}
   total, metrics = jnp.zeros((), jnp.float32), {}
-  if phase in ('contrastive', 'joint'):
+  if phase.msa:
     out = models.encoders.apply(enc, batch['frames'], mel)
     weights = tuple(config.loss.scale_weights) or None
     msa, msa_metrics = contrastive.msa_loss(
@@ -301,8 +287,8 @@ def loss_fn(params, batch: dict, rng: jax.Array, *, models: Models,
     features = models.encoders.apply(enc, batch['frames'],
                                      method=gmscavp.GMSCAVP.video_features)
     video = models.encoders.apply(enc, features, method=gmscavp.GMSCAVP.video_scales)
-  if phase in ('joint', 'generator'):
-    if phase == 'generator' or config.diffusion.stop_gradient:
+  if phase.msd:
+    if phase.stage == 'generator' or config.diffusion.stop_gradient:
       video = jax.lax.stop_gradient(video)
     negative = None
     # Static: weight 0 compiles no negative at all (nor do configs from before the field).
@@ -313,11 +299,11 @@ def loss_fn(params, batch: dict, rng: jax.Array, *, models: Models,
                                 models=models, config=config, negative_scales=negative)
     total += config.loss.msd_weight * msd
     metrics.update({f'loss/{k}': v for k, v in msd_metrics.items()})
-  if with_a2v:
-    # The joint phase has the audio scales already; the generator phase's encoders are frozen.
-    aud = out['audio'] if phase == 'joint' else models.encoders.apply(
+  if phase.a2v:
+    # The joint stage has the audio scales already; the generator stage's encoders are frozen.
+    aud = out['audio'] if phase.stage == 'joint' else models.encoders.apply(
         enc, mel, method=gmscavp.GMSCAVP.embed_audio)
-    if phase == 'generator' or config.a2v.stop_gradient:
+    if phase.stage == 'generator' or config.a2v.stop_gradient:
       aud = jax.lax.stop_gradient(aud)
     n = config.a2v.batch_size or batch['frames'].shape[0]
     a2v, a2v_metrics = bidirectional.a2v_loss(
@@ -330,7 +316,7 @@ def loss_fn(params, batch: dict, rng: jax.Array, *, models: Models,
 
 
 def train_step(state: TrainState, batch: dict, rng: jax.Array, *, models: Models, txs: dict,
-               config: ml_collections.ConfigDict, phase: str,
+               config: ml_collections.ConfigDict, phase: phases.Phase,
                gather: Callable[[Any], Any] | None = None) -> tuple[TrainState, dict]:
   """One update of the groups `phase` trains; returns the new state and scalar metrics.
 
@@ -339,7 +325,7 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array, *, models: Models
   (FSDP: all-gathered whole from their shards; None keeps them as they are).
   """
   step_rng = jax.random.fold_in(rng, state.step)
-  trained = TRAINED[phase]
+  trained = phase.groups
   params_in = state.params if gather is None else gather(state.params)
 
   def loss_of(trainable):
