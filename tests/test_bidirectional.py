@@ -90,7 +90,7 @@ def test_interval_0_is_todays_training():
   # Workdirs saved before the field existed read as interval 0.
   old = config.copy_and_resolve_references()
   del old.train['bidirectional_interval']
-  assert steps.build_models(old).video_denoiser is None
+  assert steps.build_models(config_io.upgrade(old)).video_denoiser is None
 
 
 def test_joint_loss_without_a2v_is_exactly_todays(bi_workdir, bi_states):

@@ -1,11 +1,17 @@
 """Configs load, validate, and reject bad values with a message naming the field."""
 
+import glob
+import importlib
+import json
+import os
 import subprocess
 import sys
 
+import ml_collections
 import pytest
 
 from configs import cavp, common, msa, msa_msd, msd
+from gmscavp_jax.core import config_io
 from gmscavp_jax.core import config_validation
 from gmscavp_jax.infra import errors
 from tests.conftest import ROOT, tiny_config
@@ -126,3 +132,50 @@ def test_cli_rejects_unknown_field_and_bad_value(tmp_path):
   assert r.returncode == 1
   assert 'config.train.eval_every_steps=-5: expected a positive integer' in r.stderr
   assert 'Traceback' not in r.stderr
+
+
+def _fields(config) -> set:
+  """The dotted paths of every leaf field of `config`."""
+  return {f'{k}.{f}' if f else k
+          for k, v in config.items()
+          for f in (_fields(v) if isinstance(v, ml_collections.ConfigDict) else [''])}
+
+
+def test_upgrade_leaves_a_current_workdir_config_as_it_was(tmp_path):
+  config = msa_msd.get_config('runlocal')
+  config_io.save_config(config, str(tmp_path))
+  loaded = config_io.load_config(str(tmp_path))
+  assert loaded.to_dict() == config.to_dict()
+
+
+@pytest.mark.parametrize('run', sorted(glob.glob(os.path.join(ROOT, 'docs', 'ablation_runs',
+                                                              '*', 'config.json'))),
+                         ids=lambda path: os.path.basename(os.path.dirname(path)))
+def test_upgrade_completes_configs_saved_by_older_versions(run):
+  with open(run) as f:
+    saved = json.load(f)
+  config = config_io.load_config(os.path.dirname(run))
+  config_validation.validate(config)
+  current = importlib.import_module(f"configs.{saved['experiment']}").get_config('runlocal')
+  assert _fields(config) == _fields(current)
+  # What those runs did (no a2v, no contrastive diffusion), their saved fields untouched.
+  assert config.train.bidirectional_interval == 0 and config.loss.cdiff_weight == 0.0
+  upgraded = json.loads(config.to_json())
+  assert upgraded == {k: {**v, **saved.get(k, {})} if isinstance(v, dict) else saved[k]
+                      for k, v in upgraded.items()}
+
+
+def test_upgrade_gives_runs_from_before_data_seed_their_own_seed(tmp_path):
+  config = msa.get_config('runlocal')
+  config.seed = 3
+  del config.data['seed']
+  config_io.save_config(config, str(tmp_path))
+  assert config_io.load_config(str(tmp_path)).data.seed == 3
+
+
+def test_upgrade_gives_runs_from_before_the_mesh_a_data_only_mesh(tmp_path):
+  config = msa.get_config('runlocal')
+  del config['mesh']
+  config_io.save_config(config, str(tmp_path))
+  mesh = config_io.load_config(str(tmp_path)).mesh
+  assert (mesh.data, mesh.fsdp, mesh.fsdp_min_size, mesh.fsdp_replicate) == (-1, 1, 2**16, '')

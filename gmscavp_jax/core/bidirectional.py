@@ -23,8 +23,8 @@ from gmscavp_jax.models import encoders
 from gmscavp_jax.models import gmscavp
 
 def interval(config: ml_collections.ConfigDict) -> int:
-  """train.bidirectional_interval (0 for configs saved before the field existed)."""
-  return int(config.train.get('bidirectional_interval', 0) or 0)
+  """train.bidirectional_interval: every k-th step trains the a2v denoiser (0 = never)."""
+  return int(config.train.bidirectional_interval)
 
 
 def low_res_frames(frames: jax.Array, size: int) -> jax.Array:

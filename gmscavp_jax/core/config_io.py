@@ -22,7 +22,59 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
     raise FileNotFoundError(f'{path} not found: is {workdir!r} the workdir of a training run?')
   with open(path) as f:
     # JSON turns tuples into lists; the model and loss expect tuples.
-    return ml_collections.ConfigDict(json.load(f, object_hook=_lists_to_tuples))
+    return upgrade(ml_collections.ConfigDict(json.load(f, object_hook=_lists_to_tuples)))
+
+
+# Fields added after runs were saved without them, each with the value that reproduces what
+# those runs did (not always today's default: such runs replicated no FSDP leaf by name).
+_ADDED = {
+    'data.mixture': '',
+    'loss.cdiff_weight': 0.0,
+    'loss.cdiff_temperature': 0.1,
+    'loss.cdiff_min_shift_seconds': 0.2,
+    'loss.cdiff_max_shift_seconds': 1.0,
+    'loss.cdiff_kinds': ('shift', 'segment_swap', 'random_swap'),
+    'train.compute_dtype': 'float32',
+    'train.remat': 'none',
+    'train.bidirectional_interval': 0,
+    'mesh.data': -1,
+    'mesh.fsdp': 1,
+    'mesh.fsdp_min_size': 2**16,
+    'mesh.fsdp_replicate': '',
+    # Unused while train.bidirectional_interval is 0 (no a2v denoiser).
+    'a2v.image_size': 32,
+    'a2v.widths': (64, 128, 256),
+    'a2v.attention_levels': (2,),
+    'a2v.level_scales': (),
+    'a2v.blocks_per_level': 2,
+    'a2v.num_groups': 8,
+    'a2v.num_heads': 4,
+    'a2v.stem_patch': 2,
+    'a2v.aligned_conditioning': True,
+    'a2v.loss_weight': 1.0,
+    'a2v.batch_size': 0,
+    'a2v.stop_gradient': False,
+    'a2v.guidance': 3.0,
+    'a2v.num_eval_clips': 16,
+}
+
+
+def upgrade(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """`config` (a workdir's, possibly saved by an older version) with every field it lacks.
+
+  Each added field takes the value that reproduces the old run, so the rest of the code
+  reads every field directly. `config` is changed in place and returned.
+  """
+  if 'seed' not in config.data:
+    # The synthetic world used the run's seed before data.seed existed.
+    config.data.seed = config.seed
+  for path, value in _ADDED.items():
+    section, field = path.split('.')
+    if section not in config:
+      config[section] = ml_collections.ConfigDict()
+    if field not in config[section]:
+      config[section][field] = value
+  return config
 
 
 def _lists_to_tuples(obj: dict) -> dict:

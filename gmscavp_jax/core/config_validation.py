@@ -206,7 +206,7 @@ def _validate_generator(config: ml_collections.ConfigDict, num_scales: int) -> N
 def _validate_mixture(config: ml_collections.ConfigDict) -> None:
   """data.mixture: parseable, and every prepared dataset in it has a data_dir."""
   d = config.data
-  spec = d.get('mixture', '')
+  spec = d.mixture
   _require(isinstance(spec, str), 'data.mixture', "a string (NAME[OPTIONS]:WEIGHT,...)", spec)
   try:
     entries = mixture.parse(spec)
@@ -246,7 +246,7 @@ def _validate_contrastive_diffusion(config: ml_collections.ConfigDict) -> None:
 
 def _validate_a2v(config: ml_collections.ConfigDict, num_scales: int) -> None:
   """train.bidirectional_interval and, when it is on, the a2v denoiser's fields."""
-  k = config.train.get('bidirectional_interval', 0)
+  k = config.train.bidirectional_interval
   _require(isinstance(k, int) and k >= 0, 'train.bidirectional_interval',
            'an integer >= 0 (0 = off: no audio->video denoiser)', k)
   if not k:

@@ -52,9 +52,9 @@ class Models(NamedTuple):
 
 def build_models(config: ml_collections.ConfigDict) -> Models:
   """Both modules from the config, in its train.compute_dtype (params stay float32) and
-  train.remat policy (workdirs saved before these fields existed read as float32, none)."""
-  dtype = jnp.dtype(config.train.get('compute_dtype', 'float32'))
-  remat = config.train.get('remat', 'none')
+  train.remat policy."""
+  dtype = jnp.dtype(config.train.compute_dtype)
+  remat = config.train.remat
   return Models(gmscavp.build_model(config, dtype, remat),
                 unet_lib.build_unet(config, dtype=dtype, remat=remat),
                 video_unet.build_video_unet(config, dtype, remat)
@@ -291,8 +291,8 @@ def loss_fn(params, batch: dict, rng: jax.Array, *, models: Models,
     if phase.stage == 'generator' or config.diffusion.stop_gradient:
       video = jax.lax.stop_gradient(video)
     negative = None
-    # Static: weight 0 compiles no negative at all (nor do configs from before the field).
-    if config.loss.get('cdiff_weight', 0.0) > 0:
+    # Static: weight 0 compiles no negative at all.
+    if config.loss.cdiff_weight > 0:
       negative = negative_video_scales(params['encoders'], features, rng, models=models,
                                        config=config)
     msd, msd_metrics = msd_loss(params['denoiser'], video, normalise_mel(mel, config), rng,

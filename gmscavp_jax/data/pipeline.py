@@ -33,7 +33,7 @@ def make_source(config: ml_collections.ConfigDict, split: str):
   serves its first eval.num_test_clips records, which it must have. With data.mixture the
   train split is that mixture of sources instead (`mixture_source`).
   """
-  if split == 'train' and config.data.get('mixture'):
+  if split == 'train' and config.data.mixture:
     return mixture_source(config)
   if config.data.name == 'synthetic':
     return synthetic.from_config(config, split)

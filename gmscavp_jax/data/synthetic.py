@@ -336,8 +336,7 @@ def from_config(config: ml_collections.ConfigDict, split: str, *,
   return SyntheticAVSource(
       split=split,
       num_clips=num_clips,
-      # Workdirs saved before data.seed existed used the run's seed for the world.
-      seed=config.data.get('seed', config.seed),
+      seed=config.data.seed,
       num_classes=config.data.num_classes,
       num_frames=config.data.num_frames,
       fps=config.data.fps,

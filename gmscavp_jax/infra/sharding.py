@@ -61,9 +61,8 @@ def make_mesh(devices: Sequence[jax.Device] | None = None, *, data: int = -1,
 
 def mesh_from_config(config: ml_collections.ConfigDict,
                      devices: Sequence[jax.Device] | None = None) -> Mesh:
-  """`make_mesh` with the config's mesh.data x mesh.fsdp (a data-only mesh if unset)."""
-  m = config.get('mesh') or {}
-  return make_mesh(devices, data=m.get('data', -1), fsdp=m.get('fsdp', 1))
+  """`make_mesh` with the config's mesh.data x mesh.fsdp."""
+  return make_mesh(devices, data=config.mesh.data, fsdp=config.mesh.fsdp)
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -112,11 +111,11 @@ def tree_specs(tree: Any, fsdp_size: int, config: ml_collections.ConfigDict) -> 
   Applied to the whole train state: Adam's moments share their param's path suffix and
   shape, so each moment is sharded exactly like its param; step counters stay replicated.
   """
-  m = config.get('mesh') or {}
+  m = config.mesh
   return jax.tree_util.tree_map_with_path(
       lambda path, leaf: param_spec(_path_str(path), leaf.shape, fsdp_size,
-                                    min_size=m.get('fsdp_min_size', 2**16),
-                                    replicate=m.get('fsdp_replicate', '')), tree)
+                                    min_size=m.fsdp_min_size, replicate=m.fsdp_replicate),
+      tree)
 
 
 def tree_shardings(tree: Any, mesh: Mesh, config: ml_collections.ConfigDict) -> Any:

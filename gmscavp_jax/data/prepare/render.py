@@ -60,7 +60,7 @@ def class_name(label: int, num_classes: int) -> str:
 
 def _spec(config: ml_collections.ConfigDict) -> dict:
   """The settings that decide a rendered clip's content."""
-  return {'seed': int(config.data.get('seed', config.seed)),
+  return {'seed': int(config.data.seed),
           'num_classes': int(config.data.num_classes),
           'num_frames': int(config.data.num_frames), 'fps': float(config.data.fps),
           'image_size': int(config.data.image_size),
