@@ -44,6 +44,7 @@ from gmscavp_jax.core import config_io
 from gmscavp_jax.core import config_validation
 from gmscavp_jax.core import steps
 from gmscavp_jax.data import pipeline
+from gmscavp_jax.diffusion import samplers as samplers_lib
 from gmscavp_jax.evaluators import generation
 from gmscavp_jax.infra import perf
 from gmscavp_jax.infra import profiling
@@ -58,7 +59,7 @@ _WORKDIR = flags.DEFINE_string('workdir', None, 'A trained workdir (for --sampli
 _SAMPLING = flags.DEFINE_bool('sampling', False, 'Benchmark the samplers of --workdir.')
 _SAMPLE_STEPS = flags.DEFINE_list('sample_steps', ['10', '25', '50', '100'],
                                   'Sampling step counts to compare.')
-_SAMPLERS = flags.DEFINE_list('samplers', list(config_validation.SAMPLERS),
+_SAMPLERS = flags.DEFINE_list('samplers', list(samplers_lib.SAMPLERS),
                               'Samplers to compare.')
 _PROFILE = flags.DEFINE_string(
     'profile', None, 'Also trace a few train steps of each phase with jax.profiler into this '

@@ -9,7 +9,7 @@ from absl import flags
 from absl import logging
 import jax
 
-from gmscavp_jax.core import config_validation
+from gmscavp_jax.diffusion import samplers
 from gmscavp_jax.data import media
 from gmscavp_jax.infra import errors
 
@@ -97,7 +97,7 @@ def run_or_explain(fn, *args, **kwargs):
 def define_sampler_flags() -> dict:
   """--sampler/--steps/--guidance/--eta (DESIGN §7); their values feed `sampler_args`."""
   return {
-      'sampler': flags.DEFINE_enum('sampler', None, list(config_validation.SAMPLERS),
+      'sampler': flags.DEFINE_enum('sampler', None, list(samplers.SAMPLERS),
                                    'Sampler (default: config eval.sampler).'),
       'num_steps': flags.DEFINE_integer('steps', None,
                                         'Sampling steps (default: eval.sample_steps).'),

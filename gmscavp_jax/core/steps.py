@@ -24,6 +24,7 @@ import optax
 from gmscavp_jax.core import bidirectional
 from gmscavp_jax.core import phases
 from gmscavp_jax.data import audio
+from gmscavp_jax.data import media
 from gmscavp_jax.data import negatives
 from gmscavp_jax.diffusion import objectives
 from gmscavp_jax.diffusion import samplers
@@ -147,7 +148,8 @@ def make_optimizers(config: ml_collections.ConfigDict) -> dict:
 def num_mel_frames(config: ml_collections.ConfigDict) -> int:
   """Ta: log-mel frames of one clip (num_frames / fps seconds at the configured hop)."""
   d, a = config.data, config.audio
-  return audio.num_audio_frames(round(d.num_frames / d.fps * a.sample_rate), a.hop_length)
+  return audio.num_audio_frames(media.clip_num_samples(d.num_frames, d.fps, a.sample_rate),
+                                a.hop_length)
 
 
 def dummy_inputs(config: ml_collections.ConfigDict, batch_size: int = 1):

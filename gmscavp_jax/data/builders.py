@@ -51,7 +51,7 @@ class ClipsConfig(tfds.core.BuilderConfig):
   @property
   def num_samples(self) -> int:
     """S: waveform samples per clip."""
-    return int(round(self.num_frames / self.fps * self.sample_rate))
+    return media.clip_num_samples(self.num_frames, self.fps, self.sample_rate)
 
   def geometry(self) -> dict:
     return dict(num_frames=self.num_frames, fps=self.fps, image_size=self.image_size,

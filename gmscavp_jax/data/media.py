@@ -32,6 +32,11 @@ DEFAULT_MAX_PAD_FRACTION = 0.1
 _ISO_FIRST_BOXES = (b'ftyp', b'moov', b'mdat', b'free', b'skip', b'wide')
 
 
+def clip_num_samples(num_frames: int, fps: float, sample_rate: int) -> int:
+  """S: audio samples that span `num_frames` video frames at `fps`, at `sample_rate`."""
+  return int(round(num_frames / fps * sample_rate))
+
+
 class MediaError(ValueError):
   """A media file is missing, undecodable, or unfit for the request (`path`, `reason`)."""
 

@@ -10,6 +10,8 @@ import av
 import numpy as np
 import scipy.io.wavfile
 
+from gmscavp_jax.data import media
+
 # Peak that audio is rescaled to when it would otherwise clip on writing.
 _SAFE_PEAK = 0.9
 _AUDIO_ENCODER = 'aac'
@@ -102,7 +104,7 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float,
       video.bit_rate = 4_000_000  # mpeg4's default (200 kb/s) is blocky at any real size.
     audio = None
     if waveform is not None:
-      num_samples = int(round(len(frames) / float(rate) * sample_rate))
+      num_samples = media.clip_num_samples(len(frames), float(rate), sample_rate)
       waveform = _safe_level(waveform)[:num_samples]
       waveform = np.pad(waveform, (0, num_samples - waveform.size))
       audio_rate = _aac_rate(int(sample_rate))

@@ -17,6 +17,8 @@ from typing import Any
 import ml_collections
 import numpy as np
 
+from gmscavp_jax.data import media
+
 SPLITS = {'train': 0, 'validation': 1, 'test': 2}
 SHAPES = ('circle', 'square', 'triangle', 'diamond')
 
@@ -164,7 +166,7 @@ class SyntheticAVSource:
     self.max_onsets = int(max_onsets)
     self.audio_cfg = audio_cfg
     self.seconds = self.num_frames / self.fps
-    self.num_samples = int(round(self.seconds * self.sample_rate))
+    self.num_samples = media.clip_num_samples(self.num_frames, self.fps, self.sample_rate)
     self._build_classes()
 
   def _build_classes(self):

@@ -37,9 +37,8 @@ def load_audio_clip(config, *, audio: str | None, video: str | None, test_index:
     if clip['waveform'] is None:
       raise media.MediaError(video, 'has no audio track to generate frames from')
     return clip
-  num_samples = round(config.data.num_frames / config.data.fps * config.audio.sample_rate)
   waveform = media.read_audio(audio, sample_rate=config.audio.sample_rate,
-                              num_samples=num_samples, start_seconds=start_seconds)
+                              num_samples=video_to_audio.num_samples(config), start_seconds=start_seconds)
   return {'name': os.path.splitext(os.path.basename(audio))[0], 'frames': None,
           'waveform': waveform, 'onsets': None}
 

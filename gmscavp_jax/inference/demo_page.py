@@ -18,7 +18,7 @@ import numpy as np
 
 from gmscavp_jax import cli
 from gmscavp_jax.core import config_io
-from gmscavp_jax.core import config_validation
+from gmscavp_jax.diffusion import samplers
 from gmscavp_jax.data import media
 from gmscavp_jax.data import media_writing
 from gmscavp_jax.data import pipeline
@@ -163,7 +163,7 @@ def build_app(backend: Backend) -> gr.Blocks:
           test_index = gr.Number(0, label=f'Test clip (0-{backend.num_test_clips - 1})',
                                  precision=0, minimum=0, maximum=backend.num_test_clips - 1)
           test_button = gr.Button('Generate for this clip', variant='primary')
-        sampler = gr.Dropdown(list(config_validation.SAMPLERS), value=defaults['sampler'],
+        sampler = gr.Dropdown(list(samplers.SAMPLERS), value=defaults['sampler'],
                               label='Sampler')
         steps = gr.Slider(1, 200, value=defaults['num_steps'], step=1, label='Steps')
         guidance = gr.Number(defaults['guidance'], label='Guidance scale', minimum=1.0)

@@ -29,7 +29,8 @@ from gmscavp_jax import train
 
 def num_samples(config) -> int:
   """Audio samples (S) in one clip of the config's length."""
-  return round(config.data.num_frames / config.data.fps * config.audio.sample_rate)
+  return media.clip_num_samples(config.data.num_frames, config.data.fps,
+                                config.audio.sample_rate)
 
 
 def load_clip(config, *, video: str | None, test_index: int | None,

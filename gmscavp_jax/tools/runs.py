@@ -25,7 +25,7 @@ from absl import flags
 from absl import logging
 import numpy as np
 
-from gmscavp_jax.core import config_validation
+from gmscavp_jax.diffusion import samplers
 
 # The flags both runners (ablation.py, studies.py) take, defined once here: absl refuses a
 # second definition of a name, and one process (a test worker) imports both runners.
@@ -34,7 +34,7 @@ VARIANT = flags.DEFINE_string('variant', 'runlocal', 'Config variant (empty: ful
 OVERRIDE = flags.DEFINE_multi_string('override', [],
                                      "FIELD=VALUE for every run's training (--config.FIELD).")
 CONFIGS_DIR = flags.DEFINE_string('configs_dir', 'configs', 'Where NAME.py files live.')
-SAMPLER = flags.DEFINE_enum('sampler', None, list(config_validation.SAMPLERS), 'For evaluate.')
+SAMPLER = flags.DEFINE_enum('sampler', None, list(samplers.SAMPLERS), 'For evaluate.')
 STEPS = flags.DEFINE_integer('steps', None, 'Sampling steps, for evaluate.')
 GUIDANCE = flags.DEFINE_float('guidance', None, 'Guidance scale, for evaluate.')
 flags.mark_flag_as_required('root')

@@ -34,7 +34,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from gmscavp_jax.core import config_validation
+from gmscavp_jax.diffusion import samplers as samplers_lib
 from gmscavp_jax.infra import plotting
 from gmscavp_jax.tools import runs
 from gmscavp_jax.data import mixture
@@ -48,7 +48,7 @@ class Options:
   """What the studies' flags set (defaults = the flags' defaults)."""
   baseline: str | None = None  # A trained run reused as the row the config itself gives.
   workdir: str | None = None  # sampling_steps: the trained run.
-  samplers: tuple = config_validation.SAMPLERS
+  samplers: tuple = samplers_lib.SAMPLERS
   sample_steps: tuple = (10, 25, 50, 100, 250)
   num_clips: int | None = None  # Test videos to generate for (sampling_steps: 64 if None).
   guidance: float | None = None
