@@ -11,7 +11,11 @@ import ml_collections
 
 from gmscavp_jax.data import mixture
 from gmscavp_jax.data import negatives
+from gmscavp_jax.diffusion import samplers
 from gmscavp_jax.infra import errors
+
+COMPUTE_DTYPES = ('float32', 'bfloat16')
+REMAT_POLICIES = ('none', 'full', 'save_dots')
 
 
 def _require(ok: bool, field: str, expected: str, value) -> None:
@@ -26,8 +30,25 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
     config: the resolved experiment config (configs/common.py fields).
     num_devices: if given, batch sizes must divide over this many devices.
   """
-  d, m, t, e, a, l = (config.data, config.model, config.train, config.eval, config.audio,
-                      config.loss)
+  num_scales = len(tuple(config.model.scale_pools))
+  _validate_data(config)
+  _validate_mixture(config)
+  _validate_audio(config.audio)
+  _validate_model(config)
+  _validate_contrastive_loss(config.loss, num_scales)
+  _validate_generator(config, num_scales=num_scales)
+  _validate_contrastive_diffusion(config)
+  _validate_a2v(config, num_scales=num_scales)
+  _validate_train(config.train)
+  _validate_mesh(config.mesh)
+  _validate_eval(config, num_scales)
+  if num_devices is not None:
+    _validate_device_split(config, num_devices)
+
+
+def _validate_data(config: ml_collections.ConfigDict) -> None:
+  """data.*: the dataset and the clip geometry."""
+  d = config.data
   _require(d.name == 'synthetic' or bool(d.data_dir), 'data.data_dir',
            f'a directory for the prepared dataset {d.name!r}', d.data_dir)
   # Prepared datasets are checked against their files when the pipeline opens them.
@@ -39,8 +60,10 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
   _require(isinstance(d.seed, int) and d.seed >= 0, 'data.seed', 'an integer >= 0', d.seed)
   _require(d.fps > 0, 'data.fps', 'a positive frame rate', d.fps)
   _require(d.worker_count >= 0, 'data.worker_count', 'an integer >= 0', d.worker_count)
-  _validate_mixture(config)
 
+
+def _validate_audio(a: ml_collections.ConfigDict) -> None:
+  """audio.*: the log-mel front end."""
   _require(a.sample_rate > 0, 'audio.sample_rate', 'a positive rate in Hz', a.sample_rate)
   _require(0 < a.win_length <= a.n_fft, 'audio.win_length', f'in (0, n_fft={a.n_fft}]',
            a.win_length)
@@ -49,6 +72,10 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
            f'fmin < fmax <= sample_rate/2 = {a.sample_rate / 2}', a.fmax)
   _require(a.log_floor > 0, 'audio.log_floor', 'a positive floor', a.log_floor)
 
+
+def _validate_model(config: ml_collections.ConfigDict) -> None:
+  """model.*: the encoders and the pyramid's scales, which must fit the clip."""
+  d, m = config.data, config.model
   pools, grids = tuple(m.scale_pools), tuple(m.scale_grids)
   _require(len(pools) >= 1, 'model.scale_pools', 'at least one scale', pools)
   _require(all(p > 0 and d.num_frames % p == 0 for p in pools), 'model.scale_pools',
@@ -66,21 +93,23 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
            f'a divisor of data.image_size={d.image_size}', m.video_patch)
   _require(m.embed_dim > 0, 'model.embed_dim', 'a positive width', m.embed_dim)
   for field in ('video_widths', 'audio_widths'):
-    _require(all(w > 0 and w % m.num_groups == 0 for w in m[field]), f'model.{field}',
-             f'positive widths divisible by model.num_groups={m.num_groups}', m[field])
+    _require_widths(m[field], f'model.{field}', m.num_groups, 'model.num_groups',
+                    allow_empty=True)
 
-  _require(len(l.scale_weights) in (0, len(pools)), 'loss.scale_weights',
-           f'empty or one weight per scale ({len(pools)})', l.scale_weights)
+
+def _validate_contrastive_loss(l: ml_collections.ConfigDict, num_scales: int) -> None:
+  """loss.*: L_MSA's scale weights and temperatures."""
+  _require(len(l.scale_weights) in (0, num_scales), 'loss.scale_weights',
+           f'empty or one weight per scale ({num_scales})', l.scale_weights)
   _require(0 < l.temperature_min <= l.temperature_init <= l.temperature_max,
            'loss.temperature_init', 'temperature_min <= temperature_init <= temperature_max',
            (l.temperature_min, l.temperature_init, l.temperature_max))
   _require(l.adaptive_temperature > 0, 'loss.adaptive_temperature', 'a positive tau_w',
            l.adaptive_temperature)
 
-  _validate_generator(config, num_scales=len(pools))
-  _validate_contrastive_diffusion(config)
-  _validate_a2v(config, num_scales=len(pools))
 
+def _validate_train(t: ml_collections.ConfigDict) -> None:
+  """train.*: steps, batch, optimizer, logging and the compiled program's precision."""
   _require(t.num_steps > 0, 'train.num_steps', 'a positive step count', t.num_steps)
   _require(t.batch_size > 0, 'train.batch_size', 'a positive global batch', t.batch_size)
   _require(t.learning_rate > 0, 'train.learning_rate', 'a positive rate', t.learning_rate)
@@ -96,23 +125,32 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
   _require(t.compute_dtype in COMPUTE_DTYPES, 'train.compute_dtype', f'one of {COMPUTE_DTYPES}',
            t.compute_dtype)
   _require(t.remat in REMAT_POLICIES, 'train.remat', f'one of {REMAT_POLICIES}', t.remat)
-  for field in ('data', 'fsdp'):
-    _require(config.mesh[field] == -1 or config.mesh[field] >= 1, f'mesh.{field}',
-             '-1 (the devices the other axis leaves) or a positive size', config.mesh[field])
-  _require(config.mesh.fsdp_min_size >= 0, 'mesh.fsdp_min_size', 'an integer >= 0',
-           config.mesh.fsdp_min_size)
 
+
+def _validate_mesh(mesh: ml_collections.ConfigDict) -> None:
+  """mesh.*: the device mesh's axis sizes and the FSDP threshold."""
+  for field in ('data', 'fsdp'):
+    _require(mesh[field] == -1 or mesh[field] >= 1, f'mesh.{field}',
+             '-1 (the devices the other axis leaves) or a positive size', mesh[field])
+  _require(mesh.fsdp_min_size >= 0, 'mesh.fsdp_min_size', 'an integer >= 0',
+           mesh.fsdp_min_size)
+
+
+def _validate_eval(config: ml_collections.ConfigDict, num_scales: int) -> None:
+  """eval.*: the test split, retrieval, and the generation the trainer's evaluation runs."""
+  e = config.eval
   _require(e.num_test_clips > 0, 'eval.num_test_clips', 'a positive integer', e.num_test_clips)
   _require(e.batch_size > 0 and e.num_test_clips % e.batch_size == 0, 'eval.batch_size',
            f'a divisor of eval.num_test_clips={e.num_test_clips}', e.batch_size)
-  _require(-1 <= e.retrieval_scale < len(pools), 'eval.retrieval_scale',
-           f'-1 (all scales) or a scale index below {len(pools)}', e.retrieval_scale)
+  _require(-1 <= e.retrieval_scale < num_scales, 'eval.retrieval_scale',
+           f'-1 (all scales) or a scale index below {num_scales}', e.retrieval_scale)
 
   _require(0 <= e.num_generate_clips <= e.num_test_clips, 'eval.num_generate_clips',
            f'in [0, eval.num_test_clips={e.num_test_clips}]', e.num_generate_clips)
   _require(0 <= e.num_summary_clips <= e.num_generate_clips, 'eval.num_summary_clips',
            f'in [0, eval.num_generate_clips={e.num_generate_clips}]', e.num_summary_clips)
-  _require(e.sampler in SAMPLERS, 'eval.sampler', f'one of {SAMPLERS}', e.sampler)
+  _require(e.sampler in samplers.SAMPLERS, 'eval.sampler', f'one of {samplers.SAMPLERS}',
+           e.sampler)
   _require(0 < e.sample_steps <= config.diffusion.num_timesteps, 'eval.sample_steps',
            f'in [1, diffusion.num_timesteps={config.diffusion.num_timesteps}]', e.sample_steps)
   _require(e.guidance >= 0, 'eval.guidance', 'a guidance scale >= 0', e.guidance)
@@ -120,16 +158,22 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
   _require(e.griffin_lim_iters > 0, 'eval.griffin_lim_iters', 'a positive integer',
            e.griffin_lim_iters)
 
-  if num_devices is not None:
-    _require(t.batch_size % num_devices == 0, 'train.batch_size',
-             f'a multiple of the device count ({num_devices})', t.batch_size)
-    _require(e.batch_size % num_devices == 0, 'eval.batch_size',
-             f'a multiple of the device count ({num_devices})', e.batch_size)
+
+def _validate_device_split(config: ml_collections.ConfigDict, num_devices: int) -> None:
+  """Both global batches split evenly over `num_devices`."""
+  t, e = config.train, config.eval
+  _require(t.batch_size % num_devices == 0, 'train.batch_size',
+           f'a multiple of the device count ({num_devices})', t.batch_size)
+  _require(e.batch_size % num_devices == 0, 'eval.batch_size',
+           f'a multiple of the device count ({num_devices})', e.batch_size)
 
 
-SAMPLERS = ('ddpm', 'ddim', 'dpmpp2m')
-COMPUTE_DTYPES = ('float32', 'bfloat16')
-REMAT_POLICIES = ('none', 'full', 'save_dots')
+def _require_widths(widths, field: str, num_groups: int, groups_field: str,
+                    allow_empty: bool = False) -> None:
+  """Channel widths of a GroupNorm network: positive and divisible by its group count."""
+  _require((allow_empty or len(widths) >= 1) and
+           all(w > 0 and w % num_groups == 0 for w in widths), field,
+           f'positive widths divisible by {groups_field}={num_groups}', widths)
 
 
 def validate_evaluation(config: ml_collections.ConfigDict) -> None:
@@ -144,10 +188,7 @@ def validate_evaluation(config: ml_collections.ConfigDict) -> None:
            f'in [2, eval.num_test_clips / 2 = {e.num_test_clips // 2}] (FAD compares against '
            'the next as many test clips)', e.num_metric_clips)
   for field in ('video_widths', 'audio_widths'):
-    widths = tuple(v[field])
-    _require(len(widths) >= 1 and all(w > 0 and w % v.num_groups == 0 for w in widths),
-             f'evaluator.{field}', f'positive widths divisible by num_groups={v.num_groups}',
-             widths)
+    _require_widths(tuple(v[field]), f'evaluator.{field}', v.num_groups, 'num_groups')
   _require(config.data.image_size % v.video_patch == 0, 'evaluator.video_patch',
            f'a divisor of data.image_size={config.data.image_size}', v.video_patch)
   for field in ('blocks_per_stage', 'embed_dim', 'num_steps', 'batch_size', 'num_check_clips'):
@@ -168,8 +209,7 @@ def _validate_generator(config: ml_collections.ConfigDict, num_scales: int) -> N
   """The UNet, diffusion and generator-training fields."""
   u, d, l = config.unet, config.diffusion, config.loss
   widths = tuple(u.widths)
-  _require(len(widths) >= 1 and all(w > 0 and w % u.num_groups == 0 for w in widths),
-           'unet.widths', f'positive widths divisible by unet.num_groups={u.num_groups}', widths)
+  _require_widths(widths, 'unet.widths', u.num_groups, 'unet.num_groups')
   _require(all(0 <= i < len(widths) for i in u.attention_levels), 'unet.attention_levels',
            f'level indices below {len(widths)}', u.attention_levels)
   _require(len(u.level_scales) == len(widths) and
@@ -185,8 +225,8 @@ def _validate_generator(config: ml_collections.ConfigDict, num_scales: int) -> N
   _require(d.training in ('joint', 'frozen', 'none'), 'diffusion.training',
            "'joint', 'frozen' or 'none'", d.training)
   if d.training == 'frozen':
-    # encoder_steps >= num_steps is allowed: a run stopped early and resumed later with
-    # more steps reaches the second stage then.
+    # The contrastive stage's length (phases.encoder_stage_end); longer than train.num_steps
+    # is allowed.
     _require(d.encoder_steps > 0, 'diffusion.encoder_steps',
              'a positive length of the contrastive stage', d.encoder_steps)
   _require(d.schedule in ('linear', 'cosine'), 'diffusion.schedule', "'linear' or 'cosine'",
@@ -256,8 +296,7 @@ def _validate_a2v(config: ml_collections.ConfigDict, num_scales: int) -> None:
            "trains beside the MSD denoiser: 'joint' or 'frozen')", k)
   a, image = config.a2v, config.data.image_size
   widths = tuple(a.widths)
-  _require(len(widths) >= 1 and all(w > 0 and w % a.num_groups == 0 for w in widths),
-           'a2v.widths', f'positive widths divisible by a2v.num_groups={a.num_groups}', widths)
+  _require_widths(widths, 'a2v.widths', a.num_groups, 'a2v.num_groups')
   _require(a.num_heads >= 1 and all(w % a.num_heads == 0 for w in widths), 'a2v.num_heads',
            f'a divisor of every a2v width {widths}', a.num_heads)
   _require(all(0 <= i < len(widths) for i in a.attention_levels), 'a2v.attention_levels',
