@@ -223,8 +223,3 @@ def select(batch: dict, fields=TRAIN_FIELDS) -> dict:
   """Keeps the model's fields of a numpy batch (what travels to the devices)."""
   return {k: batch[k] for k in fields if k in batch}
 
-
-def num_eval_batches(config: ml_collections.ConfigDict) -> int:
-  """Global eval batches in one pass over the test split."""
-  return config.eval.num_test_clips // config.eval.batch_size
-

@@ -183,17 +183,3 @@ def render_vggsound_layout(config: ml_collections.ConfigDict, out_dir: str | os.
   return {'train': num_train, 'test': num_test, 'written': written,
           'skipped': len(tasks) - written}
 
-
-def read_csv(out_dir: str | os.PathLike) -> list[tuple[str, int, str, str]]:
-  """The rows (ytid, start_seconds, label, split) of `out_dir`'s CSV, in file order."""
-  with open(os.path.join(os.fspath(out_dir), CSV_NAME), newline='') as f:
-    return [(ytid, int(start), label, split) for ytid, start, label, split in csv.reader(f)]
-
-
-def class_id(name: str) -> int:
-  """The synthetic class id of a CSV label written by this module ('class 07' -> 7)."""
-  prefix, _, number = name.partition(' ')
-  if prefix != 'class' or not number.isdigit():
-    raise ValueError(f'label {name!r} is not a synthetic class name like "class 07"')
-  return int(number)
-
