@@ -5,7 +5,7 @@ conditioned on the audio scales of the shared audio encoder. It generates pixels
 features, so its output can be looked at and compared with the real frames: no decoder
 exists from the pyramid's features back to pixels. With train.bidirectional_interval = k > 0,
 every k-th step of the phases that train a generator also trains it (steps.train_phase);
-k = 0 leaves every program as it was.
+k = 0 builds no a2v params and compiles no a2v code.
 """
 
 from typing import Any

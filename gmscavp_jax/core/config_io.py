@@ -1,5 +1,6 @@
 """A run's resolved config on disk: WORKDIR/config.json, written by the trainer, read by
-every command that uses the workdir afterwards."""
+every command that uses the workdir afterwards (`upgrade` completes one an older version
+wrote)."""
 
 import json
 import os
@@ -26,7 +27,8 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
 
 
 # Fields added after runs were saved without them, each with the value that reproduces what
-# those runs did (not always today's default: such runs replicated no FSDP leaf by name).
+# those runs did (not always the default of configs/common.py: mesh.fsdp_replicate '' keeps
+# every FSDP-sized leaf sharded, as runs without a mesh section had it).
 _ADDED = {
     'data.mixture': '',
     'loss.cdiff_weight': 0.0,
@@ -66,7 +68,7 @@ def upgrade(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   reads every field directly. `config` is changed in place and returned.
   """
   if 'seed' not in config.data:
-    # The synthetic world used the run's seed before data.seed existed.
+    # A run without data.seed drew its synthetic world from the run's seed.
     config.data.seed = config.seed
   for path, value in _ADDED.items():
     section, field = path.split('.')

@@ -236,8 +236,8 @@ def msd_loss(denoiser_params, video_scales: list, x0: jax.Array, rng: jax.Array,
                                    contrast=contrast)
 
 
-# Folded into the step's key for the negatives: a stream apart from msd_loss's splits, so the
-# program without the contrastive term draws exactly what it drew before it existed.
+# Folded into the step's key for the negatives: a stream apart from msd_loss's splits, so
+# turning the contrastive term on or off leaves every other draw of the step unchanged.
 _NEGATIVES_STREAM = 0x63646966
 
 

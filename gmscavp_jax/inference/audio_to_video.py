@@ -38,7 +38,8 @@ def load_audio_clip(config, *, audio: str | None, video: str | None, test_index:
       raise media.MediaError(video, 'has no audio track to generate frames from')
     return clip
   waveform = media.read_audio(audio, sample_rate=config.audio.sample_rate,
-                              num_samples=video_to_audio.num_samples(config), start_seconds=start_seconds)
+                              num_samples=video_to_audio.num_samples(config),
+                              start_seconds=start_seconds)
   return {'name': os.path.splitext(os.path.basename(audio))[0], 'frames': None,
           'waveform': waveform, 'onsets': None}
 
