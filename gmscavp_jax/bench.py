@@ -42,13 +42,13 @@ import numpy as np
 from gmscavp_jax import cli
 from gmscavp_jax.core import config_io
 from gmscavp_jax.core import config_validation
+from gmscavp_jax.core import state as state_lib
 from gmscavp_jax.core import steps
 from gmscavp_jax.data import pipeline
 from gmscavp_jax.evaluators import generation
 from gmscavp_jax.infra import perf
 from gmscavp_jax.infra import profiling
 from gmscavp_jax.infra import sharding
-from gmscavp_jax import train
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file.',
                                           lock_config=True)
@@ -81,8 +81,9 @@ def time_train_step(config, mesh, num_steps: int, phase: str, peak: float,
   `profile_dir`, 'profile' is the profiling.Breakdown of _PROFILE_STEPS traced steps against
   `peak` FLOP/s.
   """
-  models, txs, state = train.build(config, mesh)
-  step_fn = train.jit_train_step(models, txs, config, mesh, phase, train.layout_of(state))
+  models, txs, state = state_lib.build(config, mesh)
+  step_fn = state_lib.jit_train_step(models, txs, config, mesh, phase,
+                                     state_lib.layout_of(state))
   # One batch from an in-process loader: worker processes would compete with the step.
   one_batch = config.copy_and_resolve_references()
   one_batch.data.worker_count = 0
@@ -229,7 +230,7 @@ def time_sampling_latency(config, mesh, sampler: str = LATENCY_SAMPLER,
 
   Params are freshly initialised: the work per step does not depend on their values.
   """
-  models, _, state = train.build(config, mesh)
+  models, _, state = state_lib.build(config, mesh)
   params = state.params
   del state  # The optimizer state is not needed to sample.
   guidance = config.eval.guidance
@@ -258,7 +259,7 @@ def bench_sampling(workdir: str, step_counts: list[int], samplers: list[str],
   """Latency and onset hit-rate of each sampler x steps x guidance on the last checkpoint."""
   config = config_io.load_config(workdir)
   mesh = sharding.mesh_from_config(config)
-  models, params, ckpt_step = train.restore_params(workdir, config, mesh)
+  models, params, ckpt_step = state_lib.restore_params(workdir, config, mesh)
   evaluator = generation.GenerationEvaluator(config, mesh, models)
   clips = generation.test_clips(config, config.eval.num_generate_clips)
   real = evaluator.real_log_mel(clips['waveform'])

@@ -7,7 +7,6 @@ A SIGTERM saves a checkpoint and raises `Preempted`; too many non-finite steps i
 """
 
 from collections.abc import Callable
-import functools
 import json
 import os
 
@@ -18,6 +17,7 @@ import numpy as np
 
 from gmscavp_jax.core import config_io
 from gmscavp_jax.core import config_validation
+from gmscavp_jax.core import state as state_lib
 from gmscavp_jax.core import steps
 from gmscavp_jax.data import pipeline
 from gmscavp_jax.evaluators import a2v_generation
@@ -42,92 +42,6 @@ class Preempted(Exception):
     super().__init__(f'preempted (SIGTERM): checkpoint saved at step {step} in {workdir}; '
                      'run the same command again to continue')
     self.step = step
-
-
-def _init_key(config: ml_collections.ConfigDict) -> jax.Array:
-  # An rbg key: threefry's init graph takes ~3x longer to compile on CPU for no benefit here.
-  return jax.random.key(config.seed, impl='rbg')
-
-
-def state_shardings(config: ml_collections.ConfigDict, models, txs, mesh):
-  """The train state's layout on `mesh`: params and Adam moments by the FSDP rule."""
-  abstract = jax.eval_shape(functools.partial(steps.init_state, config, models, txs),
-                            _init_key(config))
-  return sharding.tree_shardings(abstract, mesh, config)
-
-
-def build(config: ml_collections.ConfigDict, mesh):
-  """Models, optimizers, and a freshly initialised train state laid out on `mesh`."""
-  models = steps.build_models(config)
-  txs = steps.make_optimizers(config)
-  init = jax.jit(functools.partial(steps.init_state, config, models, txs),
-                 out_shardings=state_shardings(config, models, txs, mesh))
-  return models, txs, init(_init_key(config))
-
-
-def layout_of(state):
-  """The shardings of a laid-out train state (what `state_shardings` gave it)."""
-  return jax.tree.map(lambda x: x.sharding, state)
-
-
-def jit_train_step(models, txs, config: ml_collections.ConfigDict, mesh, phase: str,
-                   state_sh):
-  """`steps.train_step` of `phase` jitted for `mesh`, the state donated.
-
-  The state keeps its (FSDP) layout `state_sh` (from `state_shardings` or `layout_of`)
-  across the step; the batch is split over every device. With mesh.fsdp > 1 the params are
-  gathered whole for the forward and backward pass and the gradients reduce-scattered back
-  onto the shards (ZeRO-3).
-  """
-  repl, batch_sh = sharding.replicated(mesh), sharding.batch_sharded(mesh)
-  gather = None
-  if mesh.shape[sharding.FSDP_AXIS] > 1:
-    whole = jax.tree.map(lambda _: repl, state_sh.params)
-    gather = lambda params: jax.lax.with_sharding_constraint(params, whole)
-  return jax.jit(functools.partial(steps.train_step, models=models, txs=txs, config=config,
-                                   phase=phase, gather=gather),
-                 in_shardings=(state_sh, batch_sh, repl), out_shardings=(state_sh, repl),
-                 donate_argnums=(0,))
-
-
-def restore_params(workdir: str, config: ml_collections.ConfigDict, mesh):
-  """(models, params, step) from the newest checkpoint in `workdir` (for the CLIs)."""
-  models, _, state = build(config, mesh)
-  ckpt = checkpointing.Checkpointer(workdir, keep=config.train.keep_checkpoints)
-  restored = ckpt.restore_latest(checkpointing.abstract_like(state))
-  ckpt.close()
-  if restored is None:
-    raise FileNotFoundError(f'no checkpoint in {checkpointing.checkpoint_dir(workdir)}')
-  return models, restored[0].params, restored[1]
-
-
-def restore_generator(workdir: str, config: ml_collections.ConfigDict, mesh):
-  """`restore_params` for the CLIs that sample: a ConfigError if the denoiser is untrained."""
-  models, params, step = restore_params(workdir, config, mesh)
-  if not steps.generator_trained(config, step):
-    raise errors.ConfigError(
-        f'config.diffusion.training={config.diffusion.training!r}: the checkpoint at step '
-        f'{step} in {workdir} has no trained denoiser yet')
-  return models, params, step
-
-
-def test_embeddings(workdir: str) -> dict:
-  """Test-split embeddings of the newest checkpoint in `workdir` (cached or recomputed)."""
-  config = config_io.load_config(workdir)
-  ckpt = checkpointing.Checkpointer(workdir, keep=config.train.keep_checkpoints)
-  saved_steps = ckpt.all_steps()
-  ckpt.close()
-  if not saved_steps:
-    raise FileNotFoundError(f'no checkpoint in {checkpointing.checkpoint_dir(workdir)}')
-  cached = retrieval.load_embeddings(workdir)
-  if cached is not None and int(cached['step']) == saved_steps[-1]:
-    return cached
-  logging.info('embedding the test split with checkpoint %d', saved_steps[-1])
-  mesh = sharding.mesh_from_config(config)
-  models, params, step = restore_params(workdir, config, mesh)
-  _, emb = retrieval.RetrievalEvaluator(config, mesh, models).run(params)
-  emb['step'] = step
-  return emb
 
 
 def evaluate(evaluators: dict, state, step: int, workdir: str, writer,
@@ -203,7 +117,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   logging.info('experiment %s on %d devices (%d processes), workdir %s', config.experiment,
                mesh.size, jax.process_count(), workdir)
 
-  models, txs, state = build(config, mesh)
+  models, txs, state = state_lib.build(config, mesh)
   logging.info('%d parameters', sum(x.size for x in jax.tree.leaves(state.params)))
   train_iter = iter(pipeline.train_loader(config))
   ckpt = checkpointing.Checkpointer(workdir, keep=config.train.keep_checkpoints)
@@ -216,7 +130,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   metrics_io.truncate_jsonl(metrics_jsonl, after_step=start)
 
   # One compiled step per phase (steps.train_phase), compiled when its phase first runs.
-  compiled, layout = {}, layout_of(state)
+  compiled, layout = {}, state_lib.layout_of(state)
   evaluators = {'retrieval': retrieval.RetrievalEvaluator(config, mesh, models),
                 'generation': generation.GenerationEvaluator(config, mesh, models)}
   if models.video_denoiser is not None and config.a2v.num_eval_clips > 0:
@@ -237,7 +151,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         logging.info('step %d: %s phase starts', step, phase)
       phase = steps.train_phase(config, step)  # With '+a2v' on bidirectional steps.
       if phase not in compiled:
-        compiled[phase] = jit_train_step(models, txs, config, mesh, phase, layout).lower(
+        compiled[phase] = state_lib.jit_train_step(models, txs, config, mesh, phase, layout).lower(
             state, batch, rng).compile()
         sharding.sync_processes(f'compiled {phase} step')
       state, metrics = compiled[phase](state, batch, rng)

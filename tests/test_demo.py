@@ -19,6 +19,7 @@ from gmscavp_jax.data import pipeline
 from gmscavp_jax.evaluators import generation
 from gmscavp_jax.evaluators import retrieval
 from gmscavp_jax.inference import demo_page
+from gmscavp_jax.inference import retrieval_queries
 from gmscavp_jax import train
 from tests import headless_chromium
 from tests.conftest import tiny_config
@@ -116,7 +117,7 @@ def test_bad_uploads_get_a_message_and_the_server_keeps_serving(workdir, client,
   *_, v2a, a2v, message = client.predict(2, *_sampler_args(workdir),
                                          api_name='/generate_test_clip')
   assert 'True onsets' in message, message
-  answer = retrieval.answer_query(train.test_embeddings(workdir), 2, 5, 'both')
+  answer = retrieval.answer_query(retrieval_queries.test_embeddings(workdir), 2, 5, 'both')
   for table, name in ((v2a, 'v2a'), (a2v, 'a2v')):
     assert [row[1] for row in table['data']] == [hit['clip'] for hit in answer[name]]
     np.testing.assert_allclose([row[3] for row in table['data']],

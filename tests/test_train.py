@@ -100,7 +100,7 @@ def test_rendered_mp4s_prepare_train_and_retrieve(msa_workdir, tmp_path):
   # No true onset times in real clips: the real audio's detected onsets are the reference.
   assert 'gen/onset_hit@100ms_real' not in results
   assert 0 <= results['gen/onset_hit@100ms'] <= 100
-  cached = train.test_embeddings(workdir)
+  cached = retrieval_queries.test_embeddings(workdir)
   assert cached['video'].shape[0] == 16
 
 
@@ -124,11 +124,11 @@ def test_every_phase_of_the_other_table3_configs_traces(name):
 
 def test_retrieve_from_cache_and_from_checkpoint(msa_workdir, tmp_path):
   workdir, _ = msa_workdir
-  cached = train.test_embeddings(workdir)
+  cached = retrieval_queries.test_embeddings(workdir)
   assert int(cached['step']) == 4
   os.rename(os.path.join(workdir, 'test_embeddings.npz'), str(tmp_path / 'saved.npz'))
   try:
-    recomputed = train.test_embeddings(workdir)  # From the checkpoint.
+    recomputed = retrieval_queries.test_embeddings(workdir)  # From the checkpoint.
   finally:
     os.rename(str(tmp_path / 'saved.npz'), os.path.join(workdir, 'test_embeddings.npz'))
   np.testing.assert_allclose(recomputed['video'], cached['video'], atol=1e-5)

@@ -19,13 +19,13 @@ import numpy as np
 
 from gmscavp_jax.core import config_io
 from gmscavp_jax.core import config_validation
+from gmscavp_jax.core import state as state_lib
 from gmscavp_jax.evaluators import classifier_training
 from gmscavp_jax.evaluators import generation
 from gmscavp_jax.evaluators import retrieval
 from gmscavp_jax.evaluators import suite
 from gmscavp_jax.infra import plotting
 from gmscavp_jax.infra import sharding
-from gmscavp_jax import train
 
 
 def _clips_with_log_mel(config, evaluator, num: int, start: int) -> dict:
@@ -50,7 +50,7 @@ def evaluate(workdir: str, *, evaluator_dir: str | None = None, num_clips: int |
     config.eval.num_metric_clips = num_clips
   config_validation.validate_evaluation(config)
   mesh = sharding.mesh_from_config(config)
-  models, params, step = train.restore_generator(workdir, config, mesh)
+  models, params, step = state_lib.restore_generator(workdir, config, mesh)
   evalset, summary = classifier_training.load_or_train(config, evaluator_dir, mesh)
 
   results, emb = retrieval.RetrievalEvaluator(config, mesh, models).run(params)

@@ -14,6 +14,7 @@ import numpy as np
 
 from gmscavp_jax.core import bidirectional
 from gmscavp_jax.core import config_io
+from gmscavp_jax.core import state as state_lib
 from gmscavp_jax.core import steps
 from gmscavp_jax.data import media
 from gmscavp_jax.data import media_writing
@@ -22,7 +23,6 @@ from gmscavp_jax.inference import video_to_audio
 from gmscavp_jax.infra import errors
 from gmscavp_jax.infra import plotting
 from gmscavp_jax.infra import sharding
-from gmscavp_jax import train
 
 # The mp4 is upscaled (nearest neighbour) to at least this height, so players show pixels.
 VIEW_SIZE = 128
@@ -56,7 +56,7 @@ def check_bidirectional(config, workdir: str) -> None:
 def restore_a2v(workdir: str, config, mesh):
   """(models, params, step) of `workdir`; a ConfigError if it has no trained a2v denoiser."""
   check_bidirectional(config, workdir)
-  models, params, step = train.restore_params(workdir, config, mesh)
+  models, params, step = state_lib.restore_params(workdir, config, mesh)
   if not steps.a2v_trained(config, step):
     raise errors.ConfigError(
         f'config.train.bidirectional_interval={bidirectional.interval(config)}: the '

@@ -15,6 +15,7 @@ import jax
 import numpy as np
 
 from gmscavp_jax.core import config_io
+from gmscavp_jax.core import state as state_lib
 from gmscavp_jax.data import media
 from gmscavp_jax.data import media_writing
 from gmscavp_jax.data import pipeline
@@ -24,7 +25,6 @@ from gmscavp_jax.evaluators import metrics
 from gmscavp_jax.infra import errors
 from gmscavp_jax.infra import plotting
 from gmscavp_jax.infra import sharding
-from gmscavp_jax import train
 
 
 def num_samples(config) -> int:
@@ -69,8 +69,8 @@ class Soundtracker:
     self.workdir = workdir
     self.config = config_io.load_config(workdir)
     self.mesh = sharding.mesh_from_config(self.config)
-    self.models, self.params, self.step = train.restore_generator(workdir, self.config,
-                                                                  self.mesh)
+    self.models, self.params, self.step = state_lib.restore_generator(
+        workdir, self.config, self.mesh)
     self._evaluator = generation.GenerationEvaluator(self.config, self.mesh, self.models)
 
   def load_clip(self, *, video: str | None = None, test_index: int | None = None,
