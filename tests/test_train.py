@@ -14,6 +14,7 @@ import pytest
 import scipy.io.wavfile
 
 from gmscavp_jax.core import config_io
+from gmscavp_jax.core import state as state_lib
 from gmscavp_jax.core import steps
 from gmscavp_jax.data import builders
 from gmscavp_jax.data import media
@@ -25,7 +26,9 @@ from gmscavp_jax.data.prepare import render
 from gmscavp_jax.evaluators import retrieval
 from gmscavp_jax.inference import retrieval_queries
 from gmscavp_jax.inference import video_to_audio
+from gmscavp_jax.infra import checkpointing
 from gmscavp_jax.infra import metrics_io
+from gmscavp_jax.infra import sharding
 from gmscavp_jax import train
 from tests.conftest import ROOT, tiny_config
 
@@ -120,6 +123,24 @@ def test_every_phase_of_the_other_table3_configs_traces(name):
         state, batch, jax.random.key(1))
     assert jax.tree.structure(new_state) == jax.tree.structure(state)
     assert metrics['train/loss'].shape == ()
+
+
+def test_params_only_restore_equals_the_full_restore(msa_workdir):
+  """The inference restore reads the params alone, bit for bit those of the whole state."""
+  workdir, _ = msa_workdir
+  config = config_io.load_config(workdir)
+  mesh = sharding.mesh_from_config(config)
+  models, params, step = state_lib.restore_params(workdir, config, mesh)
+  assert step == 4 and models.video_denoiser is None
+  _, _, fresh = state_lib.build(config, mesh)
+  ckpt = checkpointing.Checkpointer(workdir, keep=config.train.keep_checkpoints)
+  full, full_step = ckpt.restore_latest(checkpointing.abstract_like(fresh))
+  ckpt.close()
+  assert full_step == step
+  assert jax.tree.structure(params) == jax.tree.structure(full.params)
+  for got, want in zip(jax.tree.leaves(params), jax.tree.leaves(full.params)):
+    assert got.dtype == want.dtype and got.sharding == want.sharding
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
 
 
 def test_retrieve_from_cache_and_from_checkpoint(msa_workdir, tmp_path):

@@ -62,15 +62,32 @@ def jit_train_step(models, txs, config: ml_collections.ConfigDict, mesh, phase: 
                  donate_argnums=(0,))
 
 
+def abstract_params(config: ml_collections.ConfigDict, models, mesh):
+  """Shape/dtype structs of the params, laid out on `mesh` as the train state lays them out.
+
+  Nothing is allocated: the init (optimizers included) is only traced. The FSDP rule reads
+  each leaf's path, so the params are placed under 'params' as in the state.
+  """
+  abstract = jax.eval_shape(
+      functools.partial(steps.init_state, config, models, steps.make_optimizers(config)),
+      _init_key(config)).params
+  layout = sharding.tree_shardings({'params': abstract}, mesh, config)['params']
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                      abstract, layout)
+
+
 def restore_params(workdir: str, config: ml_collections.ConfigDict, mesh):
-  """(models, params, step) from the newest checkpoint in `workdir` (for the CLIs)."""
-  models, _, state = build(config, mesh)
+  """(models, params, step) from the newest checkpoint in `workdir` (for the CLIs).
+
+  Params only: the optimizer state is neither built nor read.
+  """
+  models = steps.build_models(config)
   ckpt = checkpointing.Checkpointer(workdir, keep=config.train.keep_checkpoints)
-  restored = ckpt.restore_latest(checkpointing.abstract_like(state))
+  restored = ckpt.restore_latest_params(abstract_params(config, models, mesh))
   ckpt.close()
   if restored is None:
     raise FileNotFoundError(f'no checkpoint in {checkpointing.checkpoint_dir(workdir)}')
-  return models, restored[0].params, restored[1]
+  return models, restored[0], restored[1]
 
 
 def restore_generator(workdir: str, config: ml_collections.ConfigDict, mesh):
