@@ -14,9 +14,9 @@ from PIL import Image
 import pytest
 
 from gmscavp_jax.core import config_io
+from gmscavp_jax.core import sampling
 from gmscavp_jax.data import media_writing
 from gmscavp_jax.data import pipeline
-from gmscavp_jax.evaluators import generation
 from gmscavp_jax.evaluators import retrieval
 from gmscavp_jax.inference import demo_page
 from gmscavp_jax.inference import retrieval_queries
@@ -67,7 +67,7 @@ def _test_clips(workdir, indices):
 def _sampler_args(workdir, seed: int = 0) -> tuple:
   """sampler, steps, guidance, seed: the page's defaults, so that the client's requests and
   the browser's share one compiled sampler."""
-  s = generation.sampler_settings(config_io.load_config(workdir).eval)
+  s = sampling.sampler_settings(config_io.load_config(workdir).eval)
   return s['sampler'], s['num_steps'], s['guidance'], seed
 
 

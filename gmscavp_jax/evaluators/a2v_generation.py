@@ -22,6 +22,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from gmscavp_jax.core import bidirectional
+from gmscavp_jax.core import sampling
 from gmscavp_jax.infra import plotting
 from gmscavp_jax.core import steps
 from gmscavp_jax.evaluators import generation
@@ -75,10 +76,10 @@ class A2VGenerationEvaluator:
     a2v.guidance."""
     c = self._config
     guidance = c.a2v.guidance if guidance is None else guidance
-    settings = generation.sampler_settings(c.eval, sampler, num_steps, guidance, eta)
+    settings = sampling.sampler_settings(c.eval, sampler, num_steps, guidance, eta)
     key = tuple(sorted(settings.items()))
     if key not in self._compiled:
-      self._compiled[key] = generation.ChunkedSampler(generation.jit_sampler(
+      self._compiled[key] = sampling.ChunkedSampler(sampling.jit_sampler(
           bidirectional.sample_frames, self._mesh, models=self._models, config=c, **settings),
           self._mesh)
     frames, _ = self._compiled[key](params, np.asarray(waveform, np.float32),

@@ -19,6 +19,7 @@ import numpy as np
 
 from gmscavp_jax.core import config_io
 from gmscavp_jax.core import config_validation
+from gmscavp_jax.core import sampling
 from gmscavp_jax.core import state as state_lib
 from gmscavp_jax.evaluators import classifier_training
 from gmscavp_jax.evaluators import generation
@@ -54,7 +55,7 @@ def evaluate(workdir: str, *, evaluator_dir: str | None = None, num_clips: int |
   evalset, summary = classifier_training.load_or_train(config, evaluator_dir, mesh)
 
   results, emb = retrieval.RetrievalEvaluator(config, mesh, models).run(params)
-  sampler_args = generation.sampler_settings(config.eval, sampler, num_steps, guidance, eta)
+  sampler_args = sampling.sampler_settings(config.eval, sampler, num_steps, guidance, eta)
   gen_eval = generation.GenerationEvaluator(config, mesh, models)
   n = config.eval.num_metric_clips
   clips = _clips_with_log_mel(config, gen_eval, n, 0)

@@ -12,7 +12,6 @@ detected in each clip's real audio (CondFoleyGen's protocol), and `real` is left
 
 import functools
 import os
-import time
 
 from absl import logging
 import jax
@@ -20,13 +19,13 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh
 
-from gmscavp_jax.infra import plotting
-from gmscavp_jax.infra import sharding
+from gmscavp_jax.core import sampling
 from gmscavp_jax.core import steps
 from gmscavp_jax.data import audio
 from gmscavp_jax.data import pipeline
 from gmscavp_jax.data import vocoder
 from gmscavp_jax.evaluators import metrics
+from gmscavp_jax.infra import plotting
 
 TOLERANCES_MS = (50, 100)
 
@@ -52,59 +51,6 @@ def test_clips(config: ml_collections.ConfigDict, num_clips: int, start: int = 0
 def first(onsets: list | None, k: int) -> list | None:
   """The first `k` onset lists of `onsets`, or None when there are none (prepared data)."""
   return None if onsets is None else onsets[:k]
-
-
-def sampler_settings(eval_cfg: ml_collections.ConfigDict, sampler: str | None = None,
-                     num_steps: int | None = None, guidance: float | None = None,
-                     eta: float | None = None) -> dict:
-  """{'sampler', 'num_steps', 'guidance', 'eta'}, each None replaced by its eval.* default."""
-  return {'sampler': sampler or eval_cfg.sampler,
-          'num_steps': num_steps or eval_cfg.sample_steps,
-          'guidance': eval_cfg.guidance if guidance is None else guidance,
-          'eta': eval_cfg.eta if eta is None else eta}
-
-
-def jit_sampler(sample_fn, mesh: Mesh, **static):
-  """sample_fn(params, inputs, rng, **static) jitted for `mesh`: inputs split over the batch
-  axes, output replicated, params in the layout they come with (replicated, or the
-  trainer's FSDP shards)."""
-  repl = sharding.replicated(mesh)
-  return jax.jit(functools.partial(sample_fn, **static),
-                 in_shardings=(None, sharding.batch_sharded(mesh), repl), out_shardings=repl)
-
-
-class ChunkedSampler:
-  """A jitted sampler (see `jit_sampler`) mapped over host inputs in chunks.
-
-  Chunks hold max_chunk rows (fewer, rounded up to the device count, when N is smaller), are
-  split over the mesh's batch axes, and the last is padded by repeating its last row, so every
-  chunk reuses one program, compiled ahead of time per chunk shape: sampling time is then
-  measured apart from compiling.
-  """
-
-  def __init__(self, jitted, mesh: Mesh):
-    self._jitted, self._mesh, self._executables = jitted, mesh, {}
-
-  def __call__(self, params, inputs: np.ndarray, max_chunk: int,
-               seed: int) -> tuple[np.ndarray, dict]:
-    """Outputs for `inputs` (N, ...) concatenated back to (N, ...) numpy, chunk i sampled with
-    fold_in(key(seed), i); and {'compile_seconds' (0 when compiled before), 'seconds' (sampling
-    every chunk, without compiling)}."""
-    n, ndev = len(inputs), self._mesh.size
-    chunk = min(max_chunk, -(-n // ndev) * ndev)
-    out, timing = [], {'compile_seconds': 0.0, 'seconds': 0.0}
-    for i, start in enumerate(range(0, n, chunk)):
-      part = inputs[start:start + chunk]
-      batch = sharding.padded_host_batch(self._mesh, part, chunk)
-      rng = jax.random.fold_in(jax.random.key(seed), i)
-      if batch.shape not in self._executables:
-        t0 = time.perf_counter()
-        self._executables[batch.shape] = self._jitted.lower(params, batch, rng).compile()
-        timing['compile_seconds'] += time.perf_counter() - t0
-      t0 = time.perf_counter()
-      out.append(np.asarray(self._executables[batch.shape](params, batch, rng))[:len(part)])
-      timing['seconds'] += time.perf_counter() - t0
-    return np.concatenate(out), timing
 
 
 def onset_scores(generated: np.ndarray, real: np.ndarray, onsets: list | None,
@@ -150,11 +96,11 @@ class GenerationEvaluator:
     self._log_mel = jax.jit(functools.partial(audio.log_mel_from_config,
                                               audio_cfg=config.audio))
 
-  def _sampler(self, settings: dict) -> ChunkedSampler:
+  def _sampler(self, settings: dict) -> sampling.ChunkedSampler:
     """The sampling program of `settings` (one per setting, compiled per chunk shape)."""
     key = tuple(sorted(settings.items()))
     if key not in self._compiled:
-      self._compiled[key] = ChunkedSampler(jit_sampler(
+      self._compiled[key] = sampling.ChunkedSampler(sampling.jit_sampler(
           steps.sample_step, self._mesh, models=self._models, config=self._config,
           **settings), self._mesh)
     return self._compiled[key]
@@ -174,7 +120,7 @@ class GenerationEvaluator:
     every chunk, without the compile}.
     """
     e = self._config.eval
-    sample = self._sampler(sampler_settings(e, sampler, num_steps, guidance, eta))
+    sample = self._sampler(sampling.sampler_settings(e, sampler, num_steps, guidance, eta))
     return sample(params, frames, e.batch_size, seed)
 
   def real_log_mel(self, waveform: np.ndarray) -> np.ndarray:

@@ -19,10 +19,10 @@ import numpy as np
 from gmscavp_jax import cli
 from gmscavp_jax.core import config_io
 from gmscavp_jax.core import config_validation
+from gmscavp_jax.core import sampling
 from gmscavp_jax.data import media
 from gmscavp_jax.data import media_writing
 from gmscavp_jax.data import pipeline
-from gmscavp_jax.evaluators import generation
 from gmscavp_jax.inference import retrieval_queries
 from gmscavp_jax.inference import video_to_audio
 from gmscavp_jax.infra import errors
@@ -143,7 +143,7 @@ def build_app(backend: Backend) -> gr.Blocks:
   seven outputs of `_respond`.
   """
   config = backend.soundtracker.config
-  defaults = generation.sampler_settings(config.eval)
+  defaults = sampling.sampler_settings(config.eval)
   seconds = config.data.num_frames / config.data.fps
   with gr.Blocks(title=TITLE, analytics_enabled=False,
                  delete_cache=(3600, 3600)) as app:  # Hourly: drop served files over 1 h old.
