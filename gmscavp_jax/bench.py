@@ -42,6 +42,7 @@ import numpy as np
 from gmscavp_jax import cli
 from gmscavp_jax.core import config_io
 from gmscavp_jax.core import config_validation
+from gmscavp_jax.core import sampling
 from gmscavp_jax.core import state as state_lib
 from gmscavp_jax.core import steps
 from gmscavp_jax.data import pipeline
@@ -260,9 +261,9 @@ def bench_sampling(workdir: str, step_counts: list[int], samplers: list[str],
   config = config_io.load_config(workdir)
   mesh = sharding.mesh_from_config(config)
   models, params, ckpt_step = state_lib.restore_params(workdir, config, mesh)
-  evaluator = generation.GenerationEvaluator(config, mesh, models)
+  generator = sampling.Generator(config, mesh, models)
   clips = generation.test_clips(config, config.eval.num_generate_clips)
-  real = evaluator.real_log_mel(clips['waveform'])
+  real = generator.real_log_mel(clips['waveform'])
   rate = generation.frame_rate(config)
   print(f'{workdir}: checkpoint {ckpt_step}, {len(real)} test clips, {mesh.size} '
         f'{jax.devices()[0].platform} device(s)')
@@ -271,7 +272,7 @@ def bench_sampling(workdir: str, step_counts: list[int], samplers: list[str],
       samplers, step_counts, guidances or [config.eval.guidance]):
     kwargs = dict(sampler=sampler, num_steps=num_steps, guidance=guidance)
     # Timed without the compile (generate_timed compiles before it starts the clock).
-    mel, timing = evaluator.generate_timed(params, clips['frames'], **kwargs)
+    mel, timing = generator.generate_timed(params, clips['frames'], **kwargs)
     seconds = timing['seconds']
     scores = generation.onset_scores(mel, real, clips['onsets'], rate)
     rows.append({'sampler': sampler, 'steps': num_steps, 'guidance': guidance,

@@ -29,9 +29,9 @@ from gmscavp_jax.infra import plotting
 from gmscavp_jax.infra import sharding
 
 
-def _clips_with_log_mel(config, evaluator, num: int, start: int) -> dict:
+def _clips_with_log_mel(config, generator: sampling.Generator, num: int, start: int) -> dict:
   clips = generation.test_clips(config, num, start=start)
-  clips['log_mel'] = evaluator.real_log_mel(clips['waveform'])
+  clips['log_mel'] = generator.real_log_mel(clips['waveform'])
   return clips
 
 
@@ -56,14 +56,14 @@ def evaluate(workdir: str, *, evaluator_dir: str | None = None, num_clips: int |
 
   results, emb = retrieval.RetrievalEvaluator(config, mesh, models).run(params)
   sampler_args = sampling.sampler_settings(config.eval, sampler, num_steps, guidance, eta)
-  gen_eval = generation.GenerationEvaluator(config, mesh, models)
+  generator = sampling.Generator(config, mesh, models)
   n = config.eval.num_metric_clips
-  clips = _clips_with_log_mel(config, gen_eval, n, 0)
-  reference = _clips_with_log_mel(config, gen_eval, n, n)
+  clips = _clips_with_log_mel(config, generator, n, 0)
+  reference = _clips_with_log_mel(config, generator, n, n)
   logging.info('generating audio for %d test videos (%s, %d steps, guidance %g)', n,
                sampler_args['sampler'], sampler_args['num_steps'], sampler_args['guidance'])
-  generated, timing = gen_eval.generate_timed(params, clips['frames'], seed=seed,
-                                              **sampler_args)
+  generated, timing = generator.generate_timed(params, clips['frames'], seed=seed,
+                                               **sampler_args)
   results.update(suite.score(evalset, generated, clips, reference,
                              generation.frame_rate(config)))
   results.update({k: v for k, v in summary.items() if k.startswith('eval/')})

@@ -10,7 +10,6 @@ A prepared (real) dataset has no true onset times: there the reference is the on
 detected in each clip's real audio (CondFoleyGen's protocol), and `real` is left out.
 """
 
-import functools
 import os
 
 from absl import logging
@@ -21,7 +20,6 @@ from jax.sharding import Mesh
 
 from gmscavp_jax.core import sampling
 from gmscavp_jax.core import steps
-from gmscavp_jax.data import audio
 from gmscavp_jax.data import pipeline
 from gmscavp_jax.data import vocoder
 from gmscavp_jax.evaluators import metrics
@@ -87,45 +85,12 @@ def onset_scores(generated: np.ndarray, real: np.ndarray, onsets: list | None,
 
 
 class GenerationEvaluator:
-  """Generates audio for test videos with the MSD denoiser and scores it."""
+  """Generates audio for test videos with a `sampling.Generator` and scores it."""
 
   def __init__(self, config: ml_collections.ConfigDict, mesh: Mesh, models: steps.Models):
-    self._config, self._mesh, self._models = config, mesh, models
-    self._compiled = {}
+    self._config = config
+    self.generator = sampling.Generator(config, mesh, models)
     self._clips = None
-    self._log_mel = jax.jit(functools.partial(audio.log_mel_from_config,
-                                              audio_cfg=config.audio))
-
-  def _sampler(self, settings: dict) -> sampling.ChunkedSampler:
-    """The sampling program of `settings` (one per setting, compiled per chunk shape)."""
-    key = tuple(sorted(settings.items()))
-    if key not in self._compiled:
-      self._compiled[key] = sampling.ChunkedSampler(sampling.jit_sampler(
-          steps.sample_step, self._mesh, models=self._models, config=self._config,
-          **settings), self._mesh)
-    return self._compiled[key]
-
-  def generate(self, params, frames: np.ndarray, **kwargs) -> np.ndarray:
-    """Log-mels (N,Ta,F) generated for videos (N,T,H,W,3); see `generate_timed`."""
-    return self.generate_timed(params, frames, **kwargs)[0]
-
-  def generate_timed(self, params, frames: np.ndarray, *, sampler: str | None = None,
-                     num_steps: int | None = None, guidance: float | None = None,
-                     eta: float | None = None, seed: int = 0) -> tuple[np.ndarray, dict]:
-    """Log-mels (N,Ta,F) generated for videos (N,T,H,W,3); None = the eval.* defaults.
-
-    Videos go in chunks of eval.batch_size (fewer, rounded up to the device count, when N is
-    smaller), the last chunk padded, so every chunk reuses one compiled program. Also returns
-    {'compile_seconds': compiling that program (0 if it was already), 'seconds': sampling
-    every chunk, without the compile}.
-    """
-    e = self._config.eval
-    sample = self._sampler(sampling.sampler_settings(e, sampler, num_steps, guidance, eta))
-    return sample(params, frames, e.batch_size, seed)
-
-  def real_log_mel(self, waveform: np.ndarray) -> np.ndarray:
-    """Log-mels (N,Ta,F) of waveforms (N,S)."""
-    return np.asarray(self._log_mel(waveform))
 
   def run(self, params, step: int, workdir: str, writer, **sampler_args) -> dict:
     """Generates for the first eval.num_generate_clips test videos; returns gen/* metrics.
@@ -137,8 +102,8 @@ class GenerationEvaluator:
     if self._clips is None:
       self._clips = test_clips(c, c.eval.num_generate_clips)
     clips = self._clips
-    generated, timing = self.generate_timed(params, clips['frames'], **sampler_args)
-    real = self.real_log_mel(clips['waveform'])
+    generated, timing = self.generator.generate_timed(params, clips['frames'], **sampler_args)
+    real = self.generator.real_log_mel(clips['waveform'])
     results = onset_scores(generated, real, clips['onsets'], frame_rate(c))
     results['gen/num_clips'] = len(generated)
     results['gen/seconds_per_clip'] = timing['seconds'] / len(generated)

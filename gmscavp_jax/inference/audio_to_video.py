@@ -14,6 +14,7 @@ import numpy as np
 
 from gmscavp_jax.core import bidirectional
 from gmscavp_jax.core import config_io
+from gmscavp_jax.core import sampling
 from gmscavp_jax.core import state as state_lib
 from gmscavp_jax.core import steps
 from gmscavp_jax.data import media
@@ -84,9 +85,9 @@ def generate(workdir: str, output_dir: str, *, audio: str | None = None,
                          start_seconds=start_seconds)
   mesh = sharding.mesh_from_config(config)
   models, params, step = restore_a2v(workdir, config, mesh)
-  evaluator = a2v_generation.A2VGenerationEvaluator(config, mesh, models)
-  generated = evaluator.generate(params, clip['waveform'][None], seed=seed, **sampler_args)
-  real = None if clip['frames'] is None else evaluator.real_frames(clip['frames'][None])
+  generator = sampling.FrameGenerator(config, mesh, models)
+  generated = generator.generate(params, clip['waveform'][None], seed=seed, **sampler_args)
+  real = None if clip['frames'] is None else generator.real_frames(clip['frames'][None])
 
   os.makedirs(output_dir, exist_ok=True)
   base = os.path.join(output_dir, clip['name'])
