@@ -40,7 +40,6 @@ from ml_collections import config_flags
 import numpy as np
 
 from gmscavp_jax import cli
-from gmscavp_jax.core import config_io
 from gmscavp_jax.core import config_validation
 from gmscavp_jax.core import sampling
 from gmscavp_jax.core import state as state_lib
@@ -258,9 +257,7 @@ def time_sampling_latency(config, mesh, sampler: str = LATENCY_SAMPLER,
 def bench_sampling(workdir: str, step_counts: list[int], samplers: list[str],
                    guidances: list[float]) -> list[dict]:
   """Latency and onset hit-rate of each sampler x steps x guidance on the last checkpoint."""
-  config = config_io.load_config(workdir)
-  mesh = sharding.mesh_from_config(config)
-  models, params, ckpt_step = state_lib.restore_params(workdir, config, mesh)
+  config, mesh, models, params, ckpt_step = state_lib.restore_workdir(workdir)
   generator = sampling.Generator(config, mesh, models)
   clips = generation.test_clips(config, config.eval.num_generate_clips)
   real = generator.real_log_mel(clips['waveform'])

@@ -2,14 +2,19 @@
 
 `build` makes the models, optimizers and a fresh state laid out by the FSDP rule
 (`state_shardings`); `jit_train_step` compiles `steps.train_step` for that layout;
-`restore_params` / `restore_generator` give the CLIs the newest checkpoint's params.
+`restore_workdir` (with `restore_params` / `restore_generator`) gives the inference commands
+the newest checkpoint's params, without optimizer state.
 """
 
 import functools
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
+from jax.sharding import Mesh
 import ml_collections
 
+from gmscavp_jax.core import config_io
 from gmscavp_jax.core import steps
 from gmscavp_jax.infra import checkpointing
 from gmscavp_jax.infra import errors
@@ -98,3 +103,29 @@ def restore_generator(workdir: str, config: ml_collections.ConfigDict, mesh):
         f'config.diffusion.training={config.diffusion.training!r}: the checkpoint at step '
         f'{step} in {workdir} has no trained denoiser yet')
   return models, params, step
+
+
+class Restored(NamedTuple):
+  """A trained workdir ready to run: its config, mesh, models, newest params and their step."""
+  config: ml_collections.ConfigDict
+  mesh: Mesh
+  models: steps.Models
+  params: Any
+  step: int
+
+
+def restore_workdir(workdir: str, config: ml_collections.ConfigDict | None = None,
+                    restore: Callable = restore_params) -> Restored:
+  """The newest checkpoint of `workdir` with the config and mesh it runs on (the inference
+  commands' one restore).
+
+  Args:
+    workdir: a training run's workdir.
+    config: its config, when the caller already loaded (or adjusted) it; None reads
+      WORKDIR/config.json.
+    restore: `restore_params`, `restore_generator`, or another (workdir, config, mesh) ->
+      (models, params, step) that also checks what the caller needs trained.
+  """
+  config = config_io.load_config(workdir) if config is None else config
+  mesh = sharding.mesh_from_config(config)
+  return Restored(config, mesh, *restore(workdir, config, mesh))

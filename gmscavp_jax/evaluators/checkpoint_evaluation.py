@@ -26,7 +26,6 @@ from gmscavp_jax.evaluators import generation
 from gmscavp_jax.evaluators import retrieval
 from gmscavp_jax.evaluators import suite
 from gmscavp_jax.infra import plotting
-from gmscavp_jax.infra import sharding
 
 
 def _clips_with_log_mel(config, generator: sampling.Generator, num: int, start: int) -> dict:
@@ -50,8 +49,8 @@ def evaluate(workdir: str, *, evaluator_dir: str | None = None, num_clips: int |
   if num_clips is not None:
     config.eval.num_metric_clips = num_clips
   config_validation.validate_evaluation(config)
-  mesh = sharding.mesh_from_config(config)
-  models, params, step = state_lib.restore_generator(workdir, config, mesh)
+  _, mesh, models, params, step = state_lib.restore_workdir(workdir, config,
+                                                            state_lib.restore_generator)
   evalset, summary = classifier_training.load_or_train(config, evaluator_dir, mesh)
 
   results, emb = retrieval.RetrievalEvaluator(config, mesh, models).run(params)

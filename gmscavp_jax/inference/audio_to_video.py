@@ -23,7 +23,6 @@ from gmscavp_jax.evaluators import a2v_generation
 from gmscavp_jax.inference import video_to_audio
 from gmscavp_jax.infra import errors
 from gmscavp_jax.infra import plotting
-from gmscavp_jax.infra import sharding
 
 # The mp4 is upscaled (nearest neighbour) to at least this height, so players show pixels.
 VIEW_SIZE = 128
@@ -83,8 +82,7 @@ def generate(workdir: str, output_dir: str, *, audio: str | None = None,
   check_bidirectional(config, workdir)  # Before reading media or checkpoints.
   clip = load_audio_clip(config, audio=audio, video=video, test_index=test_index,
                          start_seconds=start_seconds)
-  mesh = sharding.mesh_from_config(config)
-  models, params, step = restore_a2v(workdir, config, mesh)
+  _, mesh, models, params, step = state_lib.restore_workdir(workdir, config, restore_a2v)
   generator = sampling.FrameGenerator(config, mesh, models)
   generated = generator.generate(params, clip['waveform'][None], seed=seed, **sampler_args)
   real = None if clip['frames'] is None else generator.real_frames(clip['frames'][None])

@@ -41,9 +41,8 @@ class Backend:
 
   def __init__(self, workdir: str, output_dir: str, *, max_upload_mb: float, top_k: int = 5):
     self.soundtracker = video_to_audio.Soundtracker(workdir)
-    s = self.soundtracker
-    self.retriever = retrieval_queries.Retriever(
-        workdir, restored=(s.config, s.mesh, s.models, s.params, s.step))
+    self.retriever = retrieval_queries.Retriever(workdir,
+                                                 restored=self.soundtracker.restored)
     self.num_test_clips = len(self.retriever.embeddings['index'])
     self._output_dir, self._top_k = output_dir, top_k
     self._max_bytes = int(max_upload_mb * 2**20)

@@ -16,7 +16,6 @@ from gmscavp_jax.evaluators import retrieval
 from gmscavp_jax.inference import video_to_audio
 from gmscavp_jax.infra import checkpointing
 from gmscavp_jax.infra import errors
-from gmscavp_jax.infra import sharding
 
 
 def test_embeddings(workdir: str) -> dict:
@@ -31,8 +30,7 @@ def test_embeddings(workdir: str) -> dict:
   if cached is not None and int(cached['step']) == saved_steps[-1]:
     return cached
   logging.info('embedding the test split with checkpoint %d', saved_steps[-1])
-  mesh = sharding.mesh_from_config(config)
-  models, params, step = state_lib.restore_params(workdir, config, mesh)
+  _, mesh, models, params, step = state_lib.restore_workdir(workdir, config)
   _, emb = retrieval.RetrievalEvaluator(config, mesh, models).run(params)
   emb['step'] = step
   return emb
@@ -48,13 +46,10 @@ def test_clip_query(workdir: str, test_index: int, top_k: int, direction: str = 
 class Retriever:
   """The test split's embeddings and the encoders that embed new queries, loaded once."""
 
-  def __init__(self, workdir: str, *, restored: tuple | None = None):
-    """`restored`: (config, mesh, models, params, step) already restored from `workdir` (the
-    demo shares its generator's); restored here when None."""
-    if restored is None:
-      config = config_io.load_config(workdir)
-      mesh = sharding.mesh_from_config(config)
-      restored = (config, mesh, *state_lib.restore_params(workdir, config, mesh))
+  def __init__(self, workdir: str, *, restored: state_lib.Restored | None = None):
+    """`restored`: `workdir` already restored (the demo shares its generator's); restored
+    here when None."""
+    restored = restored or state_lib.restore_workdir(workdir)
     self.config, self.mesh, models, self._params, self.step = restored
     self.embeddings = test_embeddings(workdir)
     if int(self.embeddings['step']) != self.step:  # A checkpoint was saved in between.

@@ -25,7 +25,6 @@ from gmscavp_jax.evaluators import generation
 from gmscavp_jax.evaluators import metrics
 from gmscavp_jax.infra import errors
 from gmscavp_jax.infra import plotting
-from gmscavp_jax.infra import sharding
 
 
 def num_samples(config) -> int:
@@ -68,10 +67,8 @@ class Soundtracker:
 
   def __init__(self, workdir: str):
     self.workdir = workdir
-    self.config = config_io.load_config(workdir)
-    self.mesh = sharding.mesh_from_config(self.config)
-    self.models, self.params, self.step = state_lib.restore_generator(
-        workdir, self.config, self.mesh)
+    self.restored = state_lib.restore_workdir(workdir, restore=state_lib.restore_generator)
+    self.config, self.mesh, self.models, self.params, self.step = self.restored
     self._generator = sampling.Generator(self.config, self.mesh, self.models)
 
   def load_clip(self, *, video: str | None = None, test_index: int | None = None,
