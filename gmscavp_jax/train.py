@@ -44,9 +44,10 @@ class Preempted(Exception):
     self.step = step
 
 
-def evaluate(evaluators: dict, state, step: int, workdir: str, writer,
-             config: ml_collections.ConfigDict) -> dict:
-  """Retrieval (and generation, once the denoisers train): results.json, PNGs, scalars."""
+def evaluate_and_record(evaluators: dict, state, step: int, workdir: str, writer,
+                        config: ml_collections.ConfigDict) -> dict:
+  """The loop's periodic evaluation of `state` at `step`: retrieval (and generation, once the
+  denoisers train), recorded as results.json, PNGs and scalars."""
   results, emb = evaluators['retrieval'].run(state.params)
   logging.info('step %d retrieval: v2a R@1 %.2f%%  a2v R@1 %.2f%%  (chance %.2f%%)', step,
                results['retrieval/v2a_R@1'], results['retrieval/a2v_R@1'],
@@ -178,11 +179,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         ckpt.wait()
         raise Preempted(step, workdir)
       if step % t.eval_every_steps == 0 or step == t.num_steps:
-        results = evaluate(evaluators, state, step, workdir, writer, config)
+        results = evaluate_and_record(evaluators, state, step, workdir, writer, config)
 
     if start >= t.num_steps:
       logging.info('workdir already trained to step %d; evaluating', start)
-      results = evaluate(evaluators, state, start, workdir, writer, config)
+      results = evaluate_and_record(evaluators, state, start, workdir, writer, config)
   finally:
     preemption.close()
     ckpt.close()

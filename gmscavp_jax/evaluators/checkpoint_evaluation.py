@@ -34,10 +34,11 @@ def _clips_with_log_mel(config, generator: sampling.Generator, num: int, start: 
   return clips
 
 
-def evaluate(workdir: str, *, evaluator_dir: str | None = None, num_clips: int | None = None,
-             sampler: str | None = None, num_steps: int | None = None,
-             guidance: float | None = None, eta: float | None = None, seed: int = 0,
-             output_dir: str | None = None) -> dict:
+def evaluate_checkpoint(workdir: str, *, evaluator_dir: str | None = None,
+                        num_clips: int | None = None, sampler: str | None = None,
+                        num_steps: int | None = None, guidance: float | None = None,
+                        eta: float | None = None, seed: int = 0,
+                        output_dir: str | None = None) -> dict:
   """Scores the newest checkpoint of `workdir`; returns the merged results.json dict.
 
   The results go to `output_dir` (default: the workdir itself), merged into its
