@@ -12,6 +12,7 @@ import os
 
 from absl import logging
 import jax
+from jax.sharding import Mesh
 import ml_collections
 import numpy as np
 
@@ -109,33 +110,82 @@ class SkipCounter:
     self._pending = []
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Trains `config` in `workdir` (resuming if it holds checkpoints); returns the last results."""
+def _open_workdir(config: ml_collections.ConfigDict, workdir: str) -> Mesh:
+  """The run's mesh; the config is validated for it and saved in `workdir`."""
   mesh = sharding.mesh_from_config(config)
   config_validation.validate(config, num_devices=mesh.size)
   os.makedirs(os.path.join(workdir, 'plots'), exist_ok=True)
   config_io.save_config(config, workdir)
   logging.info('experiment %s on %d devices (%d processes), workdir %s', config.experiment,
                mesh.size, jax.process_count(), workdir)
+  return mesh
 
-  models, txs, state = state_lib.build(config, mesh)
-  logging.info('%d parameters', sum(x.size for x in jax.tree.leaves(state.params)))
-  train_iter = iter(pipeline.train_loader(config))
-  ckpt = checkpointing.Checkpointer(workdir, keep=config.train.keep_checkpoints)
+
+def _resume(ckpt: checkpointing.Checkpointer, state, train_iter, workdir: str):
+  """(state, step) of the newest checkpoint, the data iterator put back where it was; the
+  fresh `state` and step 0 when there is none. Metrics logged after that step are dropped."""
   restored = ckpt.restore_latest(checkpointing.abstract_like(state), train_iter)
   start = 0
   if restored is not None:
     state, start = restored
     logging.info('resumed from step %d', start)
-  metrics_jsonl = os.path.join(workdir, 'metrics.jsonl')
-  metrics_io.truncate_jsonl(metrics_jsonl, after_step=start)
+  metrics_io.truncate_jsonl(os.path.join(workdir, 'metrics.jsonl'), after_step=start)
+  return state, start
 
-  # One compiled step per phase (steps.train_phase), compiled when its phase first runs.
-  compiled, layout = {}, state_lib.layout_of(state)
+
+def _evaluators(config: ml_collections.ConfigDict, mesh: Mesh, models) -> dict:
+  """What `evaluate_and_record` runs: retrieval, generation, and a2v when it is trained."""
   evaluators = {'retrieval': retrieval.RetrievalEvaluator(config, mesh, models),
                 'generation': generation.GenerationEvaluator(config, mesh, models)}
   if models.video_denoiser is not None and config.a2v.num_eval_clips > 0:
     evaluators['a2v'] = a2v_generation.A2VGenerationEvaluator(config, mesh, models)
+  return evaluators
+
+
+class _PhaseSteps:
+  """The train step of each phase (steps.train_phase), compiled when its phase first runs."""
+
+  def __init__(self, models, txs, config: ml_collections.ConfigDict, mesh: Mesh, layout):
+    self._args = (models, txs, config, mesh)
+    self._layout, self._compiled = layout, {}
+
+  def __call__(self, step: int, state, batch: dict, rng: jax.Array):
+    """(state, metrics) after train step `step` (its phase's program; the state donated)."""
+    config = self._args[2]
+    phase = steps.phase_at(config, step)
+    if phase != steps.phase_at(config, step - 1) and step > 1:
+      logging.info('step %d: %s phase starts', step, phase)
+    phase = steps.train_phase(config, step)  # With '+a2v' on bidirectional steps.
+    if phase not in self._compiled:
+      self._compiled[phase] = state_lib.jit_train_step(
+          *self._args, phase, self._layout).lower(state, batch, rng).compile()
+      sharding.sync_processes(f'compiled {phase} step')
+    return self._compiled[phase](state, batch, rng)
+
+
+def _log(step: int, fetched: list[dict], progress: metrics_io.Progress, skips: SkipCounter,
+         writer, batch_size: int) -> None:
+  """Writes the mean of the metrics `fetched` since the last log line, with speed and skips."""
+  summary = _mean_metrics(fetched)
+  summary.update(progress.update(step))
+  summary['train/examples_per_sec'] = summary['steps_per_sec'] * batch_size
+  summary['train/skipped_total'] = skips.total
+  writer.write_scalars(step, summary)
+  logging.info('step %d  loss %.4f%s', step, summary['train/loss'],
+               f'  ({skips.total} non-finite steps skipped)' if skips.total else '')
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains `config` in `workdir` (resuming if it holds checkpoints); returns the last results."""
+  mesh = _open_workdir(config, workdir)
+  models, txs, state = state_lib.build(config, mesh)
+  logging.info('%d parameters', sum(x.size for x in jax.tree.leaves(state.params)))
+  train_iter = iter(pipeline.train_loader(config))
+  ckpt = checkpointing.Checkpointer(workdir, keep=config.train.keep_checkpoints)
+  state, start = _resume(ckpt, state, train_iter, workdir)
+
+  train_step = _PhaseSteps(models, txs, config, mesh, state_lib.layout_of(state))
+  evaluators = _evaluators(config, mesh, models)
   writer = metrics_io.MetricWriter(workdir)
   progress = metrics_io.Progress(start, config.train.num_steps)
   skips = SkipCounter(config.train.max_skipped_steps)
@@ -147,15 +197,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   try:
     for step in range(start + 1, t.num_steps + 1):
       batch = sharding.global_batch(mesh, pipeline.select(next(train_iter)))
-      phase = steps.phase_at(config, step)
-      if phase != steps.phase_at(config, step - 1) and step > 1:
-        logging.info('step %d: %s phase starts', step, phase)
-      phase = steps.train_phase(config, step)  # With '+a2v' on bidirectional steps.
-      if phase not in compiled:
-        compiled[phase] = state_lib.jit_train_step(models, txs, config, mesh, phase, layout).lower(
-            state, batch, rng).compile()
-        sharding.sync_processes(f'compiled {phase} step')
-      state, metrics = compiled[phase](state, batch, rng)
+      state, metrics = train_step(step, state, batch, rng)
       pending.append(metrics)
       skips.add(step, metrics['train/skipped'])
       log_now = step % t.log_every_steps == 0 or step == t.num_steps
@@ -163,15 +205,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       if log_now or save_now:
         skips.check(ckpt.all_steps)  # Never checkpoint past too many skipped steps.
       if log_now:
-        # Mean over the steps since the last log line; fetched once, so steps stay async.
+        # Fetched once per log line, so the steps in between stay asynchronous.
         fetched, pending = jax.device_get(pending), []
-        summary = _mean_metrics(fetched)
-        summary.update(progress.update(step))
-        summary['train/examples_per_sec'] = summary['steps_per_sec'] * t.batch_size
-        summary['train/skipped_total'] = skips.total
-        writer.write_scalars(step, summary)
-        logging.info('step %d  loss %.4f%s', step, summary['train/loss'],
-                     f'  ({skips.total} non-finite steps skipped)' if skips.total else '')
+        _log(step, fetched, progress, skips, writer, t.batch_size)
       preempted = preemption.reached(step)
       if save_now or preempted:
         ckpt.save(step, state, train_iter, config.to_json_best_effort())
@@ -192,6 +228,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     # closing of multiprocessing's handles and prints tracebacks.
     del train_iter
   if jax.process_index() == 0:
-    plotting.loss_curves(metrics_io.read_jsonl(metrics_jsonl),
+    plotting.loss_curves(metrics_io.read_jsonl(os.path.join(workdir, 'metrics.jsonl')),
                          os.path.join(workdir, 'plots', 'loss.png'))
   return results
