@@ -6,8 +6,8 @@
 the newest checkpoint's params, without optimizer state.
 """
 
-import functools
 from collections.abc import Callable
+import functools
 from typing import Any, NamedTuple
 
 import jax
@@ -84,7 +84,8 @@ def abstract_params(config: ml_collections.ConfigDict, models, mesh):
 def restore_params(workdir: str, config: ml_collections.ConfigDict, mesh):
   """(models, params, step) from the newest checkpoint in `workdir` (for the CLIs).
 
-  Params only: the optimizer state is neither built nor read.
+  Params only: the optimizer state is neither allocated nor read (the optimizers' init is
+  only traced, in `abstract_params`).
   """
   models = steps.build_models(config)
   ckpt = checkpointing.Checkpointer(workdir, keep=config.train.keep_checkpoints)
