@@ -1,4 +1,5 @@
-"""The one trainer: `train_and_evaluate(config, workdir)`, read top to bottom.
+"""The one trainer: `train_and_evaluate(config, workdir)`, the loop alone, read top to bottom
+(the state it trains is built, laid out and jitted in core/state.py).
 
 validate config -> mesh -> data -> init or resume -> loop (log, checkpoint, evaluate) -> final
 evaluation and results.json. Restart is the default: a workdir with checkpoints continues.
