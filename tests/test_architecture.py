@@ -1,0 +1,70 @@
+"""The floor plan (DESIGN §8) holds: import-linter's contracts in .importlinter pass on the
+package, and an import that climbs a floor breaks them."""
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG = '.importlinter'
+# The linter's console script, started from this interpreter so it needs no PATH entry.
+LINT = 'import sys; from importlinter.cli import lint_imports_command; lint_imports_command()'
+
+
+def lint(root: str) -> subprocess.CompletedProcess:
+  """Runs `lint-imports ROOT/.importlinter` on the packages under `root` (the repository or a
+  copy of it): grimp finds gmscavp_jax and configs first on the PYTHONPATH, so a copy is
+  linted, not the installed package."""
+  env = dict(os.environ, PYTHONPATH=root, COLUMNS='200')  # Wide: one import per line.
+  return subprocess.run(
+      [sys.executable, '-c', LINT, '--no-cache', '--no-logo', os.path.join(root, CONFIG)],
+      cwd=root, env=env, capture_output=True, text=True, timeout=120, check=False)
+
+
+def test_contracts_pass():
+  result = lint(ROOT)
+  assert result.returncode == 0, result.stdout + result.stderr
+  assert ' 0 broken.' in result.stdout
+
+
+@pytest.fixture(name='copy')
+def fixture_copy(tmp_path):
+  """A copy of the linted sources (the package, configs/ and .importlinter) in tmp_path."""
+  for folder in ('gmscavp_jax', 'configs'):
+    shutil.copytree(os.path.join(ROOT, folder), tmp_path / folder,
+                    ignore=shutil.ignore_patterns('__pycache__'))
+  shutil.copy(os.path.join(ROOT, CONFIG), tmp_path / CONFIG)
+  return tmp_path
+
+
+@pytest.mark.parametrize('module,line,broken', [
+    # data/ raising a core error: the arrow the floor plan removed (errors live in infra/).
+    ('data/pipeline.py', 'from gmscavp_jax.core import config_validation',
+     'gmscavp_jax.data.pipeline -> gmscavp_jax.core.config_validation'),
+    # A library module reading an experiment config.
+    ('data/synthetic.py', 'from configs import common', 'gmscavp_jax.data.synthetic -> configs'),
+    # A model reaching for the data pipeline.
+    ('models/layers.py', 'from gmscavp_jax.data import audio',
+     'gmscavp_jax.models.layers -> gmscavp_jax.data.audio'),
+    # Two doors sharing code directly instead of through cli.
+    ('generate.py', 'from gmscavp_jax import evaluate',
+     'gmscavp_jax.generate -> gmscavp_jax.evaluate'),
+])
+def test_an_upward_import_breaks_a_contract(copy, module, line, broken):
+  assert lint(str(copy)).returncode == 0  # The copy itself passes.
+  path = copy / 'gmscavp_jax' / module
+  path.write_text(path.read_text() + f'\n{line}  # The arrow under test.\n')
+  result = lint(str(copy))
+  assert result.returncode == 1, result.stdout + result.stderr
+  assert 'BROKEN' in result.stdout
+  assert broken in result.stdout
+
+
+def test_a_module_without_a_floor_breaks_the_contract(copy):
+  (copy / 'gmscavp_jax' / 'helpers.py').write_text('"""A new module at the top."""\n')
+  result = lint(str(copy))
+  assert result.returncode == 1
+  assert 'gmscavp_jax.helpers' in result.stdout and 'not listed as layers' in result.stdout
