@@ -2,6 +2,7 @@
 package, and an import that climbs a floor breaks them."""
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -68,3 +69,32 @@ def test_a_module_without_a_floor_breaks_the_contract(copy):
   result = lint(str(copy))
   assert result.returncode == 1
   assert 'gmscavp_jax.helpers' in result.stdout and 'not listed as layers' in result.stdout
+
+
+def test_import_graph_measures_a_toy_package(tmp_path, monkeypatch):
+  from gmscavp_jax.tools import import_graph  # pylint: disable=g-import-not-at-top
+  files = {
+      '__init__.py': '', 'b.py': '', 'sub/__init__.py': '', 'sub/z.py': '',
+      'a.py': 'from toy_floors.sub import x',
+      'sub/x.py': 'from toy_floors.sub import y',
+      'sub/y.py': 'from toy_floors.sub import x\nfrom toy_floors import b, c',
+      'c.py': 'from toy_floors.sub import z',  # c <-> sub/: a cycle of folders.
+  }
+  for name, text in files.items():
+    path = tmp_path / 'toy_floors' / name
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(text + '\n')
+  monkeypatch.syspath_prepend(str(tmp_path))
+  m = import_graph.measure('toy_floors')
+  assert (m.modules, m.arrows, m.floors) == (8, 6, 4)
+  assert m.chain == ['toy_floors.a', 'toy_floors.sub.x', 'toy_floors.c', 'toy_floors.sub.z']
+  assert m.module_cycles == [['toy_floors.sub.x', 'toy_floors.sub.y']]
+  assert m.upward == [('toy_floors.c', 'toy_floors.sub.z'), ('toy_floors.sub.y', 'toy_floors.c')]
+
+
+def test_import_graph_runs_on_the_package():
+  result = subprocess.run([sys.executable, '-m', 'gmscavp_jax.tools.import_graph', '--chain'],
+                          cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True,
+                          text=True, timeout=120, check=True)
+  assert re.match(r'gmscavp_jax: \d+ modules, \d+ arrows, \d+ floors\nlongest chain:\n  ',
+                  result.stdout), result.stdout
