@@ -1,6 +1,8 @@
 """The floor plan (DESIGN §8) holds: import-linter's contracts in .importlinter pass on the
 package, and an import that climbs a floor breaks them."""
 
+import ast
+import glob
 import os
 import re
 import shutil
@@ -69,6 +71,39 @@ def test_a_module_without_a_floor_breaks_the_contract(copy):
   result = lint(str(copy))
   assert result.returncode == 1
   assert 'gmscavp_jax.helpers' in result.stdout and 'not listed as layers' in result.stdout
+
+
+def flags_defined_at_import(source: str) -> list[int]:
+  """Lines of calls to absl's DEFINE_* or mark_flag*_as_required outside any def or class."""
+  lines = []
+  for statement in ast.parse(source).body:
+    if isinstance(statement, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+      continue
+    for node in ast.walk(statement):
+      if isinstance(node, ast.Call) and isinstance(node.func, (ast.Attribute, ast.Name)):
+        name = getattr(node.func, 'attr', getattr(node.func, 'id', ''))
+        if name.startswith('DEFINE') or name.startswith('mark_flag'):
+          lines.append(node.lineno)
+  return lines
+
+
+def test_no_library_module_defines_flags():
+  assert flags_defined_at_import("from absl import flags\nX = flags.DEFINE_bool('x', 0, '')\n"
+                                 'def f():\n  flags.DEFINE_bool("y", 0, "")\n') == [2]
+  # A command (a door, most of tools/) is a module that runs as __main__: its flags are its
+  # interface. Every other module is a library, imported by others, and defines none.
+  sources = {}
+  for path in glob.glob(os.path.join(ROOT, 'gmscavp_jax', '**', '*.py'), recursive=True):
+    with open(path) as f:
+      sources[os.path.relpath(path, ROOT)] = f.read()
+  library = {p: s for p, s in sources.items() if "if __name__ == '__main__':" not in s}
+  assert {'gmscavp_jax/cli.py', 'gmscavp_jax/train.py', 'gmscavp_jax/tools/runs.py'
+          } <= set(library) and len(library) > 40
+  defining = {}
+  for path, source in library.items():
+    if lines := flags_defined_at_import(source):
+      defining[path] = lines
+  assert not defining, f'library modules define flags at import: {defining}'
 
 
 def test_import_graph_measures_a_toy_package(tmp_path, monkeypatch):
