@@ -127,6 +127,9 @@ class UNet(nn.Module):
         up=lambda width, name: blocks.Upsample(width, dt, name=name))
     return self._read_out(h, x.shape)
 
+  # The parts of __call__ are nowrap: their ops stay in the module's profiler scope, so
+  # profiles attribute them to the blocks by name (infra/profiling).
+  @nn.nowrap
   def _stem(self, x: jnp.ndarray, video_scales: list[jnp.ndarray] | None,
             drop_condition: jnp.ndarray | None) -> jnp.ndarray:
     """x (B,Ta,F) -> patch features (B,Ta',F',widths[0]), plus the aligned condition."""
@@ -146,6 +149,7 @@ class UNet(nn.Module):
       h = h + aligned[:, :, None, :]
     return h
 
+  @nn.nowrap
   def _attention(self, h: jnp.ndarray, level: int, prefix: str, *, context: Callable,
                  drop_condition: jnp.ndarray | None, length: int) -> jnp.ndarray:
     """Self-attention, then cross-attention to context(level), of h (B,Ta',F',C) at `level`
@@ -157,6 +161,7 @@ class UNet(nn.Module):
     return blocks.CrossAttention(self.num_heads, self.dtype, name=f'{prefix}_cross_attn')(
         h, query_time, context(level), drop_condition)
 
+  @nn.nowrap
   def _read_out(self, h: jnp.ndarray, shape: tuple[int, int, int]) -> jnp.ndarray:
     """Features (B,Ta',F',widths[0]) -> the prediction (B,Ta,F) float32, `shape` = x's."""
     st, sf = tuple(self.stem_patch)

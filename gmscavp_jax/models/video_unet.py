@@ -121,6 +121,9 @@ class VideoUNet(nn.Module):
             layers.per_frame, blocks.Upsample(width, dt, name=name)))
     return self._read_out(h, x.shape)
 
+  # The parts of __call__ are nowrap: their ops stay in the module's profiler scope, so
+  # profiles attribute them to the blocks by name (infra/profiling).
+  @nn.nowrap
   def _stem(self, x: jnp.ndarray, audio_scales: list[jnp.ndarray] | None,
             drop_condition: jnp.ndarray | None) -> jnp.ndarray:
     """x (B,T,h,w,3) -> patch features (B,T,h',w',widths[0]), plus the aligned condition."""
@@ -137,6 +140,7 @@ class VideoUNet(nn.Module):
       h = h + aligned[:, :, None, None, :]
     return h
 
+  @nn.nowrap
   def _attention(self, h: jnp.ndarray, level: int, prefix: str, *, context: Callable,
                  drop_condition: jnp.ndarray | None) -> jnp.ndarray:
     """Self-attention over all of the clip's positions of h (B,T,h',w',C), then
@@ -153,6 +157,7 @@ class VideoUNet(nn.Module):
         h, query_time, context(level), drop_condition)
     return h.reshape(shape)
 
+  @nn.nowrap
   def _read_out(self, h: jnp.ndarray, shape: tuple[int, ...]) -> jnp.ndarray:
     """Features (B,T,h',w',widths[0]) -> the prediction (B,T,h,w,3) float32, `shape` = x's."""
     b, num_frames, height, width, channels = shape
