@@ -40,8 +40,10 @@ from ml_collections import config_flags
 import numpy as np
 
 from gmscavp_jax import cli
-from gmscavp_jax.core import config_io
 from gmscavp_jax.core import config_validation
+from gmscavp_jax.core import phases
+from gmscavp_jax.core import sampling
+from gmscavp_jax.core import state as state_lib
 from gmscavp_jax.core import steps
 from gmscavp_jax.data import pipeline
 from gmscavp_jax.diffusion import samplers as samplers_lib
@@ -49,7 +51,6 @@ from gmscavp_jax.evaluators import generation
 from gmscavp_jax.infra import perf
 from gmscavp_jax.infra import profiling
 from gmscavp_jax.infra import sharding
-from gmscavp_jax import train
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file.',
                                           lock_config=True)
@@ -74,7 +75,7 @@ _GUIDANCE = flags.DEFINE_list('guidance', [], 'Guidance scales to compare '
                               '(default: the config eval.guidance).')
 
 
-def time_train_step(config, mesh, num_steps: int, phase: str, peak: float,
+def time_train_step(config, mesh, num_steps: int, phase: phases.Phase, peak: float,
                     profile_dir: str | None = None) -> dict:
   """Compile time, steady-state speed, FLOPs and memory of the jitted train step of `phase`.
 
@@ -82,8 +83,9 @@ def time_train_step(config, mesh, num_steps: int, phase: str, peak: float,
   `profile_dir`, 'profile' is the profiling.Breakdown of _PROFILE_STEPS traced steps against
   `peak` FLOP/s.
   """
-  models, txs, state = train.build(config, mesh)
-  step_fn = train.jit_train_step(models, txs, config, mesh, phase, train.layout_of(state))
+  models, txs, state = state_lib.build(config, mesh)
+  step_fn = state_lib.jit_train_step(models, txs, config, mesh, phase,
+                                     state_lib.layout_of(state))
   # One batch from an in-process loader: worker processes would compete with the step.
   one_batch = config.copy_and_resolve_references()
   one_batch.data.worker_count = 0
@@ -152,7 +154,7 @@ def _gib(x: int | None) -> str:
   return '     n/a' if x is None else f'{x / 2**30:8.3f}'
 
 
-def _print_step(phase: str, step: dict, peak: float) -> None:
+def _print_step(phase: phases.Phase, step: dict, peak: float) -> None:
   """Prints one phase's measurements from time_train_step."""
   use = perf.utilisation(step['flops'], step['step_s'], peak)
   mem = step['memory']
@@ -230,7 +232,7 @@ def time_sampling_latency(config, mesh, sampler: str = LATENCY_SAMPLER,
 
   Params are freshly initialised: the work per step does not depend on their values.
   """
-  models, _, state = train.build(config, mesh)
+  models, _, state = state_lib.build(config, mesh)
   params = state.params
   del state  # The optimizer state is not needed to sample.
   guidance = config.eval.guidance
@@ -257,12 +259,10 @@ def time_sampling_latency(config, mesh, sampler: str = LATENCY_SAMPLER,
 def bench_sampling(workdir: str, step_counts: list[int], samplers: list[str],
                    guidances: list[float]) -> list[dict]:
   """Latency and onset hit-rate of each sampler x steps x guidance on the last checkpoint."""
-  config = config_io.load_config(workdir)
-  mesh = sharding.mesh_from_config(config)
-  models, params, ckpt_step = train.restore_params(workdir, config, mesh)
-  evaluator = generation.GenerationEvaluator(config, mesh, models)
+  config, mesh, models, params, ckpt_step = state_lib.restore_workdir(workdir)
+  generator = sampling.Generator(config, mesh, models)
   clips = generation.test_clips(config, config.eval.num_generate_clips)
-  real = evaluator.real_log_mel(clips['waveform'])
+  real = generator.real_log_mel(clips['waveform'])
   rate = generation.frame_rate(config)
   print(f'{workdir}: checkpoint {ckpt_step}, {len(real)} test clips, {mesh.size} '
         f'{jax.devices()[0].platform} device(s)')
@@ -271,7 +271,7 @@ def bench_sampling(workdir: str, step_counts: list[int], samplers: list[str],
       samplers, step_counts, guidances or [config.eval.guidance]):
     kwargs = dict(sampler=sampler, num_steps=num_steps, guidance=guidance)
     # Timed without the compile (generate_timed compiles before it starts the clock).
-    mel, timing = evaluator.generate_timed(params, clips['frames'], **kwargs)
+    mel, timing = generator.generate_timed(params, clips['frames'], **kwargs)
     seconds = timing['seconds']
     scores = generation.onset_scores(mel, real, clips['onsets'], rate)
     rows.append({'sampler': sampler, 'steps': num_steps, 'guidance': guidance,

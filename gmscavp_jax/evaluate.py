@@ -35,8 +35,9 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   cli.setup()
   r = cli.run_or_explain(
-      checkpoint_evaluation.evaluate, _WORKDIR.value, evaluator_dir=_EVALUATOR_DIR.value,
-      num_clips=_NUM_CLIPS.value, seed=_SEED.value, output_dir=_OUTPUT_DIR.value,
+      checkpoint_evaluation.evaluate_checkpoint, _WORKDIR.value,
+      evaluator_dir=_EVALUATOR_DIR.value, num_clips=_NUM_CLIPS.value, seed=_SEED.value,
+      output_dir=_OUTPUT_DIR.value,
       **cli.sampler_args(_SAMPLER_FLAGS))
   print(f"checkpoint {r['evaluate/step']}: KLD {r['gen/kld']:.3f}  FAD {r['gen/fad']:.3f}  "
         f"Align Acc {r['gen/align_acc']:.1f}%  onset hit@100ms {r['gen/onset_hit@100ms']:.1f}%"

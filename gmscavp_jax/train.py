@@ -1,4 +1,5 @@
-"""The one trainer: `train_and_evaluate(config, workdir)`, read top to bottom.
+"""The one trainer: `train_and_evaluate(config, workdir)`, the loop alone, read top to bottom
+(the state it trains is built, laid out and jitted in core/state.py).
 
 validate config -> mesh -> data -> init or resume -> loop (log, checkpoint, evaluate) -> final
 evaluation and results.json. Restart is the default: a workdir with checkpoints continues.
@@ -7,17 +8,18 @@ A SIGTERM saves a checkpoint and raises `Preempted`; too many non-finite steps i
 """
 
 from collections.abc import Callable
-import functools
 import json
 import os
 
 from absl import logging
 import jax
+from jax.sharding import Mesh
 import ml_collections
 import numpy as np
 
 from gmscavp_jax.core import config_io
 from gmscavp_jax.core import config_validation
+from gmscavp_jax.core import state as state_lib
 from gmscavp_jax.core import steps
 from gmscavp_jax.data import pipeline
 from gmscavp_jax.evaluators import a2v_generation
@@ -44,95 +46,10 @@ class Preempted(Exception):
     self.step = step
 
 
-def _init_key(config: ml_collections.ConfigDict) -> jax.Array:
-  # An rbg key: threefry's init graph takes ~3x longer to compile on CPU for no benefit here.
-  return jax.random.key(config.seed, impl='rbg')
-
-
-def state_shardings(config: ml_collections.ConfigDict, models, txs, mesh):
-  """The train state's layout on `mesh`: params and Adam moments by the FSDP rule."""
-  abstract = jax.eval_shape(functools.partial(steps.init_state, config, models, txs),
-                            _init_key(config))
-  return sharding.tree_shardings(abstract, mesh, config)
-
-
-def build(config: ml_collections.ConfigDict, mesh):
-  """Models, optimizers, and a freshly initialised train state laid out on `mesh`."""
-  models = steps.build_models(config)
-  txs = steps.make_optimizers(config)
-  init = jax.jit(functools.partial(steps.init_state, config, models, txs),
-                 out_shardings=state_shardings(config, models, txs, mesh))
-  return models, txs, init(_init_key(config))
-
-
-def layout_of(state):
-  """The shardings of a laid-out train state (what `state_shardings` gave it)."""
-  return jax.tree.map(lambda x: x.sharding, state)
-
-
-def jit_train_step(models, txs, config: ml_collections.ConfigDict, mesh, phase: str,
-                   state_sh):
-  """`steps.train_step` of `phase` jitted for `mesh`, the state donated.
-
-  The state keeps its (FSDP) layout `state_sh` (from `state_shardings` or `layout_of`)
-  across the step; the batch is split over every device. With mesh.fsdp > 1 the params are
-  gathered whole for the forward and backward pass and the gradients reduce-scattered back
-  onto the shards (ZeRO-3).
-  """
-  repl, batch_sh = sharding.replicated(mesh), sharding.batch_sharded(mesh)
-  gather = None
-  if mesh.shape[sharding.FSDP_AXIS] > 1:
-    whole = jax.tree.map(lambda _: repl, state_sh.params)
-    gather = lambda params: jax.lax.with_sharding_constraint(params, whole)
-  return jax.jit(functools.partial(steps.train_step, models=models, txs=txs, config=config,
-                                   phase=phase, gather=gather),
-                 in_shardings=(state_sh, batch_sh, repl), out_shardings=(state_sh, repl),
-                 donate_argnums=(0,))
-
-
-def restore_params(workdir: str, config: ml_collections.ConfigDict, mesh):
-  """(models, params, step) from the newest checkpoint in `workdir` (for the CLIs)."""
-  models, _, state = build(config, mesh)
-  ckpt = checkpointing.Checkpointer(workdir, keep=config.train.keep_checkpoints)
-  restored = ckpt.restore_latest(checkpointing.abstract_like(state))
-  ckpt.close()
-  if restored is None:
-    raise FileNotFoundError(f'no checkpoint in {checkpointing.checkpoint_dir(workdir)}')
-  return models, restored[0].params, restored[1]
-
-
-def restore_generator(workdir: str, config: ml_collections.ConfigDict, mesh):
-  """`restore_params` for the CLIs that sample: a ConfigError if the denoiser is untrained."""
-  models, params, step = restore_params(workdir, config, mesh)
-  if not steps.generator_trained(config, step):
-    raise errors.ConfigError(
-        f'config.diffusion.training={config.diffusion.training!r}: the checkpoint at step '
-        f'{step} in {workdir} has no trained denoiser yet')
-  return models, params, step
-
-
-def test_embeddings(workdir: str) -> dict:
-  """Test-split embeddings of the newest checkpoint in `workdir` (cached or recomputed)."""
-  config = config_io.load_config(workdir)
-  ckpt = checkpointing.Checkpointer(workdir, keep=config.train.keep_checkpoints)
-  saved_steps = ckpt.all_steps()
-  ckpt.close()
-  if not saved_steps:
-    raise FileNotFoundError(f'no checkpoint in {checkpointing.checkpoint_dir(workdir)}')
-  cached = retrieval.load_embeddings(workdir)
-  if cached is not None and int(cached['step']) == saved_steps[-1]:
-    return cached
-  logging.info('embedding the test split with checkpoint %d', saved_steps[-1])
-  mesh = sharding.mesh_from_config(config)
-  models, params, step = restore_params(workdir, config, mesh)
-  _, emb = retrieval.RetrievalEvaluator(config, mesh, models).run(params)
-  emb['step'] = step
-  return emb
-
-
-def evaluate(evaluators: dict, state, step: int, workdir: str, writer,
-             config: ml_collections.ConfigDict) -> dict:
-  """Retrieval (and generation, once the denoisers train): results.json, PNGs, scalars."""
+def evaluate_and_record(evaluators: dict, state, step: int, workdir: str, writer,
+                        config: ml_collections.ConfigDict) -> dict:
+  """The loop's periodic evaluation of `state` at `step`: retrieval (and generation, once the
+  denoisers train), recorded as results.json, PNGs and scalars."""
   results, emb = evaluators['retrieval'].run(state.params)
   logging.info('step %d retrieval: v2a R@1 %.2f%%  a2v R@1 %.2f%%  (chance %.2f%%)', step,
                results['retrieval/v2a_R@1'], results['retrieval/a2v_R@1'],
@@ -194,33 +111,82 @@ class SkipCounter:
     self._pending = []
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Trains `config` in `workdir` (resuming if it holds checkpoints); returns the last results."""
+def _open_workdir(config: ml_collections.ConfigDict, workdir: str) -> Mesh:
+  """The run's mesh; the config is validated for it and saved in `workdir`."""
   mesh = sharding.mesh_from_config(config)
   config_validation.validate(config, num_devices=mesh.size)
   os.makedirs(os.path.join(workdir, 'plots'), exist_ok=True)
   config_io.save_config(config, workdir)
   logging.info('experiment %s on %d devices (%d processes), workdir %s', config.experiment,
                mesh.size, jax.process_count(), workdir)
+  return mesh
 
-  models, txs, state = build(config, mesh)
-  logging.info('%d parameters', sum(x.size for x in jax.tree.leaves(state.params)))
-  train_iter = iter(pipeline.train_loader(config))
-  ckpt = checkpointing.Checkpointer(workdir, keep=config.train.keep_checkpoints)
+
+def _resume(ckpt: checkpointing.Checkpointer, state, train_iter, workdir: str):
+  """(state, step) of the newest checkpoint, the data iterator put back where it was; the
+  fresh `state` and step 0 when there is none. Metrics logged after that step are dropped."""
   restored = ckpt.restore_latest(checkpointing.abstract_like(state), train_iter)
   start = 0
   if restored is not None:
     state, start = restored
     logging.info('resumed from step %d', start)
-  metrics_jsonl = os.path.join(workdir, 'metrics.jsonl')
-  metrics_io.truncate_jsonl(metrics_jsonl, after_step=start)
+  metrics_io.truncate_jsonl(os.path.join(workdir, 'metrics.jsonl'), after_step=start)
+  return state, start
 
-  # One compiled step per phase (steps.train_phase), compiled when its phase first runs.
-  compiled, layout = {}, layout_of(state)
+
+def _evaluators(config: ml_collections.ConfigDict, mesh: Mesh, models) -> dict:
+  """What `evaluate_and_record` runs: retrieval, generation, and a2v when it is trained."""
   evaluators = {'retrieval': retrieval.RetrievalEvaluator(config, mesh, models),
                 'generation': generation.GenerationEvaluator(config, mesh, models)}
   if models.video_denoiser is not None and config.a2v.num_eval_clips > 0:
     evaluators['a2v'] = a2v_generation.A2VGenerationEvaluator(config, mesh, models)
+  return evaluators
+
+
+class _PhaseSteps:
+  """The train step of each phase (steps.train_phase), compiled when its phase first runs."""
+
+  def __init__(self, models, txs, config: ml_collections.ConfigDict, mesh: Mesh, layout):
+    self._args = (models, txs, config, mesh)
+    self._layout, self._compiled = layout, {}
+
+  def __call__(self, step: int, state, batch: dict, rng: jax.Array):
+    """(state, metrics) after train step `step` (its phase's program; the state donated)."""
+    config = self._args[2]
+    phase = steps.phase_at(config, step)
+    if phase != steps.phase_at(config, step - 1) and step > 1:
+      logging.info('step %d: %s phase starts', step, phase)
+    phase = steps.train_phase(config, step)  # With '+a2v' on bidirectional steps.
+    if phase not in self._compiled:
+      self._compiled[phase] = state_lib.jit_train_step(
+          *self._args, phase, self._layout).lower(state, batch, rng).compile()
+      sharding.sync_processes(f'compiled {phase} step')
+    return self._compiled[phase](state, batch, rng)
+
+
+def _log(step: int, fetched: list[dict], progress: metrics_io.Progress, skips: SkipCounter,
+         writer, batch_size: int) -> None:
+  """Writes the mean of the metrics `fetched` since the last log line, with speed and skips."""
+  summary = _mean_metrics(fetched)
+  summary.update(progress.update(step))
+  summary['train/examples_per_sec'] = summary['steps_per_sec'] * batch_size
+  summary['train/skipped_total'] = skips.total
+  writer.write_scalars(step, summary)
+  logging.info('step %d  loss %.4f%s', step, summary['train/loss'],
+               f'  ({skips.total} non-finite steps skipped)' if skips.total else '')
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains `config` in `workdir` (resuming if it holds checkpoints); returns the last results."""
+  mesh = _open_workdir(config, workdir)
+  models, txs, state = state_lib.build(config, mesh)
+  logging.info('%d parameters', sum(x.size for x in jax.tree.leaves(state.params)))
+  train_iter = iter(pipeline.train_loader(config))
+  ckpt = checkpointing.Checkpointer(workdir, keep=config.train.keep_checkpoints)
+  state, start = _resume(ckpt, state, train_iter, workdir)
+
+  train_step = _PhaseSteps(models, txs, config, mesh, state_lib.layout_of(state))
+  evaluators = _evaluators(config, mesh, models)
   writer = metrics_io.MetricWriter(workdir)
   progress = metrics_io.Progress(start, config.train.num_steps)
   skips = SkipCounter(config.train.max_skipped_steps)
@@ -232,15 +198,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   try:
     for step in range(start + 1, t.num_steps + 1):
       batch = sharding.global_batch(mesh, pipeline.select(next(train_iter)))
-      phase = steps.phase_at(config, step)
-      if phase != steps.phase_at(config, step - 1) and step > 1:
-        logging.info('step %d: %s phase starts', step, phase)
-      phase = steps.train_phase(config, step)  # With '+a2v' on bidirectional steps.
-      if phase not in compiled:
-        compiled[phase] = jit_train_step(models, txs, config, mesh, phase, layout).lower(
-            state, batch, rng).compile()
-        sharding.sync_processes(f'compiled {phase} step')
-      state, metrics = compiled[phase](state, batch, rng)
+      state, metrics = train_step(step, state, batch, rng)
       pending.append(metrics)
       skips.add(step, metrics['train/skipped'])
       log_now = step % t.log_every_steps == 0 or step == t.num_steps
@@ -248,15 +206,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       if log_now or save_now:
         skips.check(ckpt.all_steps)  # Never checkpoint past too many skipped steps.
       if log_now:
-        # Mean over the steps since the last log line; fetched once, so steps stay async.
+        # Fetched once per log line, so the steps in between stay asynchronous.
         fetched, pending = jax.device_get(pending), []
-        summary = _mean_metrics(fetched)
-        summary.update(progress.update(step))
-        summary['train/examples_per_sec'] = summary['steps_per_sec'] * t.batch_size
-        summary['train/skipped_total'] = skips.total
-        writer.write_scalars(step, summary)
-        logging.info('step %d  loss %.4f%s', step, summary['train/loss'],
-                     f'  ({skips.total} non-finite steps skipped)' if skips.total else '')
+        _log(step, fetched, progress, skips, writer, t.batch_size)
       preempted = preemption.reached(step)
       if save_now or preempted:
         ckpt.save(step, state, train_iter, config.to_json_best_effort())
@@ -264,11 +216,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         ckpt.wait()
         raise Preempted(step, workdir)
       if step % t.eval_every_steps == 0 or step == t.num_steps:
-        results = evaluate(evaluators, state, step, workdir, writer, config)
+        results = evaluate_and_record(evaluators, state, step, workdir, writer, config)
 
     if start >= t.num_steps:
       logging.info('workdir already trained to step %d; evaluating', start)
-      results = evaluate(evaluators, state, start, workdir, writer, config)
+      results = evaluate_and_record(evaluators, state, start, workdir, writer, config)
   finally:
     preemption.close()
     ckpt.close()
@@ -277,6 +229,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     # closing of multiprocessing's handles and prints tracebacks.
     del train_iter
   if jax.process_index() == 0:
-    plotting.loss_curves(metrics_io.read_jsonl(metrics_jsonl),
+    plotting.loss_curves(metrics_io.read_jsonl(os.path.join(workdir, 'metrics.jsonl')),
                          os.path.join(workdir, 'plots', 'loss.png'))
   return results

@@ -18,9 +18,11 @@ import pytest
 
 from configs import msa_msd
 from configs import msd
+from gmscavp_jax import train
 from gmscavp_jax.core import config_io
 from gmscavp_jax.core import config_validation
 from gmscavp_jax.core import phases
+from gmscavp_jax.core import state as state_lib
 from gmscavp_jax.core import steps
 from gmscavp_jax.data import media
 from gmscavp_jax.data import media_writing
@@ -31,7 +33,6 @@ from gmscavp_jax.infra import errors
 from gmscavp_jax.infra import metrics_io
 from gmscavp_jax.infra import sharding
 from gmscavp_jax.losses import contrastive
-from gmscavp_jax import train
 from tests.conftest import ROOT, tiny_config
 
 INTERVAL = 2
@@ -57,7 +58,7 @@ def bi_states(bi_workdir):
   """The run's freshly initialised state and its checkpoints {1: state, 2: state}."""
   workdir, _ = bi_workdir
   config = config_io.load_config(workdir)
-  _, _, fresh = train.build(config, sharding.mesh_from_config(config))
+  _, _, fresh = state_lib.build(config, sharding.mesh_from_config(config))
   manager = ocp.CheckpointManager(checkpointing.checkpoint_dir(workdir),
                                   item_names=checkpointing.ITEMS)
   saved = {step: manager.restore(step, args=ocp.args.Composite(

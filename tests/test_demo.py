@@ -14,11 +14,12 @@ from PIL import Image
 import pytest
 
 from gmscavp_jax.core import config_io
+from gmscavp_jax.core import sampling
 from gmscavp_jax.data import media_writing
 from gmscavp_jax.data import pipeline
-from gmscavp_jax.evaluators import generation
 from gmscavp_jax.evaluators import retrieval
 from gmscavp_jax.inference import demo_page
+from gmscavp_jax.inference import retrieval_queries
 from gmscavp_jax import train
 from tests import headless_chromium
 from tests.conftest import tiny_config
@@ -66,7 +67,7 @@ def _test_clips(workdir, indices):
 def _sampler_args(workdir, seed: int = 0) -> tuple:
   """sampler, steps, guidance, seed: the page's defaults, so that the client's requests and
   the browser's share one compiled sampler."""
-  s = generation.sampler_settings(config_io.load_config(workdir).eval)
+  s = sampling.sampler_settings(config_io.load_config(workdir).eval)
   return s['sampler'], s['num_steps'], s['guidance'], seed
 
 
@@ -116,7 +117,7 @@ def test_bad_uploads_get_a_message_and_the_server_keeps_serving(workdir, client,
   *_, v2a, a2v, message = client.predict(2, *_sampler_args(workdir),
                                          api_name='/generate_test_clip')
   assert 'True onsets' in message, message
-  answer = retrieval.answer_query(train.test_embeddings(workdir), 2, 5, 'both')
+  answer = retrieval.answer_query(retrieval_queries.test_embeddings(workdir), 2, 5, 'both')
   for table, name in ((v2a, 'v2a'), (a2v, 'a2v')):
     assert [row[1] for row in table['data']] == [hit['clip'] for hit in answer[name]]
     np.testing.assert_allclose([row[3] for row in table['data']],

@@ -67,7 +67,8 @@ def test_evaluator_set_is_keyed_by_the_dataset(tmp_path):
 
 def test_evaluate_writes_results_and_reuses_the_evaluators(trained):
   workdir, root = trained
-  results = checkpoint_evaluation.evaluate(workdir, evaluator_dir=root, sampler='ddim', num_steps=3)
+  results = checkpoint_evaluation.evaluate_checkpoint(workdir, evaluator_dir=root,
+                                                      sampler='ddim', num_steps=3)
   with open(os.path.join(workdir, 'results.json')) as f:
     saved = json.load(f)
   for key in REQUIRED:
@@ -104,4 +105,4 @@ def test_evaluate_cli_reports_a_missing_workdir(tmp_path):
 def test_bad_metric_clip_count_is_named(trained):
   workdir, root = trained
   with pytest.raises(Exception, match='eval.num_metric_clips'):
-    checkpoint_evaluation.evaluate(workdir, evaluator_dir=root, num_clips=100)
+    checkpoint_evaluation.evaluate_checkpoint(workdir, evaluator_dir=root, num_clips=100)

@@ -24,8 +24,8 @@ def _compare_meshes() -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np
   import optax
-  from gmscavp_jax import train
   from gmscavp_jax.core import phases
+  from gmscavp_jax.core import state as state_lib
   from gmscavp_jax.core import steps
   from gmscavp_jax.infra import sharding
   from gmscavp_jax.data import pipeline
@@ -41,10 +41,10 @@ def _compare_meshes() -> dict:
   out = {}
   for data, fsdp in ((1, 1), (8, 1), (4, 2), (2, 4)):
     mesh = sharding.make_mesh(jax.devices()[:data * fsdp], data=data, fsdp=fsdp)
-    layout = train.state_shardings(config, models, txs, mesh)
+    layout = state_lib.state_shardings(config, models, txs, mesh)
     state = jax.device_put(init, layout)
     sharded = [s.spec for s in jax.tree.leaves(layout.params) if 'fsdp' in s.spec]
-    step = train.jit_train_step(models, txs, config, mesh, phases.CONTRASTIVE, layout)
+    step = state_lib.jit_train_step(models, txs, config, mesh, phases.CONTRASTIVE, layout)
     batch = sharding.global_batch(mesh, local)
     assert len(batch['frames'].sharding.device_set) == data * fsdp
     losses = []

@@ -30,8 +30,8 @@ def _worker(process_id: int, num_processes: int, port: int, out_dir: str) -> Non
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
   import optax  # pylint: disable=g-import-not-at-top
   # pylint: disable=g-import-not-at-top
-  from gmscavp_jax import train
   from gmscavp_jax.core import phases
+  from gmscavp_jax.core import state as state_lib
   from gmscavp_jax.core import steps
   from gmscavp_jax.infra import checkpointing, sharding
   from gmscavp_jax.data import pipeline  # pylint: disable=g-import-not-at-top
@@ -41,13 +41,13 @@ def _worker(process_id: int, num_processes: int, port: int, out_dir: str) -> Non
   mesh = sharding.make_mesh(data=1, fsdp=-1)
   models = steps.build_models(config)
   txs = {'encoders': optax.sgd(0.05), 'denoiser': optax.sgd(0.05)}
-  layout = train.state_shardings(config, models, txs, mesh)
+  layout = state_lib.state_shardings(config, models, txs, mesh)
   state = jax.jit(lambda key: steps.init_state(config, models, txs, key),
                   out_shardings=layout)(jax.random.key(0, impl='rbg'))
   train_iter = iter(pipeline.train_loader(config))
   batches = [sharding.global_batch(mesh, pipeline.select(next(train_iter)))
              for _ in range(NUM_STEPS)]
-  step = train.jit_train_step(models, txs, config, mesh, phases.CONTRASTIVE, layout).lower(
+  step = state_lib.jit_train_step(models, txs, config, mesh, phases.CONTRASTIVE, layout).lower(
       state, batches[0], jax.random.key(1)).compile()
   sharding.sync_processes('compiled')  # As the trainer does: compile times differ.
   losses = []

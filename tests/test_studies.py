@@ -3,6 +3,7 @@
 import ast
 import json
 import os
+import subprocess
 import sys
 
 from absl import app
@@ -237,3 +238,21 @@ def test_main_runs_the_subcommand_and_exits_non_zero_on_failure(tmp_path, monkey
       ['--sampler=ddim', '--steps=7', '--num_clips=64', '--guidance=2.0']]
   assert (tmp_path / 'docs' / 'sampling_steps.md').exists()
   assert fake.calls[0][1:3] == ['-m', 'gmscavp_jax.evaluate'] and fake.calls[0][0] == sys.executable
+
+
+def test_runs_defines_no_flags_and_the_runners_share_theirs():
+  # A fresh interpreter: this one has imported the runners already.
+  script = '\n'.join([
+      'from absl import flags',
+      'from gmscavp_jax.tools import runs',
+      "assert 'root' not in flags.FLAGS, 'runs.py defined flags at import'",
+      'from gmscavp_jax.tools import ablation, studies',
+      'assert ablation._RUNNER is studies._RUNNER is runs.define_runner_flags()',
+      "flags.FLAGS(['x', '--root=/r', '--sampler=ddim'])",
+      "print(studies._RUNNER.root.value, ablation._RUNNER.sampler.value)"])
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  result = subprocess.run([sys.executable, '-c', script], cwd=root, capture_output=True,
+                          text=True, env=dict(os.environ, PYTHONPATH=root), timeout=300,
+                          check=False)
+  assert result.returncode == 0, result.stderr
+  assert result.stdout.split() == ['/r', 'ddim']

@@ -14,6 +14,7 @@ import pytest
 import scipy.io.wavfile
 
 from gmscavp_jax.core import config_io
+from gmscavp_jax.core import state as state_lib
 from gmscavp_jax.core import steps
 from gmscavp_jax.data import builders
 from gmscavp_jax.data import media
@@ -25,7 +26,9 @@ from gmscavp_jax.data.prepare import render
 from gmscavp_jax.evaluators import retrieval
 from gmscavp_jax.inference import retrieval_queries
 from gmscavp_jax.inference import video_to_audio
+from gmscavp_jax.infra import checkpointing
 from gmscavp_jax.infra import metrics_io
+from gmscavp_jax.infra import sharding
 from gmscavp_jax import train
 from tests.conftest import ROOT, tiny_config
 
@@ -100,7 +103,7 @@ def test_rendered_mp4s_prepare_train_and_retrieve(msa_workdir, tmp_path):
   # No true onset times in real clips: the real audio's detected onsets are the reference.
   assert 'gen/onset_hit@100ms_real' not in results
   assert 0 <= results['gen/onset_hit@100ms'] <= 100
-  cached = train.test_embeddings(workdir)
+  cached = retrieval_queries.test_embeddings(workdir)
   assert cached['video'].shape[0] == 16
 
 
@@ -123,13 +126,31 @@ def test_every_phase_of_the_other_table3_configs_traces(name):
     assert metrics['train/loss'].shape == ()
 
 
+def test_params_only_restore_equals_the_full_restore(msa_workdir):
+  """The inference restore reads the params alone, bit for bit those of the whole state."""
+  workdir, _ = msa_workdir
+  config = config_io.load_config(workdir)
+  mesh = sharding.mesh_from_config(config)
+  models, params, step = state_lib.restore_params(workdir, config, mesh)
+  assert step == 4 and models.video_denoiser is None
+  _, _, fresh = state_lib.build(config, mesh)
+  ckpt = checkpointing.Checkpointer(workdir, keep=config.train.keep_checkpoints)
+  full, full_step = ckpt.restore_latest(checkpointing.abstract_like(fresh))
+  ckpt.close()
+  assert full_step == step
+  assert jax.tree.structure(params) == jax.tree.structure(full.params)
+  for got, want in zip(jax.tree.leaves(params), jax.tree.leaves(full.params)):
+    assert got.dtype == want.dtype and got.sharding == want.sharding
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+
+
 def test_retrieve_from_cache_and_from_checkpoint(msa_workdir, tmp_path):
   workdir, _ = msa_workdir
-  cached = train.test_embeddings(workdir)
+  cached = retrieval_queries.test_embeddings(workdir)
   assert int(cached['step']) == 4
   os.rename(os.path.join(workdir, 'test_embeddings.npz'), str(tmp_path / 'saved.npz'))
   try:
-    recomputed = train.test_embeddings(workdir)  # From the checkpoint.
+    recomputed = retrieval_queries.test_embeddings(workdir)  # From the checkpoint.
   finally:
     os.rename(str(tmp_path / 'saved.npz'), os.path.join(workdir, 'test_embeddings.npz'))
   np.testing.assert_allclose(recomputed['video'], cached['video'], atol=1e-5)

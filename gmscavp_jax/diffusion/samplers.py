@@ -10,7 +10,7 @@ posterior with zero variance gives, and what DPM-Solver++ gives at sigma = 0 (wi
 first-order last step, as in k-diffusion), so all three end the same way.
 """
 
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -108,30 +108,56 @@ def sample(denoise_fn: GuidedDenoiseFn, x_T: jnp.ndarray,  # pylint: disable=inv
     raise ValueError(f'unknown sampler {sampler!r}; allowed: {SAMPLERS}')
   schedules.check_prediction(prediction)
   eta = _resolve_eta(sampler, eta)
-  ts_np = timesteps(alpha_bar.shape[0], num_steps)
-  ts = jnp.asarray(ts_np)
-  ab = jnp.asarray(alpha_bar, jnp.float32)
-  ab_cur = ab[ts]
-  # The step after the last one is clean data: alpha_bar = 1.
-  ab_next = jnp.concatenate([ab[ts[1:]], jnp.ones((1,), jnp.float32)])
+  visits = _visits(alpha_bar, num_steps)
+  predict = _predictor(denoise_fn, visits, x_T.shape[0], prediction, guidance_scale, clip_x0)
   x = x_T.astype(jnp.float32)
-  batch = x.shape[0]
-  last = num_steps - 1
+  if sampler == 'dpmpp2m':
+    x = _dpmpp2m(predict, visits, x)
+  else:
+    x = _ddim(predict, visits, x, rng, eta)
+  return x.astype(x_T.dtype)
+
+
+class _Visits(NamedTuple):
+  """The schedule at the K visited steps: t (K,) int32, alpha_bar there (K,) float32 and at
+  the following visited step (K,) float32, where the step after the last one is clean data
+  (alpha_bar = 1)."""
+  ts: jnp.ndarray
+  ab_cur: jnp.ndarray
+  ab_next: jnp.ndarray
+
+
+def _visits(alpha_bar: jnp.ndarray, num_steps: int) -> _Visits:
+  """The schedule `alpha_bar` (N,) at `timesteps(N, num_steps)`."""
+  ts = jnp.asarray(timesteps(alpha_bar.shape[0], num_steps))
+  ab = jnp.asarray(alpha_bar, jnp.float32)
+  return _Visits(ts, ab[ts], jnp.concatenate([ab[ts[1:]], jnp.ones((1,), jnp.float32)]))
+
+
+def _predictor(denoise_fn: GuidedDenoiseFn, visits: _Visits, batch: int, prediction: str,
+               guidance_scale: float, clip_x0: float | None) -> Callable:
+  """predict(x (B, ...) float32, i) -> the guided (x0, eps) at visited step i, float32."""
 
   def predict(x, i):
-    """Guided (x0, eps) at visited step i, with a and s of that step."""
-    t = jnp.full((batch,), ts[i], jnp.int32)
+    t = jnp.full((batch,), visits.ts[i], jnp.int32)
     out = guided_output(denoise_fn, x, t, guidance_scale).astype(jnp.float32)
-    a, s = jnp.sqrt(ab_cur[i]), jnp.sqrt(1.0 - ab_cur[i])
+    a, s = jnp.sqrt(visits.ab_cur[i]), jnp.sqrt(1.0 - visits.ab_cur[i])
     x0, eps = schedules.to_x0_eps(x, out, a, s, prediction)
     if clip_x0 is not None:
       x0 = jnp.clip(x0, -clip_x0, clip_x0)
       eps = schedules.eps_from_x0(x, x0, a, s)
     return x0, eps
 
-  def ddim_step(x, i):
+  return predict
+
+
+def _ddim(predict: Callable, visits: _Visits, x: jnp.ndarray, rng: jax.Array,
+          eta: float) -> jnp.ndarray:
+  """DDIM (DDPM at eta = 1) from x (B, ...) float32 at the first visited step to x0."""
+
+  def step(x, i):
     x0, eps = predict(x, i)
-    ab_t, ab_n = ab_cur[i], ab_next[i]
+    ab_t, ab_n = visits.ab_cur[i], visits.ab_next[i]
     # Song et al. 2021 eq. 16; eta = 1 is the DDPM posterior std between the two steps, and
     # it is exactly 0 on the last step (ab_n = 1), which then returns x0.
     sigma = eta * jnp.sqrt((1.0 - ab_n) / (1.0 - ab_t) * (1.0 - ab_t / ab_n))
@@ -142,12 +168,20 @@ def sample(denoise_fn: GuidedDenoiseFn, x_T: jnp.ndarray,  # pylint: disable=inv
       x_next = x_next + sigma * z
     return x_next, None
 
+  x, _ = jax.lax.scan(step, x, jnp.arange(visits.ts.shape[0]))
+  return x
+
+
+def _dpmpp2m(predict: Callable, visits: _Visits, x: jnp.ndarray) -> jnp.ndarray:
+  """DPM-Solver++(2M) from x (B, ...) float32 at the first visited step to x0."""
+  ab_cur, ab_next = visits.ab_cur, visits.ab_next
+  last = visits.ts.shape[0] - 1
   # lambda = log(a/s) at each visited step. The last step's successor (s = 0) has lambda =
   # inf; it is replaced by a finite stand-in because that step returns x0 instead.
   lam = 0.5 * (jnp.log(ab_cur) - jnp.log1p(-ab_cur))
   lam_next = jnp.concatenate([lam[1:], lam[-1:] + 1.0])
 
-  def dpmpp2m_step(carry, i):
+  def step(carry, i):
     x, x0_prev, h_prev = carry
     x0, _ = predict(x, i)
     h = lam_next[i] - lam[i]
@@ -160,9 +194,6 @@ def sample(denoise_fn: GuidedDenoiseFn, x_T: jnp.ndarray,  # pylint: disable=inv
     x_next = jnp.where(i == last, x0, x_next)
     return (x_next, x0, h), None
 
-  steps = jnp.arange(num_steps)
-  if sampler == 'dpmpp2m':
-    (x, _, _), _ = jax.lax.scan(dpmpp2m_step, (x, jnp.zeros_like(x), jnp.ones(())), steps)
-  else:
-    x, _ = jax.lax.scan(ddim_step, x, steps)
-  return x.astype(x_T.dtype)
+  (x, _, _), _ = jax.lax.scan(step, (x, jnp.zeros_like(x), jnp.ones(())),
+                              jnp.arange(visits.ts.shape[0]))
+  return x

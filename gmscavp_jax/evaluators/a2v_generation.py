@@ -21,7 +21,7 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh
 
-from gmscavp_jax.core import bidirectional
+from gmscavp_jax.core import sampling
 from gmscavp_jax.infra import plotting
 from gmscavp_jax.core import steps
 from gmscavp_jax.evaluators import generation
@@ -61,33 +61,12 @@ def frame_scores(generated: np.ndarray, real: np.ndarray, onsets: list | None,
 
 
 class A2VGenerationEvaluator:
-  """Generates frames for test clips' audio with the a2v denoiser and scores them."""
+  """Generates frames for test clips' audio with a `sampling.FrameGenerator`, scores them."""
 
   def __init__(self, config: ml_collections.ConfigDict, mesh: Mesh, models: steps.Models):
-    self._config, self._mesh, self._models = config, mesh, models
-    self._compiled = {}
+    self._config = config
+    self.generator = sampling.FrameGenerator(config, mesh, models)
     self._clips = None
-
-  def generate(self, params, waveform: np.ndarray, *, sampler: str | None = None,
-               num_steps: int | None = None, guidance: float | None = None,
-               eta: float | None = None, seed: int = 0) -> np.ndarray:
-    """Frames (N,T,s,s,3) uint8 generated for waveforms (N,S); None = eval.* defaults and
-    a2v.guidance."""
-    c = self._config
-    guidance = c.a2v.guidance if guidance is None else guidance
-    settings = generation.sampler_settings(c.eval, sampler, num_steps, guidance, eta)
-    key = tuple(sorted(settings.items()))
-    if key not in self._compiled:
-      self._compiled[key] = generation.ChunkedSampler(generation.jit_sampler(
-          bidirectional.sample_frames, self._mesh, models=self._models, config=c, **settings),
-          self._mesh)
-    frames, _ = self._compiled[key](params, np.asarray(waveform, np.float32),
-                                    c.eval.batch_size, seed)
-    return bidirectional.to_uint8(frames)
-
-  def real_frames(self, frames: np.ndarray) -> np.ndarray:
-    """Real frames (N,T,H,W,3) downsampled as the a2v denoiser sees them: (N,T,s,s,3) uint8."""
-    return bidirectional.to_uint8(bidirectional.low_res_frames(frames, self._config.a2v.image_size))
 
   def run(self, params, step: int, workdir: str, writer, **sampler_args) -> dict:
     """Generates for the first a2v.num_eval_clips test clips' audio; returns gen_a2v/*.
@@ -100,9 +79,9 @@ class A2VGenerationEvaluator:
       self._clips = generation.test_clips(c, c.a2v.num_eval_clips)
     clips = self._clips
     t0 = time.perf_counter()
-    generated = self.generate(params, clips['waveform'], **sampler_args)
+    generated = self.generator.generate(params, clips['waveform'], **sampler_args)
     seconds = time.perf_counter() - t0
-    real = self.real_frames(clips['frames'])
+    real = self.generator.real_frames(clips['frames'])
     results = frame_scores(generated, real, clips['onsets'], c)
     results[f'{PREFIX}/num_clips'] = len(generated)
     results[f'{PREFIX}/seconds_per_clip'] = seconds / len(generated)

@@ -19,25 +19,26 @@ import numpy as np
 
 from gmscavp_jax.core import config_io
 from gmscavp_jax.core import config_validation
+from gmscavp_jax.core import sampling
+from gmscavp_jax.core import state as state_lib
 from gmscavp_jax.evaluators import classifier_training
 from gmscavp_jax.evaluators import generation
 from gmscavp_jax.evaluators import retrieval
 from gmscavp_jax.evaluators import suite
 from gmscavp_jax.infra import plotting
-from gmscavp_jax.infra import sharding
-from gmscavp_jax import train
 
 
-def _clips_with_log_mel(config, evaluator, num: int, start: int) -> dict:
+def _clips_with_log_mel(config, generator: sampling.Generator, num: int, start: int) -> dict:
   clips = generation.test_clips(config, num, start=start)
-  clips['log_mel'] = evaluator.real_log_mel(clips['waveform'])
+  clips['log_mel'] = generator.real_log_mel(clips['waveform'])
   return clips
 
 
-def evaluate(workdir: str, *, evaluator_dir: str | None = None, num_clips: int | None = None,
-             sampler: str | None = None, num_steps: int | None = None,
-             guidance: float | None = None, eta: float | None = None, seed: int = 0,
-             output_dir: str | None = None) -> dict:
+def evaluate_checkpoint(workdir: str, *, evaluator_dir: str | None = None,
+                        num_clips: int | None = None, sampler: str | None = None,
+                        num_steps: int | None = None, guidance: float | None = None,
+                        eta: float | None = None, seed: int = 0,
+                        output_dir: str | None = None) -> dict:
   """Scores the newest checkpoint of `workdir`; returns the merged results.json dict.
 
   The results go to `output_dir` (default: the workdir itself), merged into its
@@ -49,20 +50,20 @@ def evaluate(workdir: str, *, evaluator_dir: str | None = None, num_clips: int |
   if num_clips is not None:
     config.eval.num_metric_clips = num_clips
   config_validation.validate_evaluation(config)
-  mesh = sharding.mesh_from_config(config)
-  models, params, step = train.restore_generator(workdir, config, mesh)
+  _, mesh, models, params, step = state_lib.restore_workdir(workdir, config,
+                                                            state_lib.restore_generator)
   evalset, summary = classifier_training.load_or_train(config, evaluator_dir, mesh)
 
   results, emb = retrieval.RetrievalEvaluator(config, mesh, models).run(params)
-  sampler_args = generation.sampler_settings(config.eval, sampler, num_steps, guidance, eta)
-  gen_eval = generation.GenerationEvaluator(config, mesh, models)
+  sampler_args = sampling.sampler_settings(config.eval, sampler, num_steps, guidance, eta)
+  generator = sampling.Generator(config, mesh, models)
   n = config.eval.num_metric_clips
-  clips = _clips_with_log_mel(config, gen_eval, n, 0)
-  reference = _clips_with_log_mel(config, gen_eval, n, n)
+  clips = _clips_with_log_mel(config, generator, n, 0)
+  reference = _clips_with_log_mel(config, generator, n, n)
   logging.info('generating audio for %d test videos (%s, %d steps, guidance %g)', n,
                sampler_args['sampler'], sampler_args['num_steps'], sampler_args['guidance'])
-  generated, timing = gen_eval.generate_timed(params, clips['frames'], seed=seed,
-                                              **sampler_args)
+  generated, timing = generator.generate_timed(params, clips['frames'], seed=seed,
+                                               **sampler_args)
   results.update(suite.score(evalset, generated, clips, reference,
                              generation.frame_rate(config)))
   results.update({k: v for k, v in summary.items() if k.startswith('eval/')})

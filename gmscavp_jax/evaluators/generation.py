@@ -10,9 +10,7 @@ A prepared (real) dataset has no true onset times: there the reference is the on
 detected in each clip's real audio (CondFoleyGen's protocol), and `real` is left out.
 """
 
-import functools
 import os
-import time
 
 from absl import logging
 import jax
@@ -20,13 +18,12 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh
 
-from gmscavp_jax.infra import plotting
-from gmscavp_jax.infra import sharding
+from gmscavp_jax.core import sampling
 from gmscavp_jax.core import steps
-from gmscavp_jax.data import audio
 from gmscavp_jax.data import pipeline
 from gmscavp_jax.data import vocoder
 from gmscavp_jax.evaluators import metrics
+from gmscavp_jax.infra import plotting
 
 TOLERANCES_MS = (50, 100)
 
@@ -52,59 +49,6 @@ def test_clips(config: ml_collections.ConfigDict, num_clips: int, start: int = 0
 def first(onsets: list | None, k: int) -> list | None:
   """The first `k` onset lists of `onsets`, or None when there are none (prepared data)."""
   return None if onsets is None else onsets[:k]
-
-
-def sampler_settings(eval_cfg: ml_collections.ConfigDict, sampler: str | None = None,
-                     num_steps: int | None = None, guidance: float | None = None,
-                     eta: float | None = None) -> dict:
-  """{'sampler', 'num_steps', 'guidance', 'eta'}, each None replaced by its eval.* default."""
-  return {'sampler': sampler or eval_cfg.sampler,
-          'num_steps': num_steps or eval_cfg.sample_steps,
-          'guidance': eval_cfg.guidance if guidance is None else guidance,
-          'eta': eval_cfg.eta if eta is None else eta}
-
-
-def jit_sampler(sample_fn, mesh: Mesh, **static):
-  """sample_fn(params, inputs, rng, **static) jitted for `mesh`: inputs split over the batch
-  axes, output replicated, params in the layout they come with (replicated, or the
-  trainer's FSDP shards)."""
-  repl = sharding.replicated(mesh)
-  return jax.jit(functools.partial(sample_fn, **static),
-                 in_shardings=(None, sharding.batch_sharded(mesh), repl), out_shardings=repl)
-
-
-class ChunkedSampler:
-  """A jitted sampler (see `jit_sampler`) mapped over host inputs in chunks.
-
-  Chunks hold max_chunk rows (fewer, rounded up to the device count, when N is smaller), are
-  split over the mesh's batch axes, and the last is padded by repeating its last row, so every
-  chunk reuses one program, compiled ahead of time per chunk shape: sampling time is then
-  measured apart from compiling.
-  """
-
-  def __init__(self, jitted, mesh: Mesh):
-    self._jitted, self._mesh, self._executables = jitted, mesh, {}
-
-  def __call__(self, params, inputs: np.ndarray, max_chunk: int,
-               seed: int) -> tuple[np.ndarray, dict]:
-    """Outputs for `inputs` (N, ...) concatenated back to (N, ...) numpy, chunk i sampled with
-    fold_in(key(seed), i); and {'compile_seconds' (0 when compiled before), 'seconds' (sampling
-    every chunk, without compiling)}."""
-    n, ndev = len(inputs), self._mesh.size
-    chunk = min(max_chunk, -(-n // ndev) * ndev)
-    out, timing = [], {'compile_seconds': 0.0, 'seconds': 0.0}
-    for i, start in enumerate(range(0, n, chunk)):
-      part = inputs[start:start + chunk]
-      batch = sharding.padded_host_batch(self._mesh, part, chunk)
-      rng = jax.random.fold_in(jax.random.key(seed), i)
-      if batch.shape not in self._executables:
-        t0 = time.perf_counter()
-        self._executables[batch.shape] = self._jitted.lower(params, batch, rng).compile()
-        timing['compile_seconds'] += time.perf_counter() - t0
-      t0 = time.perf_counter()
-      out.append(np.asarray(self._executables[batch.shape](params, batch, rng))[:len(part)])
-      timing['seconds'] += time.perf_counter() - t0
-    return np.concatenate(out), timing
 
 
 def onset_scores(generated: np.ndarray, real: np.ndarray, onsets: list | None,
@@ -141,45 +85,12 @@ def onset_scores(generated: np.ndarray, real: np.ndarray, onsets: list | None,
 
 
 class GenerationEvaluator:
-  """Generates audio for test videos with the MSD denoiser and scores it."""
+  """Generates audio for test videos with a `sampling.Generator` and scores it."""
 
   def __init__(self, config: ml_collections.ConfigDict, mesh: Mesh, models: steps.Models):
-    self._config, self._mesh, self._models = config, mesh, models
-    self._compiled = {}
+    self._config = config
+    self.generator = sampling.Generator(config, mesh, models)
     self._clips = None
-    self._log_mel = jax.jit(functools.partial(audio.log_mel_from_config,
-                                              audio_cfg=config.audio))
-
-  def _sampler(self, settings: dict) -> ChunkedSampler:
-    """The sampling program of `settings` (one per setting, compiled per chunk shape)."""
-    key = tuple(sorted(settings.items()))
-    if key not in self._compiled:
-      self._compiled[key] = ChunkedSampler(jit_sampler(
-          steps.sample_step, self._mesh, models=self._models, config=self._config,
-          **settings), self._mesh)
-    return self._compiled[key]
-
-  def generate(self, params, frames: np.ndarray, **kwargs) -> np.ndarray:
-    """Log-mels (N,Ta,F) generated for videos (N,T,H,W,3); see `generate_timed`."""
-    return self.generate_timed(params, frames, **kwargs)[0]
-
-  def generate_timed(self, params, frames: np.ndarray, *, sampler: str | None = None,
-                     num_steps: int | None = None, guidance: float | None = None,
-                     eta: float | None = None, seed: int = 0) -> tuple[np.ndarray, dict]:
-    """Log-mels (N,Ta,F) generated for videos (N,T,H,W,3); None = the eval.* defaults.
-
-    Videos go in chunks of eval.batch_size (fewer, rounded up to the device count, when N is
-    smaller), the last chunk padded, so every chunk reuses one compiled program. Also returns
-    {'compile_seconds': compiling that program (0 if it was already), 'seconds': sampling
-    every chunk, without the compile}.
-    """
-    e = self._config.eval
-    sample = self._sampler(sampler_settings(e, sampler, num_steps, guidance, eta))
-    return sample(params, frames, e.batch_size, seed)
-
-  def real_log_mel(self, waveform: np.ndarray) -> np.ndarray:
-    """Log-mels (N,Ta,F) of waveforms (N,S)."""
-    return np.asarray(self._log_mel(waveform))
 
   def run(self, params, step: int, workdir: str, writer, **sampler_args) -> dict:
     """Generates for the first eval.num_generate_clips test videos; returns gen/* metrics.
@@ -191,8 +102,8 @@ class GenerationEvaluator:
     if self._clips is None:
       self._clips = test_clips(c, c.eval.num_generate_clips)
     clips = self._clips
-    generated, timing = self.generate_timed(params, clips['frames'], **sampler_args)
-    real = self.real_log_mel(clips['waveform'])
+    generated, timing = self.generator.generate_timed(params, clips['frames'], **sampler_args)
+    real = self.generator.real_log_mel(clips['waveform'])
     results = onset_scores(generated, real, clips['onsets'], frame_rate(c))
     results['gen/num_clips'] = len(generated)
     results['gen/seconds_per_clip'] = timing['seconds'] / len(generated)

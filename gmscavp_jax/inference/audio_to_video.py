@@ -14,6 +14,8 @@ import numpy as np
 
 from gmscavp_jax.core import bidirectional
 from gmscavp_jax.core import config_io
+from gmscavp_jax.core import sampling
+from gmscavp_jax.core import state as state_lib
 from gmscavp_jax.core import steps
 from gmscavp_jax.data import media
 from gmscavp_jax.data import media_writing
@@ -21,8 +23,6 @@ from gmscavp_jax.evaluators import a2v_generation
 from gmscavp_jax.inference import video_to_audio
 from gmscavp_jax.infra import errors
 from gmscavp_jax.infra import plotting
-from gmscavp_jax.infra import sharding
-from gmscavp_jax import train
 
 # The mp4 is upscaled (nearest neighbour) to at least this height, so players show pixels.
 VIEW_SIZE = 128
@@ -56,7 +56,7 @@ def check_bidirectional(config, workdir: str) -> None:
 def restore_a2v(workdir: str, config, mesh):
   """(models, params, step) of `workdir`; a ConfigError if it has no trained a2v denoiser."""
   check_bidirectional(config, workdir)
-  models, params, step = train.restore_params(workdir, config, mesh)
+  models, params, step = state_lib.restore_params(workdir, config, mesh)
   if not steps.a2v_trained(config, step):
     raise errors.ConfigError(
         f'config.train.bidirectional_interval={bidirectional.interval(config)}: the '
@@ -82,11 +82,10 @@ def generate(workdir: str, output_dir: str, *, audio: str | None = None,
   check_bidirectional(config, workdir)  # Before reading media or checkpoints.
   clip = load_audio_clip(config, audio=audio, video=video, test_index=test_index,
                          start_seconds=start_seconds)
-  mesh = sharding.mesh_from_config(config)
-  models, params, step = restore_a2v(workdir, config, mesh)
-  evaluator = a2v_generation.A2VGenerationEvaluator(config, mesh, models)
-  generated = evaluator.generate(params, clip['waveform'][None], seed=seed, **sampler_args)
-  real = None if clip['frames'] is None else evaluator.real_frames(clip['frames'][None])
+  _, mesh, models, params, step = state_lib.restore_workdir(workdir, config, restore_a2v)
+  generator = sampling.FrameGenerator(config, mesh, models)
+  generated = generator.generate(params, clip['waveform'][None], seed=seed, **sampler_args)
+  real = None if clip['frames'] is None else generator.real_frames(clip['frames'][None])
 
   os.makedirs(output_dir, exist_ok=True)
   base = os.path.join(output_dir, clip['name'])

@@ -18,11 +18,11 @@ import numpy as np
 
 from gmscavp_jax import cli
 from gmscavp_jax.core import config_io
-from gmscavp_jax.diffusion import samplers
+from gmscavp_jax.core import sampling
 from gmscavp_jax.data import media
 from gmscavp_jax.data import media_writing
 from gmscavp_jax.data import pipeline
-from gmscavp_jax.evaluators import generation
+from gmscavp_jax.diffusion import samplers
 from gmscavp_jax.inference import retrieval_queries
 from gmscavp_jax.inference import video_to_audio
 from gmscavp_jax.infra import errors
@@ -41,9 +41,8 @@ class Backend:
 
   def __init__(self, workdir: str, output_dir: str, *, max_upload_mb: float, top_k: int = 5):
     self.soundtracker = video_to_audio.Soundtracker(workdir)
-    s = self.soundtracker
-    self.retriever = retrieval_queries.Retriever(
-        workdir, restored=(s.config, s.mesh, s.models, s.params, s.step))
+    self.retriever = retrieval_queries.Retriever(workdir,
+                                                 restored=self.soundtracker.restored)
     self.num_test_clips = len(self.retriever.embeddings['index'])
     self._output_dir, self._top_k = output_dir, top_k
     self._max_bytes = int(max_upload_mb * 2**20)
@@ -143,7 +142,7 @@ def build_app(backend: Backend) -> gr.Blocks:
   seven outputs of `_respond`.
   """
   config = backend.soundtracker.config
-  defaults = generation.sampler_settings(config.eval)
+  defaults = sampling.sampler_settings(config.eval)
   seconds = config.data.num_frames / config.data.fps
   with gr.Blocks(title=TITLE, analytics_enabled=False,
                  delete_cache=(3600, 3600)) as app:  # Hourly: drop served files over 1 h old.

@@ -6,35 +6,52 @@ restore) or a video or audio file from outside it, which the newest checkpoint's
 embed; its video ranks the split's audios (v2a), its audio the split's videos (a2v).
 """
 
+from absl import logging
 import numpy as np
 
 from gmscavp_jax.core import config_io
+from gmscavp_jax.core import state as state_lib
 from gmscavp_jax.data import media
 from gmscavp_jax.evaluators import retrieval
 from gmscavp_jax.inference import video_to_audio
+from gmscavp_jax.infra import checkpointing
 from gmscavp_jax.infra import errors
-from gmscavp_jax.infra import sharding
-from gmscavp_jax import train
+
+
+def test_embeddings(workdir: str) -> dict:
+  """Test-split embeddings of the newest checkpoint in `workdir` (cached or recomputed)."""
+  config = config_io.load_config(workdir)
+  ckpt = checkpointing.Checkpointer(workdir, keep=config.train.keep_checkpoints)
+  saved_steps = ckpt.all_steps()
+  ckpt.close()
+  if not saved_steps:
+    raise FileNotFoundError(f'no checkpoint in {checkpointing.checkpoint_dir(workdir)}')
+  cached = retrieval.load_embeddings(workdir)
+  if cached is not None and int(cached['step']) == saved_steps[-1]:
+    return cached
+  logging.info('embedding the test split with checkpoint %d', saved_steps[-1])
+  _, mesh, models, params, step = state_lib.restore_workdir(workdir, config)
+  _, emb = retrieval.RetrievalEvaluator(config, mesh, models).run(params)
+  emb['step'] = step
+  return emb
+
 
 
 def test_clip_query(workdir: str, test_index: int, top_k: int, direction: str = 'both') -> dict:
   """`retrieval.answer_query` for test clip `test_index` of `workdir` (ValueError if out of
   range)."""
-  return retrieval.answer_query(train.test_embeddings(workdir), test_index, top_k, direction)
+  return retrieval.answer_query(test_embeddings(workdir), test_index, top_k, direction)
 
 
 class Retriever:
   """The test split's embeddings and the encoders that embed new queries, loaded once."""
 
-  def __init__(self, workdir: str, *, restored: tuple | None = None):
-    """`restored`: (config, mesh, models, params, step) already restored from `workdir` (the
-    demo shares its generator's); restored here when None."""
-    if restored is None:
-      config = config_io.load_config(workdir)
-      mesh = sharding.mesh_from_config(config)
-      restored = (config, mesh, *train.restore_params(workdir, config, mesh))
+  def __init__(self, workdir: str, *, restored: state_lib.Restored | None = None):
+    """`restored`: `workdir` already restored (the demo shares its generator's); restored
+    here when None."""
+    restored = restored or state_lib.restore_workdir(workdir)
     self.config, self.mesh, models, self._params, self.step = restored
-    self.embeddings = train.test_embeddings(workdir)
+    self.embeddings = test_embeddings(workdir)
     if int(self.embeddings['step']) != self.step:  # A checkpoint was saved in between.
       raise errors.ConfigError(
           f'{workdir}: the test embeddings are of step {int(self.embeddings["step"])} but the '

@@ -15,6 +15,8 @@ import jax
 import numpy as np
 
 from gmscavp_jax.core import config_io
+from gmscavp_jax.core import sampling
+from gmscavp_jax.core import state as state_lib
 from gmscavp_jax.data import media
 from gmscavp_jax.data import media_writing
 from gmscavp_jax.data import pipeline
@@ -23,8 +25,6 @@ from gmscavp_jax.evaluators import generation
 from gmscavp_jax.evaluators import metrics
 from gmscavp_jax.infra import errors
 from gmscavp_jax.infra import plotting
-from gmscavp_jax.infra import sharding
-from gmscavp_jax import train
 
 
 def num_samples(config) -> int:
@@ -68,11 +68,9 @@ class Soundtracker:
 
   def __init__(self, workdir: str):
     self.workdir = workdir
-    self.config = config_io.load_config(workdir)
-    self.mesh = sharding.mesh_from_config(self.config)
-    self.models, self.params, self.step = train.restore_generator(workdir, self.config,
-                                                                  self.mesh)
-    self._evaluator = generation.GenerationEvaluator(self.config, self.mesh, self.models)
+    self.restored = state_lib.restore_workdir(workdir, restore=state_lib.restore_generator)
+    self.config, self.mesh, self.models, self.params, self.step = self.restored
+    self._generator = sampling.Generator(self.config, self.mesh, self.models)
 
   def load_clip(self, *, video: str | None = None, test_index: int | None = None,
                 start_seconds: float = 0.0) -> dict:
@@ -84,14 +82,14 @@ class Soundtracker:
             progress: Callable[[str], None] | None = None, **sampler_args) -> dict:
     """Generates a soundtrack for `clip` (`load_clip`'s dict) and writes its files.
 
-    `sampler_args` are `GenerationEvaluator.generate`'s (None = the config's eval.*);
+    `sampler_args` are `sampling.Generator.generate`'s (None = the config's eval.*);
     `progress(stage)` is called as each stage starts. Returns {'wav', 'png', 'mp4'} (paths),
     'step', 'detected_onsets' (seconds) and, for a clip with true onsets, 'true_onsets' and
     'onset_hit@100ms' (percent).
     """
     config, report = self.config, progress or (lambda stage: None)
     report('sampling')
-    mel = self._evaluator.generate(self.params, clip['frames'][None], seed=seed, **sampler_args)
+    mel = self._generator.generate(self.params, clip['frames'][None], seed=seed, **sampler_args)
     report('vocoding')
     wave = np.asarray(vocoder.griffin_lim_from_config(
         mel, config.audio, num_iters=config.eval.griffin_lim_iters,
@@ -102,7 +100,7 @@ class Soundtracker:
     base = os.path.join(output_dir, clip['name'])
     rate = generation.frame_rate(config)
     real = (None if clip['waveform'] is None
-            else self._evaluator.real_log_mel(clip['waveform'][None]))
+            else self._generator.real_log_mel(clip['waveform'][None]))
     onsets = None if clip['onsets'] is None else [clip['onsets']]
     plotting.spectrograms(mel, base + '_spectrogram.png',
                           f'{config.experiment} step {self.step}: {clip["name"]}', real=real,

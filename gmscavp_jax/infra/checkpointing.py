@@ -55,16 +55,36 @@ class Checkpointer:
         restore onto).
       data_iter: a grain iterator restored in place, or None to leave the data alone.
     """
+    restored = self._restore_newest(ocp.args.StandardRestore(abstract_state))
+    if restored is not None and data_iter is not None:
+      self._restore_iterator(restored[1], data_iter)
+    return restored
+
+  def restore_latest_params(self, abstract_params: Any) -> tuple[Any, int] | None:
+    """The params alone of the newest good checkpoint: (params, step), or None if none.
+
+    Only the state's 'params' subtree is read (Orbax partial restore): the optimizer state
+    is neither read nor allocated. Use a Checkpointer that has not restored the whole state
+    (Orbax keeps one handler per item), as the inference commands do.
+
+    Args:
+      abstract_params: `jax.ShapeDtypeStruct`s with shardings, shaped like the state's params.
+    """
+    item = {'params': abstract_params}
+    restored = self._restore_newest(ocp.args.PyTreeRestore(
+        item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
+        partial_restore=True))
+    return None if restored is None else (restored[0]['params'], restored[1])
+
+  def _restore_newest(self, state_args: Any) -> tuple[Any, int] | None:
+    """(the 'state' item restored by `state_args`, step), walking back from the newest step."""
     for step in reversed(self.all_steps()):
       try:
-        restored = self._manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state)))
+        restored = self._manager.restore(step, args=ocp.args.Composite(state=state_args))
       except Exception as e:  # pylint: disable=broad-except
         logging.warning('checkpoint step %d in %s cannot be restored (%s: %s); trying the '
                         'previous one', step, self._manager.directory, type(e).__name__, e)
         continue
-      if data_iter is not None:
-        self._restore_iterator(step, data_iter)
       return restored['state'], step
     return None
 

@@ -5,7 +5,7 @@ condition paths, ResBlock, attention.
 """
 
 import math
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import chex
 import flax.linen as nn
@@ -115,6 +115,52 @@ def select_null(drop: jnp.ndarray | None, null: jnp.ndarray, value: jnp.ndarray)
     return value
   mask = drop.reshape((-1,) + (1,) * (value.ndim - 1))
   return jnp.where(mask, null.astype(value.dtype), value)
+
+
+def check_condition(x: jnp.ndarray, scales: Sequence[jnp.ndarray] | None,
+                    level_scales: Sequence[int], drop: jnp.ndarray | None, modality: str
+                    ) -> tuple[list[jnp.ndarray] | None, jnp.ndarray | None]:
+  """Checks a denoiser's condition against its input x (B,...); returns (scales, drop).
+
+  `scales` [(B,T_l,S_l,D)] of the conditioning `modality` ('video' or 'audio') must hold
+  every scale in `level_scales`; drop (B,) comes back as bool, or None when `scales` is None
+  (the unconditional model drops everything anyway).
+  """
+  if scales is None:
+    return None, None
+  scales = list(scales)
+  chex.assert_rank(scales, 4)
+  chex.assert_equal_shape_prefix([x] + scales, 1)
+  bad = [l for l in level_scales if not -len(scales) <= l < len(scales)]
+  if bad:
+    raise ValueError(f'level_scales {bad} are not among the {len(scales)} {modality} scales')
+  if drop is not None:
+    chex.assert_shape(drop, (x.shape[0],))
+    drop = drop.astype(bool)
+  return scales, drop
+
+
+def clip_condition(scales: Sequence[jnp.ndarray] | None, dtype: Dtype) -> jnp.ndarray | None:
+  """The clip-level embedding (B,D): the last (coarsest) scale's mean over its tokens."""
+  return None if scales is None else scales[-1].astype(dtype).mean(axis=(1, 2))
+
+
+def cross_attention_contexts(scales: Sequence[jnp.ndarray] | None, level_scales: Sequence[int],
+                             attention_levels: Sequence[int], dtype: Dtype
+                             ) -> Callable[[int], jnp.ndarray | None]:
+  """context(level) -> the tokens (B,T_l*S_l,D) that `level` cross-attends to, or None.
+
+  The tokens of each scale that a level with attention (one in `attention_levels`, or the
+  middle block at the last level) attends to are made once, by `VideoTokens` modules named
+  tokens_{l} in the calling module.
+  """
+  if scales is None:
+    return lambda level: None
+  attended = sorted(set(attention_levels) | {len(level_scales) - 1})
+  tokens = {}
+  for l in sorted({level_scales[i] % len(scales) for i in attended}):
+    tokens[l] = VideoTokens(dtype, name=f'tokens_{l}')(scales[l])
+  return lambda level: tokens[level_scales[level] % len(scales)]
 
 
 def condition_embedding(module: nn.Module, t: jnp.ndarray, clip: jnp.ndarray | None,

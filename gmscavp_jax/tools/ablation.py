@@ -25,7 +25,8 @@ from gmscavp_jax.infra import plotting
 from gmscavp_jax.tools import runs
 from gmscavp_jax.evaluators import suite
 
-# Also --root, --variant, --override, --configs_dir, --sampler, --steps, --guidance (runs.py).
+# --root, --variant, --override, --configs_dir, --sampler, --steps, --guidance.
+_RUNNER = runs.define_runner_flags()
 _CONFIGS = flags.DEFINE_list('configs', ['cavp', 'msa', 'msd', 'msa_msd'],
                              'Experiment files CONFIGS_DIR/NAME.py to run.')
 _SEEDS = flags.DEFINE_integer('seeds', 3, 'Seeds 0..N-1 per config.', lower_bound=1)
@@ -199,10 +200,11 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   logging.set_verbosity(logging.INFO)
-  eval_flags = runs.eval_flags(sampler=runs.SAMPLER.value, steps=runs.STEPS.value,
-                               guidance=runs.GUIDANCE.value)
-  failed = run_ablation(runs.ROOT.value, _CONFIGS.value, runs.VARIANT.value, _SEEDS.value,
-                        runs.OVERRIDE.value, eval_flags, runs.CONFIGS_DIR.value,
+  r = _RUNNER
+  eval_flags = runs.eval_flags(sampler=r.sampler.value, steps=r.steps.value,
+                               guidance=r.guidance.value)
+  failed = run_ablation(r.root.value, _CONFIGS.value, r.variant.value, _SEEDS.value,
+                        r.override.value, eval_flags, r.configs_dir.value,
                         run_command=run_subprocess)
   if failed:
     sys.exit(1)

@@ -20,7 +20,7 @@ from absl import flags
 
 from gmscavp_jax import cli
 from gmscavp_jax.core import config_io
-from gmscavp_jax.evaluators import generation
+from gmscavp_jax.core import sampling
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Workdir of a training run (MSD trained).')
 _UPLOAD_SECONDS = flags.DEFINE_float('upload_seconds', 10.0, 'Length of the uploaded video.')
@@ -48,7 +48,7 @@ def main(argv):
   page = demo_page.serve(workdir, port=port, max_upload_mb=1024, block=False)
   print(f'server ready in {time.perf_counter() - t0:.1f} s ({page.local_url})')
   client = Client(page.local_url, verbose=False)
-  settings = generation.sampler_settings(config.eval)
+  settings = sampling.sampler_settings(config.eval)
   clip_seconds = config.data.num_frames / config.data.fps
   latest_start = max(_UPLOAD_SECONDS.value - clip_seconds, 0.0)
   try:

@@ -4,12 +4,14 @@ The ablation (ablation.py) and the studies (studies.py) are lists of `Task`s: a 
 with its jobs (train, then evaluate), each a command line and a test of whether its output is
 already there. `run_tasks` runs what is missing, one subprocess at a time with its output in
 the task's log, continues past a failed task, and logs progress with an ETA; restarting the
-same command resumes. The rest are helpers their reports share: workdir state, --override
+same command resumes. The rest are what both runners share: their flags (defined when a
+runner calls `define_runner_flags`, not at this module's import), workdir state, --override
 parsing, mean/std, strict JSON, provenance lines.
 """
 
 import dataclasses
 import datetime
+import functools
 import json
 import math
 import os
@@ -27,17 +29,38 @@ import numpy as np
 
 from gmscavp_jax.diffusion import samplers
 
-# The flags both runners (ablation.py, studies.py) take, defined once here: absl refuses a
-# second definition of a name, and one process (a test worker) imports both runners.
-ROOT = flags.DEFINE_string('root', None, 'Directory for the runs, their logs and reports.')
-VARIANT = flags.DEFINE_string('variant', 'runlocal', 'Config variant (empty: full size).')
-OVERRIDE = flags.DEFINE_multi_string('override', [],
-                                     "FIELD=VALUE for every run's training (--config.FIELD).")
-CONFIGS_DIR = flags.DEFINE_string('configs_dir', 'configs', 'Where NAME.py files live.')
-SAMPLER = flags.DEFINE_enum('sampler', None, list(samplers.SAMPLERS), 'For evaluate.')
-STEPS = flags.DEFINE_integer('steps', None, 'Sampling steps, for evaluate.')
-GUIDANCE = flags.DEFINE_float('guidance', None, 'Guidance scale, for evaluate.')
-flags.mark_flag_as_required('root')
+
+@dataclasses.dataclass(frozen=True)
+class RunnerFlags:
+  """The flags both runners (ablation.py, studies.py) take; see `define_runner_flags`."""
+  root: flags.FlagHolder
+  variant: flags.FlagHolder
+  override: flags.FlagHolder
+  configs_dir: flags.FlagHolder
+  sampler: flags.FlagHolder
+  steps: flags.FlagHolder
+  guidance: flags.FlagHolder
+
+
+@functools.cache
+def define_runner_flags() -> RunnerFlags:
+  """Defines the runners' shared flags in absl's FLAGS and returns their holders.
+
+  A runner calls it at import. absl refuses a second definition of a name and one process
+  (a test worker) imports both runners, so a second call returns the first call's holders.
+  """
+  holders = RunnerFlags(
+      root=flags.DEFINE_string('root', None, 'Directory for the runs, their logs and reports.'),
+      variant=flags.DEFINE_string('variant', 'runlocal', 'Config variant (empty: full size).'),
+      override=flags.DEFINE_multi_string(
+          'override', [], "FIELD=VALUE for every run's training (--config.FIELD)."),
+      configs_dir=flags.DEFINE_string('configs_dir', 'configs', 'Where NAME.py files live.'),
+      sampler=flags.DEFINE_enum('sampler', None, list(samplers.SAMPLERS),
+                                'For evaluate.'),
+      steps=flags.DEFINE_integer('steps', None, 'Sampling steps, for evaluate.'),
+      guidance=flags.DEFINE_float('guidance', None, 'Guidance scale, for evaluate.'))
+  flags.mark_flag_as_required('root')
+  return holders
 
 # (argv, log path) -> exit status: `run_subprocess`, or a fake in tests.
 RunCommand = Callable[[list, str], int]
@@ -45,7 +68,7 @@ RunCommand = Callable[[list, str], int]
 
 def eval_flags(**values) -> list[str]:
   """['--NAME=VALUE'] for the evaluate flags given (None: left to evaluate's defaults), e.g.
-  eval_flags(sampler=SAMPLER.value, steps=STEPS.value)."""
+  eval_flags(sampler='ddim', steps=None) == ['--sampler=ddim']."""
   return [f'--{name}={value}' for name, value in values.items() if value is not None]
 
 

@@ -60,7 +60,8 @@ class Options:
 
 
 _DEFAULT = Options()
-# Also --root, --variant, --override, --configs_dir, --sampler, --steps, --guidance (runs.py).
+# --root, --variant, --override, --configs_dir, --sampler, --steps, --guidance.
+_RUNNER = runs.define_runner_flags()
 _OUT = flags.DEFINE_string('out', 'docs/studies', 'Where STUDY.md and STUDY.png go.')
 _CONFIG = flags.DEFINE_string('config', 'msa_msd', 'Experiment file CONFIGS_DIR/NAME.py.')
 _SEED = flags.DEFINE_integer('seed', 0, 'Training seed of every row.')
@@ -371,19 +372,20 @@ def main(argv):
   if len(argv) != 2:
     raise app.UsageError(f'give one study: {" | ".join(STUDIES)} (got {argv[1:]})')
   logging.set_verbosity(logging.INFO)
+  r = _RUNNER
   options = Options(
       baseline=_BASELINE.value, workdir=_WORKDIR.value, samplers=tuple(_SAMPLERS.value),
       sample_steps=tuple(_ints(_SAMPLE_STEPS.value, 'sample_steps')),
-      num_clips=_NUM_CLIPS.value, guidance=runs.GUIDANCE.value,
+      num_clips=_NUM_CLIPS.value, guidance=r.guidance.value,
       intervals=tuple(_ints(_INTERVALS.value, 'intervals')), grids=tuple(_GRIDS.value),
       sizes=tuple(_ints(_SIZES.value, 'sizes')), source=_SOURCE.value,
       mixtures=tuple(_MIXTURES.value))
   eval_flags = [] if argv[1] == 'sampling_steps' else runs.eval_flags(  # Rows set their own.
-      sampler=runs.SAMPLER.value, steps=runs.STEPS.value, guidance=runs.GUIDANCE.value,
+      sampler=r.sampler.value, steps=r.steps.value, guidance=r.guidance.value,
       num_clips=_NUM_CLIPS.value)
-  failed = run_study(argv[1], runs.ROOT.value, options, config=_CONFIG.value,
-                     variant=runs.VARIANT.value, seed=_SEED.value, overrides=runs.OVERRIDE.value,
-                     eval_flags=eval_flags, out=_OUT.value, configs_dir=runs.CONFIGS_DIR.value,
+  failed = run_study(argv[1], r.root.value, options, config=_CONFIG.value,
+                     variant=r.variant.value, seed=_SEED.value, overrides=r.override.value,
+                     eval_flags=eval_flags, out=_OUT.value, configs_dir=r.configs_dir.value,
                      run_command=runs.run_subprocess)
   if failed:
     sys.exit(1)

@@ -1,0 +1,133 @@
+"""The train state: build it, lay it out on a mesh, jit its step, restore it from a workdir.
+
+`build` makes the models, optimizers and a fresh state laid out by the FSDP rule
+(`state_shardings`); `jit_train_step` compiles `steps.train_step` for that layout;
+`restore_workdir` (with `restore_params` / `restore_generator`) gives the inference commands
+the newest checkpoint's params, without optimizer state.
+"""
+
+from collections.abc import Callable
+import functools
+from typing import Any, NamedTuple
+
+import jax
+from jax.sharding import Mesh
+import ml_collections
+
+from gmscavp_jax.core import config_io
+from gmscavp_jax.core import phases
+from gmscavp_jax.core import steps
+from gmscavp_jax.infra import checkpointing
+from gmscavp_jax.infra import errors
+from gmscavp_jax.infra import sharding
+
+
+def _init_key(config: ml_collections.ConfigDict) -> jax.Array:
+  # An rbg key: threefry's init graph takes ~3x longer to compile on CPU for no benefit here.
+  return jax.random.key(config.seed, impl='rbg')
+
+
+def state_shardings(config: ml_collections.ConfigDict, models, txs, mesh):
+  """The train state's layout on `mesh`: params and Adam moments by the FSDP rule."""
+  abstract = jax.eval_shape(functools.partial(steps.init_state, config, models, txs),
+                            _init_key(config))
+  return sharding.tree_shardings(abstract, mesh, config)
+
+
+def build(config: ml_collections.ConfigDict, mesh):
+  """Models, optimizers, and a freshly initialised train state laid out on `mesh`."""
+  models = steps.build_models(config)
+  txs = steps.make_optimizers(config)
+  init = jax.jit(functools.partial(steps.init_state, config, models, txs),
+                 out_shardings=state_shardings(config, models, txs, mesh))
+  return models, txs, init(_init_key(config))
+
+
+def layout_of(state):
+  """The shardings of a laid-out train state (what `state_shardings` gave it)."""
+  return jax.tree.map(lambda x: x.sharding, state)
+
+
+def jit_train_step(models, txs, config: ml_collections.ConfigDict, mesh, phase: phases.Phase,
+                   state_sh):
+  """`steps.train_step` of `phase` jitted for `mesh`, the state donated.
+
+  The state keeps its (FSDP) layout `state_sh` (from `state_shardings` or `layout_of`)
+  across the step; the batch is split over every device. With mesh.fsdp > 1 the params are
+  gathered whole for the forward and backward pass and the gradients reduce-scattered back
+  onto the shards (ZeRO-3).
+  """
+  repl, batch_sh = sharding.replicated(mesh), sharding.batch_sharded(mesh)
+  gather = None
+  if mesh.shape[sharding.FSDP_AXIS] > 1:
+    whole = jax.tree.map(lambda _: repl, state_sh.params)
+    gather = lambda params: jax.lax.with_sharding_constraint(params, whole)
+  return jax.jit(functools.partial(steps.train_step, models=models, txs=txs, config=config,
+                                   phase=phase, gather=gather),
+                 in_shardings=(state_sh, batch_sh, repl), out_shardings=(state_sh, repl),
+                 donate_argnums=(0,))
+
+
+def abstract_params(config: ml_collections.ConfigDict, models, mesh):
+  """Shape/dtype structs of the params, laid out on `mesh` as the train state lays them out.
+
+  Nothing is allocated: the init (optimizers included) is only traced. The FSDP rule reads
+  each leaf's path, so the params are placed under 'params' as in the state.
+  """
+  abstract = jax.eval_shape(
+      functools.partial(steps.init_state, config, models, steps.make_optimizers(config)),
+      _init_key(config)).params
+  layout = sharding.tree_shardings({'params': abstract}, mesh, config)['params']
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                      abstract, layout)
+
+
+def restore_params(workdir: str, config: ml_collections.ConfigDict, mesh):
+  """(models, params, step) from the newest checkpoint in `workdir` (for the CLIs).
+
+  Params only: the optimizer state is neither allocated nor read (the optimizers' init is
+  only traced, in `abstract_params`).
+  """
+  models = steps.build_models(config)
+  ckpt = checkpointing.Checkpointer(workdir, keep=config.train.keep_checkpoints)
+  restored = ckpt.restore_latest_params(abstract_params(config, models, mesh))
+  ckpt.close()
+  if restored is None:
+    raise FileNotFoundError(f'no checkpoint in {checkpointing.checkpoint_dir(workdir)}')
+  return models, restored[0], restored[1]
+
+
+def restore_generator(workdir: str, config: ml_collections.ConfigDict, mesh):
+  """`restore_params` for the CLIs that sample: a ConfigError if the denoiser is untrained."""
+  models, params, step = restore_params(workdir, config, mesh)
+  if not steps.generator_trained(config, step):
+    raise errors.ConfigError(
+        f'config.diffusion.training={config.diffusion.training!r}: the checkpoint at step '
+        f'{step} in {workdir} has no trained denoiser yet')
+  return models, params, step
+
+
+class Restored(NamedTuple):
+  """A trained workdir ready to run: its config, mesh, models, newest params and their step."""
+  config: ml_collections.ConfigDict
+  mesh: Mesh
+  models: steps.Models
+  params: Any
+  step: int
+
+
+def restore_workdir(workdir: str, config: ml_collections.ConfigDict | None = None,
+                    restore: Callable = restore_params) -> Restored:
+  """The newest checkpoint of `workdir` with the config and mesh it runs on (the inference
+  commands' one restore).
+
+  Args:
+    workdir: a training run's workdir.
+    config: its config, when the caller already loaded (or adjusted) it; None reads
+      WORKDIR/config.json.
+    restore: `restore_params`, `restore_generator`, or another (workdir, config, mesh) ->
+      (models, params, step) that also checks what the caller needs trained.
+  """
+  config = config_io.load_config(workdir) if config is None else config
+  mesh = sharding.mesh_from_config(config)
+  return Restored(config, mesh, *restore(workdir, config, mesh))
