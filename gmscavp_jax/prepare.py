@@ -5,7 +5,7 @@
   python -m gmscavp_jax.main --config=configs/msa_msd.py:runlocal --workdir=W \
       --config.data.name=vggsound --config.data.data_dir=DATA --config.data.num_classes=309
 
-Layouts (--layout, --videos, --csv; details in data/layouts.py):
+Layouts (--layout, --videos, --csv; details in data/prepare/layouts.py):
   vggsound  --csv=FILE of `ytid,start_seconds,label,split`; VIDEOS/<ytid>_<start:06d>.mp4
   audioset  --csv=train=balanced_train_segments.csv,test=eval_segments.csv[,labels=
             class_labels_indices.csv] (the official segment CSVs); VIDEOS/<YTID>_<start:06d>.*

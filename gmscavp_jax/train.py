@@ -156,7 +156,7 @@ class _PhaseSteps:
     phase = steps.phase_at(config, step)
     if phase != steps.phase_at(config, step - 1) and step > 1:
       logging.info('step %d: %s phase starts', step, phase)
-    phase = steps.train_phase(config, step)  # With '+a2v' on bidirectional steps.
+    phase = steps.train_phase(config, step)  # Its a2v half too on bidirectional steps.
     if phase not in self._compiled:
       self._compiled[phase] = state_lib.jit_train_step(
           *self._args, phase, self._layout).lower(state, batch, rng).compile()

@@ -1,5 +1,5 @@
 """Headless Chromium (Debian's `chromium` and `chromium-driver`) driven by selenium: the demo
-test loads the page with it, and the README's screenshot is taken with it after a generation:
+test loads the page with it, and docs/demo.md's screenshot is taken with it after a generation:
 
   python -m tests.headless_chromium http://127.0.0.1:7860/ clip.mp4 docs/demo.png
 """

@@ -1,4 +1,4 @@
-"""Dataset layouts (data/layouts.py): CSVs and folders -> items, classes and clear errors."""
+"""Dataset layouts (data/prepare/layouts.py): CSVs and folders -> items, classes, clear errors."""
 
 import os
 

@@ -1,4 +1,4 @@
-"""Preparing datasets (data/preparation.py, prepare.py): bad files, resume, crashes, bench."""
+"""Preparing datasets (data/prepare/preparation.py, prepare.py): bad files, resume, crashes."""
 
 import glob
 import json

@@ -1,4 +1,4 @@
-"""The synthetic benchmark rendered as a VGGSound-style mp4 folder (data/render.py + CLI)."""
+"""The synthetic benchmark rendered as a VGGSound-style mp4 folder (data/prepare/render.py)."""
 
 import csv
 import os

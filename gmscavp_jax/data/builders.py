@@ -17,7 +17,7 @@ Onsets are not stored (real clips have none); `PreparedSource` adds the empty on
 the training pipeline expects, sized by the experiment's data.max_onsets.
 
 The builder's examples come either from decoded chunk files written by
-data/preparation.py (the local, resumable path) or, for Apache Beam, from decoding the
+data/prepare/preparation.py (the local, resumable path) or, for Apache Beam, from decoding the
 layout's items inside the Beam pipeline (see gmscavp_jax/prepare.py).
 """
 

@@ -1,4 +1,4 @@
-"""grain input pipelines: records -> per-process numpy batches -> global jax.Arrays.
+"""grain input pipelines: sources (synthetic, prepared, mixture) -> per-process numpy batches.
 
 The train loader shuffles by seed and repeats forever. Global batch s is positions
 [s*B, (s+1)*B) of one seeded stream of records, and process p reads its slice [p*B/n,

@@ -50,7 +50,6 @@ def evaluator_root(root: str | None = None) -> str:
 def identity(config: ml_collections.ConfigDict) -> dict:
   """The fields that decide an evaluator set: the dataset, the audio features, the nets."""
   data = {k: v for k, v in config.data.to_dict().items() if k not in _NOT_IDENTITY}
-  data.setdefault('seed', config.seed)  # Workdirs from before data.seed existed.
   return {'data': data, 'audio': config.audio.to_dict(),
           'evaluator': config.evaluator.to_dict()}
 

@@ -4,7 +4,7 @@
       --num_train_clips=2000 --num_test_clips=512 --workers=8
 
 Clips have the config's frame size, frame rate, length and audio sample rate; test clip i is
-synthetic test clip i (see data/render.py for the layout). Run it again after an
+synthetic test clip i (see data/prepare/render.py for the layout). Run it again after an
 interruption: finished clips are kept.
 """
 
