@@ -9,6 +9,7 @@ from gmscavp_jax.core import config_validation
 from gmscavp_jax.data import builders
 from gmscavp_jax.data import media_writing
 from gmscavp_jax.data import pipeline
+from gmscavp_jax.data.prepare import clips_builder
 from gmscavp_jax.data.prepare import layouts
 from gmscavp_jax.data.prepare import preparation
 from gmscavp_jax.infra import errors
@@ -47,7 +48,7 @@ def test_config_names_and_geometry_checks():
 def test_decode_item_gives_a_record(tmp_path):
   path = write_clip(tmp_path / 'a.mp4', 1)
   item = layouts.Item(key='a.mp4', path=path, start_seconds=0.0, labels=(2, 0), split='train')
-  record = builders.decode_item(item, GEOMETRY, num_classes=3)
+  record = clips_builder.decode_item(item, GEOMETRY, num_classes=3)
   assert set(record) == set(builders.FIELDS)
   assert record['frames'].shape == (T, SIZE, SIZE, 3) and record['frames'].dtype == np.uint8
   assert record['waveform'].shape == (SR,) and record['waveform'].dtype == np.float32
@@ -59,7 +60,7 @@ def test_decode_item_gives_a_record(tmp_path):
   # Padding is what the decoder added, not quiet audio: a silent last half-second is data.
   quiet = write_clip(tmp_path / 'quiet.mp4', 2, silent_tail=0.5)
   item = layouts.Item('quiet.mp4', quiet, 0.0, (), 'test')
-  record = builders.decode_item(item, GEOMETRY, num_classes=3)
+  record = clips_builder.decode_item(item, GEOMETRY, num_classes=3)
   assert record['audio_padding'] == 0 and not record['waveform'][-SR // 4:].any()
   assert record['label'] == -1 and not record['labels'].any()
 
@@ -95,7 +96,7 @@ def test_prepared_source_serves_records_in_dataset_order(prepared):
     assert record['num_onsets'] == 0 and record['num_onsets'].dtype == np.int32
   # The shards hold exactly what decoding gave.
   item = prepared['dataset'].items[3]
-  expected = builders.decode_item(item, GEOMETRY, 2)
+  expected = clips_builder.decode_item(item, GEOMETRY, 2)
   np.testing.assert_array_equal(source[3]['frames'], expected['frames'])
   np.testing.assert_array_equal(source[3]['waveform'], expected['waveform'])
   with pytest.raises(IndexError, match='index 6 out of range'):
@@ -196,5 +197,5 @@ def test_a_split_over_the_memory_buffer_spills_to_disk_without_tensorflow(tmp_pa
   assert shuffle.tf is tf_before  # The shim is gone after the build.
   source = builders.PreparedSource(report['dataset_dir'], 'train', max_onsets=2)
   assert [source[i]['file'] for i in range(2)] == [b'c0.mp4', b'c1.mp4']
-  expected = builders.decode_item(dataset.items[1], GEOMETRY, 1)
+  expected = clips_builder.decode_item(dataset.items[1], GEOMETRY, 1)
   np.testing.assert_array_equal(source[1]['frames'], expected['frames'])

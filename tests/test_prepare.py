@@ -15,9 +15,11 @@ import numpy as np
 import pytest
 
 from gmscavp_jax.data import builders
+
+from gmscavp_jax.data.prepare import clips_builder
 from gmscavp_jax.data.prepare import layouts
-from gmscavp_jax.tools import prepare_bench
 from gmscavp_jax.data.prepare import preparation
+from gmscavp_jax.tools import prepare_bench
 from tests.conftest import ROOT
 from tests.test_builders import GEOMETRY
 from tests.test_builders import write_clip
@@ -118,9 +120,9 @@ def test_cli_reports_a_malformed_csv_row(tmp_path):
 
 
 def slow_decode(item, config, num_classes):
-  """builders.decode_item, slowed down so that a run can be killed halfway."""
+  """clips_builder.decode_item, slowed down so that a run can be killed halfway."""
   time.sleep(0.4)
-  return builders.decode_item(item, config, num_classes)
+  return clips_builder.decode_item(item, config, num_classes)
 
 
 DECODED = []  # Keys that counting_decode saw (decoding in this process: workers=0).
@@ -128,7 +130,7 @@ DECODED = []  # Keys that counting_decode saw (decoding in this process: workers
 
 def counting_decode(item, config, num_classes):
   DECODED.append(item.key)
-  return builders.decode_item(item, config, num_classes)
+  return clips_builder.decode_item(item, config, num_classes)
 
 
 def test_a_killed_run_resumes_with_the_missing_chunks_only(tmp_path):
@@ -186,10 +188,10 @@ def test_a_killed_run_resumes_with_the_missing_chunks_only(tmp_path):
 
 
 def crash_on_poison(item, config, num_classes):
-  """builders.decode_item, except that the process dies on files named poison*."""
+  """clips_builder.decode_item, except that the process dies on files named poison*."""
   if 'poison' in item.key:
     os._exit(3)  # pylint: disable=protected-access  (like a segfault in FFmpeg)
-  return builders.decode_item(item, config, num_classes)
+  return clips_builder.decode_item(item, config, num_classes)
 
 
 def test_a_file_that_kills_its_worker_is_reported_and_the_rest_builds(tmp_path):

@@ -1,7 +1,7 @@
 """Preparing a dataset: decode every clip once, in parallel and resumably, then build TFDS.
 
 Decode: a split's items are cut, in dataset order, into chunks of `chunk_size`. Worker
-processes decode a chunk's clips (builders.decode_item) and write them as one .npz under
+processes decode a chunk's clips (clips_builder.decode_item) and write them as one .npz under
 DATA_DIR/NAME/CONFIG/decoded/ atomically (a temporary name, then a rename), together with
 the chunk's bad files. A chunk's file name carries a hash of its items and the geometry,
 so a re-run, after a crash or a kill, skips every chunk already written and decodes only
@@ -36,8 +36,10 @@ import numpy as np
 import tqdm
 
 from gmscavp_jax.data import builders
-from gmscavp_jax.data.prepare import layouts
+
 from gmscavp_jax.data import media
+from gmscavp_jax.data.prepare import clips_builder
+from gmscavp_jax.data.prepare import layouts
 from gmscavp_jax.data.prepare import tfds_compat
 
 REPORT_NAME = 'prepare_report'
@@ -54,7 +56,7 @@ class ChunkTask:
   """One chunk to decode: `items` of `split` into the .npz at `path`.
 
   `excluded` holds (key, reason) of items not to decode (reported as bad); `decode_fn`
-  (builders.decode_item's signature) is a module-level function, so it reaches spawned
+  (clips_builder.decode_item's signature) is a module-level function, so it reaches spawned
   worker processes.
   """
   split: str
@@ -64,11 +66,11 @@ class ChunkTask:
   config: builders.ClipsConfig
   num_classes: int
   excluded: tuple[tuple[str, str], ...] = ()
-  decode_fn: Callable = builders.decode_item
+  decode_fn: Callable = clips_builder.decode_item
 
 
 def plan_chunks(dataset: layouts.Dataset, config: builders.ClipsConfig, decoded_dir: str,
-                chunk_size: int, decode_fn: Callable = builders.decode_item
+                chunk_size: int, decode_fn: Callable = clips_builder.decode_item
                 ) -> list[ChunkTask]:
   """The chunks of every split, each named SPLIT-INDEX-HASH.npz under `decoded_dir`."""
   if chunk_size <= 0:
@@ -326,7 +328,7 @@ def _clean_leftovers(config_dir: str, decoded_dir: str) -> None:
 def prepare(dataset: layouts.Dataset, *, data_dir: str, name: str,
             config: builders.ClipsConfig, workers: int, chunk_size: int = 32,
             keep_decoded: bool = False, progress: bool = True,
-            decode_fn: Callable = builders.decode_item) -> dict:
+            decode_fn: Callable = clips_builder.decode_item) -> dict:
   """Decodes `dataset` at `config`'s geometry and builds DATA_DIR/NAME/CONFIG/VERSION.
 
   Returns the report (see `make_report`) with 'dataset_dir' and 'report' (its path) added.
@@ -355,7 +357,7 @@ def prepare(dataset: layouts.Dataset, *, data_dir: str, name: str,
       with np.load(task.path, allow_pickle=False) as chunk:
         if len(chunk['key']):  # A split of bad files only gets no (empty) shards.
           chunks.setdefault(task.split, []).append(task.path)
-    builder = builders.make_builder(name, config, data_dir, classes=dataset.classes,
+    builder = clips_builder.make_builder(name, config, data_dir, classes=dataset.classes,
                                     layout=dataset.layout, chunks=chunks)
     with tfds_compat.spill_without_tensorflow():
       builder.download_and_prepare()
@@ -369,7 +371,7 @@ def prepare_with_beam(dataset: layouts.Dataset, *, data_dir: str, name: str,
                       config: builders.ClipsConfig, beam_options: str) -> str:
   """Builds DATA_DIR/NAME/CONFIG/VERSION with Apache Beam; returns the dataset's directory.
 
-  The clips are decoded on the Beam workers (builders.ClipsBuilder with `items`), so
+  The clips are decoded on the Beam workers (clips_builder.ClipsBuilder with `items`), so
   VIDEOS must be readable at the same path there, and DATA_DIR too (a shared or cloud file
   system that tfds' epath reads, e.g. gs://). `beam_options` is Beam's command line, e.g.
   '--runner=DataflowRunner --project=P --region=R --temp_location=gs://B/tmp'. Bad files
@@ -380,7 +382,7 @@ def prepare_with_beam(dataset: layouts.Dataset, *, data_dir: str, name: str,
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   beam = tfds.core.lazy_imports.apache_beam  # An ImportError says to pip install apache-beam.
   options = beam.options.pipeline_options.PipelineOptions(shlex.split(beam_options))
-  builder = builders.make_builder(
+  builder = clips_builder.make_builder(
       name, config, data_dir, classes=dataset.classes, layout=dataset.layout,
       items={split: dataset.split_items(split) for split in dataset.splits()})
   builder.download_and_prepare(
