@@ -71,12 +71,11 @@ def jit_train_step(models, txs, config: ml_collections.ConfigDict, mesh, phase: 
 def abstract_params(config: ml_collections.ConfigDict, models, mesh):
   """Shape/dtype structs of the params, laid out on `mesh` as the train state lays them out.
 
-  Nothing is allocated: the init (optimizers included) is only traced. The FSDP rule reads
-  each leaf's path, so the params are placed under 'params' as in the state.
+  Nothing is allocated: the params' init is only traced, with no optimizer. The FSDP rule
+  reads each leaf's path, so the params are placed under 'params' as in the state.
   """
-  abstract = jax.eval_shape(
-      functools.partial(steps.init_state, config, models, steps.make_optimizers(config)),
-      _init_key(config)).params
+  abstract = jax.eval_shape(functools.partial(steps.init_params, config, models),
+                            _init_key(config))
   layout = sharding.tree_shardings({'params': abstract}, mesh, config)['params']
   return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                       abstract, layout)
@@ -85,8 +84,7 @@ def abstract_params(config: ml_collections.ConfigDict, models, mesh):
 def restore_params(workdir: str, config: ml_collections.ConfigDict, mesh):
   """(models, params, step) from the newest checkpoint in `workdir` (for the CLIs).
 
-  Params only: the optimizer state is neither allocated nor read (the optimizers' init is
-  only traced, in `abstract_params`).
+  Params only: the optimizer state is neither built, allocated nor read.
   """
   models = steps.build_models(config)
   ckpt = checkpointing.Checkpointer(workdir, keep=config.train.keep_checkpoints)

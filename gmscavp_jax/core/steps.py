@@ -166,9 +166,8 @@ def dummy_video_scales(config: ml_collections.ConfigDict, batch_size: int = 1) -
           for p, g in zip(m.scale_pools, m.scale_grids)]
 
 
-def init_state(config: ml_collections.ConfigDict, models: Models, txs: dict,
-               rng: jax.Array) -> TrainState:
-  """Fresh params of every group from `rng` and their optimizer states (step 0)."""
+def init_params(config: ml_collections.ConfigDict, models: Models, rng: jax.Array) -> dict:
+  """Fresh params {group: params} of every group from `rng`."""
   enc_rng, den_rng = jax.random.split(rng)
   frames, mel = dummy_inputs(config)
   params = {
@@ -184,6 +183,13 @@ def init_state(config: ml_collections.ConfigDict, models: Models, txs: dict,
     params['video_denoiser'] = models.video_denoiser.init(
         jax.random.fold_in(rng, 2), low_res, jnp.zeros((1,), jnp.int32),
         audio_scales)['params']
+  return params
+
+
+def init_state(config: ml_collections.ConfigDict, models: Models, txs: dict,
+               rng: jax.Array) -> TrainState:
+  """Fresh params of every group from `rng` (`init_params`) and their optimizer states."""
+  params = init_params(config, models, rng)
   opt_state = {k: txs[k].init(params[k]) for k in params}
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state)
 
