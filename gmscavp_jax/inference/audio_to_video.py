@@ -33,7 +33,7 @@ def load_audio_clip(config, *, audio: str | None, video: str | None, test_index:
   """The clip to animate: name, waveform (S,), frames (T,H,W,3) or None, onsets or None."""
   if audio is None:
     clip = video_to_audio.load_clip(config, video=video, test_index=test_index,
-                                start_seconds=start_seconds)
+                                    start_seconds=start_seconds)
     if clip['waveform'] is None:
       raise media.MediaError(video, 'has no audio track to generate frames from')
     return clip

@@ -91,7 +91,7 @@ def load_query(config, *, video: str | None = None, audio: str | None = None,
     raise ValueError('give exactly one of video= or audio=')
   if video is not None:
     clip = video_to_audio.load_clip(config, video=video, test_index=None,
-                                start_seconds=start_seconds)
+                                    start_seconds=start_seconds)
     return {'frames': clip['frames'], 'waveform': clip['waveform']}
   return {'frames': None,
           'waveform': media.read_audio(audio, sample_rate=config.audio.sample_rate,

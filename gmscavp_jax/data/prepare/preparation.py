@@ -358,7 +358,7 @@ def prepare(dataset: layouts.Dataset, *, data_dir: str, name: str,
         if len(chunk['key']):  # A split of bad files only gets no (empty) shards.
           chunks.setdefault(task.split, []).append(task.path)
     builder = clips_builder.make_builder(name, config, data_dir, classes=dataset.classes,
-                                    layout=dataset.layout, chunks=chunks)
+                                         layout=dataset.layout, chunks=chunks)
     with tfds_compat.spill_without_tensorflow():
       builder.download_and_prepare()
     if not keep_decoded:

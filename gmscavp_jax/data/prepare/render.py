@@ -105,7 +105,7 @@ class _Renderer:
     if written:
       partial = os.path.join(self.video_dir, '.' + os.path.basename(path) + _PARTIAL)
       media_writing.write_video(partial, clip['frames'], source.fps, clip['waveform'],
-                        source.sample_rate)
+                                source.sample_rate)
       os.replace(partial, path)  # Atomic: a file with the final name is complete.
     return split, index, int(clip['label']), written
 
