@@ -18,7 +18,9 @@ from gmscavp_jax import train
 from tests.conftest import ROOT
 from tests.conftest import tiny_config
 
-REQUIRED = ('gen/kld', 'gen/fad', 'gen/align_acc', 'gen/onset_hit@50ms', 'gen/onset_hit@100ms',
+REQUIRED = ('gen/kld', 'gen/fad', 'gen/align_acc', 'gen/onset_f1@50ms', 'gen/onset_f1@100ms',
+            'gen/onset_precision@100ms', 'gen/onset_recall@100ms', 'gen/onset_hit@100ms',
+            'ref/gt/onset_f1@100ms', 'ref/shuffled/onset_f1@50ms',
             'retrieval/v2a_R@1', 'retrieval/a2v_R@5', 'retrieval/chance_R@1', 'ref/gt/fad',
             'ref/gt/kld', 'ref/gt/align_acc', 'ref/shuffled/align_acc', 'evaluate/step',
             'eval/audio_classifier_acc', 'eval/align_classifier_acc')
@@ -80,6 +82,8 @@ def test_evaluate_writes_results_and_reuses_the_evaluators(trained):
     text = f.read()
   assert '| MSA | MSD | KLD ↓ | FAD ↓ | Align Acc ↑ | R@1 | R@5 | R@10 |' in text
   assert '| ✓ | ✓ |' in text and 'ground truth' in text
+  assert ('| KLD ↓ | FAD ↓ | Align Acc ↑ | onset F1@50ms ↑ | onset F1@100ms ↑ | '
+          'precision@100ms | recall@100ms | class acc ↑ |') in text
   assert os.path.exists(os.path.join(workdir, 'plots', 'evaluate.png'))
 
   # The evaluators were trained once, into a dataset-keyed folder, and are reused.

@@ -2,7 +2,7 @@
 the evaluate CLI.
 
 Retrieval R@1/5/10 both ways over eval.num_test_clips; audio generated for the first
-eval.num_metric_clips test videos, scored by KLD, FAD, Align Acc, onset hit-rate and class
+eval.num_metric_clips test videos, scored by KLD, FAD, Align Acc, onset F1 and class
 accuracy with the dataset's evaluator networks (trained on first use, then reused: see
 evaluators/classifier_training.py). Merges the numbers into WORKDIR/results.json and writes
 WORKDIR/results.md (the paper's table layout) and WORKDIR/plots/evaluate.png.

@@ -21,16 +21,19 @@ from gmscavp_jax.evaluators import metrics
 
 
 # The columns of the ablation and study tables: (results key, column, lower is better,
-# decimals), and the keys their plots show.
+# decimals), and the keys their plots show. A run evaluated before a key existed shows '—'.
 METRICS = (
     ('gen/kld', 'KLD ↓', True, 2),
     ('gen/fad', 'FAD ↓', True, 2),
     ('gen/align_acc', 'Align Acc ↑', False, 1),
-    ('gen/onset_hit@50ms', 'onset hit@50ms ↑', False, 1),
-    ('gen/onset_hit@100ms', 'onset hit@100ms ↑', False, 1),
+    ('gen/onset_f1@50ms', 'onset F1@50ms ↑', False, 1),
+    ('gen/onset_f1@100ms', 'onset F1@100ms ↑', False, 1),
+    ('gen/onset_precision@100ms', 'onset precision@100ms ↑', False, 1),
+    # Recall under its older name: every results.json has it, also those before F1.
+    ('gen/onset_hit@100ms', 'onset recall@100ms ↑', False, 1),
 ) + tuple((f'retrieval/{d}_R@{k}', f'{d} R@{k}', False, 1)
           for d in ('v2a', 'a2v') for k in (1, 5, 10))
-PLOT_METRICS = ('gen/kld', 'gen/fad', 'gen/align_acc', 'gen/onset_hit@100ms',
+PLOT_METRICS = ('gen/kld', 'gen/fad', 'gen/align_acc', 'gen/onset_f1@100ms',
                 'retrieval/v2a_R@1', 'retrieval/a2v_R@1')
 
 
@@ -53,8 +56,8 @@ def _rows(prefix: str, *, kld: float, fad: float, align: np.ndarray, class_logit
          f'{prefix}/align_acc': metrics.align_accuracy(align),
          f'{prefix}/class_acc': classifiers.top1_in_labels(class_logits, labels)}
   for ms in generation.TOLERANCES_MS:
-    out[f'{prefix}/onset_hit@{ms}ms'] = metrics.onset_hit_rate(
-        onset_detected, onsets, ms / 1000)['hit_rate']
+    out.update(generation.onset_keys(f'{prefix}/onset', f'@{ms}ms', metrics.onset_hit_rate(
+        onset_detected, onsets, ms / 1000)))
   return out
 
 
@@ -70,8 +73,9 @@ def score(evalset: classifiers.EvaluatorSet, generated: np.ndarray, clips: dict,
     reference: the disjoint clips R: log_mel (M,Ta,F), labels (M,K).
     frame_rate: log-mel frames per second.
   Returns:
-    gen/{kld,fad,align_acc,class_acc,onset_hit@50ms,onset_hit@100ms} and the same under
-    ref/gt/ and ref/shuffled/ (see the module docstring); percentages in 0-100.
+    gen/{kld,fad,align_acc,class_acc} and gen/onset_{f1,precision,recall,hit}@{50,100}ms
+    (hit = recall, see `generation.onset_scores`), and the same under ref/gt/ and
+    ref/shuffled/ (see the module docstring); percentages in 0-100.
   """
   gen = evalset.audio(generated)
   real = evalset.audio(clips['log_mel'])
@@ -120,8 +124,9 @@ def results_markdown(results: dict, experiment: str) -> str:
   """results.md: the paper's Tables 1-3 layout for one evaluated workdir."""
   r = results
   gen_cols = [('kld', 'KLD ↓', 2), ('fad', 'FAD ↓', 2), ('align_acc', 'Align Acc ↑', 1),
-              ('onset_hit@50ms', 'onset hit@50ms ↑', 1),
-              ('onset_hit@100ms', 'onset hit@100ms ↑', 1), ('class_acc', 'class acc ↑', 1)]
+              ('onset_f1@50ms', 'onset F1@50ms ↑', 1), ('onset_f1@100ms', 'onset F1@100ms ↑', 1),
+              ('onset_precision@100ms', 'precision@100ms', 1),
+              ('onset_recall@100ms', 'recall@100ms', 1), ('class_acc', 'class acc ↑', 1)]
   lines = [f"# Evaluation of {experiment}, checkpoint {r.get('evaluate/step')}", '',
            f"Sampler {r.get('evaluate/sampler')}, {r.get('evaluate/sample_steps')} steps, "
            f"guidance {r.get('evaluate/guidance')}; {int(r.get('gen/num_clips', 0))} test "
@@ -136,7 +141,9 @@ def results_markdown(results: dict, experiment: str) -> str:
                                             for c in gen_cols) + ' |')
   lines += ['', 'Ground truth: KLD against a same-class clip of the disjoint reference half '
             f"({int(r.get('ref/gt/kld_matched_clips', 0))} clips matched); FAD of real vs "
-            'real audio (the floor at this sample size).', '',
+            'real audio (the floor at this sample size). Onsets: F1 of the detected onsets '
+            "against the true ones within ±50 / ±100 ms (one-to-one); recall alone (CMMD's "
+            'hit-rate) would reward audio that is onsets everywhere.', '',
             '## Retrieval (Table 2 layout)', '',
             '| direction | R@1 | R@5 | R@10 | median rank |', '| --- | --- | --- | --- | --- |']
   for d, name in (('v2a', 'video → audio'), ('a2v', 'audio → video')):
