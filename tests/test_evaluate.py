@@ -76,6 +76,8 @@ def test_evaluate_writes_results_and_reuses_the_evaluators(trained):
   for key in REQUIRED:
     assert key in saved and key in results, key
   assert saved['evaluate/step'] == 4 and saved['step'] == 4  # Training's keys are kept.
+  # ... but not its gen/* keys that this evaluation does not write (another sampler's).
+  assert 'gen/onset_hit@100ms_real' not in saved and 'gen/onset_f1@100ms_shuffled' not in saved
   assert saved['gen/kld'] >= 0 and saved['gen/fad'] > -1e-6
   assert 0 <= saved['gen/align_acc'] <= 100
   with open(os.path.join(workdir, 'results.md')) as f:
@@ -96,6 +98,20 @@ def test_evaluate_writes_results_and_reuses_the_evaluators(trained):
   assert summary['eval/align_classifier_acc'] == results['eval/align_classifier_acc']
   mel = np.random.default_rng(0).normal(size=(3, 40, config.audio.n_mels))
   assert np.isfinite(evalset.audio(mel)['embedding']).all()
+
+
+def test_merging_replaces_each_family_it_writes(tmp_path):
+  old = {'step': 9, 'gen/kld': 1.0, 'gen/onset_f1@100ms_real': 80.0, 'ref/gt/kld': 0.5,
+         'gen_a2v/psnr': 12.0, 'retrieval/v2a_R@1': 3.0, 'evaluate/sampler': 'ddpm'}
+  with open(tmp_path / 'results.json', 'w') as f:
+    json.dump(old, f)
+  new = {'gen/kld': 2.0, 'gen/fad': 4.0, 'evaluate/sampler': 'ddim'}
+  merge = checkpoint_evaluation._merged  # pylint: disable=protected-access
+  # gen/* and evaluate/* are ours alone; ref/*, retrieval/*, gen_a2v/* and step are kept.
+  assert merge(str(tmp_path), new) == {
+      'step': 9, 'gen/kld': 2.0, 'gen/fad': 4.0, 'evaluate/sampler': 'ddim',
+      'ref/gt/kld': 0.5, 'gen_a2v/psnr': 12.0, 'retrieval/v2a_R@1': 3.0}
+  assert merge(str(tmp_path / 'none'), new) == new
 
 
 def test_evaluate_cli_reports_a_missing_workdir(tmp_path):

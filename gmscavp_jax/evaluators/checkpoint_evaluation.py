@@ -42,7 +42,8 @@ def evaluate_checkpoint(workdir: str, *, evaluator_dir: str | None = None,
   """Scores the newest checkpoint of `workdir`; returns the merged results.json dict.
 
   The results go to `output_dir` (default: the workdir itself), merged into its
-  results.json: several settings of one checkpoint each keep their own directory.
+  results.json (see `_merged`: each family of keys we write replaces the old one whole):
+  several settings of one checkpoint each keep their own directory.
   """
   output_dir = output_dir or workdir
   t0 = time.perf_counter()
@@ -83,14 +84,26 @@ def evaluate_checkpoint(workdir: str, *, evaluator_dir: str | None = None,
   return merged
 
 
+def _family(key: str) -> str:
+  """A results key's family: the part before the first '/' (gen, ref, retrieval, ...)."""
+  return key.split('/', 1)[0]
+
+
 def _merged(output_dir: str, results: dict) -> dict:
-  """The saved results.json with `results` over it (training's keys kept, ours newer)."""
+  """The saved results.json with `results` over it, family by family.
+
+  A family that `results` writes (gen/*, ref/*, retrieval/*, ...) is replaced whole: the old
+  keys of that family came from another evaluation (another checkpoint, sampler or code
+  version) and would sit unmarked beside ours. Families we do not write (e.g. the trainer's
+  gen_a2v/* and its step) are kept.
+  """
   path = os.path.join(output_dir, 'results.json')
   old = {}
   if os.path.exists(path):
     with open(path) as f:
       old = json.load(f)
-  return {**old, **results}
+  ours = {_family(k) for k in results}
+  return {**{k: v for k, v in old.items() if _family(k) not in ours}, **results}
 
 
 def _write(output_dir: str, config: ml_collections.ConfigDict, merged: dict,
