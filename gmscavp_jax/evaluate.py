@@ -45,8 +45,12 @@ def main(argv):
         f"{r['gen/onset_recall@100ms']:.1f}%)"
         f"  v2a R@1 {r['retrieval/v2a_R@1']:.2f}%  a2v R@1 {r['retrieval/a2v_R@1']:.2f}%")
   print(f"ground truth: KLD {r['ref/gt/kld']:.3f}  FAD {r['ref/gt/fad']:.3f}  Align Acc "
-        f"{r['ref/gt/align_acc']:.1f}%; shuffled ground truth Align Acc "
-        f"{r['ref/shuffled/align_acc']:.1f}%")
+        f"{r['ref/gt/align_acc']:.1f}%  onset F1@100ms {r['ref/gt/onset_f1@100ms']:.1f}%; "
+        f"shuffled ground truth Align Acc {r['ref/shuffled/align_acc']:.1f}%")
+  print(f"ground truth through the vocoder: KLD {r['ref/vocoded/kld']:.3f}  FAD "
+        f"{r['ref/vocoded/fad']:.3f}  Align Acc {r['ref/vocoded/align_acc']:.1f}%  onset "
+        f"F1@100ms {r['ref/vocoded/onset_f1@100ms']:.1f}%  class acc "
+        f"{r['ref/vocoded/class_acc']:.1f}%")
   print(f"wrote {os.path.join(_OUTPUT_DIR.value or _WORKDIR.value, 'results.json')} and "
         'results.md')
 
