@@ -23,7 +23,7 @@ real compilations.
 
 The second takes a trained workdir and, for each sampler at 10/25/50/100 steps, generates
 audio for the first eval.num_generate_clips test videos: per-clip latency (after compiling)
-and onset hit-rate. It prints a table and writes WORKDIR/bench_sampling.{json,md}.
+and onset F1 (with recall). It prints a table and writes WORKDIR/bench_sampling.{json,md}.
 """
 
 import functools
@@ -258,7 +258,7 @@ def time_sampling_latency(config, mesh, sampler: str = LATENCY_SAMPLER,
 
 def bench_sampling(workdir: str, step_counts: list[int], samplers: list[str],
                    guidances: list[float]) -> list[dict]:
-  """Latency and onset hit-rate of each sampler x steps x guidance on the last checkpoint."""
+  """Latency and onset F1 of each sampler x steps x guidance on the last checkpoint."""
   config, mesh, models, params, ckpt_step = state_lib.restore_workdir(workdir)
   generator = sampling.Generator(config, mesh, models)
   clips = generation.test_clips(config, config.eval.num_generate_clips)
@@ -276,16 +276,18 @@ def bench_sampling(workdir: str, step_counts: list[int], samplers: list[str],
     scores = generation.onset_scores(mel, real, clips['onsets'], rate)
     rows.append({'sampler': sampler, 'steps': num_steps, 'guidance': guidance,
                  'ms_per_clip': 1e3 * seconds / len(mel),
-                 'onset_hit@100ms': scores['gen/onset_hit@100ms'],
-                 'onset_hit@50ms': scores['gen/onset_hit@50ms'],
-                 'onset_hit@100ms_shuffled': scores['gen/onset_hit@100ms_shuffled']})
+                 'onset_f1@100ms': scores['gen/onset_f1@100ms'],
+                 'onset_f1@50ms': scores['gen/onset_f1@50ms'],
+                 'onset_f1@100ms_shuffled': scores['gen/onset_f1@100ms_shuffled'],
+                 'onset_hit@100ms': scores['gen/onset_hit@100ms']})
     print('  '.join(f'{k} {v:.2f}' if isinstance(v, float) else f'{k} {v}'
                     for k, v in rows[-1].items()), flush=True)
-  lines = ['| sampler | steps | guidance | ms / clip | onset hit@100ms | hit@50ms | '
-           'shuffled hit@100ms |', '| --- | ---: | ---: | ---: | ---: | ---: | ---: |']
+  lines = ['| sampler | steps | guidance | ms / clip | onset F1@100ms | F1@50ms | '
+           'shuffled F1@100ms | recall@100ms |',
+           '| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |']
   lines += [f"| {r['sampler']} | {r['steps']} | {r['guidance']:g} | {r['ms_per_clip']:.1f} | "
-            f"{r['onset_hit@100ms']:.1f} | {r['onset_hit@50ms']:.1f} | "
-            f"{r['onset_hit@100ms_shuffled']:.1f} |" for r in rows]
+            f"{r['onset_f1@100ms']:.1f} | {r['onset_f1@50ms']:.1f} | "
+            f"{r['onset_f1@100ms_shuffled']:.1f} | {r['onset_hit@100ms']:.1f} |" for r in rows]
   print('\n'.join(lines))
   with open(os.path.join(workdir, 'bench_sampling.json'), 'w') as f:
     json.dump(rows, f, indent=2)

@@ -4,7 +4,7 @@
       [--num_clips=N] [--output_dir=DIR]
 
 Retrieval R@1/5/10 both ways over eval.num_test_clips; audio generated for the first
-eval.num_metric_clips test videos, scored by KLD, FAD, Align Acc, onset hit-rate and class
+eval.num_metric_clips test videos, scored by KLD, FAD, Align Acc, onset F1 and class
 accuracy with the dataset's evaluator networks (trained on first use, then reused: see
 evaluators/classifier_training.py). Merges the numbers into WORKDIR/results.json and writes
 WORKDIR/results.md (the paper's table layout) and WORKDIR/plots/evaluate.png.
@@ -40,11 +40,17 @@ def main(argv):
       output_dir=_OUTPUT_DIR.value,
       **cli.sampler_args(_SAMPLER_FLAGS))
   print(f"checkpoint {r['evaluate/step']}: KLD {r['gen/kld']:.3f}  FAD {r['gen/fad']:.3f}  "
-        f"Align Acc {r['gen/align_acc']:.1f}%  onset hit@100ms {r['gen/onset_hit@100ms']:.1f}%"
+        f"Align Acc {r['gen/align_acc']:.1f}%  onset F1@100ms {r['gen/onset_f1@100ms']:.1f}% "
+        f"(precision {r['gen/onset_precision@100ms']:.1f}%, recall "
+        f"{r['gen/onset_recall@100ms']:.1f}%)"
         f"  v2a R@1 {r['retrieval/v2a_R@1']:.2f}%  a2v R@1 {r['retrieval/a2v_R@1']:.2f}%")
   print(f"ground truth: KLD {r['ref/gt/kld']:.3f}  FAD {r['ref/gt/fad']:.3f}  Align Acc "
-        f"{r['ref/gt/align_acc']:.1f}%; shuffled ground truth Align Acc "
-        f"{r['ref/shuffled/align_acc']:.1f}%")
+        f"{r['ref/gt/align_acc']:.1f}%  onset F1@100ms {r['ref/gt/onset_f1@100ms']:.1f}%; "
+        f"shuffled ground truth Align Acc {r['ref/shuffled/align_acc']:.1f}%")
+  print(f"ground truth through the vocoder: KLD {r['ref/vocoded/kld']:.3f}  FAD "
+        f"{r['ref/vocoded/fad']:.3f}  Align Acc {r['ref/vocoded/align_acc']:.1f}%  onset "
+        f"F1@100ms {r['ref/vocoded/onset_f1@100ms']:.1f}%  class acc "
+        f"{r['ref/vocoded/class_acc']:.1f}%")
   print(f"wrote {os.path.join(_OUTPUT_DIR.value or _WORKDIR.value, 'results.json')} and "
         'results.md')
 

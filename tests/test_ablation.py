@@ -107,11 +107,11 @@ def test_markdown_table_and_ordering(tmp_path):
   md = ablation.markdown(agg, ['x/ablation.py', '--root=/r', '--seeds=2'])
   lines = md.splitlines()
   assert '- command: `python -m gmscavp_jax.tools.ablation --root=/r --seeds=2`' in lines
-  assert ('| config | MSA | MSD | seeds | KLD ↓ | FAD ↓ | Align Acc ↑ | onset hit@50ms ↑ | '
-          'onset hit@100ms ↑ | v2a R@1 | v2a R@5 | v2a R@10 | a2v R@1 | a2v R@5 | a2v R@10 |'
-          ) in lines
+  assert ('| config | MSA | MSD | seeds | KLD ↓ | FAD ↓ | Align Acc ↑ | onset F1@50ms ↑ | '
+          'onset F1@100ms ↑ | onset precision@100ms ↑ | onset recall@100ms ↑ | v2a R@1 | '
+          'v2a R@5 | v2a R@10 | a2v R@1 | a2v R@5 | a2v R@10 |') in lines
   marks = {l.split(' | ')[0][2:]: tuple(l.split(' | ')[1:3]) for l in lines
-           if l.startswith('| ') and l.count('|') == 16}
+           if l.startswith('| ') and l.count('|') == 18}
   assert marks['cavp'] == ('✗', '✗') and marks['msa'] == ('✓', '✗')
   assert marks['msd'] == ('✗', '✓') and marks['msa_msd'] == ('✓', '✓')
   assert marks['other'] == ('?', '?')
@@ -121,7 +121,7 @@ def test_markdown_table_and_ordering(tmp_path):
   assert any(l.startswith(gt_row) for l in lines)
   assert any(l.startswith('| shuffled ground-truth audio |') for l in lines)
   chance = next(l for l in lines if l.startswith('| chance |')).split(' | ')
-  assert chance[4] == '—' and chance[9] == '2.0' and chance[12] == '2.0'
+  assert chance[4] == '—' and chance[11] == '2.0' and chance[14] == '2.0'
   assert "## Does the paper's ordering hold?" in md
   assert '- KLD: holds' in lines
   # Align Acc (higher is better): msd 70.5 beats msa_msd 60.5; msa and msd both beat cavp.
@@ -130,6 +130,24 @@ def test_markdown_table_and_ordering(tmp_path):
   assert facts['gen/kld']['holds'] and not facts['gen/align_acc']['holds']
   # All 10.0 for FAD: every comparison is a tie, which is no improvement.
   assert not facts['gen/fad']['holds'] and len(facts['gen/fad']['violations']) == 5
+
+
+def test_runs_evaluated_before_a_metric_existed_show_a_dash(tmp_path):
+  # Runs evaluated before onset F1 at +-50 ms (e.g. docs/ablation_runs) lack that key: the
+  # cell reads '—', the other columns their values, and the ordering skips the metric.
+  for name in CONFIGS:
+    workdir = write_run(tmp_path, name, 0)
+    with open(os.path.join(workdir, 'results.json')) as f:
+      results = json.load(f)
+    del results['gen/onset_f1@50ms']
+    with open(os.path.join(workdir, 'results.json'), 'w') as f:
+      json.dump(results, f)
+  agg = ablation.aggregate(str(tmp_path), CONFIGS, seeds=1)
+  md = ablation.markdown(agg, ['ablation.py'])
+  assert '| msa | ✓ | ✗ | 1 | 2.50 | 10.00 | 50.0 | — | 10.0 | 10.0 | 10.0 | 10.0 |' in md
+  assert 'gen/onset_f1@50ms' not in ablation.ordering(agg)
+  ablation.write_report(str(tmp_path), agg, ['ablation.py'])  # The plot copes too.
+  plt.close('all')
 
 
 def test_ordering_flags_seed_noise():

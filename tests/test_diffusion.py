@@ -194,6 +194,25 @@ class SamplersTest(parameterized.TestCase):
     # With equal variances, w = 2 is exactly the denoiser of mean 2 * 0.7 - (-0.3) = 1.7.
     self.assertAlmostEqual(float(run(pair, 2.0).mean()), 1.7, delta=0.05)
 
+  @parameterized.named_parameters(('ddpm', 'ddpm', None), ('ddim', 'ddim', None),
+                                  ('ddim_eta', 'ddim', 0.5), ('dpmpp2m', 'dpmpp2m', None))
+  def test_dtype_stable_under_x64(self, sampler, eta):
+    """With jax_enable_x64 on, no float64 creeps into the scan (dpmpp2m's carry used to
+    fail to trace) and the output keeps x_T's dtype and equals the x64-off output."""
+    ab = schedules.alpha_bar('cosine', 50)
+    x_t = terminal_noise(ab)[:8]
+    fn = functools.partial(samplers.sample, gaussian_denoiser(ab, 'v'), sampler=sampler,
+                           num_steps=6, prediction='v', guidance_scale=2.0, eta=eta)
+    want = fn(x_t, key(0), ab)
+    with jax.enable_x64(True):
+      got = fn(x_t, key(0), ab)
+      got_jit = jax.jit(fn)(x_t, key(0), ab)
+      got_bf16 = fn(x_t.astype(jnp.bfloat16), key(0), ab)
+    self.assertEqual((got.dtype, got_jit.dtype, got_bf16.dtype),
+                     (jnp.float32, jnp.float32, jnp.bfloat16))
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_allclose(got_jit, want, atol=1e-6)
+
   def test_invalid(self):
     ab = schedules.alpha_bar('linear', 10)
     fn = gaussian_denoiser(ab, 'eps')

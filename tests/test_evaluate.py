@@ -10,15 +10,20 @@ import numpy as np
 import pytest
 
 from gmscavp_jax.core import config_io
+from gmscavp_jax.data import audio
 from gmscavp_jax.evaluators import checkpoint_evaluation
 from gmscavp_jax.evaluators import classifier_training
 from gmscavp_jax.evaluators import classifiers
+from gmscavp_jax.evaluators import generation
 from gmscavp_jax.evaluators import suite
 from gmscavp_jax import train
 from tests.conftest import ROOT
 from tests.conftest import tiny_config
 
-REQUIRED = ('gen/kld', 'gen/fad', 'gen/align_acc', 'gen/onset_hit@50ms', 'gen/onset_hit@100ms',
+REQUIRED = ('gen/kld', 'gen/fad', 'gen/align_acc', 'gen/onset_f1@50ms', 'gen/onset_f1@100ms',
+            'gen/onset_precision@100ms', 'gen/onset_recall@100ms', 'gen/onset_hit@100ms',
+            'ref/gt/onset_f1@100ms', 'ref/shuffled/onset_f1@50ms', 'ref/vocoded/kld',
+            'ref/vocoded/fad', 'ref/vocoded/align_acc', 'ref/vocoded/onset_f1@100ms',
             'retrieval/v2a_R@1', 'retrieval/a2v_R@5', 'retrieval/chance_R@1', 'ref/gt/fad',
             'ref/gt/kld', 'ref/gt/align_acc', 'ref/shuffled/align_acc', 'evaluate/step',
             'eval/audio_classifier_acc', 'eval/align_classifier_acc')
@@ -74,12 +79,17 @@ def test_evaluate_writes_results_and_reuses_the_evaluators(trained):
   for key in REQUIRED:
     assert key in saved and key in results, key
   assert saved['evaluate/step'] == 4 and saved['step'] == 4  # Training's keys are kept.
+  # ... but not its gen/* keys that this evaluation does not write (another sampler's).
+  assert 'gen/onset_hit@100ms_real' not in saved and 'gen/onset_f1@100ms_shuffled' not in saved
   assert saved['gen/kld'] >= 0 and saved['gen/fad'] > -1e-6
   assert 0 <= saved['gen/align_acc'] <= 100
   with open(os.path.join(workdir, 'results.md')) as f:
     text = f.read()
   assert '| MSA | MSD | KLD ↓ | FAD ↓ | Align Acc ↑ | R@1 | R@5 | R@10 |' in text
   assert '| ✓ | ✓ |' in text and 'ground truth' in text
+  assert ('| KLD ↓ | FAD ↓ | Align Acc ↑ | onset F1@50ms ↑ | onset F1@100ms ↑ | '
+          'precision@100ms | recall@100ms | class acc ↑ |') in text
+  assert '| ground truth through the vocoder | ' in text
   assert os.path.exists(os.path.join(workdir, 'plots', 'evaluate.png'))
 
   # The evaluators were trained once, into a dataset-keyed folder, and are reused.
@@ -92,6 +102,35 @@ def test_evaluate_writes_results_and_reuses_the_evaluators(trained):
   assert summary['eval/align_classifier_acc'] == results['eval/align_classifier_acc']
   mel = np.random.default_rng(0).normal(size=(3, 40, config.audio.n_mels))
   assert np.isfinite(evalset.audio(mel)['embedding']).all()
+
+  # The vocoder row is scored exactly as the generated audio: the same log-mels in both
+  # places give the same numbers.
+  clips, reference = (generation.test_clips(config, 4, start=s) for s in (0, 4))
+  for c in (clips, reference):
+    c['log_mel'] = np.asarray(audio.log_mel_from_config(c['waveform'], config.audio))
+  noisy = clips['log_mel'] + np.random.default_rng(1).normal(size=clips['log_mel'].shape)
+  scores = suite.score(evalset, noisy, clips, reference, generation.frame_rate(config),
+                       vocoded=noisy)
+  gen_keys = [k for k in scores if k.startswith('gen/')]
+  assert len(gen_keys) == 12  # kld, fad, align_acc, class_acc, 4 onset keys x 2 tolerances.
+  for key in gen_keys:
+    assert scores['ref/vocoded/' + key[4:]] == scores[key], key
+  assert not any(k.startswith('ref/vocoded/') for k in suite.score(
+      evalset, noisy, clips, reference, generation.frame_rate(config)))
+
+
+def test_merging_replaces_each_family_it_writes(tmp_path):
+  old = {'step': 9, 'gen/kld': 1.0, 'gen/onset_f1@100ms_real': 80.0, 'ref/gt/kld': 0.5,
+         'gen_a2v/psnr': 12.0, 'retrieval/v2a_R@1': 3.0, 'evaluate/sampler': 'ddpm'}
+  with open(tmp_path / 'results.json', 'w') as f:
+    json.dump(old, f)
+  new = {'gen/kld': 2.0, 'gen/fad': 4.0, 'evaluate/sampler': 'ddim'}
+  merge = checkpoint_evaluation._merged  # pylint: disable=protected-access
+  # gen/* and evaluate/* are ours alone; ref/*, retrieval/*, gen_a2v/* and step are kept.
+  assert merge(str(tmp_path), new) == {
+      'step': 9, 'gen/kld': 2.0, 'gen/fad': 4.0, 'evaluate/sampler': 'ddim',
+      'ref/gt/kld': 0.5, 'gen_a2v/psnr': 12.0, 'retrieval/v2a_R@1': 3.0}
+  assert merge(str(tmp_path / 'none'), new) == new
 
 
 def test_evaluate_cli_reports_a_missing_workdir(tmp_path):

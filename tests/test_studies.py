@@ -49,12 +49,13 @@ def fake_evaluation(workdir, out, flags):
       'evaluate/guidance': float(flags.get('guidance', config['eval']['guidance'])),
       'gen/num_clips': float(flags.get('num_clips', config['eval']['num_metric_clips'])),
       'gen/kld': 3.0 / steps + grids, 'gen/fad': 1.0, 'gen/align_acc': 50.0,
-      'gen/onset_hit@100ms': 40.0 + steps / 10, 'retrieval/v2a_R@1': 5.0,
+      'gen/onset_f1@100ms': 40.0 + steps / 10, 'retrieval/v2a_R@1': 5.0,
       'retrieval/a2v_R@1': 4.0, 'gen/seconds_per_clip': 0.01 * steps,
       'evaluate/seconds': 12.0})
   if 'bidirectional_interval' in config['train']:
     interval = float(config['train']['bidirectional_interval'])
     results.update({'gen_a2v/psnr': 10.0 + interval, 'gen_a2v/psnr_shuffled': 9.0,
+                    'gen_a2v/onset_f1@125ms': 15.0, 'gen_a2v/onset_f1@125ms_shuffled': 8.0,
                     'gen_a2v/onset_hit@125ms': 20.0, 'gen_a2v/onset_hit@125ms_shuffled': 10.0,
                     'gen_a2v/seconds_per_clip': 0.2})
   os.makedirs(out, exist_ok=True)
@@ -115,7 +116,7 @@ def test_sampling_steps_rows_resume_and_report(tmp_path):
                                '--num_clips=8', f'--output_dir={root}/sampling_steps/ddim-10']
   md = (out / 'sampling_steps.md').read_text()
   assert '- command: `python -m gmscavp_jax.tools.studies x`' in md
-  header = '| setting | KLD ↓ | FAD ↓ | Align Acc ↑ | onset hit@100ms ↑ | s / clip ↓ |'
+  header = '| setting | KLD ↓ | FAD ↓ | Align Acc ↑ | onset F1@100ms ↑ | s / clip ↓ |'
   assert header in md
   rows = _rows_of(md)
   assert len(rows) == 4 and rows[0].startswith('| ddim, 10 steps | 1.30 | 1.00 |')
@@ -210,8 +211,9 @@ def test_data_scaling_rows_and_bidirectional_columns(tmp_path):
       '--config.seed=0', '--config.train.bidirectional_interval=2']
   md = (tmp_path / 'bidirectional.md').read_text()
   # Audio-to-video scores beside their controls, where present (not every gen_a2v key).
-  assert ('| a2v PSNR ↑ | a2v PSNR, shuffled ↑ | a2v onset hit@125ms ↑ | '
-          'a2v onset hit@125ms, shuffled ↑ | train | evaluate |') in md
+  assert ('| a2v PSNR ↑ | a2v PSNR, shuffled ↑ | a2v onset F1@125ms ↑ | '
+          'a2v onset F1@125ms, shuffled ↑ | a2v onset recall@125ms ↑ | '
+          'a2v onset recall@125ms, shuffled ↑ | train | evaluate |') in md
   assert _rows_of(md)[1].split(' | ')[7] == '12.0'
 
 

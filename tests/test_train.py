@@ -67,8 +67,10 @@ def test_train_and_evaluate_fills_the_workdir(name, tmp_path, msa_workdir):
   assert saved['retrieval/chance_R@1'] == pytest.approx(100 / 16)
   assert 0 <= saved['retrieval/v2a_R@1'] <= 100
   # Every Table 3 config has trained its denoiser by the last step, and scores generation.
-  for key in ('gen/onset_hit@100ms', 'gen/onset_hit@50ms', 'gen/onset_hit@100ms_shuffled',
-              'gen/onset_hit@100ms_real', 'gen/onset_precision@100ms'):
+  for key in ('gen/onset_f1@100ms', 'gen/onset_f1@50ms', 'gen/onset_precision@100ms',
+              'gen/onset_recall@50ms', 'gen/onset_f1@100ms_shuffled', 'gen/onset_f1@100ms_real',
+              'gen/onset_hit@100ms', 'gen/onset_hit@50ms', 'gen/onset_hit@100ms_shuffled',
+              'gen/onset_hit@100ms_real'):
     assert 0 <= saved[key] <= 100, key
   assert saved['gen/num_clips'] == 8
   joint = name in ('msd', 'msa_msd')

@@ -23,6 +23,7 @@ def tiny_config(**overrides) -> ml_collections.ConfigDict:
       widths=(16, 32), attention_levels=(1,), level_scales=(0, 1), blocks_per_level=1,
       num_groups=4, num_heads=2, stem_patch=(2, 8), aligned_conditioning=True))
   c.unet.update(overrides)
+  c.data = ml_collections.ConfigDict(dict(num_frames=VIDEO_SHAPES[0][1]))
   return c
 
 
@@ -161,16 +162,63 @@ def test_bfloat16_compute_returns_float32(tiny):
 
 
 def test_linear_resample_matrix_aligns_centres():
-  # 8 audio steps onto 4 video frames: each frame covers two steps; rows sum to one.
+  # 8 audio steps (instants i/8 of the clip) onto 4 video frames (instants j/4); rows sum to 1.
   m = unet_blocks.linear_resample_matrix(8, 1, 8, 4)
   np.testing.assert_allclose(m.sum(axis=1), 1.0, rtol=1e-6)
-  np.testing.assert_allclose(m[0], [1, 0, 0, 0])  # Before frame 0's centre: clamped.
-  np.testing.assert_allclose(m[1], [0.75, 0.25, 0, 0])
-  np.testing.assert_allclose(m[7], [0, 0, 0, 1])
-  # Equal grids are the identity; the clip-time fractions of audio and video coincide.
-  np.testing.assert_allclose(unet_blocks.linear_resample_matrix(4, 2, 8, 4), np.eye(4), atol=1e-6)
-  np.testing.assert_allclose(unet_blocks.clip_time_fractions(4, 2, 8),
-                             unet_blocks.clip_time_fractions(4, 1, 4))
+  np.testing.assert_allclose(m[0], [1, 0, 0, 0])  # The same instant as frame 0.
+  np.testing.assert_allclose(m[1], [0.5, 0.5, 0, 0])
+  np.testing.assert_allclose(m[2], [0, 1, 0, 0])
+  np.testing.assert_allclose(m[7], [0, 0, 0, 1])  # After the last frame: clamped.
+  # Equal grids are the identity: 4 steps of 2 audio frames onto 4 tokens of 2 frames each.
+  np.testing.assert_allclose(unet_blocks.linear_resample_matrix(4, 2, 8, 4, 8), np.eye(4),
+                             atol=1e-6)
+
+
+def test_video_and_audio_share_one_clip_time_axis():
+  """The clip-time codes of video tokens and audio steps at the same instant are equal."""
+  # Runlocal geometry: T = 16 frames at 8 fps; Ta = 80 log-mel frames at 40 per second.
+  t, ta, fps, rate = 16, 80, 8.0, 40.0
+  seconds = t / fps
+  # Video frame j is the picture at j / fps; the centred STFT puts mel frame k at k / rate.
+  np.testing.assert_allclose(unet_blocks.clip_time_fractions(t, 1, t) * seconds,
+                             np.arange(t) / fps, atol=1e-6)
+  np.testing.assert_allclose(unet_blocks.clip_time_fractions(ta, 1, ta) * seconds,
+                             np.arange(ta) / rate, atol=1e-6)
+  code = unet_blocks.clip_time_encoding
+  # Video frame j (VideoTokens of an unpooled scale) and the UNet's audio query at mel
+  # frame 5j (stem stride 1, the full-size stem_patch) are one instant, one code.
+  np.testing.assert_array_equal(code(t, 1, t), code(ta, 1, ta)[::5])
+  # A scale pooled by 2 (token j: frames 2j and 2j+1, at (2j + 0.5) / fps) meets the stride-2
+  # audio steps of the runlocal stem (step i: mel frames 2i and 2i+1) at i = 5j + 1.
+  np.testing.assert_array_equal(code(t // 2, 2, t), code(ta // 2, 2, ta)[1::5])
+  # The a2v denoiser's audio tokens: encoder step j pools mel frames 5j..5j+4 (centre 5j + 2).
+  np.testing.assert_array_equal(code(t, ta / t, ta), code(ta, 1, ta)[2::5])
+  # None is half a frame off: the code half a video frame later (62.5 ms) is another one.
+  later = unet_blocks.sinusoidal_embedding(
+      (np.arange(t) + 0.5).astype(np.float32) / t * np.float32(unet_blocks.CLIP_TIME_SCALE),
+      unet_blocks.CLIP_TIME_DIM)
+  assert np.abs(later - code(t, 1, t)).max(axis=1).min() > 0.5
+
+
+def test_the_denoisers_place_their_tokens_on_the_clip_time_axis(monkeypatch):
+  """Every clip-time code the UNet makes (video tokens and audio queries) is asked for on the
+  grid of its own modality: video tokens pool frames of T = data.num_frames, audio steps pool
+  mel frames of Ta = x.shape[1]."""
+  calls = []
+  encoding = unet_blocks.clip_time_encoding
+
+  def recording(num_steps, stride, length):
+    calls.append((num_steps, stride, length))
+    return encoding(num_steps, stride, length)
+
+  monkeypatch.setattr(unet_blocks, 'clip_time_encoding', recording)
+  model = unet.build_unet(tiny_config(level_scales=(0, 1)))
+  x, t, video = inputs(ta=80, f=16)
+  jax.eval_shape(model.init, jax.random.key(0), x, t, video)
+  frames = VIDEO_SHAPES[0][1]
+  # Level 1 (the attention level and the middle block) attends to scale 1: 4 tokens of 2 of
+  # the 8 frames; its queries are 20 steps of 2 * 2 (stem, downsample) mel frames of 80.
+  assert sorted(set(calls)) == [(4, 2.0, frames), (20, 4, 80)]
 
 
 def test_unpatchify_inverts_patchify():

@@ -58,7 +58,8 @@ def build_models(config: ml_collections.ConfigDict) -> Models:
   remat = config.train.remat
   return Models(gmscavp.build_model(config, dtype, remat),
                 unet_lib.build_unet(config, dtype=dtype, remat=remat),
-                video_unet.build_video_unet(config, dtype, remat)
+                video_unet.build_video_unet(config, dtype, remat,
+                                            mel_frames=num_mel_frames(config))
                 if bidirectional.interval(config) else None)
 
 

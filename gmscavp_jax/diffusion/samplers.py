@@ -194,6 +194,8 @@ def _dpmpp2m(predict: Callable, visits: _Visits, x: jnp.ndarray) -> jnp.ndarray:
     x_next = jnp.where(i == last, x0, x_next)
     return (x_next, x0, h), None
 
-  (x, _, _), _ = jax.lax.scan(step, (x, jnp.zeros_like(x), jnp.ones(())),
+  # h_prev starts as a float32 1 (not a default-dtype one, which is float64 under
+  # jax_enable_x64 and would promote the carry); step 0 ignores it.
+  (x, _, _), _ = jax.lax.scan(step, (x, jnp.zeros_like(x), jnp.ones((), lam.dtype)),
                               jnp.arange(visits.ts.shape[0]))
   return x

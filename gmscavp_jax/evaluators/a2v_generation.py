@@ -39,9 +39,9 @@ def frame_scores(generated: np.ndarray, real: np.ndarray, onsets: list | None,
   """gen_a2v/* scores of generated frames (N,T,h,w,3) uint8 against real ones (same shape).
 
   mse (pixels in [0, 1]), psnr (dB, mean over clips), both also `_shuffled` (clip i against
-  clip i+1's real frames), and the visual onset hit-rates (generation.onset_scores keys under
-  gen_a2v/, at one frame period) against `onsets` (N lists of seconds; None: the onsets
-  detected in the real frames are the reference).
+  clip i+1's real frames), and the visual onset F1, precision and recall
+  (generation.onset_scores keys under gen_a2v/, at one frame period) against `onsets` (N
+  lists of seconds; None: the onsets detected in the real frames are the reference).
   """
   if generated.shape != real.shape or generated.ndim != 5:
     raise ValueError(f'generated {generated.shape} and real {real.shape} frames must both be '
@@ -87,11 +87,12 @@ class A2VGenerationEvaluator:
     results[f'{PREFIX}/seconds_per_clip'] = seconds / len(generated)
     ms = onset_tolerance_ms(c)
     logging.info('step %d a2v generation (%d clips, %.2f s/clip): PSNR %.2f dB (shuffled '
-                 'clips %.2f dB), visual onset hit@%dms %.1f%% (shuffled %.1f%%)', step,
-                 len(generated), results[f'{PREFIX}/seconds_per_clip'],
+                 'clips %.2f dB), visual onset F1@%dms %.1f%% (shuffled %.1f%%; recall '
+                 '%.1f%%)', step, len(generated), results[f'{PREFIX}/seconds_per_clip'],
                  results[f'{PREFIX}/psnr'], results[f'{PREFIX}/psnr_shuffled'], ms,
-                 results[f'{PREFIX}/onset_hit@{ms}ms'],
-                 results[f'{PREFIX}/onset_hit@{ms}ms_shuffled'])
+                 results[f'{PREFIX}/onset_f1@{ms}ms'],
+                 results[f'{PREFIX}/onset_f1@{ms}ms_shuffled'],
+                 results[f'{PREFIX}/onset_recall@{ms}ms'])
     k = min(c.eval.num_summary_clips, len(generated))
     if jax.process_index() == 0 and k > 0:
       image = plotting.frame_strip(

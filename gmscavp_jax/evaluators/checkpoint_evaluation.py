@@ -2,10 +2,12 @@
 the evaluate CLI.
 
 Retrieval R@1/5/10 both ways over eval.num_test_clips; audio generated for the first
-eval.num_metric_clips test videos, scored by KLD, FAD, Align Acc, onset hit-rate and class
+eval.num_metric_clips test videos, scored by KLD, FAD, Align Acc, onset F1 and class
 accuracy with the dataset's evaluator networks (trained on first use, then reused: see
-evaluators/classifier_training.py). Merges the numbers into WORKDIR/results.json and writes
-WORKDIR/results.md (the paper's table layout) and WORKDIR/plots/evaluate.png.
+evaluators/classifier_training.py), beside the reference rows of evaluators/suite.py (ground
+truth, ground truth through the vocoder, shuffled ground truth). Merges the numbers into
+WORKDIR/results.json and writes WORKDIR/results.md (the paper's table layout) and
+WORKDIR/plots/evaluate.png.
 """
 
 import json
@@ -21,6 +23,7 @@ from gmscavp_jax.core import config_io
 from gmscavp_jax.core import config_validation
 from gmscavp_jax.core import sampling
 from gmscavp_jax.core import state as state_lib
+from gmscavp_jax.data import vocoder
 from gmscavp_jax.evaluators import classifier_training
 from gmscavp_jax.evaluators import generation
 from gmscavp_jax.evaluators import retrieval
@@ -34,6 +37,19 @@ def _clips_with_log_mel(config, generator: sampling.Generator, num: int, start: 
   return clips
 
 
+def vocoded_log_mel(config: ml_collections.ConfigDict, generator: sampling.Generator,
+                    log_mel: np.ndarray) -> np.ndarray:
+  """Log-mels (N,Ta,F) -> waveforms by the project's vocoder (Griffin-Lim,
+  eval.griffin_lim_iters, as `generate` writes them) -> log-mels (N,Ta,F) again, in batches
+  of eval.batch_size."""
+  out = []
+  for i in range(0, len(log_mel), config.eval.batch_size):
+    wave = vocoder.griffin_lim_from_config(log_mel[i:i + config.eval.batch_size], config.audio,
+                                           num_iters=config.eval.griffin_lim_iters)
+    out.append(generator.real_log_mel(np.asarray(wave)))
+  return np.concatenate(out)
+
+
 def evaluate_checkpoint(workdir: str, *, evaluator_dir: str | None = None,
                         num_clips: int | None = None, sampler: str | None = None,
                         num_steps: int | None = None, guidance: float | None = None,
@@ -42,7 +58,8 @@ def evaluate_checkpoint(workdir: str, *, evaluator_dir: str | None = None,
   """Scores the newest checkpoint of `workdir`; returns the merged results.json dict.
 
   The results go to `output_dir` (default: the workdir itself), merged into its
-  results.json: several settings of one checkpoint each keep their own directory.
+  results.json (see `_merged`: each family of keys we write replaces the old one whole):
+  several settings of one checkpoint each keep their own directory.
   """
   output_dir = output_dir or workdir
   t0 = time.perf_counter()
@@ -65,7 +82,8 @@ def evaluate_checkpoint(workdir: str, *, evaluator_dir: str | None = None,
   generated, timing = generator.generate_timed(params, clips['frames'], seed=seed,
                                                **sampler_args)
   results.update(suite.score(evalset, generated, clips, reference,
-                             generation.frame_rate(config)))
+                             generation.frame_rate(config),
+                             vocoded=vocoded_log_mel(config, generator, clips['log_mel'])))
   results.update({k: v for k, v in summary.items() if k.startswith('eval/')})
   results.update({
       'gen/num_clips': float(n), 'gen/num_reference_clips': float(n),
@@ -73,6 +91,7 @@ def evaluate_checkpoint(workdir: str, *, evaluator_dir: str | None = None,
       'gen/seconds_per_clip': timing['seconds'] / n,
       'gen/compile_seconds': timing['compile_seconds'], 'evaluate/step': step,
       'evaluate/sampler': sampler_args['sampler'],
+      'evaluate/griffin_lim_iters': config.eval.griffin_lim_iters,
       'evaluate/sample_steps': sampler_args['num_steps'],
       'evaluate/guidance': sampler_args['guidance'], 'evaluate/seed': seed,
       'evaluate/evaluator_dir': classifier_training.evaluator_dir(config, evaluator_dir),
@@ -83,14 +102,26 @@ def evaluate_checkpoint(workdir: str, *, evaluator_dir: str | None = None,
   return merged
 
 
+def _family(key: str) -> str:
+  """A results key's family: the part before the first '/' (gen, ref, retrieval, ...)."""
+  return key.split('/', 1)[0]
+
+
 def _merged(output_dir: str, results: dict) -> dict:
-  """The saved results.json with `results` over it (training's keys kept, ours newer)."""
+  """The saved results.json with `results` over it, family by family.
+
+  A family that `results` writes (gen/*, ref/*, retrieval/*, ...) is replaced whole: the old
+  keys of that family came from another evaluation (another checkpoint, sampler or code
+  version) and would sit unmarked beside ours. Families we do not write (e.g. the trainer's
+  gen_a2v/* and its step) are kept.
+  """
   path = os.path.join(output_dir, 'results.json')
   old = {}
   if os.path.exists(path):
     with open(path) as f:
       old = json.load(f)
-  return {**old, **results}
+  ours = {_family(k) for k in results}
+  return {**{k: v for k, v in old.items() if _family(k) not in ours}, **results}
 
 
 def _write(output_dir: str, config: ml_collections.ConfigDict, merged: dict,

@@ -11,6 +11,9 @@ test clips R, `score` returns the paper's metrics and two sanity rows computed t
                    pairs.
   ref/shuffled/*   the real audio of another clip of G (clip i gets clip i+1's audio): right
                    kind of sound, wrong clip; Align Acc falls to the negatives' rate.
+  ref/vocoded/*    the real log-mel of G through the project's vocoder (Griffin-Lim) to a
+                   waveform and analysed again, scored exactly as gen/*: what the waveform
+                   path costs, the ceiling of any generator that is listened to.
 """
 
 import numpy as np
@@ -21,16 +24,19 @@ from gmscavp_jax.evaluators import metrics
 
 
 # The columns of the ablation and study tables: (results key, column, lower is better,
-# decimals), and the keys their plots show.
+# decimals), and the keys their plots show. A run evaluated before a key existed shows '—'.
 METRICS = (
     ('gen/kld', 'KLD ↓', True, 2),
     ('gen/fad', 'FAD ↓', True, 2),
     ('gen/align_acc', 'Align Acc ↑', False, 1),
-    ('gen/onset_hit@50ms', 'onset hit@50ms ↑', False, 1),
-    ('gen/onset_hit@100ms', 'onset hit@100ms ↑', False, 1),
+    ('gen/onset_f1@50ms', 'onset F1@50ms ↑', False, 1),
+    ('gen/onset_f1@100ms', 'onset F1@100ms ↑', False, 1),
+    ('gen/onset_precision@100ms', 'onset precision@100ms ↑', False, 1),
+    # Recall under its older name: every results.json has it, also those before F1.
+    ('gen/onset_hit@100ms', 'onset recall@100ms ↑', False, 1),
 ) + tuple((f'retrieval/{d}_R@{k}', f'{d} R@{k}', False, 1)
           for d in ('v2a', 'a2v') for k in (1, 5, 10))
-PLOT_METRICS = ('gen/kld', 'gen/fad', 'gen/align_acc', 'gen/onset_hit@100ms',
+PLOT_METRICS = ('gen/kld', 'gen/fad', 'gen/align_acc', 'gen/onset_f1@100ms',
                 'retrieval/v2a_R@1', 'retrieval/a2v_R@1')
 
 
@@ -53,13 +59,13 @@ def _rows(prefix: str, *, kld: float, fad: float, align: np.ndarray, class_logit
          f'{prefix}/align_acc': metrics.align_accuracy(align),
          f'{prefix}/class_acc': classifiers.top1_in_labels(class_logits, labels)}
   for ms in generation.TOLERANCES_MS:
-    out[f'{prefix}/onset_hit@{ms}ms'] = metrics.onset_hit_rate(
-        onset_detected, onsets, ms / 1000)['hit_rate']
+    out.update(generation.onset_keys(f'{prefix}/onset', f'@{ms}ms', metrics.onset_hit_rate(
+        onset_detected, onsets, ms / 1000)))
   return out
 
 
 def score(evalset: classifiers.EvaluatorSet, generated: np.ndarray, clips: dict,
-          reference: dict, frame_rate: float) -> dict:
+          reference: dict, frame_rate: float, vocoded: np.ndarray | None = None) -> dict:
   """Every generation metric of `generated` (N,Ta,F) log-mels for the videos of `clips`.
 
   Args:
@@ -69,26 +75,35 @@ def score(evalset: classifiers.EvaluatorSet, generated: np.ndarray, clips: dict,
       (true onset times, or None: those detected in the real audio are used).
     reference: the disjoint clips R: log_mel (M,Ta,F), labels (M,K).
     frame_rate: log-mel frames per second.
+    vocoded: optional (N,Ta,F) log-mels of clips['log_mel'] after the vocoder round trip
+      (log-mel -> waveform -> log-mel); None leaves out the ref/vocoded row.
   Returns:
-    gen/{kld,fad,align_acc,class_acc,onset_hit@50ms,onset_hit@100ms} and the same under
-    ref/gt/ and ref/shuffled/ (see the module docstring); percentages in 0-100.
+    gen/{kld,fad,align_acc,class_acc} and gen/onset_{f1,precision,recall,hit}@{50,100}ms
+    (hit = recall, see `generation.onset_scores`), and the same under ref/gt/,
+    ref/shuffled/ and ref/vocoded/ (see the module docstring); percentages in 0-100.
   """
   gen = evalset.audio(generated)
   real = evalset.audio(clips['log_mel'])
   ref = evalset.audio(reference['log_mel'])
   shuffle = np.roll(np.arange(len(generated)), -1)
-  detected = [metrics.detect_onsets(m, frame_rate) for m in generated]
   detected_real = [metrics.detect_onsets(m, frame_rate) for m in clips['log_mel']]
   # Without true onset times (a prepared dataset) the real audio's detected onsets are the
   # reference, so ref/gt's onset hit-rate is 100 by construction.
   onsets = detected_real if clips['onsets'] is None else clips['onsets']
   fad_floor = metrics.fad(real['embedding'], ref['embedding'])
 
-  out = _rows('gen', kld=metrics.kld_from_logits(real['logits'], gen['logits']),
-              fad=metrics.fad(gen['embedding'], ref['embedding']),
-              align=evalset.aligned_prob(clips['frames'], generated),
-              class_logits=gen['logits'], labels=clips['labels'],
-              onset_detected=detected, onsets=onsets)
+  def as_generated(prefix, mel, scored):
+    # KLD paired with G's real audio, FAD against R's: how gen/* is scored.
+    return _rows(prefix, kld=metrics.kld_from_logits(real['logits'], scored['logits']),
+                 fad=metrics.fad(scored['embedding'], ref['embedding']),
+                 align=evalset.aligned_prob(clips['frames'], mel),
+                 class_logits=scored['logits'], labels=clips['labels'],
+                 onset_detected=[metrics.detect_onsets(m, frame_rate) for m in mel],
+                 onsets=onsets)
+
+  out = as_generated('gen', generated, gen)
+  if vocoded is not None:
+    out.update(as_generated('ref/vocoded', vocoded, evalset.audio(vocoded)))
   match = match_by_labels(clips['labels'], reference['labels'])
   has = match >= 0
   out.update(_rows('ref/gt', kld=metrics.kld_from_logits(real['logits'][has],
@@ -120,8 +135,9 @@ def results_markdown(results: dict, experiment: str) -> str:
   """results.md: the paper's Tables 1-3 layout for one evaluated workdir."""
   r = results
   gen_cols = [('kld', 'KLD ↓', 2), ('fad', 'FAD ↓', 2), ('align_acc', 'Align Acc ↑', 1),
-              ('onset_hit@50ms', 'onset hit@50ms ↑', 1),
-              ('onset_hit@100ms', 'onset hit@100ms ↑', 1), ('class_acc', 'class acc ↑', 1)]
+              ('onset_f1@50ms', 'onset F1@50ms ↑', 1), ('onset_f1@100ms', 'onset F1@100ms ↑', 1),
+              ('onset_precision@100ms', 'precision@100ms', 1),
+              ('onset_recall@100ms', 'recall@100ms', 1), ('class_acc', 'class acc ↑', 1)]
   lines = [f"# Evaluation of {experiment}, checkpoint {r.get('evaluate/step')}", '',
            f"Sampler {r.get('evaluate/sampler')}, {r.get('evaluate/sample_steps')} steps, "
            f"guidance {r.get('evaluate/guidance')}; {int(r.get('gen/num_clips', 0))} test "
@@ -130,13 +146,22 @@ def results_markdown(results: dict, experiment: str) -> str:
            '## Video-to-audio generation (Table 1 layout)', '',
            '| audio | ' + ' | '.join(c[1] for c in gen_cols) + ' |',
            '|' + ' --- |' * (len(gen_cols) + 1)]
-  for prefix, name in (('ref/gt', 'ground truth'), ('ref/shuffled', 'shuffled ground truth'),
+  for prefix, name in (('ref/gt', 'ground truth'),
+                       ('ref/vocoded', 'ground truth through the vocoder'),
+                       ('ref/shuffled', 'shuffled ground truth'),
                        ('gen', f'generated: {experiment}')):
+    if prefix == 'ref/vocoded' and f'{prefix}/kld' not in r:
+      continue  # Evaluated before the vocoder row existed.
     lines.append(f'| {name} | ' + ' | '.join(_cell(r, f'{prefix}/{c[0]}', c[2])
                                             for c in gen_cols) + ' |')
   lines += ['', 'Ground truth: KLD against a same-class clip of the disjoint reference half '
             f"({int(r.get('ref/gt/kld_matched_clips', 0))} clips matched); FAD of real vs "
-            'real audio (the floor at this sample size).', '',
+            'real audio (the floor at this sample size). Through the vocoder: the real '
+            f"log-mel to a waveform by Griffin-Lim ({r.get('evaluate/griffin_lim_iters', '?')} "
+            'iterations) and back, scored as the generated audio is: what the waveform path '
+            'costs. Onsets: F1 of the detected onsets '
+            "against the true ones within ±50 / ±100 ms (one-to-one); recall alone (CMMD's "
+            'hit-rate) would reward audio that is onsets everywhere.', '',
             '## Retrieval (Table 2 layout)', '',
             '| direction | R@1 | R@5 | R@10 | median rank |', '| --- | --- | --- | --- | --- |']
   for d, name in (('v2a', 'video → audio'), ('a2v', 'audio → video')):

@@ -55,6 +55,9 @@ class UNet(nn.Module):
       size p*q must not exceed widths[0] (the patch embedding must be lossless).
     aligned_conditioning: add the finest scale's per-frame features, resampled onto the
       stem's time grid, to the stem output.
+    video_frames: T, the video frames per clip that the scales pool, which places video
+      tokens and audio steps on one clip-time axis (unet_blocks.clip_time_fractions);
+      None: the finest scale's length.
     dtype: compute dtype; parameters and the output are float32.
   """
   widths: Sequence[int]
@@ -65,6 +68,7 @@ class UNet(nn.Module):
   num_heads: int = 4
   stem_patch: tuple[int, int] = (1, 1)
   aligned_conditioning: bool = True
+  video_frames: int | None = None
   dtype: Dtype = jnp.float32
   remat: str = 'none'  # jax.checkpoint policy of the ResBlocks (layers.remat).
 
@@ -115,7 +119,7 @@ class UNet(nn.Module):
     emb = blocks.condition_embedding(self, t, blocks.clip_condition(video_scales, dt),
                                      drop_condition, self.widths[0], dt)
     context = blocks.cross_attention_contexts(video_scales, self.level_scales,
-                                              self.attention_levels, dt)
+                                              self.attention_levels, dt, self.video_frames)
     h = self._stem(x, video_scales, drop_condition)
     h = blocks.unet_trunk(
         h, emb, widths=self.widths, attention_levels=self.attention_levels,
@@ -145,7 +149,7 @@ class UNet(nn.Module):
       # bin: onsets in the video become onsets in the audio without going through attention.
       aligned = blocks.aligned_condition(
           self, None if video_scales is None else video_scales[0], drop_condition,
-          h.shape[1], st, ta, self.widths[0], dt, b)
+          h.shape[1], st, ta, self.widths[0], dt, b, self.video_frames)
       h = h + aligned[:, :, None, :]
     return h
 
@@ -190,6 +194,7 @@ def build_unet(config: ml_collections.ConfigDict, dtype: Dtype = jnp.float32,
       num_heads=u.num_heads,
       stem_patch=tuple(u.stem_patch),
       aligned_conditioning=u.aligned_conditioning,
+      video_frames=config.data.num_frames,
       dtype=dtype,
       remat=remat,
   )

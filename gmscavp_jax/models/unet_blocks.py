@@ -44,36 +44,47 @@ def sinusoidal_embedding(x: jnp.ndarray | np.ndarray, dim: int,
 
 
 def clip_time_fractions(num_steps: int, stride: float, length: float) -> np.ndarray:
-  """Centres of `num_steps` steps of `stride` frames each, as fractions of a clip of `length`.
+  """Times of `num_steps` steps as fractions of the clip; step i pools samples
+  [i*stride, (i+1)*stride) of a grid of `length` samples per clip.
 
-  Audio step i at a level with stride s covers frames [i*s, (i+1)*s) of a clip of Ta frames;
-  video frame j of T_l covers [j/T_l, (j+1)/T_l) of the clip. Using centres (not starts)
-  makes the two coincide when they cover the same span at different resolutions. Padded
-  audio steps get fractions >= 1.
+  Sample k of either grid is the instant k / length of the clip, not an interval: video frame
+  j is the picture at j / fps, and log-mel frame k is centred at sample k * hop (the STFT is
+  centred, audio.stft). A step that pools `stride` samples (a stem patch, a downsampled level,
+  a pooled pyramid scale, or an audio encoder step, which resamples Ta/T mel frames to one
+  video frame) is at the mean of their instants: ((i + 0.5) * stride - 0.5) / length. So
+  video frame j and mel frame j * Ta / T are the same instant j / T, and a pooled step sits
+  between the samples it pools. `stride` may be fractional (Ta / T_l); padded steps of the
+  audio grid get fractions near or above 1.
   """
-  return ((np.arange(num_steps, dtype=np.float32) + 0.5) * stride / length).astype(np.float32)
+  steps = np.arange(num_steps, dtype=np.float64)
+  return (((steps + 0.5) * stride - 0.5) / length).astype(np.float32)
 
 
 def clip_time_encoding(num_steps: int, stride: float, length: float) -> np.ndarray:
   """(num_steps, CLIP_TIME_DIM) sinusoidal encoding of each step's position in the clip.
 
-  The one function that places both audio steps and video frames in the clip, so that the
-  same instant gets the same code on both sides of the cross-attention.
+  The one function that places both audio steps and video frames in the clip (at
+  `clip_time_fractions`), so that the same instant gets the same code on both sides of the
+  cross-attention.
   """
   frac = clip_time_fractions(num_steps, stride, length)
   return sinusoidal_embedding(frac * np.float32(CLIP_TIME_SCALE), CLIP_TIME_DIM)
 
 
-def linear_resample_matrix(num_out: int, out_stride: float, length: float,
-                           num_in: int) -> np.ndarray:
-  """(num_out, num_in) linear interpolation from `num_in` frames onto a grid of audio steps.
+def linear_resample_matrix(num_out: int, out_stride: float, length: float, num_in: int,
+                           in_samples: int | None = None) -> np.ndarray:
+  """(num_out, num_in) linear interpolation from `num_in` condition tokens onto audio steps.
 
-  Output step i (centre at fraction (i+0.5)*out_stride/length of the clip, as in
-  `clip_time_fractions`) interpolates the two video frames whose centres surround it, clamped
-  at the clip edges (padded steps repeat the last frame).
+  Output step i is at `clip_time_fractions(num_out, out_stride, length)[i]`; input token j,
+  one of `num_in` pooled evenly from `in_samples` samples per clip (None: num_in), at
+  `clip_time_fractions(num_in, in_samples / num_in, in_samples)[j]`. Each output
+  interpolates the two inputs whose times surround it, clamped at the clip edges (padded
+  steps repeat the last input).
   """
-  frac = clip_time_fractions(num_out, out_stride, length)
-  u = np.clip(frac * num_in - 0.5, 0.0, num_in - 1.0)
+  frac = clip_time_fractions(num_out, out_stride, length).astype(np.float64)
+  in_samples = num_in if in_samples is None else in_samples
+  first = float(clip_time_fractions(1, in_samples / num_in, in_samples)[0])
+  u = np.clip((frac - first) * num_in, 0.0, num_in - 1.0)  # Inputs are 1 / num_in apart.
   lo = np.floor(u).astype(np.int64)
   hi = np.minimum(lo + 1, num_in - 1)
   w = (u - lo).astype(np.float32)
@@ -146,20 +157,21 @@ def clip_condition(scales: Sequence[jnp.ndarray] | None, dtype: Dtype) -> jnp.nd
 
 
 def cross_attention_contexts(scales: Sequence[jnp.ndarray] | None, level_scales: Sequence[int],
-                             attention_levels: Sequence[int], dtype: Dtype
-                             ) -> Callable[[int], jnp.ndarray | None]:
+                             attention_levels: Sequence[int], dtype: Dtype,
+                             samples: int | None = None) -> Callable[[int], jnp.ndarray | None]:
   """context(level) -> the tokens (B,T_l*S_l,D) that `level` cross-attends to, or None.
 
   The tokens of each scale that a level with attention (one in `attention_levels`, or the
   middle block at the last level) attends to are made once, by `VideoTokens` modules named
-  tokens_{l} in the calling module.
+  tokens_{l} in the calling module; `samples` is the condition's samples per clip (see
+  `VideoTokens`).
   """
   if scales is None:
     return lambda level: None
   attended = sorted(set(attention_levels) | {len(level_scales) - 1})
   tokens = {}
   for l in sorted({level_scales[i] % len(scales) for i in attended}):
-    tokens[l] = VideoTokens(dtype, name=f'tokens_{l}')(scales[l])
+    tokens[l] = VideoTokens(dtype, samples, name=f'tokens_{l}')(scales[l])
   return lambda level: tokens[level_scales[level] % len(scales)]
 
 
@@ -190,12 +202,13 @@ def condition_embedding(module: nn.Module, t: jnp.ndarray, clip: jnp.ndarray | N
 
 def aligned_condition(module: nn.Module, scale: jnp.ndarray | None, drop: jnp.ndarray | None,
                       num_steps: int, stride: float, length: float, width: int,
-                      dtype: Dtype, batch: int) -> jnp.ndarray:
+                      dtype: Dtype, batch: int, samples: int | None = None) -> jnp.ndarray:
   """(B, num_steps, width): the finest condition scale on the denoiser's time grid.
 
-  `scale` (B,T_0,S,D) is averaged over its tokens, normalised, projected to `width` and
-  linearly resampled (`linear_resample_matrix`) onto `num_steps` steps of `stride` frames
-  each of a clip of `length` frames: a direct path for event timing that bypasses attention.
+  `scale` (B,T_0,S,D) (T_0 tokens pooled from `samples` condition samples per clip; None:
+  T_0) is averaged over its tokens, normalised, projected to `width` and linearly resampled
+  (`linear_resample_matrix`) onto `num_steps` steps of `stride` frames each of a clip of
+  `length` frames: a direct path for event timing that bypasses attention.
   The learned null where drop (B,) is True (everywhere when `scale` is None). Params
   (null_aligned, aligned_norm, aligned_proj) are `module`'s own.
   """
@@ -206,7 +219,7 @@ def aligned_condition(module: nn.Module, scale: jnp.ndarray | None, drop: jnp.nd
   frames = scale.astype(dtype).mean(axis=2)  # (B,T_0,D)
   frames = nn.LayerNorm(dtype=dtype, param_dtype=jnp.float32, name='aligned_norm')(frames)
   frames = dense(width, dtype, 'aligned_proj')(frames)
-  resample = linear_resample_matrix(num_steps, stride, length, frames.shape[1])
+  resample = linear_resample_matrix(num_steps, stride, length, frames.shape[1], samples)
   aligned = jnp.einsum('st,btc->bsc', jnp.asarray(resample, dtype), frames)
   return select_null(drop, null_aligned, aligned)
 
@@ -360,8 +373,16 @@ class VideoTokens(nn.Module):
   embedding (S_l,D) and a Dense of the clip-time encoding shared with the audio queries,
   then LayerNorm (pyramid embeddings have no fixed scale). The learned shapes follow the
   video given at init, so initialise the UNet with video scales, not None.
+
+  Attributes:
+    dtype: compute dtype.
+    samples: samples per clip of the modality the scale pools (video frames T; log-mel frames
+      Ta for audio scales), which places token t at the mean instant of the samples it pools
+      (`clip_time_fractions` with stride samples / T_l); None: the T_l tokens are the
+      samples.
   """
   dtype: Dtype = jnp.float32
+  samples: int | None = None
 
   @nn.compact
   def __call__(self, video: jnp.ndarray) -> jnp.ndarray:
@@ -371,7 +392,9 @@ class VideoTokens(nn.Module):
     scale_emb = self.param('scale_embedding', init, (d,), jnp.float32)
     time_emb = self.param('time_embedding', init, (t, d), jnp.float32)
     space_emb = self.param('space_embedding', init, (s, d), jnp.float32)
-    clip_time = dense(d, self.dtype, 'clip_time', use_bias=False)(clip_time_encoding(t, 1, t))
+    samples = t if self.samples is None else self.samples
+    clip_time = dense(d, self.dtype, 'clip_time', use_bias=False)(
+        clip_time_encoding(t, samples / t, samples))
     pos = scale_emb + time_emb[:, None, :] + space_emb[None, :, :]
     x = video.astype(self.dtype) + pos.astype(self.dtype) + clip_time[:, None, :]
     x = nn.LayerNorm(dtype=self.dtype, param_dtype=jnp.float32, name='norm')(x)

@@ -54,6 +54,10 @@ class VideoUNet(nn.Module):
     stem_patch: side of the square patch of the patchifying stem, undone at the output;
       3 * stem_patch^2 must not exceed widths[0] (the patch embedding must be lossless).
     aligned_conditioning: add the finest audio scale's per-frame features at every pixel.
+    mel_frames: Ta, the log-mel frames per clip that the audio scales pool (an audio scale of
+      T_l steps pools Ta / T_l of them a step), which places audio tokens and video frames
+      on one clip-time axis (unet_blocks.clip_time_fractions); None: the finest scale's
+      length.
     dtype: compute dtype; parameters and the output are float32.
     remat: jax.checkpoint policy of the ResBlocks (layers.remat).
   """
@@ -65,6 +69,7 @@ class VideoUNet(nn.Module):
   num_heads: int = 4
   stem_patch: int = 2
   aligned_conditioning: bool = True
+  mel_frames: int | None = None
   dtype: Dtype = jnp.float32
   remat: str = 'none'
 
@@ -106,7 +111,7 @@ class VideoUNet(nn.Module):
     emb = blocks.condition_embedding(self, t, blocks.clip_condition(audio_scales, dt),
                                      drop_condition, self.widths[0], dt)
     context = blocks.cross_attention_contexts(audio_scales, self.level_scales,
-                                              self.attention_levels, dt)
+                                              self.attention_levels, dt, self.mel_frames)
     h = self._stem(x, audio_scales, drop_condition)
     # Resolution changes act on each frame; time is never pooled.
     h = blocks.unet_trunk(
@@ -136,7 +141,7 @@ class VideoUNet(nn.Module):
     if self.aligned_conditioning:
       aligned = blocks.aligned_condition(
           self, None if audio_scales is None else audio_scales[0], drop_condition,
-          num_frames, 1, num_frames, self.widths[0], dt, b)
+          num_frames, 1, num_frames, self.widths[0], dt, b, self.mel_frames)
       h = h + aligned[:, :, None, None, :]
     return h
 
@@ -174,8 +179,10 @@ class VideoUNet(nn.Module):
 
 
 def build_video_unet(config: ml_collections.ConfigDict, dtype: Dtype = jnp.float32,
-                     remat: str = 'none') -> VideoUNet:
-  """VideoUNet from config.a2v.*; `dtype` is the compute dtype (params stay float32)."""
+                     remat: str = 'none', *, mel_frames: int) -> VideoUNet:
+  """VideoUNet from config.a2v.*; `dtype` is the compute dtype (params stay float32),
+  `mel_frames` the clip's log-mel frames Ta (core.steps.num_mel_frames: models/ does not read
+  the audio front end)."""
   a = config.a2v
   return VideoUNet(
       widths=tuple(a.widths),
@@ -186,6 +193,7 @@ def build_video_unet(config: ml_collections.ConfigDict, dtype: Dtype = jnp.float
       num_heads=a.num_heads,
       stem_patch=a.stem_patch,
       aligned_conditioning=a.aligned_conditioning,
+      mel_frames=mel_frames,
       dtype=dtype,
       remat=remat,
   )

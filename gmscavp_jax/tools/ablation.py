@@ -76,9 +76,11 @@ def aggregate(root: str, configs: Sequence[str], seeds: int, variant: str = 'run
 
   Returns {'runs': {run: {'config', 'seed', 'results'}}, 'configs': {name: {'seeds': [S],
   'values': {key: [per seed]}, 'mean': {key: x}, 'std': {key: x or None}}}, 'ref': {'gt' |
-  'shuffled': {metric key: mean over all runs}}, 'chance_R@1': mean or None}.
+  'vocoded' | 'shuffled': {metric key: mean over the runs that have it}}, 'chance_R@1': mean
+  or None}.
   """
-  out = {'runs': {}, 'configs': {}, 'ref': {'gt': {}, 'shuffled': {}}, 'chance_R@1': None}
+  out = {'runs': {}, 'configs': {}, 'ref': {'gt': {}, 'vocoded': {}, 'shuffled': {}},
+         'chance_R@1': None}
   refs, chance = {}, []
   for name in configs:
     seeds_done, values = [], {}
@@ -93,7 +95,7 @@ def aggregate(root: str, configs: Sequence[str], seeds: int, variant: str = 'run
         if key in results:
           values.setdefault(key, []).append(float(results[key]))
       for key, v in results.items():
-        if key.startswith(('ref/gt/', 'ref/shuffled/')):
+        if key.startswith(('ref/gt/', 'ref/vocoded/', 'ref/shuffled/')):
           refs.setdefault(key, []).append(float(v))
       if 'retrieval/chance_R@1' in results:
         chance.append(float(results['retrieval/chance_R@1']))
@@ -158,7 +160,8 @@ def markdown(agg: dict, argv: Sequence[str]) -> str:
     msa, msd = (mark(b) for b in components) if components else ('?', '?')
     cells = [_cell(c['mean'].get(k), c['std'].get(k), d) for k, _, _, d in METRICS]
     lines.append(f'| {name} | {msa} | {msd} | {len(c["seeds"])} | ' + ' | '.join(cells) + ' |')
-  for kind, label in (('gt', 'ground-truth audio'), ('shuffled', 'shuffled ground-truth audio')):
+  for kind, label in (('gt', 'ground-truth audio'), ('vocoded', 'ground truth through the vocoder'),
+                      ('shuffled', 'shuffled ground-truth audio')):
     if agg['ref'][kind]:
       cells = [_cell(agg['ref'][kind].get(k), None, d) for k, _, _, d in METRICS]
       lines.append(f'| {label} | — | — | — | ' + ' | '.join(cells) + ' |')

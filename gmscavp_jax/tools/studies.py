@@ -92,8 +92,10 @@ SAMPLING_METRICS = tuple(m for m in TRAINED_METRICS if m[0].startswith('gen/')) 
 # beside its control, the same score against another clip (what ignoring the audio gets).
 # The onset tolerance is one frame period, so its key depends on data.fps.
 A2V_COLUMNS = ((r'psnr', 'a2v PSNR'), (r'psnr_shuffled', 'a2v PSNR, shuffled'),
-               (r'onset_hit(@\d+ms)', 'a2v onset hit{}'),
-               (r'onset_hit(@\d+ms)_shuffled', 'a2v onset hit{}, shuffled'))
+               (r'onset_f1(@\d+ms)', 'a2v onset F1{}'),
+               (r'onset_f1(@\d+ms)_shuffled', 'a2v onset F1{}, shuffled'),
+               (r'onset_hit(@\d+ms)', 'a2v onset recall{}'),
+               (r'onset_hit(@\d+ms)_shuffled', 'a2v onset recall{}, shuffled'))
 
 
 def a2v_metrics(results: dict) -> list:
