@@ -325,6 +325,11 @@ def write_report(study: str, rows: Sequence[Row], view: dict, base: str, out: st
       base, r.name), [*eval_flags, *r.eval_flags], num_steps) for r in rows}
   metrics = list(view['metrics'])
   metrics += a2v_metrics(results)
+  # Beside the retrieval columns, the timing-blind ceilings of each row's test clips (a row
+  # on other data has other ones); tabulated, not plotted.
+  columns = metrics + [(f'{prefix}_R@1', f'{label} R@1', False, 1)
+                       for prefix, label in suite.CEILINGS
+                       if any(k.startswith('retrieval/') for k, _, _, _ in metrics)]
   time_of = lambda r, job: runtimes.get(r.name, {}).get(job)
   lines = [f'# Study: {study}', '', view['about'], '', *runs.provenance('gmscavp_jax.tools.studies',
                                                                          argv),
@@ -332,14 +337,14 @@ def write_report(study: str, rows: Sequence[Row], view: dict, base: str, out: st
            f'{sum(bool(r.reuse) for r in rows)}); evaluations: {len(rows)}',
            f'- runtime so far: {runs.hms(sum(sum(t.values()) for t in runtimes.values()))} '
            f'(this study\'s subprocesses, resumed sessions included)', '',
-           '| setting | ' + ' | '.join(m[1] for m in metrics) + ' | train | evaluate |',
-           '|' + ' --- |' * (len(metrics) + 3)]
+           '| setting | ' + ' | '.join(m[1] for m in columns) + ' | train | evaluate |',
+           '|' + ' --- |' * (len(columns) + 3)]
   for r in rows:
     res = results[r.name] or {}
     train = 'reused' if r.reuse else (runs.hms(time_of(r, 'train'))
                                       if time_of(r, 'train') else '—')
     evaluate = time_of(r, 'evaluate') or res.get('evaluate/seconds')
-    lines.append(f'| {r.label} | ' + ' | '.join(_cell(res.get(k), d) for k, _, _, d in metrics)
+    lines.append(f'| {r.label} | ' + ' | '.join(_cell(res.get(k), d) for k, _, _, d in columns)
                  + f' | {train} | {runs.hms(evaluate) if evaluate else "—"} |')
   lines += ['', f'Runs, logs and study.json: `{base}`.', '']
   os.makedirs(out, exist_ok=True)
