@@ -8,6 +8,7 @@ import pytest
 
 from gmscavp_jax.evaluators import metrics
 from gmscavp_jax.evaluators import retrieval
+from gmscavp_jax.evaluators import suite
 
 
 def test_groups_of_one_two_and_three_give_the_exact_mean_of_one_over_n():
@@ -70,3 +71,15 @@ def test_descriptors_use_sounding_and_visible_classes_or_the_labels_alone():
   del emb['visible']
   out = retrieval.ceiling_metrics(emb, ks=(1,))
   assert out['retrieval/ceiling_R@1'] == out['retrieval/class_ceiling_R@1']
+
+
+def test_results_md_shows_the_ceilings_beside_retrieval_only_when_measured():
+  results = {f'retrieval/{d}_R@{k}': 1.0 * k for d in ('v2a', 'a2v') for k in (1, 5, 10)}
+  old = suite.results_markdown(results, 'msa')
+  assert 'ceiling,' not in old  # Evaluated before the ceilings existed: no rows of dashes.
+  results.update({f'retrieval/ceiling_R@{k}': 50.0 + k for k in (1, 5, 10)})
+  results.update({f'retrieval/class_ceiling_R@{k}': 3.0 * k for k in (1, 5, 10)})
+  lines = suite.results_markdown(results, 'msa').splitlines()
+  assert '| timing-blind ceiling, either direction | 51.00 | 55.00 | 60.00 | — |' in lines
+  assert '| class-only ceiling, either direction | 3.00 | 15.00 | 30.00 | — |' in lines
+  assert 'Timing-blind ceiling of R@1 / R@5 / R@10: 51.00 / 55.00 / 60.00.' in lines
