@@ -40,8 +40,8 @@ def test_shapes_and_dtypes(source):
   clip = source[3]
   expected = dict(frames=((8, 24, 24, 3), np.uint8), waveform=((NUM_SAMPLES,), np.float32),
                   label=((), np.int32), labels=((16,), np.float32),
-                  visible=((16,), np.float32), onsets=((32,), np.float32), num_onsets=((), np.int32),
-                  index=((), np.int32))
+                  visible=((16,), np.float32), onsets=((32,), np.float32),
+                  num_onsets=((), np.int32), index=((), np.int32))
   assert {k: (v.shape, v.dtype) for k, v in clip.items()} == expected
   assert int(clip['index']) == 3
   assert len(source) == 12 and source.num_samples == NUM_SAMPLES

@@ -41,7 +41,8 @@ def timing_blind_ceiling(descriptor: np.ndarray, ks=(1, 5, 10), name: str = 'cei
   set of visible classes). For a query i the oracle ranks the n_i = |{j : d_j = d_i}|
   candidates with the query's descriptor first, in a uniformly random order, then the rest.
   Its true pair is one of those n_i, at each place with probability 1 / n_i, so its expected
-  R@k is min(1, k / n_i) exactly (no sampling); the ceiling is the mean over the N clips.
+  R@k is min(1, k / n_i) exactly (no sampling); the ceiling is the mean over the N clips. At
+  k = 1 each group of n clips adds n * 1/n = 1, so R@1 = (number of distinct descriptors) / N.
   "Same descriptor" is symmetric and every clip is once a query and once a candidate in each
   direction, so v2a and a2v have the same ceiling: one key, `retrieval/ceiling_R@{k}`, serves
   both. A model above it knows more of each clip than its classes (timing, motion); one
@@ -60,6 +61,17 @@ def timing_blind_ceiling(descriptor: np.ndarray, ks=(1, 5, 10), name: str = 'cei
   group = counts[inverse.reshape(-1)].astype(np.float64)  # n_i per clip.
   return {f'retrieval/{name}_R@{k}': 100.0 * float(np.mean(np.minimum(1.0, k / group)))
           for k in ks}
+
+
+def test_split_ceiling(config: ml_collections.ConfigDict) -> dict:
+  """`ceiling_metrics` of the clips the retrieval metric uses (the first eval.num_test_clips
+  of the test split), read from the dataset source without a model: what a run of `config`
+  will report beside its R@k (eval.top_k), before training it."""
+  source = pipeline.make_source(config, 'test')
+  fields = ('label', 'labels', 'visible')
+  records = [source[i] for i in range(config.eval.num_test_clips)]
+  emb = {k: np.stack([r[k] for r in records]) for k in fields if k in records[0]}
+  return ceiling_metrics(emb, config.eval.top_k)
 
 
 class RetrievalEvaluator:
