@@ -43,7 +43,9 @@ def main(argv):
         f"Align Acc {r['gen/align_acc']:.1f}%  onset F1@100ms {r['gen/onset_f1@100ms']:.1f}% "
         f"(precision {r['gen/onset_precision@100ms']:.1f}%, recall "
         f"{r['gen/onset_recall@100ms']:.1f}%)"
-        f"  v2a R@1 {r['retrieval/v2a_R@1']:.2f}%  a2v R@1 {r['retrieval/a2v_R@1']:.2f}%")
+        f"  v2a R@1 {r['retrieval/v2a_R@1']:.2f}%  a2v R@1 {r['retrieval/a2v_R@1']:.2f}% "
+        f"(timing-blind ceiling {r['retrieval/ceiling_R@1']:.2f}%, class-only "
+        f"{r['retrieval/class_ceiling_R@1']:.2f}%)")
   print(f"ground truth: KLD {r['ref/gt/kld']:.3f}  FAD {r['ref/gt/fad']:.3f}  Align Acc "
         f"{r['ref/gt/align_acc']:.1f}%  onset F1@100ms {r['ref/gt/onset_f1@100ms']:.1f}%; "
         f"shuffled ground truth Align Acc {r['ref/shuffled/align_acc']:.1f}%")

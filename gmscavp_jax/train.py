@@ -51,9 +51,11 @@ def evaluate_and_record(evaluators: dict, state, step: int, workdir: str, writer
   """The loop's periodic evaluation of `state` at `step`: retrieval (and generation, once the
   denoisers train), recorded as results.json, PNGs and scalars."""
   results, emb = evaluators['retrieval'].run(state.params)
-  logging.info('step %d retrieval: v2a R@1 %.2f%%  a2v R@1 %.2f%%  (chance %.2f%%)', step,
+  logging.info('step %d retrieval: v2a R@1 %.2f%%  a2v R@1 %.2f%%  (chance %.2f%%, '
+               'timing-blind ceiling %.2f%%, class-only %.2f%%)', step,
                results['retrieval/v2a_R@1'], results['retrieval/a2v_R@1'],
-               results['retrieval/chance_R@1'])
+               results['retrieval/chance_R@1'], results['retrieval/ceiling_R@1'],
+               results['retrieval/class_ceiling_R@1'])
   if steps.generator_trained(config, step) and config.eval.num_generate_clips > 0:
     results.update(evaluators['generation'].run(state.params, step, workdir, writer))
   if 'a2v' in evaluators and steps.a2v_trained(config, step):

@@ -23,6 +23,8 @@ def fake_results(name: str, seed: int) -> dict:
   out.update({'gen/kld': kld + 0.1 * seed, 'gen/align_acc': acc + seed,
               'retrieval/chance_R@1': 2.0, 'ref/gt/kld': 0.0, 'ref/gt/align_acc': 90.0 + seed,
               'ref/shuffled/align_acc': 10.0, 'eval/audio_classifier_acc': 99.0})
+  for k in (1, 5, 10):  # The same test clips in every run: the same ceilings.
+    out.update({f'retrieval/ceiling_R@{k}': 50.0 + k, f'retrieval/class_ceiling_R@{k}': 3.0 * k})
   return out
 
 
@@ -122,6 +124,13 @@ def test_markdown_table_and_ordering(tmp_path):
   assert any(l.startswith('| shuffled ground-truth audio |') for l in lines)
   chance = next(l for l in lines if l.startswith('| chance |')).split(' | ')
   assert chance[4] == '—' and chance[11] == '2.0' and chance[14] == '2.0'
+  # The ceilings fill every retrieval column: one value serves both directions.
+  ceiling = next(l for l in lines if l.startswith('| timing-blind ceiling |')).split(' | ')
+  assert ceiling[4:11] == ['—'] * 7 and ceiling[11:] == ['51.0', '55.0', '60.0', '51.0', '55.0',
+                                                        '60.0 |']
+  class_only = next(l for l in lines if l.startswith('| class-only ceiling |')).split(' | ')
+  assert class_only[11:14] == ['3.0', '15.0', '30.0']
+  assert agg['ceilings']['retrieval/ceiling_R@5'] == 55.0
   assert "## Does the paper's ordering hold?" in md
   assert '- KLD: holds' in lines
   # Align Acc (higher is better): msd 70.5 beats msa_msd 60.5; msa and msd both beat cavp.
@@ -140,12 +149,15 @@ def test_runs_evaluated_before_a_metric_existed_show_a_dash(tmp_path):
     with open(os.path.join(workdir, 'results.json')) as f:
       results = json.load(f)
     del results['gen/onset_f1@50ms']
+    for key in [k for k in results if 'ceiling' in k]:  # Evaluated before the ceilings too.
+      del results[key]
     with open(os.path.join(workdir, 'results.json'), 'w') as f:
       json.dump(results, f)
   agg = ablation.aggregate(str(tmp_path), CONFIGS, seeds=1)
   md = ablation.markdown(agg, ['ablation.py'])
   assert '| msa | ✓ | ✗ | 1 | 2.50 | 10.00 | 50.0 | — | 10.0 | 10.0 | 10.0 | 10.0 |' in md
   assert 'gen/onset_f1@50ms' not in ablation.ordering(agg)
+  assert 'ceiling' not in md and agg['ceilings'] == {}  # No row rather than a row of dashes.
   ablation.write_report(str(tmp_path), agg, ['ablation.py'])  # The plot copes too.
   plt.close('all')
 

@@ -24,7 +24,8 @@ REQUIRED = ('gen/kld', 'gen/fad', 'gen/align_acc', 'gen/onset_f1@50ms', 'gen/ons
             'gen/onset_precision@100ms', 'gen/onset_recall@100ms', 'gen/onset_hit@100ms',
             'ref/gt/onset_f1@100ms', 'ref/shuffled/onset_f1@50ms', 'ref/vocoded/kld',
             'ref/vocoded/fad', 'ref/vocoded/align_acc', 'ref/vocoded/onset_f1@100ms',
-            'retrieval/v2a_R@1', 'retrieval/a2v_R@5', 'retrieval/chance_R@1', 'ref/gt/fad',
+            'retrieval/v2a_R@1', 'retrieval/a2v_R@5', 'retrieval/chance_R@1',
+            'retrieval/ceiling_R@1', 'retrieval/class_ceiling_R@1', 'ref/gt/fad',
             'ref/gt/kld', 'ref/gt/align_acc', 'ref/shuffled/align_acc', 'evaluate/step',
             'eval/audio_classifier_acc', 'eval/align_classifier_acc')
 
@@ -90,6 +91,7 @@ def test_evaluate_writes_results_and_reuses_the_evaluators(trained):
   assert ('| KLD ↓ | FAD ↓ | Align Acc ↑ | onset F1@50ms ↑ | onset F1@100ms ↑ | '
           'precision@100ms | recall@100ms | class acc ↑ |') in text
   assert '| ground truth through the vocoder | ' in text
+  assert '| timing-blind ceiling, either direction | ' in text
   assert os.path.exists(os.path.join(workdir, 'plots', 'evaluate.png'))
 
   # The evaluators were trained once, into a dataset-keyed folder, and are reused.

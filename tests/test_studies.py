@@ -50,7 +50,8 @@ def fake_evaluation(workdir, out, flags):
       'gen/num_clips': float(flags.get('num_clips', config['eval']['num_metric_clips'])),
       'gen/kld': 3.0 / steps + grids, 'gen/fad': 1.0, 'gen/align_acc': 50.0,
       'gen/onset_f1@100ms': 40.0 + steps / 10, 'retrieval/v2a_R@1': 5.0,
-      'retrieval/a2v_R@1': 4.0, 'gen/seconds_per_clip': 0.01 * steps,
+      'retrieval/a2v_R@1': 4.0, 'retrieval/ceiling_R@1': 58.0,
+      'retrieval/class_ceiling_R@1': 3.0, 'gen/seconds_per_clip': 0.01 * steps,
       'evaluate/seconds': 12.0})
   if 'bidirectional_interval' in config['train']:
     interval = float(config['train']['bidirectional_interval'])
@@ -214,7 +215,11 @@ def test_data_scaling_rows_and_bidirectional_columns(tmp_path):
   assert ('| a2v PSNR ↑ | a2v PSNR, shuffled ↑ | a2v onset F1@125ms ↑ | '
           'a2v onset F1@125ms, shuffled ↑ | a2v onset recall@125ms ↑ | '
           'a2v onset recall@125ms, shuffled ↑ | train | evaluate |') in md
-  assert _rows_of(md)[1].split(' | ')[7] == '12.0'
+  # The retrieval columns, then the ceilings of the same test clips (one value serves both
+  # directions), then a2v PSNR.
+  assert ('| v2a R@1 | a2v R@1 | timing-blind ceiling R@1 | class-only ceiling R@1 | '
+          'a2v PSNR ↑ |') in md
+  assert _rows_of(md)[1].split(' | ')[5:10] == ['5.0', '4.0', '58.0', '3.0', '12.0']
 
 
 def test_main_runs_the_subcommand_and_exits_non_zero_on_failure(tmp_path, monkeypatch):

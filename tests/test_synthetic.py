@@ -1,5 +1,6 @@
 """Tests of the embedded synthetic audio-visual benchmark (DESIGN §4)."""
 
+import hashlib
 import pickle
 
 import numpy as np
@@ -39,11 +40,32 @@ def test_shapes_and_dtypes(source):
   clip = source[3]
   expected = dict(frames=((8, 24, 24, 3), np.uint8), waveform=((NUM_SAMPLES,), np.float32),
                   label=((), np.int32), labels=((16,), np.float32),
-                  onsets=((32,), np.float32), num_onsets=((), np.int32),
-                  index=((), np.int32))
+                  visible=((16,), np.float32), onsets=((32,), np.float32),
+                  num_onsets=((), np.int32), index=((), np.int32))
   assert {k: (v.shape, v.dtype) for k, v in clip.items()} == expected
   assert int(clip['index']) == 3
   assert len(source) == 12 and source.num_samples == NUM_SAMPLES
+
+
+def test_visible_classes_are_every_objects_and_leave_the_clips_as_they_were():
+  test = _source(split='test', num_clips=4)
+  clip = test[0]
+  assert clip['visible'][clip['label']] == 1.0  # The first sounding object is on screen.
+  for i in range(len(test)):
+    c = test[i]
+    assert np.all(c['visible'] >= c['labels']) and set(np.unique(c['visible'])) <= {0.0, 1.0}
+    assert 1 <= c['visible'].sum() <= 3  # 1-3 objects, distractors may repeat a class.
+  assert any(test[i]['visible'].sum() > test[i]['labels'].sum() for i in range(len(test)))
+  # Every other field of these clips, bit for bit as before `visible` existed: the digest was
+  # taken from the code without it.
+  digest = hashlib.sha256()
+  for i in range(len(test)):
+    c = test[i]
+    for key in sorted(set(c) - {'visible'}):
+      digest.update(key.encode())
+      digest.update(np.ascontiguousarray(c[key]).tobytes())
+  assert digest.hexdigest() == (
+      '016fb52b634de5186a439542508bca3aaac443a07f9f7009b3b6afbd7237733c')
 
 
 def test_same_key_gives_identical_clips(source):

@@ -65,6 +65,13 @@ def test_train_and_evaluate_fills_the_workdir(name, tmp_path, msa_workdir):
     assert key in saved, key
   assert saved['retrieval/num_clips'] == 16
   assert saved['retrieval/chance_R@1'] == pytest.approx(100 / 16)
+  # The oracle that knows each test clip's sounding and visible classes, and the label alone
+  # (evaluators/retrieval.py): above chance, the finer descriptor at least as high.
+  assert 100 / 16 < saved['retrieval/class_ceiling_R@1'] <= saved['retrieval/ceiling_R@1'] <= 100
+  assert saved['retrieval/ceiling_R@5'] >= saved['retrieval/ceiling_R@1']
+  # Read from the dataset source for the same clips, without the model, the same numbers.
+  ceilings = retrieval.test_split_ceiling(tiny_config(name))
+  assert ceilings == {k: v for k, v in saved.items() if 'ceiling' in k} and len(ceilings) == 6
   assert 0 <= saved['retrieval/v2a_R@1'] <= 100
   # Every Table 3 config has trained its denoiser by the last step, and scores generation.
   for key in ('gen/onset_f1@100ms', 'gen/onset_f1@50ms', 'gen/onset_precision@100ms',
@@ -102,6 +109,10 @@ def test_rendered_mp4s_prepare_train_and_retrieve(msa_workdir, tmp_path):
   results = train.train_and_evaluate(config, workdir)
   assert config_io.load_config(workdir).data.name == 'vggsound'
   assert results['retrieval/num_clips'] == 16 and 0 <= results['retrieval/v2a_R@1'] <= 100
+  # A prepared set says nothing of the classes on screen: its ceiling is the class-only one.
+  assert results['retrieval/ceiling_R@1'] == results['retrieval/class_ceiling_R@1']
+  assert retrieval.test_split_ceiling(config)['retrieval/ceiling_R@5'] == results[
+      'retrieval/ceiling_R@5']
   # No true onset times in real clips: the real audio's detected onsets are the reference.
   assert 'gen/onset_hit@100ms_real' not in results
   assert 0 <= results['gen/onset_hit@100ms'] <= 100

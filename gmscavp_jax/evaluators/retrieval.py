@@ -1,4 +1,5 @@
-"""Video<->audio retrieval over the test split (DESIGN §5): embed all, similarity, recall@k."""
+"""Video<->audio retrieval over the test split (DESIGN §5): embed all, similarity, recall@k,
+and beside it the timing-blind ceiling (`timing_blind_ceiling`)."""
 
 import functools
 import os
@@ -17,6 +18,62 @@ from gmscavp_jax.evaluators import metrics as metrics_lib
 EMBEDDINGS_FILE = 'test_embeddings.npz'
 
 
+def descriptors(labels: np.ndarray, visible: np.ndarray | None = None) -> np.ndarray:
+  """What a timing-blind oracle knows of each clip: (N,) row ids, equal iff two clips have the
+  same descriptor.
+
+  Args:
+    labels: (N,K) multi-hot of each clip's (sounding) classes.
+    visible: (N,K) multi-hot of the classes on screen, or None where the dataset does not say
+      (a prepared real set): then the descriptor is the labelled classes alone, which for a
+      single-label set is the label.
+  """
+  rows = np.asarray(labels) > 0
+  if visible is not None:
+    rows = np.concatenate([rows, np.asarray(visible) > 0], axis=1)
+  return np.unique(rows, axis=0, return_inverse=True)[1].reshape(-1)
+
+
+def timing_blind_ceiling(descriptor: np.ndarray, ks=(1, 5, 10), name: str = 'ceiling') -> dict:
+  """Exact expected R@k (percent) of an oracle that knows each clip's descriptor, not timing.
+
+  Every test clip i has a descriptor d_i (`descriptors`: its set of sounding classes and its
+  set of visible classes). For a query i the oracle ranks the n_i = |{j : d_j = d_i}|
+  candidates with the query's descriptor first, in a uniformly random order, then the rest.
+  Its true pair is one of those n_i, at each place with probability 1 / n_i, so its expected
+  R@k is min(1, k / n_i) exactly (no sampling); the ceiling is the mean over the N clips. At
+  k = 1 each group of n clips adds n * 1/n = 1, so R@1 = (number of distinct descriptors) / N.
+  "Same descriptor" is symmetric and every clip is once a query and once a candidate in each
+  direction, so v2a and a2v have the same ceiling: one key, `retrieval/ceiling_R@{k}`, serves
+  both. A model above it knows more of each clip than its classes (timing, motion); one
+  below it ranks worse than the classes alone would.
+
+  Args:
+    descriptor: (N,) ids (ints or strings), one per test clip.
+    ks: the k of each R@k.
+    name: the key's name: 'ceiling' for the descriptor of `descriptors`, 'class_ceiling' for
+      the label alone (the oracle that knows only each clip's first class).
+  Returns:
+    {f'retrieval/{name}_R@{k}': percent} for each k.
+  """
+  _, inverse, counts = np.unique(np.asarray(descriptor), return_inverse=True,
+                                 return_counts=True)
+  group = counts[inverse.reshape(-1)].astype(np.float64)  # n_i per clip.
+  return {f'retrieval/{name}_R@{k}': 100.0 * float(np.mean(np.minimum(1.0, k / group)))
+          for k in ks}
+
+
+def test_split_ceiling(config: ml_collections.ConfigDict) -> dict:
+  """`ceiling_metrics` of the clips the retrieval metric uses (the first eval.num_test_clips
+  of the test split), read from the dataset source without a model: what a run of `config`
+  will report beside its R@k (eval.top_k), before training it."""
+  source = pipeline.make_source(config, 'test')
+  fields = ('label', 'labels', 'visible')
+  records = [source[i] for i in range(config.eval.num_test_clips)]
+  emb = {k: np.stack([r[k] for r in records]) for k in fields if k in records[0]}
+  return ceiling_metrics(emb, config.eval.top_k)
+
+
 class RetrievalEvaluator:
   """Embeds the first `eval.num_test_clips` test clips and scores retrieval both ways."""
 
@@ -29,17 +86,19 @@ class RetrievalEvaluator:
         out_shardings=sharding.replicated(mesh))
 
   def embed_test_split(self, params) -> dict:
-    """Returns {'video': (N,E), 'audio': (N,E), 'index': (N,), 'label': (N,)} as numpy."""
-    parts = {'video': [], 'audio': [], 'index': [], 'label': []}
+    """Returns {'video': (N,E), 'audio': (N,E), 'index': (N,), 'label': (N,), 'labels': (N,K)}
+    as numpy, and 'visible' (N,K) when the dataset's clips have it (the synthetic world)."""
+    parts = {'video': [], 'audio': [], 'index': [], 'label': [], 'labels': []}
     for local in pipeline.eval_loader(self._config):
       batch = sharding.global_batch(self._mesh, pipeline.select(local, ('frames', 'waveform')))
       video, audio = self._embed(params, batch)
       parts['video'].append(np.asarray(video))
       parts['audio'].append(np.asarray(audio))
-      # Index and label stay on the host; gather them the same way the batch was laid out.
-      for key in ('index', 'label'):
-        parts[key].append(np.asarray(multihost_utils.process_allgather(
-            local[key], tiled=True)))
+      # The labels stay on the host; gather them the same way the batch was laid out.
+      for key in ('index', 'label', 'labels', 'visible'):
+        if key in local:
+          parts.setdefault(key, []).append(np.asarray(multihost_utils.process_allgather(
+              local[key], tiled=True)))
     return {k: np.concatenate(v) for k, v in parts.items()}
 
   def embed_clips(self, params, frames: np.ndarray,
@@ -57,10 +116,27 @@ class RetrievalEvaluator:
     return np.asarray(video)[:n], np.asarray(audio)[:n]
 
   def run(self, params) -> tuple[dict, dict]:
-    """Scores retrieval; returns (metrics dict, embeddings dict with 'similarity' (N,N))."""
+    """Scores retrieval; returns (metrics dict, embeddings dict with 'similarity' (N,N)).
+
+    The metrics are `metrics.retrieval_metrics` and, of the same clips, `ceiling_metrics`.
+    """
     emb = self.embed_test_split(params)
     emb['similarity'] = emb['video'] @ emb['audio'].T
-    return metrics_lib.retrieval_metrics(emb['similarity'], self._config.eval.top_k), emb
+    results = metrics_lib.retrieval_metrics(emb['similarity'], self._config.eval.top_k)
+    results.update(ceiling_metrics(emb, self._config.eval.top_k))
+    return results, emb
+
+
+def ceiling_metrics(emb: dict, ks=(1, 5, 10)) -> dict:
+  """`retrieval/ceiling_R@{k}` and `retrieval/class_ceiling_R@{k}` (percent) of the clips of
+  `emb` ('labels' (N,K), optional 'visible' (N,K), 'label' (N,)): see `timing_blind_ceiling`.
+
+  ceiling: the oracle knows each clip's sounding and visible classes; on a prepared set
+  without visible classes, its labelled classes alone (then it is the class-only ceiling).
+  class_ceiling: the oracle knows only the label (the first class).
+  """
+  return {**timing_blind_ceiling(descriptors(emb['labels'], emb.get('visible')), ks),
+          **timing_blind_ceiling(emb['label'], ks, name='class_ceiling')}
 
 
 def save_embeddings(workdir: str, step: int, emb: dict) -> str:

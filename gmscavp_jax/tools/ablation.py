@@ -77,11 +77,12 @@ def aggregate(root: str, configs: Sequence[str], seeds: int, variant: str = 'run
   Returns {'runs': {run: {'config', 'seed', 'results'}}, 'configs': {name: {'seeds': [S],
   'values': {key: [per seed]}, 'mean': {key: x}, 'std': {key: x or None}}}, 'ref': {'gt' |
   'vocoded' | 'shuffled': {metric key: mean over the runs that have it}}, 'chance_R@1': mean
-  or None}.
+  or None, 'ceilings': {'retrieval/ceiling_R@k' | 'retrieval/class_ceiling_R@k': mean over the
+  runs that have it}}.
   """
   out = {'runs': {}, 'configs': {}, 'ref': {'gt': {}, 'vocoded': {}, 'shuffled': {}},
-         'chance_R@1': None}
-  refs, chance = {}, []
+         'chance_R@1': None, 'ceilings': {}}
+  refs, chance, ceilings = {}, [], {}
   for name in configs:
     seeds_done, values = [], {}
     for seed in range(seeds):
@@ -99,6 +100,9 @@ def aggregate(root: str, configs: Sequence[str], seeds: int, variant: str = 'run
           refs.setdefault(key, []).append(float(v))
       if 'retrieval/chance_R@1' in results:
         chance.append(float(results['retrieval/chance_R@1']))
+      for key, v in results.items():
+        if key.startswith(tuple(f'{prefix}_R@' for prefix, _ in suite.CEILINGS)):
+          ceilings.setdefault(key, []).append(float(v))
     if seeds_done:
       stats = {k: runs.stats(v) for k, v in values.items()}
       out['configs'][name] = dict(seeds=seeds_done, values=values,
@@ -108,6 +112,8 @@ def aggregate(root: str, configs: Sequence[str], seeds: int, variant: str = 'run
     _, kind, metric = key.split('/', 2)
     out['ref'][kind][f'gen/{metric}'] = runs.stats(v)['mean']
   out['chance_R@1'] = runs.stats(chance)['mean'] if chance else None
+  # The same test clips in every run (data.seed fixes them), so the mean is each run's value.
+  out['ceilings'] = {k: runs.stats(v)['mean'] for k, v in sorted(ceilings.items())}
   return out
 
 
@@ -169,6 +175,12 @@ def markdown(agg: dict, argv: Sequence[str]) -> str:
     cells = [_cell(agg['chance_R@1'], None, d) if k.endswith('_R@1') else '—'
              for k, _, _, d in METRICS]
     lines.append('| chance | — | — | — | ' + ' | '.join(cells) + ' |')
+  for prefix, label in suite.CEILINGS:
+    # One value serves both directions: a retrieval column R@k shows the ceiling's R@k.
+    if f'{prefix}_R@1' in agg.get('ceilings', {}):
+      cells = [_cell(agg['ceilings'].get(f"{prefix}_R@{k.rsplit('_R@', 1)[1]}"), None, d)
+               if k.startswith('retrieval/') else '—' for k, _, _, d in METRICS]
+      lines.append(f'| {label} | — | — | — | ' + ' | '.join(cells) + ' |')
   facts = ordering(agg)
   if facts:
     lines += ['', "## Does the paper's ordering hold?", '',

@@ -324,7 +324,16 @@ def write_report(study: str, rows: Sequence[Row], view: dict, base: str, out: st
   results = {r.name: evaluation(os.path.join(base, r.name), r.reuse or os.path.join(
       base, r.name), [*eval_flags, *r.eval_flags], num_steps) for r in rows}
   metrics = list(view['metrics'])
-  metrics += a2v_metrics(results)
+  # Right after the retrieval columns, the timing-blind ceilings of each row's test clips (a
+  # row on other data has other ones); tabulated, not plotted.
+  retrieval = [i for i, m in enumerate(metrics) if m[0].startswith('retrieval/')]
+  columns = list(metrics)
+  if retrieval:
+    columns[retrieval[-1] + 1:retrieval[-1] + 1] = [
+        (f'{prefix}_R@1', f'{label} R@1', False, 1) for prefix, label in suite.CEILINGS]
+  a2v = a2v_metrics(results)
+  metrics += a2v
+  columns += a2v
   time_of = lambda r, job: runtimes.get(r.name, {}).get(job)
   lines = [f'# Study: {study}', '', view['about'], '', *runs.provenance('gmscavp_jax.tools.studies',
                                                                          argv),
@@ -332,14 +341,14 @@ def write_report(study: str, rows: Sequence[Row], view: dict, base: str, out: st
            f'{sum(bool(r.reuse) for r in rows)}); evaluations: {len(rows)}',
            f'- runtime so far: {runs.hms(sum(sum(t.values()) for t in runtimes.values()))} '
            f'(this study\'s subprocesses, resumed sessions included)', '',
-           '| setting | ' + ' | '.join(m[1] for m in metrics) + ' | train | evaluate |',
-           '|' + ' --- |' * (len(metrics) + 3)]
+           '| setting | ' + ' | '.join(m[1] for m in columns) + ' | train | evaluate |',
+           '|' + ' --- |' * (len(columns) + 3)]
   for r in rows:
     res = results[r.name] or {}
     train = 'reused' if r.reuse else (runs.hms(time_of(r, 'train'))
                                       if time_of(r, 'train') else '—')
     evaluate = time_of(r, 'evaluate') or res.get('evaluate/seconds')
-    lines.append(f'| {r.label} | ' + ' | '.join(_cell(res.get(k), d) for k, _, _, d in metrics)
+    lines.append(f'| {r.label} | ' + ' | '.join(_cell(res.get(k), d) for k, _, _, d in columns)
                  + f' | {train} | {runs.hms(evaluate) if evaluate else "—"} |')
   lines += ['', f'Runs, logs and study.json: `{base}`.', '']
   os.makedirs(out, exist_ok=True)
