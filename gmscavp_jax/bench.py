@@ -60,8 +60,8 @@ _WORKDIR = flags.DEFINE_string('workdir', None, 'A trained workdir (for --sampli
 _SAMPLING = flags.DEFINE_bool('sampling', False, 'Benchmark the samplers of --workdir.')
 _SAMPLE_STEPS = flags.DEFINE_list('sample_steps', ['10', '25', '50', '100'],
                                   'Sampling step counts to compare.')
-_SAMPLERS = flags.DEFINE_list('samplers', list(samplers_lib.SAMPLERS),
-                              'Samplers to compare.')
+_SAMPLERS = flags.DEFINE_list('samplers', list(samplers_lib.DIFFUSION_SAMPLERS),
+                              'Samplers to compare (euler,heun for a flow run).')
 _PROFILE = flags.DEFINE_string(
     'profile', None, 'Also trace a few train steps of each phase with jax.profiler into this '
     'directory (TensorBoard / XProf) and print where their time goes.')
