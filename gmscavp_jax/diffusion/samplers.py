@@ -248,7 +248,7 @@ def sample_flow(denoise_fn: GuidedDenoiseFn, x_1: jnp.ndarray, *, sampler: str,
     num_steps: K >= 1 steps on the even grid `flow_times(K)` (static).
     num_timesteps: N (diffusion.num_timesteps), the scale of the model time.
     guidance_scale: static w of classifier-free guidance on the velocity (`guided_output`;
-      the velocity is affine in the model output, so this is guidance in x0 and eps too).
+      at a fixed x_t, x0 and eps are affine in it, so this is the same guidance on them).
     clip_x0: if set, the predicted x0 = x - t v is clipped to [-clip_x0, clip_x0] and the
       velocity recomputed from it, (x - x0) / t (t > 0 wherever the model is queried).
 
