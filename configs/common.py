@@ -125,6 +125,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.diffusion.prediction = 'eps'  # 'eps' (paper default) or 'v'.
   c.diffusion.terminal_weight = 0.0  # lambda_T of eq. 7 (the t = T term).
   c.diffusion.condition_dropout = 0.1  # Classifier-free guidance: P(null condition).
+  # 'diffusion': eq. 6-7 (schedule, num_timesteps, prediction, terminal_weight); eval.sampler
+  # 'ddpm', 'ddim' or 'dpmpp2m'. 'flow': rectified flow (x_t = (1 - t) x0 + t eps, the UNet
+  # predicts eps - x0; num_timesteps only scales its time input); eval.sampler 'euler'/'heun'.
+  c.diffusion.objective = 'diffusion'
+  c.diffusion.flow_t_sampling = 'logit_normal'  # 'flow' only: t ~ 'logit_normal' or 'uniform'.
   # The UNet sees (log_mel - mel_mean) / mel_std: the synthetic clips' statistics, rounded
   # (docs/config_notes.md); set them to a real dataset's.
   c.diffusion.mel_mean = -7.5
@@ -207,7 +212,7 @@ def base_config() -> ml_collections.ConfigDict:
   # onset hit-rate; the generate CLI takes the same sampler settings as its defaults.
   c.eval.num_generate_clips = 64
   c.eval.num_summary_clips = 4  # Spectrograms and audio written for these at each evaluation.
-  c.eval.sampler = 'dpmpp2m'  # 'ddpm', 'ddim' or 'dpmpp2m'.
+  c.eval.sampler = 'dpmpp2m'  # 'ddpm', 'ddim', 'dpmpp2m'; 'euler', 'heun' (objective 'flow').
   c.eval.sample_steps = 25
   # Classifier-free guidance scale (1 = the conditional model alone, one UNet call per step);
   # 5 from a guidance sweep of onset hit-rate against shuffled videos (docs/config_notes.md).

@@ -60,8 +60,8 @@ _WORKDIR = flags.DEFINE_string('workdir', None, 'A trained workdir (for --sampli
 _SAMPLING = flags.DEFINE_bool('sampling', False, 'Benchmark the samplers of --workdir.')
 _SAMPLE_STEPS = flags.DEFINE_list('sample_steps', ['10', '25', '50', '100'],
                                   'Sampling step counts to compare.')
-_SAMPLERS = flags.DEFINE_list('samplers', list(samplers_lib.SAMPLERS),
-                              'Samplers to compare.')
+_SAMPLERS = flags.DEFINE_list('samplers', list(samplers_lib.DIFFUSION_SAMPLERS),
+                              'Samplers to compare (euler,heun for a flow run).')
 _PROFILE = flags.DEFINE_string(
     'profile', None, 'Also trace a few train steps of each phase with jax.profiler into this '
     'directory (TensorBoard / XProf) and print where their time goes.')
@@ -221,11 +221,13 @@ def bench_training(config, parts=('train', 'pipeline', 'sampling')) -> None:
           f"{lat['repeats']}; {lat['clip_s'] / lat['latency_s']:.2f}x real time)")
 
 
-# The sampling-latency setting the benchmark reports: DPM-Solver++(2M) at 25 steps.
+# The sampling-latency setting the benchmark reports: DPM-Solver++(2M) at 25 steps (Euler,
+# also one UNet call a step, for a diffusion.objective 'flow' run).
 LATENCY_SAMPLER, LATENCY_STEPS, LATENCY_REPEATS = 'dpmpp2m', 25, 5
+LATENCY_FLOW_SAMPLER = 'euler'
 
 
-def time_sampling_latency(config, mesh, sampler: str = LATENCY_SAMPLER,
+def time_sampling_latency(config, mesh, sampler: str | None = None,
                           num_steps: int = LATENCY_STEPS,
                           repeats: int = LATENCY_REPEATS) -> dict:
   """Seconds to generate the log-mel of one clip (batch 1) with eval.guidance, after compiling.
@@ -236,6 +238,9 @@ def time_sampling_latency(config, mesh, sampler: str = LATENCY_SAMPLER,
   params = state.params
   del state  # The optimizer state is not needed to sample.
   guidance = config.eval.guidance
+  if sampler is None:
+    sampler = (LATENCY_FLOW_SAMPLER if config.diffusion.objective == 'flow'
+               else LATENCY_SAMPLER)
   sample = jax.jit(functools.partial(steps.sample_step, models=models, config=config,
                                      sampler=sampler, num_steps=num_steps, guidance=guidance))
   frames, _ = steps.dummy_inputs(config, batch_size=1)

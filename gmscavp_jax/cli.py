@@ -98,7 +98,9 @@ def define_sampler_flags() -> dict:
   """--sampler/--steps/--guidance/--eta (DESIGN §7); their values feed `sampler_args`."""
   return {
       'sampler': flags.DEFINE_enum('sampler', None, list(samplers.SAMPLERS),
-                                   'Sampler (default: config eval.sampler).'),
+                                   'Sampler (default: config eval.sampler): ddpm, ddim or '
+                                   "dpmpp2m for diffusion.objective 'diffusion', euler or "
+                                   "heun for 'flow'."),
       'num_steps': flags.DEFINE_integer('steps', None,
                                         'Sampling steps (default: eval.sample_steps).'),
       'guidance': flags.DEFINE_float('guidance', None,

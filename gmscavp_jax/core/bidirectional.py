@@ -50,8 +50,9 @@ def a2v_loss(params, audio_scales: list, frames: jax.Array, rng: jax.Array, *,
              denoiser: Any, config: ml_collections.ConfigDict) -> tuple[jax.Array, dict]:
   """Eq. 7 for the a2v denoiser: frames (B,T,H,W,3) given audio scales [(B,T_l,1,D)].
 
-  The same schedule, prediction, terminal weight and condition dropout as the MSD loss.
-  Metrics: a2v_loss, a2v_mse, a2v_mse_terminal.
+  The same objective (diffusion.objective), schedule, prediction, terminal weight and
+  condition dropout as the MSD loss. Metrics: a2v_loss, a2v_mse (and a2v_mse_terminal with
+  the diffusion objective).
   """
   d = config.diffusion
   drop_rng, loss_rng = jax.random.split(rng)
@@ -61,9 +62,13 @@ def a2v_loss(params, audio_scales: list, frames: jax.Array, rng: jax.Array, *,
   def denoise(x_t, t):
     return denoiser.apply({'params': params}, x_t, t, audio_scales, drop_condition=drop)
 
-  loss, metrics = objectives.diffusion_loss(
-      denoise, x0, loss_rng, schedules.alpha_bar(d.schedule, d.num_timesteps),
-      prediction=d.prediction, terminal_weight=d.terminal_weight)
+  if d.objective == 'flow':
+    loss, metrics = objectives.flow_loss(denoise, x0, loss_rng, num_timesteps=d.num_timesteps,
+                                         t_sampling=d.flow_t_sampling)
+  else:
+    loss, metrics = objectives.diffusion_loss(
+        denoise, x0, loss_rng, schedules.alpha_bar(d.schedule, d.num_timesteps),
+        prediction=d.prediction, terminal_weight=d.terminal_weight)
   return loss, {k.replace('msd', 'a2v'): v for k, v in metrics.items()}
 
 
@@ -87,7 +92,8 @@ def sample_frames(params, waveform: jax.Array, rng: jax.Array, *, models: Any,
   size, d = config.a2v.image_size, config.diffusion
   noise_rng, sample_rng = jax.random.split(rng)
   x_T = jax.random.normal(noise_rng, (waveform.shape[0], config.data.num_frames, size, size, 3))
-  return samplers.sample(denoise, x_T, sample_rng,
-                         schedules.alpha_bar(d.schedule, d.num_timesteps), sampler=sampler,
-                         num_steps=num_steps, prediction=d.prediction, guidance_scale=guidance,
-                         eta=eta, clip_x0=1.0)
+  return samplers.sample_objective(denoise, x_T, sample_rng,
+                                   schedules.alpha_bar(d.schedule, d.num_timesteps),
+                                   objective=d.objective, sampler=sampler, num_steps=num_steps,
+                                   prediction=d.prediction, guidance_scale=guidance, eta=eta,
+                                   clip_x0=1.0)

@@ -36,6 +36,8 @@ _ADDED = {
     'loss.cdiff_min_shift_seconds': 0.2,
     'loss.cdiff_max_shift_seconds': 1.0,
     'loss.cdiff_kinds': ('shift', 'segment_swap', 'random_swap'),
+    'diffusion.objective': 'diffusion',
+    'diffusion.flow_t_sampling': 'logit_normal',
     'train.compute_dtype': 'float32',
     'train.remat': 'none',
     'train.bidirectional_interval': 0,

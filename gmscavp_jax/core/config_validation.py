@@ -11,6 +11,7 @@ import ml_collections
 
 from gmscavp_jax.data import mixture
 from gmscavp_jax.data import negatives
+from gmscavp_jax.diffusion import objectives
 from gmscavp_jax.diffusion import samplers
 from gmscavp_jax.infra import errors
 
@@ -239,8 +240,25 @@ def _validate_generator(config: ml_collections.ConfigDict, num_scales: int) -> N
   _require(0 <= d.condition_dropout < 1, 'diffusion.condition_dropout', 'a probability in [0, 1)',
            d.condition_dropout)
   _require(d.mel_std > 0, 'diffusion.mel_std', 'a positive scale', d.mel_std)
+  _validate_objective(config)
   _require(l.msa_weight >= 0 and l.msd_weight >= 0, 'loss.msd_weight',
            'non-negative loss weights', (l.msa_weight, l.msd_weight))
+
+
+def _validate_objective(config: ml_collections.ConfigDict) -> None:
+  """diffusion.objective, diffusion.flow_t_sampling and the eval.sampler that matches them."""
+  d = config.diffusion
+  _require(d.objective in samplers.OBJECTIVE_SAMPLERS, 'diffusion.objective',
+           f'one of {tuple(samplers.OBJECTIVE_SAMPLERS)}', d.objective)
+  _require(d.flow_t_sampling in objectives.FLOW_T_SAMPLINGS, 'diffusion.flow_t_sampling',
+           f'one of {objectives.FLOW_T_SAMPLINGS}', d.flow_t_sampling)
+  allowed = samplers.OBJECTIVE_SAMPLERS[d.objective]
+  _require(config.eval.sampler in allowed, 'eval.sampler',
+           f'one of {allowed} with diffusion.objective={d.objective!r}', config.eval.sampler)
+  if d.objective == 'flow':
+    # Flow has no terminal step to weight (eq. 7's lambda_T term).
+    _require(d.terminal_weight == 0, 'diffusion.terminal_weight',
+             "0 with diffusion.objective='flow'", d.terminal_weight)
 
 
 def _validate_mixture(config: ml_collections.ConfigDict) -> None:

@@ -220,6 +220,9 @@ def msd_loss(denoiser_params, video_scales: list, x0: jax.Array, rng: jax.Array,
              negative_scales: list | None = None) -> tuple[jax.Array, dict]:
   """L_MSD (eq. 7) of normalised log-mels x0 (B,Ta,F) given the video scales.
 
+  With diffusion.objective 'flow', the rectified-flow velocity loss (objectives.flow_loss)
+  replaces eq. 7; dropout and the contrastive term are the same.
+
   Each example's condition is replaced by the learned null with probability
   diffusion.condition_dropout (classifier-free guidance). With `negative_scales` (misaligned
   video scales, see `negative_video_scales`) the loss adds loss.cdiff_weight times CMMD's
@@ -238,6 +241,10 @@ def msd_loss(denoiser_params, video_scales: list, x0: jax.Array, rng: jax.Array,
   if negative_scales is not None:
     contrast = objectives.Contrast(denoiser(negative_scales), config.loss.cdiff_weight,
                                    config.loss.cdiff_temperature, mask=1.0 - drop)
+  if d.objective == 'flow':
+    return objectives.flow_loss(denoiser(video_scales), x0, loss_rng,
+                                num_timesteps=d.num_timesteps, t_sampling=d.flow_t_sampling,
+                                contrast=contrast)
   return objectives.diffusion_loss(denoiser(video_scales), x0, loss_rng, alpha_bar(config),
                                    prediction=d.prediction, terminal_weight=d.terminal_weight,
                                    contrast=contrast)
@@ -389,7 +396,8 @@ def sample_step(params, frames: jax.Array, rng: jax.Array, *, models: Models,
   noise_rng, sample_rng = jax.random.split(rng)
   x_T = jax.random.normal(noise_rng, (frames.shape[0], num_mel_frames(config),
                                       config.audio.n_mels))
-  x0 = samplers.sample(denoise, x_T, sample_rng, alpha_bar(config), sampler=sampler,
-                       num_steps=num_steps, prediction=config.diffusion.prediction,
-                       guidance_scale=guidance, eta=eta)
+  x0 = samplers.sample_objective(denoise, x_T, sample_rng, alpha_bar(config),
+                                 objective=config.diffusion.objective, sampler=sampler,
+                                 num_steps=num_steps, prediction=config.diffusion.prediction,
+                                 guidance_scale=guidance, eta=eta)
   return denormalise_mel(x0, config)

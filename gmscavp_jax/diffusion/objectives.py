@@ -19,6 +19,12 @@ sigmoid(.) (grad log e_pos - grad log e_neg), i.e. CMMD's linear form on log err
 weight 1/2) while the two errors are close, fading once the negative's error exceeds the
 positive's by a factor of about exp(3 tau). Log errors make tau a relative margin, so one tau
 serves every timestep, although the error's scale changes by orders of magnitude over t.
+
+`flow_loss` is the rectified-flow alternative (diffusion.objective 'flow', as in SD3 and
+MMAudio): x_t = (1 - t) x0 + t eps for t in [0, 1], and the denoiser regresses the velocity
+eps - x0, with t drawn from a logit-normal(0, 1) (mass in the middle, where the velocity is
+hardest to predict) or uniformly. The contrastive term applies to it unchanged: it only
+compares two errors on the same x_t, t and noise.
 """
 
 from typing import Callable, NamedTuple
@@ -30,6 +36,7 @@ import jax.numpy as jnp
 from gmscavp_jax.diffusion import schedules
 
 DenoiseFn = Callable[[jnp.ndarray, jnp.ndarray], jnp.ndarray]
+FLOW_T_SAMPLINGS = ('logit_normal', 'uniform')
 
 
 class Contrast(NamedTuple):
@@ -155,6 +162,67 @@ def diffusion_loss(denoise_fn: DenoiseFn, x0: jnp.ndarray, rng: jax.Array,
       'msd_mse': mse,
       'msd_mse_terminal': _safe_mean(per_example, weights * is_terminal),
   }
+  if contrast is not None:
+    mask = weights if contrast.mask is None else weights * contrast.mask
+    term, contrast_metrics = contrastive_term(
+        per_example, per_example_error(contrast.denoise_fn), contrast.temperature, mask)
+    loss = loss + contrast.weight * term
+    metrics.update(contrast_metrics)
+  return loss, metrics
+
+
+def sample_flow_times(rng: jax.Array, batch: int, t_sampling: str) -> jnp.ndarray:
+  """(B,) float32 flow times in [0, 1]: sigmoid(N(0, 1)) ('logit_normal') or U[0, 1)."""
+  if t_sampling == 'logit_normal':
+    return jax.nn.sigmoid(jax.random.normal(rng, (batch,), jnp.float32))
+  if t_sampling == 'uniform':
+    return jax.random.uniform(rng, (batch,), jnp.float32)
+  raise ValueError(f'flow t_sampling must be one of {FLOW_T_SAMPLINGS}, got {t_sampling!r}')
+
+
+def flow_loss(denoise_fn: DenoiseFn, x0: jnp.ndarray, rng: jax.Array, *, num_timesteps: int,
+              t_sampling: str = 'logit_normal',
+              example_weights: jnp.ndarray | None = None,
+              contrast: Contrast | None = None,
+              ) -> tuple[jnp.ndarray, dict[str, jnp.ndarray]]:
+  """The rectified-flow velocity loss E ||(eps - x0) - f(x_t, t (N-1))||^2 (module docstring).
+
+  Args:
+    denoise_fn: (x_t (B, ...), model time (B,) float32) -> velocity (B, ...); the model time
+      is schedules.flow_model_time(t, num_timesteps), in the diffusion steps' range.
+    x0: (B, ...) clean data.
+    rng: key for t and eps.
+    num_timesteps: N (diffusion.num_timesteps), which sets the model time's scale.
+    t_sampling: 'logit_normal' or 'uniform' (static): the distribution of t.
+    example_weights: optional (B,) non-negative weights, as in `diffusion_loss`.
+    contrast: optional contrastive term, as in `diffusion_loss`.
+
+  Returns:
+    (scalar loss, metrics): 'msd_loss' (the loss without the contrastive term) and 'msd_mse'
+    (the weighted mean per-example error; equal to msd_loss, as there is no terminal term),
+    plus `contrastive_term`'s metrics with `contrast`.
+  """
+  batch = x0.shape[0]
+  x0 = x0.astype(jnp.float32)
+  t_rng, eps_rng = jax.random.split(rng)
+  t = sample_flow_times(t_rng, batch, t_sampling)
+  eps = jax.random.normal(eps_rng, x0.shape, jnp.float32)
+  t_x = schedules.expand_to(t, x0)
+  x_t = (1.0 - t_x) * x0 + t_x * eps
+  target = eps - x0
+  model_t = schedules.flow_model_time(t, num_timesteps)
+
+  def per_example_error(fn):
+    pred = fn(x_t, model_t)
+    chex.assert_equal_shape([pred, x0])
+    return jnp.square(target - pred.astype(jnp.float32)).reshape(batch, -1).mean(axis=1)
+
+  per_example = per_example_error(denoise_fn)
+  weights = (jnp.ones((batch,), jnp.float32) if example_weights is None
+             else jnp.asarray(example_weights, jnp.float32))
+  chex.assert_shape(weights, (batch,))
+  loss = _safe_mean(per_example, weights)
+  metrics = {'msd_loss': loss, 'msd_mse': loss}
   if contrast is not None:
     mask = weights if contrast.mask is None else weights * contrast.mask
     term, contrast_metrics = contrastive_term(

@@ -1,4 +1,5 @@
-"""Batched samplers (DDPM, DDIM, DPM-Solver++(2M)) with classifier-free guidance.
+"""Batched samplers (DDPM, DDIM, DPM-Solver++(2M); Euler, Heun for flow) with classifier-free
+guidance.
 
 `sample` takes a denoise callable and never touches a model. The step loop is a
 `jax.lax.scan`, so jitting `sample` traces and compiles one step whatever `num_steps` is.
@@ -8,6 +9,11 @@ one as "clean" (alpha_bar = 1): the final update returns the model's x0 predicti
 last listed timestep. This is what the DDIM update to alpha_bar = 1 gives, what the DDPM
 posterior with zero variance gives, and what DPM-Solver++ gives at sigma = 0 (with a
 first-order last step, as in k-diffusion), so all three end the same way.
+
+A model trained with the rectified-flow objective (diffusion.objective 'flow',
+objectives.flow_loss) is sampled by 'euler' or 'heun' (`sample_flow`), which integrate its
+velocity ODE from noise at t = 1 to data at t = 0; the diffusion samplers do not apply to it,
+nor these to a diffusion model (`check_objective`).
 """
 
 from typing import Callable, NamedTuple
@@ -17,8 +23,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from gmscavp_jax.diffusion import schedules
+from gmscavp_jax.infra import errors
 
-SAMPLERS = ('ddpm', 'ddim', 'dpmpp2m')
+DIFFUSION_SAMPLERS = ('ddpm', 'ddim', 'dpmpp2m')
+FLOW_SAMPLERS = ('euler', 'heun')
+SAMPLERS = DIFFUSION_SAMPLERS + FLOW_SAMPLERS
+OBJECTIVE_SAMPLERS = {'diffusion': DIFFUSION_SAMPLERS, 'flow': FLOW_SAMPLERS}
 
 GuidedDenoiseFn = Callable[[jnp.ndarray, jnp.ndarray, bool], jnp.ndarray]
 
@@ -54,6 +64,18 @@ def guided_output(denoise_fn: GuidedDenoiseFn, x: jnp.ndarray, t: jnp.ndarray,
   uncond = denoise_fn(x, t, False)
   cond = denoise_fn(x, t, True)
   return uncond + guidance_scale * (cond - uncond)
+
+
+def check_objective(sampler: str, objective: str) -> None:
+  """Raises errors.ConfigError unless `sampler` can sample a model trained with `objective`."""
+  if objective not in OBJECTIVE_SAMPLERS:
+    raise errors.ConfigError(f'config.diffusion.objective={objective!r}: expected one of '
+                             f'{tuple(OBJECTIVE_SAMPLERS)}')
+  allowed = OBJECTIVE_SAMPLERS[objective]
+  if sampler not in allowed:
+    raise errors.ConfigError(f'sampler {sampler!r} (eval.sampler or --sampler) does not match '
+                             f'config.diffusion.objective={objective!r}: expected one of '
+                             f'{allowed}')
 
 
 def _resolve_eta(sampler: str, eta: float | None) -> float:
@@ -104,8 +126,9 @@ def sample(denoise_fn: GuidedDenoiseFn, x_T: jnp.ndarray,  # pylint: disable=inv
   Returns:
     x0 samples, same shape and dtype as x_T.
   """
-  if sampler not in SAMPLERS:
-    raise ValueError(f'unknown sampler {sampler!r}; allowed: {SAMPLERS}')
+  if sampler not in DIFFUSION_SAMPLERS:
+    raise ValueError(f'unknown diffusion sampler {sampler!r}; allowed: {DIFFUSION_SAMPLERS} '
+                     f'(flow samplers {FLOW_SAMPLERS}: sample_flow)')
   schedules.check_prediction(prediction)
   eta = _resolve_eta(sampler, eta)
   visits = _visits(alpha_bar, num_steps)
@@ -199,3 +222,83 @@ def _dpmpp2m(predict: Callable, visits: _Visits, x: jnp.ndarray) -> jnp.ndarray:
   (x, _, _), _ = jax.lax.scan(step, (x, jnp.zeros_like(x), jnp.ones((), lam.dtype)),
                               jnp.arange(visits.ts.shape[0]))
   return x
+
+
+def flow_times(num_steps: int) -> np.ndarray:
+  """(K + 1,) float32 flow times 1 = t_0 > t_1 > ... > t_K = 0, evenly spaced (K = num_steps)."""
+  if num_steps < 1:
+    raise ValueError(f'sampling num_steps must be >= 1, got {num_steps}')
+  return np.linspace(1.0, 0.0, num_steps + 1, dtype=np.float64).astype(np.float32)
+
+
+def sample_flow(denoise_fn: GuidedDenoiseFn, x_1: jnp.ndarray, *, sampler: str,
+                num_steps: int, num_timesteps: int, guidance_scale: float = 1.0,
+                clip_x0: float | None = None) -> jnp.ndarray:
+  """Draws x0 from noise x_1 by integrating a rectified-flow velocity from t = 1 to t = 0.
+
+  Args:
+    denoise_fn: (x (B, ...), model time (B,) float32, conditional: static bool) -> velocity
+      eps - x0 (B, ...); the model time is schedules.flow_model_time(t, num_timesteps), as in
+      training (objectives.flow_loss).
+    x_1: (B, ...) start noise at t = 1 (normally N(0, I)).
+    sampler: 'euler' (K velocity evaluations) or 'heun' (Heun's second-order method: each
+      step averages the velocity at both of its ends; the last step, to t = 0, is an Euler
+      step, as in Karras et al. 2022's Algorithm 1, so the model is never queried at t = 0,
+      where logit-normal training put almost no weight: 2K - 1 evaluations).
+    num_steps: K >= 1 steps on the even grid `flow_times(K)` (static).
+    num_timesteps: N (diffusion.num_timesteps), the scale of the model time.
+    guidance_scale: static w of classifier-free guidance on the velocity (`guided_output`;
+      at a fixed x_t, x0 and eps are affine in it, so this is the same guidance on them).
+    clip_x0: if set, the predicted x0 = x - t v is clipped to [-clip_x0, clip_x0] and the
+      velocity recomputed from it, (x - x0) / t (t > 0 wherever the model is queried).
+
+  Returns:
+    x0 samples, same shape and dtype as x_1.
+  """
+  if sampler not in FLOW_SAMPLERS:
+    raise ValueError(f'unknown flow sampler {sampler!r}; allowed: {FLOW_SAMPLERS}')
+  ts = jnp.asarray(flow_times(num_steps))
+  batch = x_1.shape[0]
+
+  def velocity(x, t):
+    model_t = jnp.full((batch,), schedules.flow_model_time(t, num_timesteps), jnp.float32)
+    v = guided_output(denoise_fn, x, model_t, guidance_scale).astype(jnp.float32)
+    if clip_x0 is not None:
+      x0 = jnp.clip(x - t * v, -clip_x0, clip_x0)
+      v = (x - x0) / t
+    return v
+
+  def step(x, i):
+    t, t_next = ts[i], ts[i + 1]
+    v = velocity(x, t)
+    x_next = x + (t_next - t) * v
+    if sampler == 'heun':
+      x_next = x + (t_next - t) * 0.5 * (v + velocity(x_next, t_next))
+    return x_next, None
+
+  x = x_1.astype(jnp.float32)
+  # Heun's steps all end at t > 0 but the last; that one is the Euler step below.
+  x, _ = jax.lax.scan(step, x, jnp.arange(num_steps - 1))
+  x = x + (ts[-1] - ts[-2]) * velocity(x, ts[-2])
+  return x.astype(x_1.dtype)
+
+
+def sample_objective(denoise_fn: GuidedDenoiseFn, x_T: jnp.ndarray,  # pylint: disable=invalid-name
+                     rng: jax.Array, alpha_bar: jnp.ndarray, *, objective: str, sampler: str,
+                     num_steps: int, prediction: str = 'eps', guidance_scale: float = 1.0,
+                     eta: float | None = None, clip_x0: float | None = None) -> jnp.ndarray:
+  """`sample` for objective 'diffusion', `sample_flow` for 'flow' (N = alpha_bar's length).
+
+  Raises errors.ConfigError if `sampler` does not belong to `objective` (`check_objective`),
+  and ValueError for an eta other than None or 0 with a flow sampler (both are deterministic).
+  """
+  check_objective(sampler, objective)
+  if objective == 'diffusion':
+    return sample(denoise_fn, x_T, rng, alpha_bar, sampler=sampler, num_steps=num_steps,
+                  prediction=prediction, guidance_scale=guidance_scale, eta=eta,
+                  clip_x0=clip_x0)
+  if eta not in (None, 0.0):
+    raise ValueError(f'eta={eta} is only used by the ddim sampler; {sampler!r} is deterministic')
+  return sample_flow(denoise_fn, x_T, sampler=sampler, num_steps=num_steps,
+                     num_timesteps=alpha_bar.shape[0], guidance_scale=guidance_scale,
+                     clip_x0=clip_x0)

@@ -101,3 +101,17 @@ def to_x0_eps(x_t, pred, a, s, prediction: str) -> tuple[jnp.ndarray, jnp.ndarra
   if prediction == 'eps':
     return x0_from_eps(x_t, pred, a, s), pred
   return x0_from_v(x_t, pred, a, s), eps_from_v(x_t, pred, a, s)
+
+
+OBJECTIVES = ('diffusion', 'flow')
+
+
+def flow_model_time(t: jnp.ndarray, num_steps: int) -> jnp.ndarray:
+  """Rectified-flow time t in [0, 1] (1 = pure noise) -> the denoiser's timestep input.
+
+  The UNets embed their timestep sinusoidally with frequencies chosen for step indices up to
+  ~1000; a raw t in [0, 1] would use only the slowest of them and leave the time nearly
+  unresolved. t (N - 1) spans the same range [0, N-1] as the diffusion step indices, with
+  noise at N - 1 in both, so the embedding stays in its designed range. Float32, like t.
+  """
+  return jnp.asarray(t, jnp.float32) * (num_steps - 1)

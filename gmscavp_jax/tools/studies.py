@@ -48,7 +48,7 @@ class Options:
   """What the studies' flags set (defaults = the flags' defaults)."""
   baseline: str | None = None  # A trained run reused as the row the config itself gives.
   workdir: str | None = None  # sampling_steps: the trained run.
-  samplers: tuple = samplers_lib.SAMPLERS
+  samplers: tuple = samplers_lib.DIFFUSION_SAMPLERS  # euler,heun for a flow run.
   sample_steps: tuple = (10, 25, 50, 100, 250)
   num_clips: int | None = None  # Test videos to generate for (sampling_steps: 64 if None).
   guidance: float | None = None
