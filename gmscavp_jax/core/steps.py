@@ -41,6 +41,41 @@ class TrainState:
   step: jax.Array
   params: Any
   opt_state: Any
+  # Not a field: a state without EMA has the pytree (and checkpoint) it had before EMA existed.
+  ema_params = None
+
+
+@flax.struct.dataclass
+class EmaTrainState(TrainState):
+  """A TrainState that also holds the params' moving average (train.ema_decay > 0): the same
+  tree and layout as the params."""
+  ema_params: Any = None
+
+
+def inference_field(config: ml_collections.ConfigDict) -> str:
+  """The TrainState field that every sampling and embedding of a trained state uses:
+  'ema_params' with train.ema_decay > 0, else 'params'."""
+  return 'ema_params' if config.train.ema_decay > 0 else 'params'
+
+
+def inference_params(state: TrainState, config: ml_collections.ConfigDict):
+  """The params to sample and embed with (`inference_field`) of a train state."""
+  return getattr(state, inference_field(config))
+
+
+def ema_update(ema, params, decay: float, count: jax.Array):
+  """decay_t * ema + (1 - decay_t) * params, leaf by leaf, at the group's update `count`
+  (0 for its first update): decay_t = min(decay, (1 + count) / (10 + count)), so the
+  average forgets its initialisation within the first updates."""
+  n = jnp.asarray(count, jnp.float32)
+  d = jnp.minimum(decay, (1.0 + n) / (10.0 + n))
+  return jax.tree.map(lambda e, p: (d * e + (1.0 - d) * p).astype(e.dtype), ema, params)
+
+
+def _update_count(opt_state) -> jax.Array:
+  """How many updates a group's optimizer has taken (Adam's count: skipped steps leave it)."""
+  is_adam = lambda x: isinstance(x, optax.ScaleByAdamState)
+  return next(x for x in jax.tree.leaves(opt_state, is_leaf=is_adam) if is_adam(x)).count
 
 
 class Models(NamedTuple):
@@ -192,7 +227,11 @@ def init_state(config: ml_collections.ConfigDict, models: Models, txs: dict,
   """Fresh params of every group from `rng` (`init_params`) and their optimizer states."""
   params = init_params(config, models, rng)
   opt_state = {k: txs[k].init(params[k]) for k in params}
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state)
+  step = jnp.zeros((), jnp.int32)
+  if config.train.ema_decay > 0:
+    return EmaTrainState(step=step, params=params, opt_state=opt_state,
+                         ema_params=jax.tree.map(jnp.copy, params))
+  return TrainState(step=step, params=params, opt_state=opt_state)
 
 
 def log_mel(batch: dict, config: ml_collections.ConfigDict) -> jax.Array:
@@ -357,7 +396,26 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array, *, models: Models
     metrics[f'param_norm/{k}'] = optax.tree.norm(params[k])
   metrics['skipped'] = 1.0 - finite.astype(jnp.float32)
   new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+  if state.ema_params is not None:
+    new_state = new_state.replace(ema_params=_ema_step(state, params, phase, keep, config))
   return new_state, {f'train/{k}': v for k, v in metrics.items()}
+
+
+def _ema_step(state: TrainState, params: dict, phase: phases.Phase, keep: Callable,
+              config: ml_collections.ConfigDict) -> dict:
+  """The EMA after a step that left `params`: trained groups average in their new params
+  (not on a skipped step); the a2v denoiser between its updates keeps its average; a group
+  its stage does not train equals its params (the average of a constant), so frozen encoders
+  stay the ones the generator stage trains on."""
+  ema, stage_groups = dict(state.ema_params), phase.with_a2v().groups if phase.msd else phase.groups
+  for k in params:
+    if k in phase.groups:
+      new = ema_update(ema[k], params[k], config.train.ema_decay,
+                       _update_count(state.opt_state[k]))
+      ema[k] = jax.tree.map(keep, new, ema[k])
+    elif k not in stage_groups:
+      ema[k] = params[k]
+  return ema
 
 
 def embed_step(params, batch: dict, *, models: Models,
