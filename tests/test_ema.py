@@ -14,6 +14,7 @@ import pytest
 
 from gmscavp_jax.core import config_io
 from gmscavp_jax.core import config_validation
+from gmscavp_jax.core import ema
 from gmscavp_jax.core import phases
 from gmscavp_jax.core import state as state_lib
 from gmscavp_jax.core import steps
@@ -43,16 +44,43 @@ def _full_state(workdir, config):
 
 
 def test_ema_update_math():
-  ema, params = {'a': jnp.array([0.0, 2.0]), 'b': {'c': jnp.array(4.0)}}, {
+  avg, params = {'a': jnp.array([0.0, 2.0]), 'b': {'c': jnp.array(4.0)}}, {
       'a': jnp.array([1.0, 0.0]), 'b': {'c': jnp.array(-4.0)}}
   # First update (count 0): decay_t = min(0.99, 1/10) = 0.1.
-  out = steps.ema_update(ema, params, 0.99, jnp.array(0, jnp.int32))
+  out = ema.ema_update(avg, params, 0.99, jnp.array(0, jnp.int32))
   np.testing.assert_allclose(out['a'], [0.9, 0.2], rtol=1e-6)
   np.testing.assert_allclose(out['b']['c'], 0.4 - 3.6, rtol=1e-6)
   # Late updates: decay_t is the configured decay.
-  out = steps.ema_update(ema, params, 0.5, jnp.array(1000, jnp.int32))
+  out = ema.ema_update(avg, params, 0.5, jnp.array(1000, jnp.int32))
   np.testing.assert_allclose(out['a'], [0.5, 1.0], rtol=1e-6)
-  assert jax.tree.structure(out) == jax.tree.structure(ema)
+  assert jax.tree.structure(out) == jax.tree.structure(avg)
+
+
+def test_each_group_follows_its_stage():
+  """Trained groups average (warmed up by their own update count), the a2v denoiser keeps its
+  average between its updates, a frozen group equals its params, a skipped step changes
+  nothing."""
+  config = tiny_config('msa_msd', **{'train.ema_decay': DECAY})
+  groups = ('encoders', 'denoiser', 'video_denoiser')
+  old = {k: {'w': jnp.full((3,), float(i))} for i, k in enumerate(groups)}
+  new = {k: {'w': v['w'] + 1.0} for k, v in old.items()}
+  tx = steps.make_optimizer(config.train, 10)
+  opt = {k: tx.init(old[k]) for k in groups}
+  # The denoiser has taken 5 updates (a two-stage run's generator stage starts its count).
+  for _ in range(5):
+    opt['denoiser'] = tx.update(old['denoiser'], opt['denoiser'], old['denoiser'])[1]
+  avg = {k: {'w': v['w'] - 1.0} for k, v in old.items()}
+  taken = lambda n, o: n
+  out = ema.ema_step(avg, opt, new, phases.GENERATOR, taken, DECAY)
+  assert _leaves_equal(out['encoders'], new['encoders'])  # Frozen: its params.
+  assert _leaves_equal(out['video_denoiser'], avg['video_denoiser'])  # Between a2v updates.
+  d = min(DECAY, 6 / 15)  # Its own count, 5.
+  np.testing.assert_allclose(out['denoiser']['w'], d * (1.0 - 1.0) + (1 - d) * 2.0, rtol=1e-6)
+  out = ema.ema_step(avg, opt, new, phases.GENERATOR.with_a2v(), taken, DECAY)
+  np.testing.assert_allclose(out['video_denoiser']['w'], 0.1 * 1.0 + 0.9 * 3.0, rtol=1e-6)
+  skipped = ema.ema_step(avg, opt, new, phases.JOINT, lambda n, o: o, DECAY)
+  assert _leaves_equal(skipped['encoders'], avg['encoders'])
+  assert _leaves_equal(skipped['denoiser'], avg['denoiser'])
 
 
 def test_config_field_is_validated_and_filled_for_old_workdirs(tmp_path):
@@ -98,7 +126,7 @@ def test_off_keeps_the_state_tree_and_on_leaves_training_unchanged():
   assert float(m_off['train/loss']) == float(m_on['train/loss'])
   assert _leaves_equal(new_off.params, new_on.params)
   # The second joint update (count 1): decay_t = 2/11 for both groups.
-  want = steps.ema_update(once.ema_params, new_on.params, DECAY, 1)
+  want = ema.ema_update(once.ema_params, new_on.params, DECAY, 1)
   for got, w in zip(jax.tree.leaves(new_on.ema_params), jax.tree.leaves(want)):
     np.testing.assert_allclose(got, w, rtol=1e-6, atol=1e-7)
   assert not _leaves_equal(new_on.ema_params['denoiser'], new_on.params['denoiser'])

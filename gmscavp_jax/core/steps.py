@@ -22,6 +22,7 @@ import ml_collections
 import optax
 
 from gmscavp_jax.core import bidirectional
+from gmscavp_jax.core import ema
 from gmscavp_jax.core import phases
 from gmscavp_jax.data import audio
 from gmscavp_jax.data import media
@@ -61,21 +62,6 @@ def inference_field(config: ml_collections.ConfigDict) -> str:
 def inference_params(state: TrainState, config: ml_collections.ConfigDict):
   """The params to sample and embed with (`inference_field`) of a train state."""
   return getattr(state, inference_field(config))
-
-
-def ema_update(ema, params, decay: float, count: jax.Array):
-  """decay_t * ema + (1 - decay_t) * params, leaf by leaf, at the group's update `count`
-  (0 for its first update): decay_t = min(decay, (1 + count) / (10 + count)), so the
-  average forgets its initialisation within the first updates."""
-  n = jnp.asarray(count, jnp.float32)
-  d = jnp.minimum(decay, (1.0 + n) / (10.0 + n))
-  return jax.tree.map(lambda e, p: (d * e + (1.0 - d) * p).astype(e.dtype), ema, params)
-
-
-def _update_count(opt_state) -> jax.Array:
-  """How many updates a group's optimizer has taken (Adam's count: skipped steps leave it)."""
-  is_adam = lambda x: isinstance(x, optax.ScaleByAdamState)
-  return next(x for x in jax.tree.leaves(opt_state, is_leaf=is_adam) if is_adam(x)).count
 
 
 class Models(NamedTuple):
@@ -397,25 +383,9 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array, *, models: Models
   metrics['skipped'] = 1.0 - finite.astype(jnp.float32)
   new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
   if state.ema_params is not None:
-    new_state = new_state.replace(ema_params=_ema_step(state, params, phase, keep, config))
+    new_state = new_state.replace(ema_params=ema.ema_step(
+        state.ema_params, state.opt_state, params, phase, keep, config.train.ema_decay))
   return new_state, {f'train/{k}': v for k, v in metrics.items()}
-
-
-def _ema_step(state: TrainState, params: dict, phase: phases.Phase, keep: Callable,
-              config: ml_collections.ConfigDict) -> dict:
-  """The EMA after a step that left `params`: trained groups average in their new params
-  (not on a skipped step); the a2v denoiser between its updates keeps its average; a group
-  its stage does not train equals its params (the average of a constant), so frozen encoders
-  stay the ones the generator stage trains on."""
-  ema, stage_groups = dict(state.ema_params), phase.with_a2v().groups if phase.msd else phase.groups
-  for k in params:
-    if k in phase.groups:
-      new = ema_update(ema[k], params[k], config.train.ema_decay,
-                       _update_count(state.opt_state[k]))
-      ema[k] = jax.tree.map(keep, new, ema[k])
-    elif k not in stage_groups:
-      ema[k] = params[k]
-  return ema
 
 
 def embed_step(params, batch: dict, *, models: Models,
