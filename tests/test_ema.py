@@ -204,3 +204,21 @@ def test_two_stage_resume_with_ema_equals_an_uninterrupted_run(tmp_path):
   rows = lambda w: {r['step']: r['train/loss'] for r in metrics_io.read_jsonl(
       os.path.join(w, 'metrics.jsonl')) if 'train/loss' in r}
   assert rows(straight) == rows(resumed)
+
+
+@pytest.mark.parametrize('phase', [phases.JOINT, phases.JOINT.with_a2v()])
+def test_a_bidirectional_step_with_ema_keeps_the_state_tree(phase):
+  """Traced only: every group of a bidirectional run has an EMA leaf for each param leaf."""
+  config = tiny_config('msa_msd', **{'train.ema_decay': DECAY,
+                                     'train.bidirectional_interval': 1})
+  models, txs = steps.build_models(config), steps.make_optimizers(config)
+  state = jax.eval_shape(functools.partial(steps.init_state, config, models, txs),
+                         jax.random.key(0))
+  assert sorted(state.ema_params) == ['denoiser', 'encoders', 'video_denoiser']
+  frames, _ = steps.dummy_inputs(config, batch_size=4)
+  batch = {'frames': frames, 'waveform': jnp.zeros((4, 8000))}
+  new_state, _ = jax.eval_shape(functools.partial(
+      steps.train_step, models=models, txs=txs, config=config, phase=phase),
+      state, batch, jax.random.key(1))
+  assert jax.tree.structure(new_state) == jax.tree.structure(state)
+  assert jax.tree.structure(new_state.ema_params) == jax.tree.structure(state.params)
