@@ -191,6 +191,10 @@ def base_config() -> ml_collections.ConfigDict:
   # on the batch's audio; 0 = off (no a2v params or a2v steps). Only with
   # diffusion.training 'joint' (every k-th step) or 'frozen' (every k-th generator step).
   c.train.bidirectional_interval = 0
+  # An exponential moving average of the weights (decay per update, warmed up as
+  # min(ema_decay, (1 + n) / (10 + n)) over a group's n updates) that every sampling and
+  # embedding of a trained state uses; 0 = off (no EMA in the state or checkpoints).
+  c.train.ema_decay = 0.0
 
   # Device mesh (DESIGN §6): mesh.data x mesh.fsdp devices (-1: whatever the other leaves).
   # Batches are split over both axes; params and optimizer state are sharded along 'fsdp'

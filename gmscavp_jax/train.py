@@ -49,17 +49,19 @@ class Preempted(Exception):
 def evaluate_and_record(evaluators: dict, state, step: int, workdir: str, writer,
                         config: ml_collections.ConfigDict) -> dict:
   """The loop's periodic evaluation of `state` at `step`: retrieval (and generation, once the
-  denoisers train), recorded as results.json, PNGs and scalars."""
-  results, emb = evaluators['retrieval'].run(state.params)
+  denoisers train), recorded as results.json, PNGs and scalars. The params evaluated are
+  those inference uses (`steps.inference_params`: the EMA with train.ema_decay > 0)."""
+  params = steps.inference_params(state, config)
+  results, emb = evaluators['retrieval'].run(params)
   logging.info('step %d retrieval: v2a R@1 %.2f%%  a2v R@1 %.2f%%  (chance %.2f%%, '
                'timing-blind ceiling %.2f%%, class-only %.2f%%)', step,
                results['retrieval/v2a_R@1'], results['retrieval/a2v_R@1'],
                results['retrieval/chance_R@1'], results['retrieval/ceiling_R@1'],
                results['retrieval/class_ceiling_R@1'])
   if steps.generator_trained(config, step) and config.eval.num_generate_clips > 0:
-    results.update(evaluators['generation'].run(state.params, step, workdir, writer))
+    results.update(evaluators['generation'].run(params, step, workdir, writer))
   if 'a2v' in evaluators and steps.a2v_trained(config, step):
-    results.update(evaluators['a2v'].run(state.params, step, workdir, writer))
+    results.update(evaluators['a2v'].run(params, step, workdir, writer))
   results['step'] = step
   writer.write_scalars(step, {k: v for k, v in results.items()
                               if k != 'step' and isinstance(v, (int, float))})

@@ -41,6 +41,7 @@ _ADDED = {
     'train.compute_dtype': 'float32',
     'train.remat': 'none',
     'train.bidirectional_interval': 0,
+    'train.ema_decay': 0.0,
     'mesh.data': -1,
     'mesh.fsdp': 1,
     'mesh.fsdp_min_size': 2**16,

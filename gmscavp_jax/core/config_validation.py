@@ -120,6 +120,8 @@ def _validate_train(t: ml_collections.ConfigDict) -> None:
   _require(t.decay_steps is None or t.decay_steps > t.warmup_steps, 'train.decay_steps',
            f'unset or > warmup_steps={t.warmup_steps}', t.decay_steps)
   _require(t.grad_clip_norm >= 0, 'train.grad_clip_norm', '>= 0 (0 disables)', t.grad_clip_norm)
+  _require(0.0 <= t.ema_decay < 1.0, 'train.ema_decay', 'a decay in [0, 1) (0 = no EMA)',
+           t.ema_decay)
   for field in ('log_every_steps', 'checkpoint_every_steps', 'eval_every_steps',
                 'keep_checkpoints', 'max_skipped_steps'):
     _require(t[field] > 0, f'train.{field}', 'a positive integer', t[field])

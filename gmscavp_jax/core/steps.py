@@ -22,6 +22,7 @@ import ml_collections
 import optax
 
 from gmscavp_jax.core import bidirectional
+from gmscavp_jax.core import ema
 from gmscavp_jax.core import phases
 from gmscavp_jax.data import audio
 from gmscavp_jax.data import media
@@ -41,6 +42,26 @@ class TrainState:
   step: jax.Array
   params: Any
   opt_state: Any
+  # Not a field: a state without EMA has the pytree (and checkpoint) it had before EMA existed.
+  ema_params = None
+
+
+@flax.struct.dataclass
+class EmaTrainState(TrainState):
+  """A TrainState that also holds the params' moving average (train.ema_decay > 0): the same
+  tree and layout as the params."""
+  ema_params: Any = None
+
+
+def inference_field(config: ml_collections.ConfigDict) -> str:
+  """The TrainState field that every sampling and embedding of a trained state uses:
+  'ema_params' with train.ema_decay > 0, else 'params'."""
+  return 'ema_params' if config.train.ema_decay > 0 else 'params'
+
+
+def inference_params(state: TrainState, config: ml_collections.ConfigDict):
+  """The params to sample and embed with (`inference_field`) of a train state."""
+  return getattr(state, inference_field(config))
 
 
 class Models(NamedTuple):
@@ -192,7 +213,11 @@ def init_state(config: ml_collections.ConfigDict, models: Models, txs: dict,
   """Fresh params of every group from `rng` (`init_params`) and their optimizer states."""
   params = init_params(config, models, rng)
   opt_state = {k: txs[k].init(params[k]) for k in params}
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state)
+  step = jnp.zeros((), jnp.int32)
+  if config.train.ema_decay > 0:
+    return EmaTrainState(step=step, params=params, opt_state=opt_state,
+                         ema_params=jax.tree.map(jnp.copy, params))
+  return TrainState(step=step, params=params, opt_state=opt_state)
 
 
 def log_mel(batch: dict, config: ml_collections.ConfigDict) -> jax.Array:
@@ -364,6 +389,9 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array, *, models: Models
     metrics[f'param_norm/{k}'] = optax.tree.norm(params[k])
   metrics['skipped'] = 1.0 - finite.astype(jnp.float32)
   new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+  if state.ema_params is not None:
+    new_state = new_state.replace(ema_params=ema.ema_step(
+        state.ema_params, state.opt_state, params, phase, keep, config.train.ema_decay))
   return new_state, {f'train/{k}': v for k, v in metrics.items()}
 
 

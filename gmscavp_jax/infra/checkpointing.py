@@ -60,21 +60,23 @@ class Checkpointer:
       self._restore_iterator(restored[1], data_iter)
     return restored
 
-  def restore_latest_params(self, abstract_params: Any) -> tuple[Any, int] | None:
-    """The params alone of the newest good checkpoint: (params, step), or None if none.
+  def restore_latest_params(self, abstract_params: Any,
+                            field: str = 'params') -> tuple[Any, int] | None:
+    """One params tree alone of the newest good checkpoint: (params, step), or None if none.
 
-    Only the state's 'params' subtree is read (Orbax partial restore): the optimizer state
+    Only the state's `field` subtree is read (Orbax partial restore): the optimizer state
     is neither read nor allocated. Use a Checkpointer that has not restored the whole state
     (Orbax keeps one handler per item), as the inference commands do.
 
     Args:
       abstract_params: `jax.ShapeDtypeStruct`s with shardings, shaped like the state's params.
+      field: the state's field to read: 'params', or 'ema_params' (their moving average).
     """
-    item = {'params': abstract_params}
+    item = {field: abstract_params}
     restored = self._restore_newest(ocp.args.PyTreeRestore(
         item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
         partial_restore=True))
-    return None if restored is None else (restored[0]['params'], restored[1])
+    return None if restored is None else (restored[0][field], restored[1])
 
   def _restore_newest(self, state_args: Any) -> tuple[Any, int] | None:
     """(the 'state' item restored by `state_args`, step), walking back from the newest step."""
