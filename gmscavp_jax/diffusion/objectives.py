@@ -91,6 +91,34 @@ def _safe_mean(values: jnp.ndarray, weights: jnp.ndarray) -> jnp.ndarray:
   return jnp.where(total > 0, jnp.sum(weights * values) / jnp.where(total > 0, total, 1.0), 0.0)
 
 
+def _regression(denoise_fn: DenoiseFn, x_t: jnp.ndarray, t: jnp.ndarray, target: jnp.ndarray,
+                example_weights: jnp.ndarray | None, contrast: Contrast | None):
+  """The part both objectives share: per-example squared error (B,) of denoise_fn(x_t, t)
+  against `target`, the (B,) example weights, and a function that adds the contrastive term
+  (loss, metrics) -> (loss, metrics) (the identity without `contrast`)."""
+  batch = target.shape[0]
+
+  def per_example_error(fn):
+    pred = fn(x_t, t)
+    chex.assert_equal_shape([pred, target])
+    return jnp.square(target - pred.astype(jnp.float32)).reshape(batch, -1).mean(axis=1)
+
+  per_example = per_example_error(denoise_fn)
+  weights = (jnp.ones((batch,), jnp.float32) if example_weights is None
+             else jnp.asarray(example_weights, jnp.float32))
+  chex.assert_shape(weights, (batch,))
+
+  def add_contrast(loss, metrics):
+    if contrast is None:
+      return loss, metrics
+    mask = weights if contrast.mask is None else weights * contrast.mask
+    term, contrast_metrics = contrastive_term(
+        per_example, per_example_error(contrast.denoise_fn), contrast.temperature, mask)
+    return loss + contrast.weight * term, {**metrics, **contrast_metrics}
+
+  return per_example, weights, add_contrast
+
+
 def sample_timesteps(rng: jax.Array, batch: int, num_steps: int,
                      terminal_weight: float = 0.0) -> jnp.ndarray:
   """(B,) int32 timesteps from the mixture above: U{0..N-1}, and N-1 w.p. lambda_T/(1+lambda_T)."""
@@ -144,16 +172,8 @@ def diffusion_loss(denoise_fn: DenoiseFn, x0: jnp.ndarray, rng: jax.Array,
   x_t = schedules.q_sample(x0, eps, a, s)
   target = eps if prediction == 'eps' else schedules.v_from_x0_eps(x0, eps, a, s)
 
-  def per_example_error(fn):
-    pred = fn(x_t, t)
-    chex.assert_equal_shape([pred, x0])
-    return jnp.square(target - pred.astype(jnp.float32)).reshape(batch, -1).mean(axis=1)
-
-  per_example = per_example_error(denoise_fn)
-
-  weights = (jnp.ones((batch,), jnp.float32) if example_weights is None
-             else jnp.asarray(example_weights, jnp.float32))
-  chex.assert_shape(weights, (batch,))
+  per_example, weights, add_contrast = _regression(denoise_fn, x_t, t, target,
+                                                   example_weights, contrast)
   mse = _safe_mean(per_example, weights)
   loss = (1.0 + terminal_weight) * mse
   is_terminal = (t == num_steps - 1).astype(jnp.float32)
@@ -162,13 +182,7 @@ def diffusion_loss(denoise_fn: DenoiseFn, x0: jnp.ndarray, rng: jax.Array,
       'msd_mse': mse,
       'msd_mse_terminal': _safe_mean(per_example, weights * is_terminal),
   }
-  if contrast is not None:
-    mask = weights if contrast.mask is None else weights * contrast.mask
-    term, contrast_metrics = contrastive_term(
-        per_example, per_example_error(contrast.denoise_fn), contrast.temperature, mask)
-    loss = loss + contrast.weight * term
-    metrics.update(contrast_metrics)
-  return loss, metrics
+  return add_contrast(loss, metrics)
 
 
 def sample_flow_times(rng: jax.Array, batch: int, t_sampling: str) -> jnp.ndarray:
@@ -212,21 +226,7 @@ def flow_loss(denoise_fn: DenoiseFn, x0: jnp.ndarray, rng: jax.Array, *, num_tim
   target = eps - x0
   model_t = schedules.flow_model_time(t, num_timesteps)
 
-  def per_example_error(fn):
-    pred = fn(x_t, model_t)
-    chex.assert_equal_shape([pred, x0])
-    return jnp.square(target - pred.astype(jnp.float32)).reshape(batch, -1).mean(axis=1)
-
-  per_example = per_example_error(denoise_fn)
-  weights = (jnp.ones((batch,), jnp.float32) if example_weights is None
-             else jnp.asarray(example_weights, jnp.float32))
-  chex.assert_shape(weights, (batch,))
+  per_example, weights, add_contrast = _regression(denoise_fn, x_t, model_t, target,
+                                                   example_weights, contrast)
   loss = _safe_mean(per_example, weights)
-  metrics = {'msd_loss': loss, 'msd_mse': loss}
-  if contrast is not None:
-    mask = weights if contrast.mask is None else weights * contrast.mask
-    term, contrast_metrics = contrastive_term(
-        per_example, per_example_error(contrast.denoise_fn), contrast.temperature, mask)
-    loss = loss + contrast.weight * term
-    metrics.update(contrast_metrics)
-  return loss, metrics
+  return add_contrast(loss, {'msd_loss': loss, 'msd_mse': loss})
