@@ -110,6 +110,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.unet.num_heads = 4
   c.unet.stem_patch = (1, 4)  # (time, mel) patch of the stem, un-patchified at the output.
   c.unet.aligned_conditioning = True  # Add per-frame video features on the UNet's time grid.
+  # Diagnostic oracle (issue 18): the denoiser also gets each clip's true sounding classes
+  # (multi-hot, data.labels) added to its global condition, an upper bound for "the right
+  # source". Training and evaluation only: generate and the demo have no labels and refuse it.
+  c.unet.label_condition = False
 
   # Diffusion (eq. 6-7) and how the generator trains (Table 3).
   c.diffusion = ml_collections.ConfigDict()

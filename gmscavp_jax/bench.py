@@ -246,14 +246,15 @@ def time_sampling_latency(config, mesh, sampler: str | None = None,
   frames, _ = steps.dummy_inputs(config, batch_size=1)
   rng = jax.random.key(0)
   t0 = time.perf_counter()
-  compiled = sample.lower(params, frames, rng).compile()
+  inputs = {'frames': frames}
+  compiled = sample.lower(params, inputs, rng).compile()
   compile_s = time.perf_counter() - t0
-  jax.block_until_ready(compiled(params, frames, rng))  # Warm-up.
+  jax.block_until_ready(compiled(params, inputs, rng))  # Warm-up.
   times = []
   for i in range(repeats):
     key = jax.random.fold_in(rng, i)
     t0 = time.perf_counter()
-    jax.block_until_ready(compiled(params, frames, key))
+    jax.block_until_ready(compiled(params, inputs, key))
     times.append(time.perf_counter() - t0)
   return {'sampler': sampler, 'num_steps': num_steps, 'guidance': guidance,
           'denoiser_calls': num_steps * (1 if guidance in (0.0, 1.0) else 2),
@@ -276,7 +277,8 @@ def bench_sampling(workdir: str, step_counts: list[int], samplers: list[str],
       samplers, step_counts, guidances or [config.eval.guidance]):
     kwargs = dict(sampler=sampler, num_steps=num_steps, guidance=guidance)
     # Timed without the compile (generate_timed compiles before it starts the clock).
-    mel, timing = generator.generate_timed(params, clips['frames'], **kwargs)
+    mel, timing = generator.generate_timed(params, clips['frames'], labels=clips['labels'],
+                                           **kwargs)
     seconds = timing['seconds']
     scores = generation.onset_scores(mel, real, clips['onsets'], rate)
     rows.append({'sampler': sampler, 'steps': num_steps, 'guidance': guidance,

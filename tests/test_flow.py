@@ -227,7 +227,7 @@ def test_tiny_flow_training_and_sampling_end_to_end():
     losses.append(float(metrics['train/loss/msd_loss']))
   assert np.all(np.isfinite(losses))
   assert 'train/loss/msd_mse_terminal' not in metrics
-  frames = batch['frames'][:2]
+  frames = {'frames': batch['frames'][:2]}
   for sampler, guidance in (('euler', 1.0), ('heun', 2.0)):
     mel = jax.jit(functools.partial(steps.sample_step, models=models, config=config,
                                     sampler=sampler, num_steps=2, guidance=guidance))(

@@ -11,7 +11,7 @@ from gmscavp_jax.models import layers
 from gmscavp_jax.models import unet
 from gmscavp_jax.models import unet_blocks
 
-B, D = 3, 16
+B, D, K = 3, 16, 5
 TA, F = 37, 19  # Odd on purpose: the UNet pads and crops.
 # Video scales as the pyramid makes them: 8 frames, a 2x2 grid at scale 1, then clip level.
 VIDEO_SHAPES = [(B, 8, 1, D), (B, 4, 4, D), (B, 1, 1, D)]
@@ -21,9 +21,10 @@ def tiny_config(**overrides) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.unet = ml_collections.ConfigDict(dict(
       widths=(16, 32), attention_levels=(1,), level_scales=(0, 1), blocks_per_level=1,
-      num_groups=4, num_heads=2, stem_patch=(2, 8), aligned_conditioning=True))
+      num_groups=4, num_heads=2, stem_patch=(2, 8), aligned_conditioning=True,
+      label_condition=False))
   c.unet.update(overrides)
-  c.data = ml_collections.ConfigDict(dict(num_frames=VIDEO_SHAPES[0][1]))
+  c.data = ml_collections.ConfigDict(dict(num_frames=VIDEO_SHAPES[0][1], num_classes=K))
   return c
 
 
@@ -228,3 +229,24 @@ def test_unpatchify_inverts_patchify():
   identity = {'params': {'proj': {'kernel': jnp.eye(6), 'bias': jnp.zeros(6)}}}
   patches = layers.Patchify(6, patch).apply(identity, x)
   np.testing.assert_array_equal(unet_blocks.unpatchify(patches, patch), x[..., 0])
+
+
+def test_label_oracle_changes_only_kept_conditions():
+  """unet.label_condition: the labels move the conditional output, not a dropped example's
+  or the unconditional model's, and are required beside a video condition."""
+  model = unet.build_unet(tiny_config(label_condition=True, **RUN_LEVELS))
+  x, t, video = inputs(video_shapes=RUN_VIDEO_SHAPES)
+  labels = jnp.eye(K)[:B]
+  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), x, t, video, labels=labels))
+  assert shapes['params']['label_proj']['kernel'].shape[0] == K
+  rng = np.random.default_rng(0)
+  params = jax.tree.map(lambda s: jnp.asarray(rng.normal(size=s.shape) * 0.2, s.dtype), shapes)
+  drop = jnp.array([False, True, False])
+  apply = jax.jit(lambda lab: model.apply(params, x, t, video, drop_condition=drop, labels=lab))
+  a, b = np.asarray(apply(labels)), np.asarray(apply(jnp.roll(labels, 1, axis=1)))
+  changed = np.abs(a - b).max(axis=(1, 2))
+  assert changed[0] > 1e-3 and changed[2] > 1e-3 and changed[1] == 0.0
+  with pytest.raises(ValueError, match='needs labels'):
+    model.apply(params, x, t, video)
+  chex.assert_trees_all_close(model.apply(params, x, t, None),
+                              model.apply(params, x, t, None, labels=labels))

@@ -225,6 +225,8 @@ def _validate_generator(config: ml_collections.ConfigDict, num_scales: int) -> N
            f'a divisor of every unet width {widths}', u.num_heads)
   _require(u.blocks_per_level >= 1, 'unet.blocks_per_level', 'a positive integer',
            u.blocks_per_level)
+  _require(isinstance(u.label_condition, bool), 'unet.label_condition', 'True or False',
+           u.label_condition)
   _require(d.training in ('joint', 'frozen', 'none'), 'diffusion.training',
            "'joint', 'frozen' or 'none'", d.training)
   if d.training == 'frozen':

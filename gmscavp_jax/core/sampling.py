@@ -18,6 +18,7 @@ from jax.sharding import Mesh
 from gmscavp_jax.core import bidirectional
 from gmscavp_jax.core import steps
 from gmscavp_jax.data import audio
+from gmscavp_jax.infra import errors
 from gmscavp_jax.infra import sharding
 
 
@@ -52,24 +53,24 @@ class ChunkedSampler:
   def __init__(self, jitted, mesh: Mesh):
     self._jitted, self._mesh, self._executables = jitted, mesh, {}
 
-  def __call__(self, params, inputs: np.ndarray, max_chunk: int,
-               seed: int) -> tuple[np.ndarray, dict]:
-    """Outputs for `inputs` (N, ...) concatenated back to (N, ...) numpy, chunk i sampled with
-    fold_in(key(seed), i); and {'compile_seconds' (0 when compiled before), 'seconds' (sampling
-    every chunk, without compiling)}."""
-    n, ndev = len(inputs), self._mesh.size
+  def __call__(self, params, inputs, max_chunk: int, seed: int) -> tuple[np.ndarray, dict]:
+    """Outputs for `inputs` (an array (N, ...) or a dict of them) concatenated back to
+    (N, ...) numpy, chunk i sampled with fold_in(key(seed), i); and {'compile_seconds' (0 when
+    compiled before), 'seconds' (sampling every chunk, without compiling)}."""
+    n, ndev = len(jax.tree.leaves(inputs)[0]), self._mesh.size
     chunk = min(max_chunk, -(-n // ndev) * ndev)
     out, timing = [], {'compile_seconds': 0.0, 'seconds': 0.0}
     for i, start in enumerate(range(0, n, chunk)):
-      part = inputs[start:start + chunk]
-      batch = sharding.padded_host_batch(self._mesh, part, chunk)
+      part = jax.tree.map(lambda a, s=start: a[s:s + chunk], inputs)
+      batch = jax.tree.map(lambda a: sharding.padded_host_batch(self._mesh, a, chunk), part)
       rng = jax.random.fold_in(jax.random.key(seed), i)
-      if batch.shape not in self._executables:
+      shape = tuple((a.shape, a.dtype) for a in jax.tree.leaves(batch))
+      if shape not in self._executables:
         t0 = time.perf_counter()
-        self._executables[batch.shape] = self._jitted.lower(params, batch, rng).compile()
+        self._executables[shape] = self._jitted.lower(params, batch, rng).compile()
         timing['compile_seconds'] += time.perf_counter() - t0
       t0 = time.perf_counter()
-      out.append(np.asarray(self._executables[batch.shape](params, batch, rng))[:len(part)])
+      out.append(np.asarray(self._executables[shape](params, batch, rng))[:min(chunk, n - start)])
       timing['seconds'] += time.perf_counter() - t0
     return np.concatenate(out), timing
 
@@ -101,10 +102,14 @@ class Generator:
     """Log-mels (N,Ta,F) generated for videos (N,T,H,W,3); see `generate_timed`."""
     return self.generate_timed(params, frames, **kwargs)[0]
 
-  def generate_timed(self, params, frames: np.ndarray, *, sampler: str | None = None,
-                     num_steps: int | None = None, guidance: float | None = None,
-                     eta: float | None = None, seed: int = 0) -> tuple[np.ndarray, dict]:
+  def generate_timed(self, params, frames: np.ndarray, *, labels: np.ndarray | None = None,
+                     sampler: str | None = None, num_steps: int | None = None,
+                     guidance: float | None = None, eta: float | None = None,
+                     seed: int = 0) -> tuple[np.ndarray, dict]:
     """Log-mels (N,Ta,F) generated for videos (N,T,H,W,3); None = the eval.* defaults.
+
+    `labels` (N,K), the clips' true classes, are what the label oracle (unet.label_condition)
+    conditions on besides the video; a run without the oracle ignores them.
 
     Videos go in chunks of eval.batch_size (fewer, rounded up to the device count, when N is
     smaller), the last chunk padded, so every chunk reuses one compiled program. Also returns
@@ -113,7 +118,14 @@ class Generator:
     """
     e = self._config.eval
     sample = self._sampler(sampler_settings(e, sampler, num_steps, guidance, eta))
-    return sample(params, frames, e.batch_size, seed)
+    inputs = {'frames': frames}
+    if self._config.unet.label_condition:
+      if labels is None:
+        raise errors.ConfigError(
+            'unet.label_condition=True is a diagnostic oracle that conditions on each clip\'s '
+            'true classes; this video has none (train without it to generate for new videos)')
+      inputs['labels'] = np.asarray(labels, np.float32)
+    return sample(params, inputs, e.batch_size, seed)
 
   def real_log_mel(self, waveform: np.ndarray) -> np.ndarray:
     """Log-mels (N,Ta,F) of waveforms (N,S): what the generated ones are compared with."""

@@ -195,7 +195,9 @@ def init_params(config: ml_collections.ConfigDict, models: Models, rng: jax.Arra
   params = {
       'encoders': models.encoders.init(enc_rng, frames, mel)['params'],
       'denoiser': models.denoiser.init(den_rng, mel, jnp.zeros((1,), jnp.int32),
-                                       dummy_video_scales(config))['params'],
+                                       dummy_video_scales(config),
+                                       labels=oracle_labels({'labels': jnp.zeros(
+                                           (1, config.data.num_classes))}, config))['params'],
   }
   if models.video_denoiser is not None:
     # A key of its own (the split above is unchanged): the other groups start as without it.
@@ -240,10 +242,17 @@ def alpha_bar(config: ml_collections.ConfigDict) -> jax.Array:
   return schedules.alpha_bar(config.diffusion.schedule, config.diffusion.num_timesteps)
 
 
+def oracle_labels(batch: dict, config: ml_collections.ConfigDict) -> jax.Array | None:
+  """The label oracle's condition: batch['labels'] (B,K) with unet.label_condition, else None."""
+  return batch['labels'] if config.unet.label_condition else None
+
+
 def msd_loss(denoiser_params, video_scales: list, x0: jax.Array, rng: jax.Array, *,
              models: Models, config: ml_collections.ConfigDict,
-             negative_scales: list | None = None) -> tuple[jax.Array, dict]:
-  """L_MSD (eq. 7) of normalised log-mels x0 (B,Ta,F) given the video scales.
+             negative_scales: list | None = None,
+             labels: jax.Array | None = None) -> tuple[jax.Array, dict]:
+  """L_MSD (eq. 7) of normalised log-mels x0 (B,Ta,F) given the video scales (and, for the
+  label oracle, the clips' classes `labels` (B,K), see `oracle_labels`).
 
   With diffusion.objective 'flow', the rectified-flow velocity loss (objectives.flow_loss)
   replaces eq. 7; dropout and the contrastive term are the same.
@@ -260,7 +269,7 @@ def msd_loss(denoiser_params, video_scales: list, x0: jax.Array, rng: jax.Array,
 
   def denoiser(scales):
     return lambda x_t, t: models.denoiser.apply({'params': denoiser_params}, x_t, t, scales,
-                                                drop_condition=drop)
+                                                drop_condition=drop, labels=labels)
 
   contrast = None
   if negative_scales is not None:
@@ -337,7 +346,8 @@ def loss_fn(params, batch: dict, rng: jax.Array, *, models: Models,
       negative = negative_video_scales(params['encoders'], features, rng, models=models,
                                        config=config)
     msd, msd_metrics = msd_loss(params['denoiser'], video, normalise_mel(mel, config), rng,
-                                models=models, config=config, negative_scales=negative)
+                                models=models, config=config, negative_scales=negative,
+                                labels=oracle_labels(batch, config))
     total += config.loss.msd_weight * msd
     metrics.update({f'loss/{k}': v for k, v in msd_metrics.items()})
   if phase.a2v:
@@ -405,21 +415,23 @@ def embed_step(params, batch: dict, *, models: Models,
   return (pyramid.retrieval_embedding(video, scale), pyramid.retrieval_embedding(aud, scale))
 
 
-def sample_step(params, frames: jax.Array, rng: jax.Array, *, models: Models,
+def sample_step(params, inputs: dict, rng: jax.Array, *, models: Models,
                 config: ml_collections.ConfigDict, sampler: str, num_steps: int,
                 guidance: float, eta: float = 0.0) -> jax.Array:
-  """Log-mels (B,Ta,F) generated for videos (B,T,H,W,3) by the MSD denoiser.
+  """Log-mels (B,Ta,F) generated for videos inputs['frames'] (B,T,H,W,3) by the MSD
+  denoiser (inputs['labels'] (B,K) too for the label oracle, see `oracle_labels`).
 
   `sampler`, `num_steps` and `guidance` are static (one compiled program per setting);
   guidance 1 runs the conditional model alone.
   """
+  frames, labels = inputs['frames'], oracle_labels(inputs, config)
   chex.assert_rank(frames, 5)
   video = models.encoders.apply({'params': params['encoders']}, frames,
                                 method=gmscavp.GMSCAVP.embed_video)
 
   def denoise(x, t, conditional):
     return models.denoiser.apply({'params': params['denoiser']}, x, t,
-                                 video if conditional else None)
+                                 video if conditional else None, labels=labels)
 
   noise_rng, sample_rng = jax.random.split(rng)
   x_T = jax.random.normal(noise_rng, (frames.shape[0], num_mel_frames(config),

@@ -79,8 +79,8 @@ def evaluate_checkpoint(workdir: str, *, evaluator_dir: str | None = None,
   reference = _clips_with_log_mel(config, generator, n, n)
   logging.info('generating audio for %d test videos (%s, %d steps, guidance %g)', n,
                sampler_args['sampler'], sampler_args['num_steps'], sampler_args['guidance'])
-  generated, timing = generator.generate_timed(params, clips['frames'], seed=seed,
-                                               **sampler_args)
+  generated, timing = generator.generate_timed(params, clips['frames'], labels=clips['labels'],
+                                               seed=seed, **sampler_args)
   results.update(suite.score(evalset, generated, clips, reference,
                              generation.frame_rate(config),
                              vocoded=vocoded_log_mel(config, generator, clips['log_mel'])))

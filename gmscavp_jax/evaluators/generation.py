@@ -111,7 +111,8 @@ class GenerationEvaluator:
     if self._clips is None:
       self._clips = test_clips(c, c.eval.num_generate_clips)
     clips = self._clips
-    generated, timing = self.generator.generate_timed(params, clips['frames'], **sampler_args)
+    generated, timing = self.generator.generate_timed(params, clips['frames'],
+                                                      labels=clips['labels'], **sampler_args)
     real = self.generator.real_log_mel(clips['waveform'])
     results = onset_scores(generated, real, clips['onsets'], frame_rate(c))
     results['gen/num_clips'] = len(generated)

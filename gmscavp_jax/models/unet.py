@@ -59,6 +59,8 @@ class UNet(nn.Module):
       tokens and audio steps on one clip-time axis (unet_blocks.clip_time_fractions);
       None: the finest scale's length.
     dtype: compute dtype; parameters and the output are float32.
+    num_label_classes: K > 0 turns on the label oracle (unet.label_condition): the clip's
+      multi-hot classes (B,K) join the global condition; 0 = off (no extra params).
   """
   widths: Sequence[int]
   attention_levels: Sequence[int]
@@ -71,6 +73,7 @@ class UNet(nn.Module):
   video_frames: int | None = None
   dtype: Dtype = jnp.float32
   remat: str = 'none'  # jax.checkpoint policy of the ResBlocks (layers.remat).
+  num_label_classes: int = 0
 
   def _check_config(self) -> None:
     n = len(self.widths)
@@ -95,7 +98,8 @@ class UNet(nn.Module):
   @nn.compact
   def __call__(self, x: jnp.ndarray, t: jnp.ndarray,
                video_scales: Sequence[jnp.ndarray] | None,
-               drop_condition: jnp.ndarray | None = None) -> jnp.ndarray:
+               drop_condition: jnp.ndarray | None = None,
+               labels: jnp.ndarray | None = None) -> jnp.ndarray:
     """Predicts eps or v for x (B,Ta,F) at timesteps t (B,) (index, int or float).
 
     Args:
@@ -105,6 +109,8 @@ class UNet(nn.Module):
         unconditional model (same as drop_condition all True).
       drop_condition: optional (B,) bool; True replaces that example's condition by the
         learned nulls (classifier-free guidance).
+      labels: (B,K) multi-hot true classes, required with num_label_classes = K > 0 whenever
+        video_scales are given (the label oracle); dropped with the rest of the condition.
 
     Returns:
       (B,Ta,F) float32.
@@ -115,9 +121,16 @@ class UNet(nn.Module):
     video_scales, drop_condition = blocks.check_condition(
         x, video_scales, self.level_scales, drop_condition, 'video')
     dt = self.dtype
+    if self.num_label_classes and video_scales is not None:
+      if labels is None:
+        raise ValueError(f'the label oracle (num_label_classes={self.num_label_classes}) '
+                         'needs labels (B,K) beside the video condition')
+      chex.assert_shape(labels, (x.shape[0], self.num_label_classes))
+    else:
+      labels = None
     # Timestep embedding (ADM: 4x the first width) plus the global clip-level condition.
     emb = blocks.condition_embedding(self, t, blocks.clip_condition(video_scales, dt),
-                                     drop_condition, self.widths[0], dt)
+                                     drop_condition, self.widths[0], dt, labels)
     context = blocks.cross_attention_contexts(video_scales, self.level_scales,
                                               self.attention_levels, dt, self.video_frames)
     h = self._stem(x, video_scales, drop_condition)
@@ -197,4 +210,5 @@ def build_unet(config: ml_collections.ConfigDict, dtype: Dtype = jnp.float32,
       video_frames=config.data.num_frames,
       dtype=dtype,
       remat=remat,
+      num_label_classes=config.data.num_classes if u.label_condition else 0,
   )

@@ -176,14 +176,16 @@ def cross_attention_contexts(scales: Sequence[jnp.ndarray] | None, level_scales:
 
 
 def condition_embedding(module: nn.Module, t: jnp.ndarray, clip: jnp.ndarray | None,
-                        drop: jnp.ndarray | None, width: int, dtype: Dtype) -> jnp.ndarray:
+                        drop: jnp.ndarray | None, width: int, dtype: Dtype,
+                        labels: jnp.ndarray | None = None) -> jnp.ndarray:
   """The activated embedding (B, 4*width) that every ResBlock of a denoiser receives.
 
   The timestep t (B,)'s sinusoidal embedding through a 2-layer MLP (ADM), plus the global
   condition: a projection of `clip` (B,D), the clip-level embedding of the conditioning
   modality, or the learned null where drop (B,) is True (everywhere when `clip` is None).
   Called inside `module`'s compact method: the params (time_mlp1, time_mlp2, null_global,
-  global_norm, global_proj) are `module`'s own.
+  global_norm, global_proj) are `module`'s own. `labels` (B,K), the label oracle's multi-hot
+  classes (unet.label_condition), are projected (label_proj) and added to a kept condition.
   """
   emb_dim = 4 * width
   emb = sinusoidal_embedding(t, width)
@@ -196,7 +198,10 @@ def condition_embedding(module: nn.Module, t: jnp.ndarray, clip: jnp.ndarray | N
   else:
     clip = nn.LayerNorm(dtype=dtype, param_dtype=jnp.float32, name='global_norm')(
         clip.astype(dtype))
-    cond = select_null(drop, null_global, dense(emb_dim, dtype, 'global_proj')(clip))
+    cond = dense(emb_dim, dtype, 'global_proj')(clip)
+    if labels is not None:
+      cond = cond + dense(emb_dim, dtype, 'label_proj')(labels.astype(dtype))
+    cond = select_null(drop, null_global, cond)
   return nn.silu(emb + cond)  # Activated once; every ResBlock projects it.
 
 
