@@ -27,6 +27,9 @@ _EVALUATOR_DIR = cli.define_evaluator_dir_flag()
 _OUTPUT_DIR = flags.DEFINE_string(
     'output_dir', None, 'Where results.json, results.md and plots/evaluate.png go (default: '
     'the workdir); one per setting keeps several evaluations of one checkpoint apart.')
+_SPLIT = flags.DEFINE_enum(
+    'split', 'test', ['test', 'train'], 'Clips to generate for: test, or train for the overfit '
+    'check (does the generator reproduce the clips it trained on?).')
 flags.mark_flags_as_required(['workdir'])
 
 
@@ -37,7 +40,7 @@ def main(argv):
   r = cli.run_or_explain(
       checkpoint_evaluation.evaluate_checkpoint, _WORKDIR.value,
       evaluator_dir=_EVALUATOR_DIR.value, num_clips=_NUM_CLIPS.value, seed=_SEED.value,
-      output_dir=_OUTPUT_DIR.value,
+      output_dir=_OUTPUT_DIR.value, split=_SPLIT.value,
       **cli.sampler_args(_SAMPLER_FLAGS))
   print(f"checkpoint {r['evaluate/step']}: KLD {r['gen/kld']:.3f}  FAD {r['gen/fad']:.3f}  "
         f"Align Acc {r['gen/align_acc']:.1f}%  onset F1@100ms {r['gen/onset_f1@100ms']:.1f}% "

@@ -11,11 +11,13 @@ import pytest
 
 from gmscavp_jax.core import config_io
 from gmscavp_jax.data import audio
+from gmscavp_jax.data import pipeline
 from gmscavp_jax.evaluators import checkpoint_evaluation
 from gmscavp_jax.evaluators import classifier_training
 from gmscavp_jax.evaluators import classifiers
 from gmscavp_jax.evaluators import generation
 from gmscavp_jax.evaluators import suite
+from gmscavp_jax.infra import errors
 from gmscavp_jax import train
 from tests.conftest import ROOT
 from tests.conftest import tiny_config
@@ -147,3 +149,22 @@ def test_bad_metric_clip_count_is_named(trained):
   workdir, root = trained
   with pytest.raises(Exception, match='eval.num_metric_clips'):
     checkpoint_evaluation.evaluate_checkpoint(workdir, evaluator_dir=root, num_clips=100)
+
+
+def test_split_train_scores_training_clips(trained, tmp_path):
+  """evaluate --split=train (the overfit check) generates for training clips, says so on its
+  card and in results.md, and names a split too small for the clips asked."""
+  workdir, root = trained
+  out = str(tmp_path / 'train_split')
+  results = checkpoint_evaluation.evaluate_checkpoint(workdir, evaluator_dir=root, sampler='ddim',
+                                                      num_steps=2, output_dir=out, split='train')
+  assert results['evaluate/split'] == 'train' and np.isfinite(results['gen/class_acc'])
+  with open(os.path.join(out, 'results.md')) as f:
+    assert f"{int(results['gen/num_clips'])} train videos" in f.read()
+  config = config_io.load_config(workdir)
+  clips = generation.test_clips(config, 2, split='train')
+  source = pipeline.make_source(config, 'train')
+  np.testing.assert_array_equal(clips['frames'][1], source[1]['frames'])
+  config.data.num_train_clips = 5
+  with pytest.raises(errors.ConfigError, match="'train' split: expected at most 5"):
+    generation.test_clips(config, 4, start=2, split='train')

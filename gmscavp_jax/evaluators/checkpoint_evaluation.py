@@ -31,8 +31,9 @@ from gmscavp_jax.evaluators import suite
 from gmscavp_jax.infra import plotting
 
 
-def _clips_with_log_mel(config, generator: sampling.Generator, num: int, start: int) -> dict:
-  clips = generation.test_clips(config, num, start=start)
+def _clips_with_log_mel(config, generator: sampling.Generator, num: int, start: int,
+                        split: str) -> dict:
+  clips = generation.test_clips(config, num, start=start, split=split)
   clips['log_mel'] = generator.real_log_mel(clips['waveform'])
   return clips
 
@@ -54,8 +55,12 @@ def evaluate_checkpoint(workdir: str, *, evaluator_dir: str | None = None,
                         num_clips: int | None = None, sampler: str | None = None,
                         num_steps: int | None = None, guidance: float | None = None,
                         eta: float | None = None, seed: int = 0,
-                        output_dir: str | None = None) -> dict:
+                        output_dir: str | None = None, split: str = 'test') -> dict:
   """Scores the newest checkpoint of `workdir`; returns the merged results.json dict.
+
+  `split` 'train' generates for (and takes the FAD reference from) training clips instead of
+  test clips: the overfit check (can the generator reproduce what it trained on?); retrieval
+  stays on the test split.
 
   The results go to `output_dir` (default: the workdir itself), merged into its
   results.json (see `_merged`: each family of keys we write replaces the old one whole):
@@ -75,8 +80,8 @@ def evaluate_checkpoint(workdir: str, *, evaluator_dir: str | None = None,
   sampler_args = sampling.sampler_settings(config.eval, sampler, num_steps, guidance, eta)
   generator = sampling.Generator(config, mesh, models)
   n = config.eval.num_metric_clips
-  clips = _clips_with_log_mel(config, generator, n, 0)
-  reference = _clips_with_log_mel(config, generator, n, n)
+  clips = _clips_with_log_mel(config, generator, n, 0, split)
+  reference = _clips_with_log_mel(config, generator, n, n, split)
   logging.info('generating audio for %d test videos (%s, %d steps, guidance %g)', n,
                sampler_args['sampler'], sampler_args['num_steps'], sampler_args['guidance'])
   generated, timing = generator.generate_timed(params, clips['frames'], labels=clips['labels'],
@@ -90,7 +95,7 @@ def evaluate_checkpoint(workdir: str, *, evaluator_dir: str | None = None,
       # Per clip at eval.batch_size clips a batch, after compiling (compile time apart).
       'gen/seconds_per_clip': timing['seconds'] / n,
       'gen/compile_seconds': timing['compile_seconds'], 'evaluate/step': step,
-      'evaluate/sampler': sampler_args['sampler'],
+      'evaluate/sampler': sampler_args['sampler'], 'evaluate/split': split,
       'evaluate/griffin_lim_iters': config.eval.griffin_lim_iters,
       'evaluate/sample_steps': sampler_args['num_steps'],
       'evaluate/guidance': sampler_args['guidance'], 'evaluate/seed': seed,

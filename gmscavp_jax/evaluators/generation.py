@@ -23,6 +23,7 @@ from gmscavp_jax.core import steps
 from gmscavp_jax.data import pipeline
 from gmscavp_jax.data import vocoder
 from gmscavp_jax.evaluators import metrics
+from gmscavp_jax.infra import errors
 from gmscavp_jax.infra import plotting
 
 TOLERANCES_MS = (50, 100)
@@ -33,11 +34,16 @@ def frame_rate(config: ml_collections.ConfigDict) -> float:
   return config.audio.sample_rate / config.audio.hop_length
 
 
-def test_clips(config: ml_collections.ConfigDict, num_clips: int, start: int = 0) -> dict:
+def test_clips(config: ml_collections.ConfigDict, num_clips: int, start: int = 0,
+               split: str = 'test') -> dict:
   """Test clips [start, start + num_clips) as numpy: frames (N,T,H,W,3), waveform (N,S),
   label (N,), labels (N,K) multi-hot, index (N,), onsets (a list of N arrays of true onset
-  times in seconds; None for a prepared dataset, whose clips have none)."""
-  source = pipeline.make_source(config, 'test')
+  times in seconds; None for a prepared dataset, whose clips have none). `split` 'train'
+  gives training clips instead (the overfit check of `evaluate --split=train`)."""
+  source = pipeline.make_source(config, split)
+  if start + num_clips > len(source):
+    raise errors.ConfigError(f'{num_clips} clips from clip {start} of the {split!r} split: '
+                             f'expected at most {len(source)} clips in all')
   records = [source[i] for i in range(start, start + num_clips)]
   out = {k: np.stack([r[k] for r in records])
          for k in ('frames', 'waveform', 'label', 'labels', 'index')}

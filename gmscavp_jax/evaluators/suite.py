@@ -145,8 +145,8 @@ def results_markdown(results: dict, experiment: str) -> str:
               ('onset_recall@100ms', 'recall@100ms', 1), ('class_acc', 'class acc ↑', 1)]
   lines = [f"# Evaluation of {experiment}, checkpoint {r.get('evaluate/step')}", '',
            f"Sampler {r.get('evaluate/sampler')}, {r.get('evaluate/sample_steps')} steps, "
-           f"guidance {r.get('evaluate/guidance')}; {int(r.get('gen/num_clips', 0))} test "
-           f"videos, FAD against the real audio of the next "
+           f"guidance {r.get('evaluate/guidance')}; {int(r.get('gen/num_clips', 0))} "
+           f"{r.get('evaluate/split', 'test')} videos, FAD against the real audio of the next "
            f"{int(r.get('gen/num_reference_clips', 0))}.", '',
            '## Video-to-audio generation (Table 1 layout)', '',
            '| audio | ' + ' | '.join(c[1] for c in gen_cols) + ' |',
