@@ -21,6 +21,7 @@ from gmscavp_jax.core import config_io
 from gmscavp_jax.core import config_validation
 from gmscavp_jax.core import state as state_lib
 from gmscavp_jax.core import steps
+from gmscavp_jax.core import train_state
 from gmscavp_jax.data import pipeline
 from gmscavp_jax.evaluators import a2v_generation
 from gmscavp_jax.evaluators import generation
@@ -50,8 +51,8 @@ def evaluate_and_record(evaluators: dict, state, step: int, workdir: str, writer
                         config: ml_collections.ConfigDict) -> dict:
   """The loop's periodic evaluation of `state` at `step`: retrieval (and generation, once the
   denoisers train), recorded as results.json, PNGs and scalars. The params evaluated are
-  those inference uses (`steps.inference_params`: the EMA with train.ema_decay > 0)."""
-  params = steps.inference_params(state, config)
+  those inference uses (`train_state.inference_params`: the EMA with train.ema_decay > 0)."""
+  params = train_state.inference_params(state, config)
   results, emb = evaluators['retrieval'].run(params)
   logging.info('step %d retrieval: v2a R@1 %.2f%%  a2v R@1 %.2f%%  (chance %.2f%%, '
                'timing-blind ceiling %.2f%%, class-only %.2f%%)', step,

@@ -18,6 +18,7 @@ from gmscavp_jax.core import ema
 from gmscavp_jax.core import phases
 from gmscavp_jax.core import state as state_lib
 from gmscavp_jax.core import steps
+from gmscavp_jax.core import train_state
 from gmscavp_jax.inference import retrieval_queries
 from gmscavp_jax.infra import checkpointing
 from gmscavp_jax.infra import errors
@@ -145,9 +146,9 @@ def test_an_old_checkpoint_restores_into_the_new_state(tmp_path):
   ckpt = ocp.StandardCheckpointer()
   ckpt.save(str(tmp_path / 'state'), old)
   ckpt.wait_until_finished()
-  target = steps.TrainState(old.step, old.params, old.opt_state)
+  target = train_state.TrainState(old.step, old.params, old.opt_state)
   restored = ckpt.restore(str(tmp_path / 'state'), checkpointing.abstract_like(target))
-  assert type(restored) is steps.TrainState and restored.ema_params is None
+  assert type(restored) is train_state.TrainState and restored.ema_params is None
   assert _leaves_equal(restored, old)
 
 

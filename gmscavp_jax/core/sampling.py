@@ -3,8 +3,8 @@ host inputs in chunks laid out on the mesh.
 
 `Generator` (the MSD video->audio path) is what evaluators, commands and the demo compose;
 `FrameGenerator` is its audio->video counterpart for bidirectional runs. Both sample with the
-params they are given: a trained state's are `steps.inference_params` (the weights' EMA with
-train.ema_decay > 0), which `state.restore_params` restores.
+params they are given: a trained state's are `train_state.inference_params` (the weights'
+EMA with train.ema_decay > 0), which `state.restore_params` restores.
 """
 
 import functools

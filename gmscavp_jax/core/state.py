@@ -3,7 +3,7 @@
 `build` makes the models, optimizers and a fresh state laid out by the FSDP rule
 (`state_shardings`); `jit_train_step` compiles `steps.train_step` for that layout;
 `restore_workdir` (with `restore_params` / `restore_generator`) gives the inference commands
-the newest checkpoint's params to sample and embed with (`steps.inference_field`: the EMA
+the newest checkpoint's params to sample and embed with (`train_state.inference_field`: the EMA
 with train.ema_decay > 0), without optimizer state.
 """
 
@@ -18,6 +18,7 @@ import ml_collections
 from gmscavp_jax.core import config_io
 from gmscavp_jax.core import phases
 from gmscavp_jax.core import steps
+from gmscavp_jax.core import train_state
 from gmscavp_jax.infra import checkpointing
 from gmscavp_jax.infra import errors
 from gmscavp_jax.infra import sharding
@@ -70,7 +71,7 @@ def jit_train_step(models, txs, config: ml_collections.ConfigDict, mesh, phase: 
 
 
 def abstract_params(config: ml_collections.ConfigDict, models, mesh):
-  """Shape/dtype structs of the inference params (`steps.inference_field`: params or their
+  """Shape/dtype structs of the inference params (`train_state.inference_field`: params or their
   EMA, one tree shape), laid out on `mesh` as the train state lays that field out.
 
   Nothing is allocated: the params' init is only traced, with no optimizer. The FSDP rule
@@ -78,7 +79,7 @@ def abstract_params(config: ml_collections.ConfigDict, models, mesh):
   """
   abstract = jax.eval_shape(functools.partial(steps.init_params, config, models),
                             _init_key(config))
-  field = steps.inference_field(config)
+  field = train_state.inference_field(config)
   layout = sharding.tree_shardings({field: abstract}, mesh, config)[field]
   return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                       abstract, layout)
@@ -88,12 +89,12 @@ def restore_params(workdir: str, config: ml_collections.ConfigDict, mesh):
   """(models, params, step) from the newest checkpoint in `workdir` (for the CLIs).
 
   The params are those to sample and embed with: the EMA with train.ema_decay > 0
-  (`steps.inference_field`). Nothing else is built, allocated or read.
+  (`train_state.inference_field`). Nothing else is built, allocated or read.
   """
   models = steps.build_models(config)
   ckpt = checkpointing.Checkpointer(workdir, keep=config.train.keep_checkpoints)
   restored = ckpt.restore_latest_params(abstract_params(config, models, mesh),
-                                        field=steps.inference_field(config))
+                                        field=train_state.inference_field(config))
   ckpt.close()
   if restored is None:
     raise FileNotFoundError(f'no checkpoint in {checkpointing.checkpoint_dir(workdir)}')

@@ -15,7 +15,6 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import chex
-import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -24,6 +23,7 @@ import optax
 from gmscavp_jax.core import bidirectional
 from gmscavp_jax.core import ema
 from gmscavp_jax.core import phases
+from gmscavp_jax.core import train_state
 from gmscavp_jax.data import audio
 from gmscavp_jax.data import media
 from gmscavp_jax.data import negatives
@@ -35,34 +35,6 @@ from gmscavp_jax.models import gmscavp
 from gmscavp_jax.models import pyramid
 from gmscavp_jax.models import unet as unet_lib
 from gmscavp_jax.models import video_unet
-
-@flax.struct.dataclass
-class TrainState:
-  """What a checkpoint holds of the model: step, params and optimizer state (per group)."""
-  step: jax.Array
-  params: Any
-  opt_state: Any
-  # Not a field: a state without EMA has the pytree (and checkpoint) it had before EMA existed.
-  ema_params = None
-
-
-@flax.struct.dataclass
-class EmaTrainState(TrainState):
-  """A TrainState that also holds the params' moving average (train.ema_decay > 0): the same
-  tree and layout as the params."""
-  ema_params: Any = None
-
-
-def inference_field(config: ml_collections.ConfigDict) -> str:
-  """The TrainState field that every sampling and embedding of a trained state uses:
-  'ema_params' with train.ema_decay > 0, else 'params'."""
-  return 'ema_params' if config.train.ema_decay > 0 else 'params'
-
-
-def inference_params(state: TrainState, config: ml_collections.ConfigDict):
-  """The params to sample and embed with (`inference_field`) of a train state."""
-  return getattr(state, inference_field(config))
-
 
 class Models(NamedTuple):
   """The Flax modules: encoders + pyramid (GMSCAVP), the MSD denoiser (UNet) and, with
@@ -211,15 +183,15 @@ def init_params(config: ml_collections.ConfigDict, models: Models, rng: jax.Arra
 
 
 def init_state(config: ml_collections.ConfigDict, models: Models, txs: dict,
-               rng: jax.Array) -> TrainState:
+               rng: jax.Array) -> train_state.TrainState:
   """Fresh params of every group from `rng` (`init_params`) and their optimizer states."""
   params = init_params(config, models, rng)
   opt_state = {k: txs[k].init(params[k]) for k in params}
   step = jnp.zeros((), jnp.int32)
   if config.train.ema_decay > 0:
-    return EmaTrainState(step=step, params=params, opt_state=opt_state,
-                         ema_params=jax.tree.map(jnp.copy, params))
-  return TrainState(step=step, params=params, opt_state=opt_state)
+    return train_state.EmaTrainState(step=step, params=params, opt_state=opt_state,
+                                     ema_params=jax.tree.map(jnp.copy, params))
+  return train_state.TrainState(step=step, params=params, opt_state=opt_state)
 
 
 def log_mel(batch: dict, config: ml_collections.ConfigDict) -> jax.Array:
@@ -366,9 +338,9 @@ def loss_fn(params, batch: dict, rng: jax.Array, *, models: Models,
   return total, metrics
 
 
-def train_step(state: TrainState, batch: dict, rng: jax.Array, *, models: Models, txs: dict,
+def train_step(state: train_state.TrainState, batch: dict, rng: jax.Array, *, models: Models, txs: dict,
                config: ml_collections.ConfigDict, phase: phases.Phase,
-               gather: Callable[[Any], Any] | None = None) -> tuple[TrainState, dict]:
+               gather: Callable[[Any], Any] | None = None) -> tuple[train_state.TrainState, dict]:
   """One update of the groups `phase` trains; returns the new state and scalar metrics.
 
   A step whose loss or gradient norm is not finite changes neither params nor optimizer
