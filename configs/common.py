@@ -128,6 +128,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.diffusion.num_timesteps = 1000
   c.diffusion.prediction = 'eps'  # 'eps' (paper default) or 'v'.
   c.diffusion.terminal_weight = 0.0  # lambda_T of eq. 7 (the t = T term).
+  # Min-SNR-gamma loss weighting over timesteps (objectives.min_snr_weight); 0 = eq. 7's
+  # uniform weighting.
+  c.diffusion.min_snr_gamma = 0.0
   c.diffusion.condition_dropout = 0.1  # Classifier-free guidance: P(null condition).
   # 'diffusion': eq. 6-7 (schedule, num_timesteps, prediction, terminal_weight); eval.sampler
   # 'ddpm', 'ddim' or 'dpmpp2m'. 'flow': rectified flow (x_t = (1 - t) x0 + t eps, the UNet

@@ -291,6 +291,32 @@ class ObjectiveTest(parameterized.TestCase):
     self.assertEqual(float(zero), 0.0)
 
 
+  def test_min_snr_weighs_the_x0_error_by_clipped_snr(self):
+    """Min-SNR-gamma: eps and v losses of one x0 guess both become min(SNR, gamma) times
+    its x0 error, in expectation over t; gamma 0 is eq. 7 unchanged."""
+    ab = schedules.alpha_bar('cosine', N)  # The schedule `_loss` trains with.
+    x0 = jax.random.normal(key(6), (4096, 4))
+    delta = 0.1
+
+    def guessing(prediction):  # Predicts from the guess x0 + delta, whatever t is.
+      def fn(x, t):
+        a, s = (schedules.expand_to(c, x) for c in schedules.signal_noise(ab, t))
+        eps = (x - a * (x0 + delta)) / s
+        return eps if prediction == 'eps' else a * eps - s * (x0 + delta)
+      return fn
+
+    gamma = 5.0
+    snr = np.asarray(ab, np.float64) / (1 - np.asarray(ab, np.float64))
+    expected = delta**2 * np.minimum(snr, gamma).mean()
+    losses = {p: float(self._loss(guessing(p), x0, prediction=p, min_snr_gamma=gamma)[0])
+              for p in ('eps', 'v')}
+    np.testing.assert_allclose(losses['eps'], losses['v'], rtol=1e-3)
+    np.testing.assert_allclose(losses['v'], expected, rtol=0.05)
+    plain, metrics = self._loss(guessing('v'), x0, prediction='v')
+    np.testing.assert_allclose(float(plain), float(metrics['msd_mse']), rtol=1e-6)
+    self.assertGreater(float(plain), 10 * losses['v'])  # Unweighted v: (SNR + 1) delta^2.
+
+
 def conditioned_denoiser(alpha_bar, condition):
   """An eps denoiser that takes its condition (B, ...) for x0: exact when it is x0 itself."""
   def fn(x, t):

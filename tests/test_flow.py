@@ -261,3 +261,13 @@ def test_a2v_denoiser_trains_and_samples_with_flow():
                                     config=config, sampler='heun', num_steps=2, guidance=2.0)
   assert out.shape == (2, config.data.num_frames, size, size, 3)
   assert float(jnp.abs(out).max()) <= 1.0 + 1e-5
+
+
+def test_min_snr_is_validated_and_filled_for_old_workdirs():
+  with pytest.raises(errors.ConfigError, match='diffusion.min_snr_gamma'):
+    config_validation.validate(tiny_config('msa_msd', **{'diffusion.min_snr_gamma': -1.0}))
+  with pytest.raises(errors.ConfigError, match=r"min_snr_gamma.*objective='flow'"):
+    config_validation.validate(_flow_config(**{'diffusion.min_snr_gamma': 5.0}))
+  old = tiny_config('msa_msd')
+  del old.diffusion['min_snr_gamma']
+  assert config_io.upgrade(old).diffusion.min_snr_gamma == 0.0

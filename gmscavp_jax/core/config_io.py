@@ -38,6 +38,7 @@ _ADDED = {
     'loss.cdiff_kinds': ('shift', 'segment_swap', 'random_swap'),
     'diffusion.objective': 'diffusion',
     'diffusion.flow_t_sampling': 'logit_normal',
+    'diffusion.min_snr_gamma': 0.0,
     'train.compute_dtype': 'float32',
     'train.remat': 'none',
     'train.bidirectional_interval': 0,

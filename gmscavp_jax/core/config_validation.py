@@ -241,6 +241,8 @@ def _validate_generator(config: ml_collections.ConfigDict, num_scales: int) -> N
            d.prediction)
   _require(d.terminal_weight >= 0, 'diffusion.terminal_weight', 'lambda_T >= 0',
            d.terminal_weight)
+  _require(d.min_snr_gamma >= 0, 'diffusion.min_snr_gamma', 'gamma >= 0 (0 = off)',
+           d.min_snr_gamma)
   _require(0 <= d.condition_dropout < 1, 'diffusion.condition_dropout', 'a probability in [0, 1)',
            d.condition_dropout)
   _require(d.mel_std > 0, 'diffusion.mel_std', 'a positive scale', d.mel_std)
@@ -263,6 +265,8 @@ def _validate_objective(config: ml_collections.ConfigDict) -> None:
     # Flow has no terminal step to weight (eq. 7's lambda_T term).
     _require(d.terminal_weight == 0, 'diffusion.terminal_weight',
              "0 with diffusion.objective='flow'", d.terminal_weight)
+    _require(d.min_snr_gamma == 0, 'diffusion.min_snr_gamma',
+             "0 with diffusion.objective='flow' (its t has no SNR schedule)", d.min_snr_gamma)
 
 
 def _validate_mixture(config: ml_collections.ConfigDict) -> None:

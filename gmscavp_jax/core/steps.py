@@ -253,7 +253,7 @@ def msd_loss(denoiser_params, video_scales: list, x0: jax.Array, rng: jax.Array,
                                 contrast=contrast)
   return objectives.diffusion_loss(denoiser(video_scales), x0, loss_rng, alpha_bar(config),
                                    prediction=d.prediction, terminal_weight=d.terminal_weight,
-                                   contrast=contrast)
+                                   min_snr_gamma=d.min_snr_gamma, contrast=contrast)
 
 
 # Folded into the step's key for the negatives: a stream apart from msd_loss's splits, so

@@ -119,6 +119,14 @@ def _regression(denoise_fn: DenoiseFn, x_t: jnp.ndarray, t: jnp.ndarray, target:
   return per_example, weights, add_contrast
 
 
+def min_snr_weight(a: jnp.ndarray, s: jnp.ndarray, gamma: float,
+                   prediction: str) -> jnp.ndarray:
+  """(B,) Min-SNR-gamma weights of the eps or v error at signal and noise scales a, s (B,)."""
+  snr = jnp.square(a) / jnp.maximum(jnp.square(s), 1e-12)
+  clipped = jnp.minimum(snr, gamma)
+  return clipped / (snr if prediction == 'eps' else snr + 1.0)
+
+
 def sample_timesteps(rng: jax.Array, batch: int, num_steps: int,
                      terminal_weight: float = 0.0) -> jnp.ndarray:
   """(B,) int32 timesteps from the mixture above: U{0..N-1}, and N-1 w.p. lambda_T/(1+lambda_T)."""
@@ -134,6 +142,7 @@ def sample_timesteps(rng: jax.Array, batch: int, num_steps: int,
 def diffusion_loss(denoise_fn: DenoiseFn, x0: jnp.ndarray, rng: jax.Array,
                    alpha_bar: jnp.ndarray, *, prediction: str = 'eps',
                    terminal_weight: float = 0.0,
+                   min_snr_gamma: float = 0.0,
                    example_weights: jnp.ndarray | None = None,
                    contrast: Contrast | None = None,
                    ) -> tuple[jnp.ndarray, dict[str, jnp.ndarray]]:
@@ -147,6 +156,10 @@ def diffusion_loss(denoise_fn: DenoiseFn, x0: jnp.ndarray, rng: jax.Array,
     alpha_bar: (N,) schedule (see schedules.alpha_bar).
     prediction: 'eps' or 'v' (static): what the model predicts and the loss regresses.
     terminal_weight: lambda_T >= 0 (static Python float) of eq. 7.
+    min_snr_gamma: gamma > 0 weighs each example's error by Min-SNR-gamma (Hang et al. 2023):
+      min(SNR_t, gamma) / SNR_t for eps, min(SNR_t, gamma) / (SNR_t + 1) for v, i.e.
+      min(SNR_t, gamma) on the x0 error, so the many easy low-noise steps stop dominating
+      the gradient; 0 (static) keeps eq. 7's uniform weighting.
     example_weights: optional (B,) non-negative weights on the per-example errors. The loss is
       their weighted mean (normalised by their sum), so 0/1 weights mask examples out without
       changing the loss scale; all-zero weights give a loss of 0.
@@ -176,6 +189,10 @@ def diffusion_loss(denoise_fn: DenoiseFn, x0: jnp.ndarray, rng: jax.Array,
                                                    example_weights, contrast)
   mse = _safe_mean(per_example, weights)
   loss = (1.0 + terminal_weight) * mse
+  if min_snr_gamma > 0:
+    loss = (1.0 + terminal_weight) * _safe_mean(
+        per_example * min_snr_weight(a.reshape(-1), s.reshape(-1), min_snr_gamma, prediction),
+        weights)
   is_terminal = (t == num_steps - 1).astype(jnp.float32)
   metrics = {
       'msd_loss': loss,
