@@ -29,7 +29,8 @@ REQUIRED = ('gen/kld', 'gen/fad', 'gen/align_acc', 'gen/onset_f1@50ms', 'gen/ons
             'retrieval/v2a_R@1', 'retrieval/a2v_R@5', 'retrieval/chance_R@1',
             'retrieval/ceiling_R@1', 'retrieval/class_ceiling_R@1', 'ref/gt/fad',
             'ref/gt/kld', 'ref/gt/align_acc', 'ref/shuffled/align_acc', 'evaluate/step',
-            'eval/audio_classifier_acc', 'eval/align_classifier_acc')
+            'eval/audio_classifier_acc', 'eval/align_classifier_acc',
+            'ref/video_oracle/class_acc')
 
 
 @pytest.fixture(scope='module')
@@ -93,6 +94,7 @@ def test_evaluate_writes_results_and_reuses_the_evaluators(trained):
   assert ('| KLD ↓ | FAD ↓ | Align Acc ↑ | onset F1@50ms ↑ | onset F1@100ms ↑ | '
           'precision@100ms | recall@100ms | class acc ↑ |') in text
   assert '| ground truth through the vocoder | ' in text
+  assert 'Class accuracy reachable from the video alone: ' in text
   assert '| timing-blind ceiling, either direction | ' in text
   assert os.path.exists(os.path.join(workdir, 'plots', 'evaluate.png'))
 

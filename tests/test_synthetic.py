@@ -9,6 +9,7 @@ import pytest
 from configs import common
 from gmscavp_jax.data import audio
 from gmscavp_jax.data import synthetic
+from gmscavp_jax.evaluators import suite
 
 # Tiny sizes: 2 s clips of 8 frames at 4 fps, 24x24 pixels, 8 kHz audio.
 TINY = dict(num_clips=12, seed=0, num_classes=16, num_frames=8, fps=4.0, image_size=24,
@@ -40,7 +41,8 @@ def test_shapes_and_dtypes(source):
   clip = source[3]
   expected = dict(frames=((8, 24, 24, 3), np.uint8), waveform=((NUM_SAMPLES,), np.float32),
                   label=((), np.int32), labels=((16,), np.float32),
-                  visible=((16,), np.float32), onsets=((32,), np.float32),
+                  visible=((16,), np.float32), flashing=((16,), np.float32),
+                  onsets=((32,), np.float32),
                   num_onsets=((), np.int32), index=((), np.int32))
   assert {k: (v.shape, v.dtype) for k, v in clip.items()} == expected
   assert int(clip['index']) == 3
@@ -61,11 +63,25 @@ def test_visible_classes_are_every_objects_and_leave_the_clips_as_they_were():
   digest = hashlib.sha256()
   for i in range(len(test)):
     c = test[i]
-    for key in sorted(set(c) - {'visible'}):
+    for key in sorted(set(c) - {'visible', 'flashing'}):
       digest.update(key.encode())
       digest.update(np.ascontiguousarray(c[key]).tobytes())
   assert digest.hexdigest() == (
       '016fb52b634de5186a439542508bca3aaac443a07f9f7009b3b6afbd7237733c')
+
+
+def test_only_sounding_classes_flash_and_the_video_oracle_counts_them():
+  """flashing (K,) <= labels; the video oracle is right on a clip with a flash and right
+  with probability |sounding| / |visible| on one without."""
+  test = _source(split='test', num_clips=24)
+  seen = 0
+  for i in range(len(test)):
+    c = test[i]
+    assert np.all(c['flashing'] <= c['labels']) and set(np.unique(c['flashing'])) <= {0., 1.}
+    seen += int(c['flashing'].any())
+  assert 0 < seen < len(test)  # Some clips have a flash, some have only bounces.
+  assert suite.video_oracle_class_acc(np.eye(3)[[0, 1]], np.array([[1, 1, 0], [1, 1, 1]]),
+                                      np.array([[0, 0, 0], [0, 1, 0]])) == 75.0
 
 
 def test_same_key_gives_identical_clips(source):

@@ -127,7 +127,8 @@ class SyntheticAVSource:
     frames (T,H,W,3) uint8; waveform (S,) float32 in [-1, 1]; label () int32, the class of the
     first sounding object; labels (K,) float32 multi-hot of the sounding classes; visible (K,)
     float32 multi-hot of the classes on screen (every object's: the sounding ones and the
-    silent distractors, so visible >= labels); onsets (M,)
+    silent distractors, so visible >= labels); flashing (K,) float32 multi-hot of the classes
+    of the objects seen flashing (only sounding objects flash, so flashing <= labels); onsets (M,)
     float32, sorted sound onset times in seconds padded with -1 (the earliest M are kept);
     num_onsets () int32, how many entries of `onsets` are real; index () int32;
     and log_mel (Ta,F) float32 when `audio_cfg` is given (computed with JAX; the training
@@ -263,8 +264,14 @@ class SyntheticAVSource:
     # the other fields stay as they were before this field existed).
     visible = np.zeros(k, np.float32)
     visible[classes] = 1.0
+    # A flash is the one thing on screen that tells a sounding object from a silent one.
+    flashing = np.zeros(k, np.float32)
+    for i, times in enumerate(flashes):
+      if len(times):
+        flashing[classes[i]] = 1.0
     return dict(frames=frames, waveform=waveform, label=np.int32(classes[0]), labels=labels,
-                visible=visible, onsets=padded, num_onsets=np.int32(len(onsets)))
+                visible=visible, flashing=flashing, onsets=padded,
+                num_onsets=np.int32(len(onsets)))
 
   def _render(self, rng, classes, radius, start, velocity, low, span, flashes) -> np.ndarray:
     """Draws the objects over a plain background: (T,H,W,3) uint8, vectorised over frames."""

@@ -37,7 +37,8 @@ def frame_rate(config: ml_collections.ConfigDict) -> float:
 def test_clips(config: ml_collections.ConfigDict, num_clips: int, start: int = 0,
                split: str = 'test') -> dict:
   """Test clips [start, start + num_clips) as numpy: frames (N,T,H,W,3), waveform (N,S),
-  label (N,), labels (N,K) multi-hot, index (N,), onsets (a list of N arrays of true onset
+  label (N,), labels (N,K) multi-hot, index (N,), visible and flashing (N,K) where the
+  dataset has them (the synthetic world), onsets (a list of N arrays of true onset
   times in seconds; None for a prepared dataset, whose clips have none). `split` 'train'
   gives training clips instead (the overfit check of `evaluate --split=train`)."""
   source = pipeline.make_source(config, split)
@@ -47,6 +48,9 @@ def test_clips(config: ml_collections.ConfigDict, num_clips: int, start: int = 0
   records = [source[i] for i in range(start, start + num_clips)]
   out = {k: np.stack([r[k] for r in records])
          for k in ('frames', 'waveform', 'label', 'labels', 'index')}
+  for k in ('visible', 'flashing'):  # The synthetic world's, for the video-oracle row.
+    if k in records[0]:
+      out[k] = np.stack([r[k] for r in records])
   out['onsets'] = ([r['onsets'][:int(r['num_onsets'])] for r in records]
                    if config.data.name == 'synthetic' else None)
   return out

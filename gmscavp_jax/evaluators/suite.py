@@ -58,6 +58,18 @@ def match_by_labels(labels: np.ndarray, candidates: np.ndarray) -> np.ndarray:
   return out
 
 
+def video_oracle_class_acc(labels: np.ndarray, visible: np.ndarray,
+                           flashing: np.ndarray) -> float:
+  """The class accuracy (percent) that audio made from the video alone can reach in the
+  synthetic world: an oracle that sees which classes are on screen (visible) and which of
+  them flash (flashing; only sounding objects flash) makes the sound of a flashing class
+  when there is one (always right), else of a visible class drawn at random (right with
+  probability |sounding| / |visible|). labels, visible, flashing: (N,K) multi-hot."""
+  labels, visible, flashing = (np.asarray(a) > 0 for a in (labels, visible, flashing))
+  guess = labels.sum(axis=1) / np.maximum((visible | labels).sum(axis=1), 1)
+  return float(100.0 * np.mean(np.where(flashing.any(axis=1), 1.0, guess)))
+
+
 def _rows(prefix: str, *, kld: float, fad: float, align: np.ndarray, class_logits,
           labels, onset_detected, onsets) -> dict:
   out = {f'{prefix}/kld': kld, f'{prefix}/fad': fad,
@@ -85,7 +97,9 @@ def score(evalset: classifiers.EvaluatorSet, generated: np.ndarray, clips: dict,
   Returns:
     gen/{kld,fad,align_acc,class_acc} and gen/onset_{f1,precision,recall,hit}@{50,100}ms
     (hit = recall, see `generation.onset_scores`), and the same under ref/gt/,
-    ref/shuffled/ and ref/vocoded/ (see the module docstring); percentages in 0-100.
+    ref/shuffled/ and ref/vocoded/ (see the module docstring), and
+    ref/video_oracle/class_acc where clips have 'flashing' (`video_oracle_class_acc`);
+    percentages in 0-100.
   """
   gen = evalset.audio(generated)
   real = evalset.audio(clips['log_mel'])
@@ -123,6 +137,9 @@ def score(evalset: classifiers.EvaluatorSet, generated: np.ndarray, clips: dict,
                    class_logits=real['logits'][shuffle], labels=clips['labels'],
                    onset_detected=[detected_real[j] for j in shuffle], onsets=onsets))
   out['ref/gt/kld_matched_clips'] = float(has.sum())
+  if 'flashing' in clips:
+    out['ref/video_oracle/class_acc'] = video_oracle_class_acc(
+        clips['labels'], clips['visible'], clips['flashing'])
   return out
 
 
@@ -166,7 +183,13 @@ def results_markdown(results: dict, experiment: str) -> str:
             'iterations) and back, scored as the generated audio is: what the waveform path '
             'costs. Onsets: F1 of the detected onsets '
             "against the true ones within ±50 / ±100 ms (one-to-one); recall alone (CMMD's "
-            'hit-rate) would reward audio that is onsets everywhere.', '',
+            'hit-rate) would reward audio that is onsets everywhere.', '']
+  if 'ref/video_oracle/class_acc' in r:
+    lines += ['Class accuracy reachable from the video alone: '
+              f"{_cell(r, 'ref/video_oracle/class_acc', 1)}% (an oracle that sees which "
+              'classes are on screen and which flash; a non-flashing sounding object looks '
+              'like a silent one).', '']
+  lines += [
             '## Retrieval (Table 2 layout)', '',
             '| direction | R@1 | R@5 | R@10 | median rank |', '| --- | --- | --- | --- | --- |']
   for d, name in (('v2a', 'video → audio'), ('a2v', 'audio → video')):
