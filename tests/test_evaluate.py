@@ -139,9 +139,10 @@ def test_merging_replaces_each_family_it_writes(tmp_path):
   assert merge(str(tmp_path / 'none'), new) == new
 
 
-def test_evaluate_cli_reports_a_missing_workdir(tmp_path):
+@pytest.mark.parametrize('module', ['gmscavp_jax.evaluate', 'gmscavp_jax.tools.source_confusion'])
+def test_evaluate_cli_reports_a_missing_workdir(tmp_path, module):
   proc = subprocess.run(
-      [sys.executable, '-m', 'gmscavp_jax.evaluate', f'--workdir={tmp_path}/nothing'],
+      [sys.executable, '-m', module, f'--workdir={tmp_path}/nothing'],
       cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
   assert proc.returncode == 1
   assert 'config.json not found' in proc.stderr and 'Traceback' not in proc.stderr

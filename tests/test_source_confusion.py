@@ -1,12 +1,8 @@
 """evaluators/source_confusion: which part of the source (colour, shape) generated audio gets right."""
 
-import subprocess
-import sys
-
 import numpy as np
 
 from gmscavp_jax.evaluators import source_confusion
-from tests.conftest import ROOT
 
 
 def test_look_matches_counts_class_colour_and_shape():
@@ -17,10 +13,3 @@ def test_look_matches_counts_class_colour_and_shape():
   got = source_confusion.look_matches(pred, labels, shapes, colours)
   assert got == {'class': 25.0, 'colour': 50.0, 'shape': 50.0}
 
-
-def test_the_command_names_a_missing_workdir(tmp_path):
-  proc = subprocess.run(
-      [sys.executable, '-m', 'gmscavp_jax.tools.source_confusion', f'--workdir={tmp_path}/none'],
-      cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
-  assert proc.returncode == 1
-  assert 'config.json not found' in proc.stderr and 'Traceback' not in proc.stderr
