@@ -1,4 +1,4 @@
-"""evaluators/source_confusion: which part of the source (colour, shape) generated audio gets right."""
+"""evaluators/source_confusion: which part of the source (colour, shape) audio gets right."""
 
 import numpy as np
 

@@ -338,9 +338,10 @@ def loss_fn(params, batch: dict, rng: jax.Array, *, models: Models,
   return total, metrics
 
 
-def train_step(state: train_state.TrainState, batch: dict, rng: jax.Array, *, models: Models, txs: dict,
-               config: ml_collections.ConfigDict, phase: phases.Phase,
-               gather: Callable[[Any], Any] | None = None) -> tuple[train_state.TrainState, dict]:
+def train_step(state: train_state.TrainState, batch: dict, rng: jax.Array, *, models: Models,
+               txs: dict, config: ml_collections.ConfigDict, phase: phases.Phase,
+               gather: Callable[[Any], Any] | None = None
+               ) -> tuple[train_state.TrainState, dict]:
   """One update of the groups `phase` trains; returns the new state and scalar metrics.
 
   A step whose loss or gradient norm is not finite changes neither params nor optimizer
