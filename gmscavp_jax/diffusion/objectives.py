@@ -188,11 +188,11 @@ def diffusion_loss(denoise_fn: DenoiseFn, x0: jnp.ndarray, rng: jax.Array,
   per_example, weights, add_contrast = _regression(denoise_fn, x_t, t, target,
                                                    example_weights, contrast)
   mse = _safe_mean(per_example, weights)
-  loss = (1.0 + terminal_weight) * mse
+  weighted = mse
   if min_snr_gamma > 0:
-    loss = (1.0 + terminal_weight) * _safe_mean(
-        per_example * min_snr_weight(a.reshape(-1), s.reshape(-1), min_snr_gamma, prediction),
-        weights)
+    snr_weights = min_snr_weight(a.reshape(-1), s.reshape(-1), min_snr_gamma, prediction)
+    weighted = _safe_mean(per_example * snr_weights, weights)
+  loss = (1.0 + terminal_weight) * weighted
   is_terminal = (t == num_steps - 1).astype(jnp.float32)
   metrics = {
       'msd_loss': loss,
