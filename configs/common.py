@@ -62,7 +62,11 @@ def base_config() -> ml_collections.ConfigDict:
   # Model (DESIGN §3). Scale l pools time by scale_pools[l]; the last pool equals num_frames,
   # so the coarsest scale is the clip-level embedding (T_L = 1).
   c.model = ml_collections.ConfigDict()
-  c.model.video_patch = 8  # Spatial stride of the video stem (a patchifying conv).
+  c.model.video_patch = 8  # Spatial stride of the video stem.
+  # 'patchify' (one linear map per non-overlapping patch) or 'conv' (a patch/2 patchify and
+  # an overlapping 3x3 stride-2 conv, which sees a small object's outline wherever the patch
+  # grid cuts it).
+  c.model.video_stem = 'patchify'
   c.model.video_widths = (64, 128, 256)  # Channels per video stage; stages halve H and W.
   c.model.audio_widths = (64, 128, 256)  # Channels per audio stage; stages halve Ta and F.
   c.model.audio_stem_patch = (2, 16)  # (time, mel) patch of the audio stem.

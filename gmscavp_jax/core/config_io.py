@@ -44,6 +44,7 @@ _ADDED = {
     'train.bidirectional_interval': 0,
     'train.ema_decay': 0.0,
     'unet.label_condition': False,
+    'model.video_stem': 'patchify',
     'mesh.data': -1,
     'mesh.fsdp': 1,
     'mesh.fsdp_min_size': 2**16,

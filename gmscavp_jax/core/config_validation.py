@@ -92,6 +92,11 @@ def _validate_model(config: ml_collections.ConfigDict) -> None:
   _require(m.pyramid in ('pool', 'conv'), 'model.pyramid', "'pool' or 'conv'", m.pyramid)
   _require(d.image_size % m.video_patch == 0, 'model.video_patch',
            f'a divisor of data.image_size={d.image_size}', m.video_patch)
+  _require(m.video_stem in ('patchify', 'conv'), 'model.video_stem', "'patchify' or 'conv'",
+           m.video_stem)
+  if m.video_stem == 'conv':
+    _require(m.video_patch % 2 == 0, 'model.video_patch',
+             "an even patch with model.video_stem='conv'", m.video_patch)
   _require(m.embed_dim > 0, 'model.embed_dim', 'a positive width', m.embed_dim)
   for field in ('video_widths', 'audio_widths'):
     _require_widths(m[field], f'model.{field}', m.num_groups, 'model.num_groups',

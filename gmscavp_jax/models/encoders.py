@@ -49,11 +49,16 @@ class VideoEncoder(nn.Module):
   h = ceil(H / patch / 2^(len(widths)-1)), C = widths[-1]; H and W must be multiples of
   `patch` (stages pad odd sizes). Time is kept at T (no temporal stride: the pyramid does all
   temporal pooling, so every scale sees frame-accurate features).
+
+  The stem reduces H and W by `patch`: 'patchify' embeds non-overlapping patch x patch
+  blocks with one linear map; 'conv' (ConvStem) adds an overlapping stride-2 conv, so an
+  object's outline is seen whole wherever the patch grid cuts it.
   """
   patch: int
   widths: Sequence[int]
   blocks_per_stage: int
   num_groups: int
+  stem: str = 'patchify'  # 'patchify' or 'conv' (config model.video_stem).
   dtype: Dtype = jnp.float32
   remat: str = 'none'  # jax.checkpoint policy of the residual blocks (layers.remat).
 
@@ -63,8 +68,11 @@ class VideoEncoder(nn.Module):
     chex.assert_axis_dimension(frames, -1, 3)
     b, t = frames.shape[:2]
     x = frames_to_float(frames, self.dtype)
-    stem = layers.Patchify(self.widths[0], (self.patch, self.patch), self.dtype, name='stem')
-    x = layers.per_frame(stem, x)
+    if self.stem == 'conv':
+      x = ConvStem(self.widths[0], self.patch, self.dtype, name='stem')(x)
+    else:
+      stem = layers.Patchify(self.widths[0], (self.patch, self.patch), self.dtype, name='stem')
+      x = layers.per_frame(stem, x)
     for i, width in enumerate(self.widths):
       if i > 0:
         down = layers.Downsample2D(width, self.num_groups, self.dtype, name=f'down{i}')
@@ -76,6 +84,35 @@ class VideoEncoder(nn.Module):
     x = nn.gelu(layers.group_norm(self.num_groups, self.dtype, 'norm_out')(x))
     chex.assert_shape(x, (b, t, None, None, self.widths[-1]))
     return x
+
+
+class ConvStem(nn.Module):
+  """Overlapping stem: (B,T,H,W,3) -> (B,T,H/patch,W/patch,features), patch even.
+
+  A (patch/2)-patchify, gelu, then one 3x3 stride-2 conv: each output sees a 3*patch/2
+  pixel window that overlaps its neighbours', so a small object's outline reaches one
+  feature whole wherever the grid cuts it (a patch-sized patchify splits it). The conv is
+  written as im2col (the 9 strided views concatenated on channels) and one Dense: XLA:CPU
+  runs the backward pass of a strided conv over every frame several times slower.
+  """
+  features: int
+  patch: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    chex.assert_rank(x, 5)
+    if self.patch % 2:
+      raise ValueError(f'an overlapping stem needs an even patch, got {self.patch}')
+    half = self.patch // 2
+    x = layers.per_frame(layers.Patchify(self.features, (half, half), self.dtype,
+                                         name='patchify'), x)
+    x = nn.gelu(x)
+    h, w = x.shape[2] // 2, x.shape[3] // 2
+    padded = jnp.pad(x, [(0, 0), (0, 0), (1, 1), (1, 1), (0, 0)])
+    views = [padded[:, :, dy:dy + 2 * h:2, dx:dx + 2 * w:2] for dy in range(3) for dx in range(3)]
+    return nn.Dense(self.features, dtype=self.dtype, param_dtype=jnp.float32,
+                    name='conv')(jnp.concatenate(views, axis=-1))
 
 
 class AudioEncoder(nn.Module):

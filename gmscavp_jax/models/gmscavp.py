@@ -44,14 +44,15 @@ class GMSCAVP(nn.Module):
   temperature_min: float = 0.01
   temperature_max: float = 1.0
   audio_stem_patch: tuple[int, int] = (2, 16)
+  video_stem: str = 'patchify'
   dtype: Dtype = jnp.float32
   remat: str = 'none'  # jax.checkpoint policy of the encoders' residual blocks.
 
   def setup(self):
     self.video_encoder = encoders.VideoEncoder(
         patch=self.video_patch, widths=tuple(self.video_widths),
-        blocks_per_stage=self.blocks_per_stage, num_groups=self.num_groups, dtype=self.dtype,
-        remat=self.remat)
+        blocks_per_stage=self.blocks_per_stage, num_groups=self.num_groups,
+        stem=self.video_stem, dtype=self.dtype, remat=self.remat)
     self.audio_encoder = encoders.AudioEncoder(
         widths=tuple(self.audio_widths), blocks_per_stage=self.blocks_per_stage,
         num_groups=self.num_groups, num_frames=self.num_frames,
@@ -125,6 +126,7 @@ def build_model(config: ml_collections.ConfigDict, dtype: Dtype = jnp.float32,
       num_frames=config.data.num_frames,
       pyramid_mode=m.pyramid,
       audio_stem_patch=tuple(m.audio_stem_patch),
+      video_stem=m.video_stem,
       temperature_init=l.temperature_init,
       temperature_min=l.temperature_min,
       temperature_max=l.temperature_max,
