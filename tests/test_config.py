@@ -65,6 +65,7 @@ def test_unknown_variant_is_rejected():
     ('model.scale_pools', (1, 3, 8), 'divide data.num_frames'),
     ('model.scale_pools', (1, 2, 4), 'coarsest'),
     ('model.scale_grids', (1, 1), 'one grid per scale'),
+    ('model.video_stem', 'pixels', "'patchify' or 'conv'"),
     ('train.batch_size', 0, 'positive'),
     ('train.lr_schedule', 'linear', "'cosine' or 'constant'"),
     ('eval.batch_size', 5, 'divisor of eval.num_test_clips'),

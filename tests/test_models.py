@@ -65,6 +65,38 @@ def test_video_encoder_shape(dtype):
   assert out.shape == (B, T, HW // 8, HW // 8, 16) and out.dtype == jnp.float32
 
 
+@pytest.mark.parametrize('stem', ['patchify', 'conv'])
+def test_video_stems_give_the_same_grid(stem):
+  enc = encoders.VideoEncoder(patch=4, widths=(8, 16), blocks_per_stage=1, num_groups=4,
+                              stem=stem)
+  frames = jax.ShapeDtypeStruct((B, T, HW, HW, 3), jnp.uint8)
+  out = jax.eval_shape(enc.apply, jax.eval_shape(enc.init, _key(), frames), frames)
+  assert out.shape == (B, T, HW // 8, HW // 8, 16)
+
+
+def test_conv_stem_is_a_stride_2_conv_over_the_half_patchify():
+  """The im2col conv equals lax's 3x3 stride-2 conv with one pixel of zero padding."""
+  stem = encoders.ConvStem(features=5, patch=4)
+  x = jax.random.normal(jax.random.key(1), (2, 3, 16, 16, 3))
+  params = stem.init(_key(), x)
+  got = stem.apply(params, x)
+  p = params['params']
+  h = jax.nn.gelu(_half_patchify(p['patchify']['proj'], x))
+  kernel = p['conv']['kernel'].reshape(3, 3, h.shape[-1], 5)
+  want = jax.lax.conv_general_dilated(
+      h.reshape((-1,) + h.shape[2:]), kernel, (2, 2), ((1, 1), (1, 1)),
+      dimension_numbers=('NHWC', 'HWIO', 'NHWC')) + p['conv']['bias']
+  np.testing.assert_allclose(got, want.reshape(got.shape), atol=1e-4)
+  chex.assert_shape(got, (2, 3, 4, 4, 5))
+
+
+def _half_patchify(proj, x):
+  """The 2x2 patchify of x (B,T,H,W,C) with the stem's own Dense params."""
+  b, t, h, w, c = x.shape
+  x = x.reshape(b, t, h // 2, 2, w // 2, 2, c).transpose(0, 1, 2, 4, 3, 5, 6)
+  return x.reshape(b, t, h // 2, w // 2, 4 * c) @ proj['kernel'] + proj['bias']
+
+
 @pytest.mark.parametrize('ta', [TA, 16, 3])
 def test_audio_encoder_resamples_time_to_num_frames(ta):
   enc = encoders.AudioEncoder(widths=(8, 16), blocks_per_stage=1, num_groups=4, num_frames=T)
