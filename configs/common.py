@@ -89,6 +89,11 @@ def base_config() -> ml_collections.ConfigDict:
   # L = msa_weight * L_MSA + msd_weight * L_MSD (lambda_MSA, lambda_MSD of the joint configs).
   c.loss.msa_weight = 1.0
   c.loss.msd_weight = 1.0
+  # Supervised source classes (not in the paper; for labelled sets such as VGGSound): L gains
+  # video_class_weight times the sigmoid cross-entropy of a linear head on the clip-level
+  # video embedding against data.labels, so the video encoder must name the sounding
+  # sources. 0 = off (no head, no params).
+  c.loss.video_class_weight = 0.0
   # Contrastive diffusion (CMMD, papers/002 eq. 4): L_MSD gains cdiff_weight (eta) times a
   # ranking term that asks the denoiser's error with a misaligned video condition to exceed
   # its error with the true one, on the same noisy input: per example

@@ -147,3 +147,20 @@ def test_contrastive_diffusion_term_on_the_same_noise(setup):
                              rtol=1e-5)
   assert float(m1['loss/cdiff']) >= 0.0
   assert 0.0 <= float(m1['loss/cdiff_acc']) <= 1.0
+
+
+def test_video_class_loss_trains_a_head_on_the_clip_embedding():
+  """loss.video_class_weight > 0 adds a (D,K) head whose BCE on data.labels joins the loss."""
+  config = tiny_config('msa', **{'loss.video_class_weight': 1.0})
+  models = steps.build_models(config)
+  txs = {'encoders': optax.adam(1e-2), 'denoiser': optax.adam(1e-2)}
+  state = steps.init_state(config, models, txs, jax.random.key(0, impl='rbg'))
+  head = state.params['encoders']['video_class_head']['kernel']
+  assert head.shape == (config.model.embed_dim, config.data.num_classes)
+  batch = pipeline.select(next(iter(pipeline.train_loader(config))),
+                          ('frames', 'waveform', 'labels'))
+  step = jax.jit(functools.partial(steps.train_step, models=models, txs=txs, config=config,
+                                   phase=phases.CONTRASTIVE))
+  new, metrics = step(state, jax.tree.map(jnp.asarray, batch), jax.random.key(1))
+  assert 0.0 < float(metrics['train/loss/video_class']) < float(metrics['train/loss'])
+  assert _changed(head, new.params['encoders']['video_class_head']['kernel'])

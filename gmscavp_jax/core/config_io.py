@@ -45,6 +45,7 @@ _ADDED = {
     'train.ema_decay': 0.0,
     'unet.label_condition': False,
     'model.video_stem': 'patchify',
+    'loss.video_class_weight': 0.0,
     'mesh.data': -1,
     'mesh.fsdp': 1,
     'mesh.fsdp_min_size': 2**16,

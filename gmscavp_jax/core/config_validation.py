@@ -92,6 +92,8 @@ def _validate_model(config: ml_collections.ConfigDict) -> None:
   _require(m.pyramid in ('pool', 'conv'), 'model.pyramid', "'pool' or 'conv'", m.pyramid)
   _require(d.image_size % m.video_patch == 0, 'model.video_patch',
            f'a divisor of data.image_size={d.image_size}', m.video_patch)
+  _require(config.loss.video_class_weight >= 0, 'loss.video_class_weight', 'a weight >= 0',
+           config.loss.video_class_weight)
   _require(m.video_stem in ('patchify', 'conv'), 'model.video_stem', "'patchify' or 'conv'",
            m.video_stem)
   if m.video_stem == 'conv':

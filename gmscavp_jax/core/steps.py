@@ -304,6 +304,10 @@ def loss_fn(params, batch: dict, rng: jax.Array, *, models: Models,
         adaptive_stop_gradient=config.loss.adaptive_stop_gradient)
     total += config.loss.msa_weight * msa
     metrics.update(msa_metrics)
+    if config.loss.video_class_weight > 0:
+      bce = optax.sigmoid_binary_cross_entropy(out['video_class_logits'], batch['labels'])
+      metrics['loss/video_class'] = bce.mean()
+      total += config.loss.video_class_weight * metrics['loss/video_class']
     video, features = out['video'], out['video_features']
   else:
     features = models.encoders.apply(enc, batch['frames'],

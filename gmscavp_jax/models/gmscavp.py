@@ -45,6 +45,9 @@ class GMSCAVP(nn.Module):
   temperature_max: float = 1.0
   audio_stem_patch: tuple[int, int] = (2, 16)
   video_stem: str = 'patchify'
+  # K > 0: a linear head on the clip-level video embedding predicts the clip's sounding
+  # classes (loss.video_class_weight); 0 = no head, no params.
+  num_label_classes: int = 0
   dtype: Dtype = jnp.float32
   remat: str = 'none'  # jax.checkpoint policy of the encoders' residual blocks.
 
@@ -65,6 +68,13 @@ class GMSCAVP(nn.Module):
         'log_temperature',
         lambda _, shape: jnp.full(shape, math.log(self.temperature_init), jnp.float32),
         (num_scales,))
+    if self.num_label_classes:
+      self.video_class_head = nn.Dense(self.num_label_classes, dtype=jnp.float32,
+                                       param_dtype=jnp.float32)
+
+  def video_class_logits(self, video: Sequence[jnp.ndarray]) -> jnp.ndarray:
+    """[(B,T_l,S_l,D)] video scales -> (B,K) logits of the sounding classes (clip level)."""
+    return self.video_class_head(video[-1].astype(jnp.float32).mean(axis=(1, 2)))
 
   def temperatures(self) -> jnp.ndarray:
     """Per-scale tau (L,), clipped to [temperature_min, temperature_max].
@@ -98,12 +108,16 @@ class GMSCAVP(nn.Module):
   def __call__(self, frames: jnp.ndarray, log_mel: jnp.ndarray) -> dict[str, Any]:
     chex.assert_equal_shape_prefix([frames, log_mel], 1)
     features = self.video_features(frames)
-    return {
-        'video': self.video_scales(features),
+    video = self.video_scales(features)
+    out = {
+        'video': video,
         'video_features': features,
         'audio': self.embed_audio(log_mel),
         'temperature': self.temperatures(),
     }
+    if self.num_label_classes:
+      out['video_class_logits'] = self.video_class_logits(video)
+    return out
 
 
 def build_model(config: ml_collections.ConfigDict, dtype: Dtype = jnp.float32,
@@ -127,6 +141,7 @@ def build_model(config: ml_collections.ConfigDict, dtype: Dtype = jnp.float32,
       pyramid_mode=m.pyramid,
       audio_stem_patch=tuple(m.audio_stem_patch),
       video_stem=m.video_stem,
+      num_label_classes=config.data.num_classes if l.video_class_weight > 0 else 0,
       temperature_init=l.temperature_init,
       temperature_min=l.temperature_min,
       temperature_max=l.temperature_max,
