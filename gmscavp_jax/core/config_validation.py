@@ -292,7 +292,7 @@ def _validate_mixture(config: ml_collections.ConfigDict) -> None:
 
 
 def _validate_contrastive_diffusion(config: ml_collections.ConfigDict) -> None:
-  """loss.cdiff_*: the contrastive diffusion term (steps.negative_video_scales)."""
+  """loss.cdiff_*: the contrastive diffusion term (msd.negative_video_scales)."""
   l, d = config.loss, config.data
   _require(l.cdiff_weight >= 0, 'loss.cdiff_weight', 'a weight >= 0 (0 = off)', l.cdiff_weight)
   _require(l.cdiff_temperature > 0, 'loss.cdiff_temperature', 'a positive tau',
