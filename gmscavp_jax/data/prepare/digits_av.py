@@ -25,6 +25,7 @@ import numpy as np
 import scipy.io.wavfile
 import scipy.ndimage
 import scipy.signal
+import tqdm
 
 from gmscavp_jax.data import media_writing
 
@@ -249,7 +250,7 @@ def build(out: str, recordings: list[Recording], images: np.ndarray, labels: np.
   rows, placed = [], 0
   for split, count in (('train', num_train), ('test', num_test)):
     by_digit, image_ids = sources[split]
-    for index in range(count):
+    for index in tqdm.tqdm(range(count), desc=f'digits_av {split}', unit='clip'):
       digit = index % NUM_CLASSES
       takes = rng.choice(len(by_digit[digit]), int(rng.integers(1, max_utterances + 1)))
       waves = []
