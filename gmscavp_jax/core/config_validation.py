@@ -92,8 +92,6 @@ def _validate_model(config: ml_collections.ConfigDict) -> None:
   _require(m.pyramid in ('pool', 'conv'), 'model.pyramid', "'pool' or 'conv'", m.pyramid)
   _require(d.image_size % m.video_patch == 0, 'model.video_patch',
            f'a divisor of data.image_size={d.image_size}', m.video_patch)
-  _require(config.loss.video_class_weight >= 0, 'loss.video_class_weight', 'a weight >= 0',
-           config.loss.video_class_weight)
   _require(m.video_stem in ('patchify', 'conv'), 'model.video_stem', "'patchify' or 'conv'",
            m.video_stem)
   if m.video_stem == 'conv':
@@ -106,7 +104,7 @@ def _validate_model(config: ml_collections.ConfigDict) -> None:
 
 
 def _validate_contrastive_loss(l: ml_collections.ConfigDict, num_scales: int) -> None:
-  """loss.*: L_MSA's scale weights and temperatures."""
+  """loss.*: L_MSA's scale weights and temperatures, and the video class head's weight."""
   _require(len(l.scale_weights) in (0, num_scales), 'loss.scale_weights',
            f'empty or one weight per scale ({num_scales})', l.scale_weights)
   _require(0 < l.temperature_min <= l.temperature_init <= l.temperature_max,
@@ -114,6 +112,8 @@ def _validate_contrastive_loss(l: ml_collections.ConfigDict, num_scales: int) ->
            (l.temperature_min, l.temperature_init, l.temperature_max))
   _require(l.adaptive_temperature > 0, 'loss.adaptive_temperature', 'a positive tau_w',
            l.adaptive_temperature)
+  _require(l.video_class_weight >= 0, 'loss.video_class_weight', 'a weight >= 0',
+           l.video_class_weight)
 
 
 def _validate_train(t: ml_collections.ConfigDict) -> None:
