@@ -149,9 +149,12 @@ def test_upgrade_leaves_a_current_workdir_config_as_it_was(tmp_path):
   assert loaded.to_dict() == config.to_dict()
 
 
+# Every Table 3 run kept in docs, the current one and older ones (ablation_runs/COMMIT/RUN).
 @pytest.mark.parametrize('run', sorted(glob.glob(os.path.join(ROOT, 'docs', 'ablation_runs',
-                                                              '*', 'config.json'))),
-                         ids=lambda path: os.path.basename(os.path.dirname(path)))
+                                                              '**', 'config.json'),
+                                                 recursive=True)),
+                         ids=lambda path: os.path.relpath(os.path.dirname(path),
+                                                          os.path.join(ROOT, 'docs')))
 def test_upgrade_completes_configs_saved_by_older_versions(run):
   with open(run) as f:
     saved = json.load(f)
