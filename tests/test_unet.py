@@ -7,6 +7,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from gmscavp_jax.models import clip_time
 from gmscavp_jax.models import layers
 from gmscavp_jax.models import unet
 from gmscavp_jax.models import unet_blocks
@@ -164,14 +165,14 @@ def test_bfloat16_compute_returns_float32(tiny):
 
 def test_linear_resample_matrix_aligns_centres():
   # 8 audio steps (instants i/8 of the clip) onto 4 video frames (instants j/4); rows sum to 1.
-  m = unet_blocks.linear_resample_matrix(8, 1, 8, 4)
+  m = clip_time.linear_resample_matrix(8, 1, 8, 4)
   np.testing.assert_allclose(m.sum(axis=1), 1.0, rtol=1e-6)
   np.testing.assert_allclose(m[0], [1, 0, 0, 0])  # The same instant as frame 0.
   np.testing.assert_allclose(m[1], [0.5, 0.5, 0, 0])
   np.testing.assert_allclose(m[2], [0, 1, 0, 0])
   np.testing.assert_allclose(m[7], [0, 0, 0, 1])  # After the last frame: clamped.
   # Equal grids are the identity: 4 steps of 2 audio frames onto 4 tokens of 2 frames each.
-  np.testing.assert_allclose(unet_blocks.linear_resample_matrix(4, 2, 8, 4, 8), np.eye(4),
+  np.testing.assert_allclose(clip_time.linear_resample_matrix(4, 2, 8, 4, 8), np.eye(4),
                              atol=1e-6)
 
 
@@ -181,11 +182,11 @@ def test_video_and_audio_share_one_clip_time_axis():
   t, ta, fps, rate = 16, 80, 8.0, 40.0
   seconds = t / fps
   # Video frame j is the picture at j / fps; the centred STFT puts mel frame k at k / rate.
-  np.testing.assert_allclose(unet_blocks.clip_time_fractions(t, 1, t) * seconds,
+  np.testing.assert_allclose(clip_time.clip_time_fractions(t, 1, t) * seconds,
                              np.arange(t) / fps, atol=1e-6)
-  np.testing.assert_allclose(unet_blocks.clip_time_fractions(ta, 1, ta) * seconds,
+  np.testing.assert_allclose(clip_time.clip_time_fractions(ta, 1, ta) * seconds,
                              np.arange(ta) / rate, atol=1e-6)
-  code = unet_blocks.clip_time_encoding
+  code = clip_time.clip_time_encoding
   # Video frame j (VideoTokens of an unpooled scale) and the UNet's audio query at mel
   # frame 5j (stem stride 1, the full-size stem_patch) are one instant, one code.
   np.testing.assert_array_equal(code(t, 1, t), code(ta, 1, ta)[::5])
@@ -195,9 +196,9 @@ def test_video_and_audio_share_one_clip_time_axis():
   # The a2v denoiser's audio tokens: encoder step j pools mel frames 5j..5j+4 (centre 5j + 2).
   np.testing.assert_array_equal(code(t, ta / t, ta), code(ta, 1, ta)[2::5])
   # None is half a frame off: the code half a video frame later (62.5 ms) is another one.
-  later = unet_blocks.sinusoidal_embedding(
-      (np.arange(t) + 0.5).astype(np.float32) / t * np.float32(unet_blocks.CLIP_TIME_SCALE),
-      unet_blocks.CLIP_TIME_DIM)
+  later = clip_time.sinusoidal_embedding(
+      (np.arange(t) + 0.5).astype(np.float32) / t * np.float32(clip_time.CLIP_TIME_SCALE),
+      clip_time.CLIP_TIME_DIM)
   assert np.abs(later - code(t, 1, t)).max(axis=1).min() > 0.5
 
 
@@ -206,13 +207,13 @@ def test_the_denoisers_place_their_tokens_on_the_clip_time_axis(monkeypatch):
   grid of its own modality: video tokens pool frames of T = data.num_frames, audio steps pool
   mel frames of Ta = x.shape[1]."""
   calls = []
-  encoding = unet_blocks.clip_time_encoding
+  encoding = clip_time.clip_time_encoding
 
   def recording(num_steps, stride, length):
     calls.append((num_steps, stride, length))
     return encoding(num_steps, stride, length)
 
-  monkeypatch.setattr(unet_blocks, 'clip_time_encoding', recording)
+  monkeypatch.setattr(clip_time, 'clip_time_encoding', recording)
   model = unet.build_unet(tiny_config(level_scales=(0, 1)))
   x, t, video = inputs(ta=80, f=16)
   jax.eval_shape(model.init, jax.random.key(0), x, t, video)

@@ -28,6 +28,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import ml_collections
 
+from gmscavp_jax.models import clip_time
 from gmscavp_jax.models import layers
 from gmscavp_jax.models import unet_blocks as blocks
 
@@ -56,7 +57,7 @@ class UNet(nn.Module):
     aligned_conditioning: add the finest scale's per-frame features, resampled onto the
       stem's time grid, to the stem output.
     video_frames: T, the video frames per clip that the scales pool, which places video
-      tokens and audio steps on one clip-time axis (unet_blocks.clip_time_fractions);
+      tokens and audio steps on one clip-time axis (clip_time.clip_time_fractions);
       None: the finest scale's length.
     dtype: compute dtype; parameters and the output are float32.
     num_label_classes: K > 0 turns on the label oracle (unet.label_condition): the clip's
@@ -172,7 +173,7 @@ class UNet(nn.Module):
     """Self-attention, then cross-attention to context(level), of h (B,Ta',F',C) at `level`
     (queries carry the clip time of their step in a clip of `length` input frames)."""
     stride = self.stem_patch[0] * 2**level  # Input frames per time step at this level.
-    query_time = blocks.clip_time_encoding(h.shape[1], stride, length)
+    query_time = clip_time.clip_time_encoding(h.shape[1], stride, length)
     h = blocks.SelfAttention(self.num_heads, self.num_groups, self.dtype,
                              name=f'{prefix}_self_attn')(h)
     return blocks.CrossAttention(self.num_heads, self.dtype, name=f'{prefix}_cross_attn')(

@@ -4,7 +4,6 @@ condition paths, ResBlock, attention.
 `dtype` is the compute dtype; parameters are always float32.
 """
 
-import math
 from typing import Any, Callable, Sequence
 
 import chex
@@ -13,85 +12,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gmscavp_jax.models import clip_time
 from gmscavp_jax.models import layers
 
 Dtype = Any
-
-# Width of the fixed sinusoidal "position in the clip" encoding shared by audio queries and
-# video tokens; each side maps it to its own width with a learned Dense.
-CLIP_TIME_DIM = 64
-# The clip-time encoding is the sinusoid of (fraction of the clip) * CLIP_TIME_SCALE: its
-# fastest component has a period of 2*pi/100 ~ 1/16 of the clip (about one video frame at
-# runlocal sizes), its slowest is nearly constant over the clip.
-CLIP_TIME_SCALE = 100.0
-
-
-def sinusoidal_embedding(x: jnp.ndarray | np.ndarray, dim: int,
-                         max_period: float = 10_000.0) -> jnp.ndarray | np.ndarray:
-  """Transformer/DDPM sinusoidal embedding: (...,) -> (..., dim), [cos | sin] halves.
-
-  Frequencies are geometric from 1 down to 1/max_period (radians per unit of x). `dim` must
-  be even. Computed in float32 (timesteps up to ~1000 lose phase in bfloat16). A NumPy input
-  gives a NumPy result, so embeddings of static positions are constants, not traced ops.
-  """
-  if dim % 2:
-    raise ValueError(f'sinusoidal embedding width {dim} must be even')
-  xp = np if isinstance(x, np.ndarray) else jnp
-  half = dim // 2
-  freqs = xp.exp(-math.log(max_period) * xp.arange(half, dtype=xp.float32) / half)
-  angles = xp.asarray(x, xp.float32)[..., None] * freqs
-  return xp.concatenate([xp.cos(angles), xp.sin(angles)], axis=-1).astype(xp.float32)
-
-
-def clip_time_fractions(num_steps: int, stride: float, length: float) -> np.ndarray:
-  """Times of `num_steps` steps as fractions of the clip; step i pools samples
-  [i*stride, (i+1)*stride) of a grid of `length` samples per clip.
-
-  Sample k of either grid is the instant k / length of the clip, not an interval: video frame
-  j is the picture at j / fps, and log-mel frame k is centred at sample k * hop (the STFT is
-  centred, audio.stft). A step that pools `stride` samples (a stem patch, a downsampled level,
-  a pooled pyramid scale, or an audio encoder step, which resamples Ta/T mel frames to one
-  video frame) is at the mean of their instants: ((i + 0.5) * stride - 0.5) / length. So
-  video frame j and mel frame j * Ta / T are the same instant j / T, and a pooled step sits
-  between the samples it pools. `stride` may be fractional (Ta / T_l); padded steps of the
-  audio grid get fractions near or above 1.
-  """
-  steps = np.arange(num_steps, dtype=np.float64)
-  return (((steps + 0.5) * stride - 0.5) / length).astype(np.float32)
-
-
-def clip_time_encoding(num_steps: int, stride: float, length: float) -> np.ndarray:
-  """(num_steps, CLIP_TIME_DIM) sinusoidal encoding of each step's position in the clip.
-
-  The one function that places both audio steps and video frames in the clip (at
-  `clip_time_fractions`), so that the same instant gets the same code on both sides of the
-  cross-attention.
-  """
-  frac = clip_time_fractions(num_steps, stride, length)
-  return sinusoidal_embedding(frac * np.float32(CLIP_TIME_SCALE), CLIP_TIME_DIM)
-
-
-def linear_resample_matrix(num_out: int, out_stride: float, length: float, num_in: int,
-                           in_samples: int | None = None) -> np.ndarray:
-  """(num_out, num_in) linear interpolation from `num_in` condition tokens onto audio steps.
-
-  Output step i is at `clip_time_fractions(num_out, out_stride, length)[i]`; input token j,
-  one of `num_in` pooled evenly from `in_samples` samples per clip (None: num_in), at
-  `clip_time_fractions(num_in, in_samples / num_in, in_samples)[j]`. Each output
-  interpolates the two inputs whose times surround it, clamped at the clip edges (padded
-  steps repeat the last input).
-  """
-  frac = clip_time_fractions(num_out, out_stride, length).astype(np.float64)
-  in_samples = num_in if in_samples is None else in_samples
-  first = float(clip_time_fractions(1, in_samples / num_in, in_samples)[0])
-  u = np.clip((frac - first) * num_in, 0.0, num_in - 1.0)  # Inputs are 1 / num_in apart.
-  lo = np.floor(u).astype(np.int64)
-  hi = np.minimum(lo + 1, num_in - 1)
-  w = (u - lo).astype(np.float32)
-  m = np.zeros((num_out, num_in), np.float32)
-  m[np.arange(num_out), lo] += 1.0 - w
-  m[np.arange(num_out), hi] += w
-  return m
 
 
 def unpatchify(x: jnp.ndarray, patch: tuple[int, int]) -> jnp.ndarray:
@@ -188,7 +112,7 @@ def condition_embedding(module: nn.Module, t: jnp.ndarray, clip: jnp.ndarray | N
   classes (unet.label_condition), are projected (label_proj) and added to a kept condition.
   """
   emb_dim = 4 * width
-  emb = sinusoidal_embedding(t, width)
+  emb = clip_time.sinusoidal_embedding(t, width)
   emb = dense(emb_dim, dtype, 'time_mlp1')(emb)
   emb = dense(emb_dim, dtype, 'time_mlp2')(nn.silu(emb))
   null_global = module.param('null_global', nn.initializers.zeros_init(), (emb_dim,),
@@ -212,7 +136,7 @@ def aligned_condition(module: nn.Module, scale: jnp.ndarray | None, drop: jnp.nd
 
   `scale` (B,T_0,S,D) (T_0 tokens pooled from `samples` condition samples per clip; None:
   T_0) is averaged over its tokens, normalised, projected to `width` and linearly resampled
-  (`linear_resample_matrix`) onto `num_steps` steps of `stride` frames each of a clip of
+  (`clip_time.linear_resample_matrix`) onto `num_steps` steps of `stride` frames each of a clip of
   `length` frames: a direct path for event timing that bypasses attention.
   The learned null where drop (B,) is True (everywhere when `scale` is None). Params
   (null_aligned, aligned_norm, aligned_proj) are `module`'s own.
@@ -224,7 +148,7 @@ def aligned_condition(module: nn.Module, scale: jnp.ndarray | None, drop: jnp.nd
   frames = scale.astype(dtype).mean(axis=2)  # (B,T_0,D)
   frames = nn.LayerNorm(dtype=dtype, param_dtype=jnp.float32, name='aligned_norm')(frames)
   frames = dense(width, dtype, 'aligned_proj')(frames)
-  resample = linear_resample_matrix(num_steps, stride, length, frames.shape[1], samples)
+  resample = clip_time.linear_resample_matrix(num_steps, stride, length, frames.shape[1], samples)
   aligned = jnp.einsum('st,btc->bsc', jnp.asarray(resample, dtype), frames)
   return select_null(drop, null_aligned, aligned)
 
@@ -334,7 +258,7 @@ class CrossAttention(nn.Module):
 
   `context` (B,N,D) are prepared video tokens (`VideoTokens`), or None for the unconditional
   model. Queries get the clip-time encoding of their time step (`query_time`, (X,
-  CLIP_TIME_DIM)) so that they can match the video tokens' encoding of the same instant.
+  clip_time.CLIP_TIME_DIM)) so that they can match the video tokens' encoding of the same instant.
   A dropped example attends to one learned null token: its keys are all equal (zero), so
   its attention output is exactly the null value, the same as for context=None. The output
   projection is zero-initialised.
@@ -347,7 +271,7 @@ class CrossAttention(nn.Module):
                drop: jnp.ndarray | None = None) -> jnp.ndarray:
     chex.assert_rank(x, 4)
     b, sx, sy, c = x.shape
-    chex.assert_shape(query_time, (sx, CLIP_TIME_DIM))
+    chex.assert_shape(query_time, (sx, clip_time.CLIP_TIME_DIM))
     h = nn.LayerNorm(dtype=self.dtype, param_dtype=jnp.float32, name='norm')(x)
     pos = dense(c, self.dtype, 'query_time', use_bias=False)(query_time)
     h = (h + pos[None, :, None, :]).reshape(b, sx * sy, c)
@@ -383,7 +307,7 @@ class VideoTokens(nn.Module):
     dtype: compute dtype.
     samples: samples per clip of the modality the scale pools (video frames T; log-mel frames
       Ta for audio scales), which places token t at the mean instant of the samples it pools
-      (`clip_time_fractions` with stride samples / T_l); None: the T_l tokens are the
+      (`clip_time.clip_time_fractions` with stride samples / T_l); None: the T_l tokens are the
       samples.
   """
   dtype: Dtype = jnp.float32
@@ -398,10 +322,10 @@ class VideoTokens(nn.Module):
     time_emb = self.param('time_embedding', init, (t, d), jnp.float32)
     space_emb = self.param('space_embedding', init, (s, d), jnp.float32)
     samples = t if self.samples is None else self.samples
-    clip_time = dense(d, self.dtype, 'clip_time', use_bias=False)(
-        clip_time_encoding(t, samples / t, samples))
+    time_code = dense(d, self.dtype, 'clip_time', use_bias=False)(
+        clip_time.clip_time_encoding(t, samples / t, samples))
     pos = scale_emb + time_emb[:, None, :] + space_emb[None, :, :]
-    x = video.astype(self.dtype) + pos.astype(self.dtype) + clip_time[:, None, :]
+    x = video.astype(self.dtype) + pos.astype(self.dtype) + time_code[:, None, :]
     x = nn.LayerNorm(dtype=self.dtype, param_dtype=jnp.float32, name='norm')(x)
     return x.reshape(b, t * s, d)
 

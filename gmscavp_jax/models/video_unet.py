@@ -28,6 +28,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import ml_collections
 
+from gmscavp_jax.models import clip_time
 from gmscavp_jax.models import layers
 from gmscavp_jax.models import unet_blocks as blocks
 
@@ -56,7 +57,7 @@ class VideoUNet(nn.Module):
     aligned_conditioning: add the finest audio scale's per-frame features at every pixel.
     mel_frames: Ta, the log-mel frames per clip that the audio scales pool (an audio scale of
       T_l steps pools Ta / T_l of them a step), which places audio tokens and video frames
-      on one clip-time axis (unet_blocks.clip_time_fractions); None: the finest scale's
+      on one clip-time axis (clip_time.clip_time_fractions); None: the finest scale's
       length.
     dtype: compute dtype; parameters and the output are float32.
     remat: jax.checkpoint policy of the ResBlocks (layers.remat).
@@ -152,7 +153,7 @@ class VideoUNet(nn.Module):
     cross-attention to context(level)."""
     # Every level keeps all T frames: frame i sits at the same clip time at every level.
     num_frames = h.shape[1]
-    query_time = blocks.clip_time_encoding(num_frames, 1, num_frames)
+    query_time = clip_time.clip_time_encoding(num_frames, 1, num_frames)
     # (B,T,h',w',C) as (B,T,h'*w',C): attention's axis 1 is time, as for the audio UNet.
     shape = h.shape
     h = h.reshape(shape[:2] + (shape[2] * shape[3], shape[4]))
