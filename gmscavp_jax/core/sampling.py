@@ -103,13 +103,16 @@ class Generator:
     return self.generate_timed(params, frames, **kwargs)[0]
 
   def generate_timed(self, params, frames: np.ndarray, *, labels: np.ndarray | None = None,
-                     sampler: str | None = None, num_steps: int | None = None,
+                     known_mel: np.ndarray | None = None,
+                     known_mask: np.ndarray | None = None, sampler: str | None = None, num_steps: int | None = None,
                      guidance: float | None = None, eta: float | None = None,
                      seed: int = 0) -> tuple[np.ndarray, dict]:
     """Log-mels (N,Ta,F) generated for videos (N,T,H,W,3); None = the eval.* defaults.
 
     `labels` (N,K), the clips' true classes, are what the label oracle (unet.label_condition)
-    conditions on besides the video; a run without the oracle ignores them.
+    conditions on besides the video; a run without the oracle ignores them. `known_mel`
+    (N,Ta,F) log-mel with `known_mask` (N,Ta) in [0, 1] inpaints: the mel frames where the
+    mask is 1 come out as given (see `steps.sample_step`).
 
     Videos go in chunks of eval.batch_size (fewer, rounded up to the device count, when N is
     smaller), the last chunk padded, so every chunk reuses one compiled program. Also returns
@@ -119,6 +122,11 @@ class Generator:
     e = self._config.eval
     sample = self._sampler(sampler_settings(e, sampler, num_steps, guidance, eta))
     inputs = {'frames': frames}
+    if (known_mel is None) != (known_mask is None):
+      raise ValueError('known_mel and known_mask go together')
+    if known_mel is not None:
+      inputs['known_mel'] = np.asarray(known_mel, np.float32)
+      inputs['known_mask'] = np.asarray(known_mask, np.float32)
     if self._config.unet.label_condition:
       if labels is None:
         raise errors.ConfigError(

@@ -320,6 +320,10 @@ def sample_step(params, inputs: dict, rng: jax.Array, *, models: Models,
   """Log-mels (B,Ta,F) generated for videos inputs['frames'] (B,T,H,W,3) by the MSD
   denoiser (inputs['labels'] (B,K) too for the label oracle, see `oracle_labels`).
 
+  With inputs['known_mel'] (B,Ta,F) log-mel and inputs['known_mask'] (B,Ta) in [0, 1], the
+  mel frames where the mask is 1 are inpainted: kept as given, the rest generated knowing
+  them (samplers.Known); a long video's windows continue each other this way.
+
   `sampler`, `num_steps` and `guidance` are static (one compiled program per setting);
   guidance 1 runs the conditional model alone.
   """
@@ -335,8 +339,14 @@ def sample_step(params, inputs: dict, rng: jax.Array, *, models: Models,
   noise_rng, sample_rng = jax.random.split(rng)
   x_T = jax.random.normal(noise_rng, (frames.shape[0], num_mel_frames(config),
                                       config.audio.n_mels))
+  known = None
+  if 'known_mel' in inputs:
+    chex.assert_equal_shape([inputs['known_mel'], x_T])
+    chex.assert_shape(inputs['known_mask'], x_T.shape[:2])
+    known = samplers.Known(normalise_mel(inputs['known_mel'], config),
+                           jnp.broadcast_to(inputs['known_mask'][..., None], x_T.shape))
   x0 = samplers.sample_objective(denoise, x_T, sample_rng, msd.alpha_bar(config),
                                  objective=config.diffusion.objective, sampler=sampler,
                                  num_steps=num_steps, prediction=config.diffusion.prediction,
-                                 guidance_scale=guidance, eta=eta)
+                                 guidance_scale=guidance, eta=eta, known=known)
   return denormalise_mel(x0, config)

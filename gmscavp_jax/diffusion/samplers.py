@@ -33,6 +33,31 @@ OBJECTIVE_SAMPLERS = {'diffusion': DIFFUSION_SAMPLERS, 'flow': FLOW_SAMPLERS}
 GuidedDenoiseFn = Callable[[jnp.ndarray, jnp.ndarray, bool], jnp.ndarray]
 
 
+class Known(NamedTuple):
+  """What inpainting holds fixed: clean values x0 (B, ...) where mask (B, ...) in [0, 1] is 1.
+
+  After every step the sample is pulled towards x0 noised to the step's level with the start
+  noise (x = m (a x0 + s x_T) + (1 - m) x: replacement inpainting, Song et al. 2021, with a
+  soft mask so that the join is blended), so the output equals x0 where m = 1 and the model
+  fills in the rest knowing it. A window of a long soundtrack is sampled knowing the end of
+  the previous one this way.
+  """
+  x0: jnp.ndarray
+  mask: jnp.ndarray
+
+
+Projector = Callable[[jnp.ndarray, jnp.ndarray, jnp.ndarray], jnp.ndarray]
+
+
+def _projector(known: Known | None, noise: jnp.ndarray) -> Projector:
+  """project(x, a, s): x with the known part replaced by a x0 + s noise (identity if None)."""
+  if known is None:
+    return lambda x, a, s: x
+  x0, mask = known.x0.astype(jnp.float32), known.mask.astype(jnp.float32)
+  noise = noise.astype(jnp.float32)
+  return lambda x, a, s: mask * (a * x0 + s * noise) + (1.0 - mask) * x
+
+
 def timesteps(num_train_steps: int, num_steps: int) -> np.ndarray:
   """The K = num_steps timesteps a sampler visits, (K,) int32, strictly decreasing.
 
@@ -99,7 +124,7 @@ def _resolve_eta(sampler: str, eta: float | None) -> float:
 def sample(denoise_fn: GuidedDenoiseFn, x_T: jnp.ndarray,  # pylint: disable=invalid-name
            rng: jax.Array, alpha_bar: jnp.ndarray, *, sampler: str, num_steps: int,
            prediction: str = 'eps', guidance_scale: float = 1.0, eta: float | None = None,
-           clip_x0: float | None = None) -> jnp.ndarray:
+           clip_x0: float | None = None, known: Known | None = None) -> jnp.ndarray:
   """Draws x0 from x_T by integrating the reverse process over `timesteps(N, num_steps)`.
 
   Args:
@@ -122,6 +147,7 @@ def sample(denoise_fn: GuidedDenoiseFn, x_T: jnp.ndarray,  # pylint: disable=inv
       and 'ddpm' also 1.0, and raise ValueError on any other value.
     clip_x0: if set, predicted x0 is clipped to [-clip_x0, clip_x0] before each update (and
       eps recomputed from the clipped x0, so the update stays on the DDIM path).
+    known: if set, inpainting (`Known`): the output keeps known.x0 where the mask is 1.
 
   Returns:
     x0 samples, same shape and dtype as x_T.
@@ -133,11 +159,13 @@ def sample(denoise_fn: GuidedDenoiseFn, x_T: jnp.ndarray,  # pylint: disable=inv
   eta = _resolve_eta(sampler, eta)
   visits = _visits(alpha_bar, num_steps)
   predict = _predictor(denoise_fn, visits, x_T.shape[0], prediction, guidance_scale, clip_x0)
-  x = x_T.astype(jnp.float32)
+  project = _projector(known, x_T)
+  x = project(x_T.astype(jnp.float32), jnp.sqrt(visits.ab_cur[0]),
+              jnp.sqrt(1.0 - visits.ab_cur[0]))
   if sampler == 'dpmpp2m':
-    x = _dpmpp2m(predict, visits, x)
+    x = _dpmpp2m(predict, visits, x, project)
   else:
-    x = _ddim(predict, visits, x, rng, eta)
+    x = _ddim(predict, visits, x, rng, eta, project)
   return x.astype(x_T.dtype)
 
 
@@ -175,8 +203,9 @@ def _predictor(denoise_fn: GuidedDenoiseFn, visits: _Visits, batch: int, predict
 
 
 def _ddim(predict: Callable, visits: _Visits, x: jnp.ndarray, rng: jax.Array,
-          eta: float) -> jnp.ndarray:
-  """DDIM (DDPM at eta = 1) from x (B, ...) float32 at the first visited step to x0."""
+          eta: float, project: Projector) -> jnp.ndarray:
+  """DDIM (DDPM at eta = 1) from x (B, ...) float32 at the first visited step to x0; each
+  new x goes through `project` at its own level."""
 
   def step(x, i):
     x0, eps = predict(x, i)
@@ -189,14 +218,16 @@ def _ddim(predict: Callable, visits: _Visits, x: jnp.ndarray, rng: jax.Array,
     if eta > 0:
       z = jax.random.normal(jax.random.fold_in(rng, i), x.shape, jnp.float32)
       x_next = x_next + sigma * z
-    return x_next, None
+    return project(x_next, jnp.sqrt(ab_n), jnp.sqrt(1.0 - ab_n)), None
 
   x, _ = jax.lax.scan(step, x, jnp.arange(visits.ts.shape[0]))
   return x
 
 
-def _dpmpp2m(predict: Callable, visits: _Visits, x: jnp.ndarray) -> jnp.ndarray:
-  """DPM-Solver++(2M) from x (B, ...) float32 at the first visited step to x0."""
+def _dpmpp2m(predict: Callable, visits: _Visits, x: jnp.ndarray,
+             project: Projector) -> jnp.ndarray:
+  """DPM-Solver++(2M) from x (B, ...) float32 at the first visited step to x0; each new x
+  goes through `project` at its own level."""
   ab_cur, ab_next = visits.ab_cur, visits.ab_next
   last = visits.ts.shape[0] - 1
   # lambda = log(a/s) at each visited step. The last step's successor (s = 0) has lambda =
@@ -214,7 +245,7 @@ def _dpmpp2m(predict: Callable, visits: _Visits, x: jnp.ndarray) -> jnp.ndarray:
     a_n, s_n = jnp.sqrt(ab_next[i]), jnp.sqrt(1.0 - ab_next[i])
     s_t = jnp.sqrt(1.0 - ab_cur[i])
     x_next = (s_n / s_t) * x - a_n * jnp.expm1(-h) * d
-    x_next = jnp.where(i == last, x0, x_next)
+    x_next = project(jnp.where(i == last, x0, x_next), a_n, s_n)
     return (x_next, x0, h), None
 
   # h_prev starts as a float32 1 (not a default-dtype one, which is float64 under
@@ -233,7 +264,7 @@ def flow_times(num_steps: int) -> np.ndarray:
 
 def sample_flow(denoise_fn: GuidedDenoiseFn, x_1: jnp.ndarray, *, sampler: str,
                 num_steps: int, num_timesteps: int, guidance_scale: float = 1.0,
-                clip_x0: float | None = None) -> jnp.ndarray:
+                clip_x0: float | None = None, known: Known | None = None) -> jnp.ndarray:
   """Draws x0 from noise x_1 by integrating a rectified-flow velocity from t = 1 to t = 0.
 
   Args:
@@ -251,6 +282,7 @@ def sample_flow(denoise_fn: GuidedDenoiseFn, x_1: jnp.ndarray, *, sampler: str,
       at a fixed x_t, x0 and eps are affine in it, so this is the same guidance on them).
     clip_x0: if set, the predicted x0 = x - t v is clipped to [-clip_x0, clip_x0] and the
       velocity recomputed from it, (x - x0) / t (t > 0 wherever the model is queried).
+    known: if set, inpainting (`Known`; x_t = (1 - t) x0 + t x_1 on the flow's path).
 
   Returns:
     x0 samples, same shape and dtype as x_1.
@@ -259,6 +291,7 @@ def sample_flow(denoise_fn: GuidedDenoiseFn, x_1: jnp.ndarray, *, sampler: str,
     raise ValueError(f'unknown flow sampler {sampler!r}; allowed: {FLOW_SAMPLERS}')
   ts = jnp.asarray(flow_times(num_steps))
   batch = x_1.shape[0]
+  project = _projector(known, x_1)
 
   def velocity(x, t):
     model_t = jnp.full((batch,), schedules.flow_model_time(t, num_timesteps), jnp.float32)
@@ -274,19 +307,20 @@ def sample_flow(denoise_fn: GuidedDenoiseFn, x_1: jnp.ndarray, *, sampler: str,
     x_next = x + (t_next - t) * v
     if sampler == 'heun':
       x_next = x + (t_next - t) * 0.5 * (v + velocity(x_next, t_next))
-    return x_next, None
+    return project(x_next, 1.0 - t_next, t_next), None
 
   x = x_1.astype(jnp.float32)
   # Heun's steps all end at t > 0 but the last; that one is the Euler step below.
   x, _ = jax.lax.scan(step, x, jnp.arange(num_steps - 1))
   x = x + (ts[-1] - ts[-2]) * velocity(x, ts[-2])
-  return x.astype(x_1.dtype)
+  return project(x, 1.0, 0.0).astype(x_1.dtype)
 
 
 def sample_objective(denoise_fn: GuidedDenoiseFn, x_T: jnp.ndarray,  # pylint: disable=invalid-name
                      rng: jax.Array, alpha_bar: jnp.ndarray, *, objective: str, sampler: str,
                      num_steps: int, prediction: str = 'eps', guidance_scale: float = 1.0,
-                     eta: float | None = None, clip_x0: float | None = None) -> jnp.ndarray:
+                     eta: float | None = None, clip_x0: float | None = None,
+                     known: Known | None = None) -> jnp.ndarray:
   """`sample` for objective 'diffusion', `sample_flow` for 'flow' (N = alpha_bar's length).
 
   Raises errors.ConfigError if `sampler` does not belong to `objective` (`check_objective`),
@@ -296,9 +330,9 @@ def sample_objective(denoise_fn: GuidedDenoiseFn, x_T: jnp.ndarray,  # pylint: d
   if objective == 'diffusion':
     return sample(denoise_fn, x_T, rng, alpha_bar, sampler=sampler, num_steps=num_steps,
                   prediction=prediction, guidance_scale=guidance_scale, eta=eta,
-                  clip_x0=clip_x0)
+                  clip_x0=clip_x0, known=known)
   if eta not in (None, 0.0):
     raise ValueError(f'eta={eta} is only used by the ddim sampler; {sampler!r} is deterministic')
   return sample_flow(denoise_fn, x_T, sampler=sampler, num_steps=num_steps,
                      num_timesteps=alpha_bar.shape[0], guidance_scale=guidance_scale,
-                     clip_x0=clip_x0)
+                     clip_x0=clip_x0, known=known)
