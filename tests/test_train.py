@@ -235,26 +235,81 @@ def test_generate_for_a_test_clip(msa_workdir, tmp_path):
   assert 0 <= out['onset_hit@100ms'] <= 100 and out['true_onsets']
 
 
+def _generate(workdir, *flags):
+  return subprocess.run([sys.executable, '-m', 'gmscavp_jax.generate', f'--workdir={workdir}',
+                         '--sampler=ddim', '--steps=3', *flags], cwd=ROOT,
+                        capture_output=True, text=True, timeout=300)
+
+
+def _two_clips(config, path):
+  clips = [pipeline.make_source(config, 'test')[i] for i in (0, 1)]
+  media_writing.write_video(path, np.concatenate([c['frames'] for c in clips]), config.data.fps,
+                            np.concatenate([c['waveform'] for c in clips]),
+                            config.audio.sample_rate)
+  return clips
+
+
 def test_generate_cli_on_an_mp4_and_its_errors(msa_workdir, tmp_path):
   workdir, _ = msa_workdir
   config = config_io.load_config(workdir)
-  # A video twice the clip length with sound: the CLI takes the window at --start_seconds.
-  clips = [pipeline.make_source(config, 'test')[i] for i in (0, 1)]
   video = str(tmp_path / 'long.mp4')
-  media_writing.write_video(video, np.concatenate([c['frames'] for c in clips]), config.data.fps,
-                    np.concatenate([c['waveform'] for c in clips]), config.audio.sample_rate)
+  clips = _two_clips(config, video)  # Twice the clip length, with sound.
+  # A span of one clip: the single-clip outputs, with the spectrogram beside the real one.
   out_dir = tmp_path / 'out'
-  r = subprocess.run([sys.executable, '-m', 'gmscavp_jax.generate', f'--workdir={workdir}',
-                      f'--video={video}', f'--output_dir={out_dir}', '--start_seconds=1.0',
-                      '--sampler=ddim', '--steps=3'], cwd=ROOT, capture_output=True, text=True,
-                     timeout=300)
+  r = _generate(workdir, f'--video={video}', f'--output_dir={out_dir}', '--start_seconds=0.5',
+                '--duration=1.0')
   assert r.returncode == 0, r.stderr[-3000:]
   assert sorted(os.listdir(out_dir)) == ['long.mp4', 'long.wav', 'long_spectrogram.png']
-  # Too short for the clip length: one line naming the file and the reason, exit status 1.
+  # The whole video: overlapping windows (8 frames, hop 6: 3 of them) give one soundtrack.
+  whole = tmp_path / 'whole'
+  r = _generate(workdir, f'--video={video}', f'--output_dir={whole}')
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert '2.0 s of audio from 3 windows' in r.stdout
+  rate, wave = scipy.io.wavfile.read(whole / 'long.wav')
+  assert rate == config.audio.sample_rate and len(wave) == 2 * rate
+  with av.open(str(whole / 'long.mp4')) as container:
+    assert container.streams.video[0].frames == 16 and len(container.streams.audio) == 1
+  # Shorter than a clip: a soundtrack of its own length.
   short = str(tmp_path / 'short.mp4')
   media_writing.write_video(short, clips[0]['frames'][:3], config.data.fps)
-  r = subprocess.run([sys.executable, '-m', 'gmscavp_jax.generate', f'--workdir={workdir}',
-                      f'--video={short}', f'--output_dir={out_dir}'], cwd=ROOT,
-                     capture_output=True, text=True, timeout=300)
+  r = _generate(workdir, f'--video={short}', f'--output_dir={whole}')
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert len(scipy.io.wavfile.read(whole / 'short.wav')[1]) == 3 * rate // 8
+  # Not a video: one line naming the file and the reason, exit status 1.
+  junk = tmp_path / 'junk.mp4'
+  junk.write_bytes(b'not a video at all')
+  r = _generate(workdir, f'--video={junk}', f'--output_dir={out_dir}')
   assert r.returncode == 1, r.stderr[-2000:]
-  assert 'short.mp4' in r.stderr and 'too short' in r.stderr and 'Traceback' not in r.stderr
+  assert 'junk.mp4' in r.stderr and 'cannot be decoded' in r.stderr
+  assert 'Traceback' not in r.stderr
+
+
+def test_generate_for_a_folder_skips_bad_files_and_resumes(msa_workdir, tmp_path):
+  workdir, _ = msa_workdir
+  config = config_io.load_config(workdir)
+  folder = tmp_path / 'videos'
+  (folder / 'sub').mkdir(parents=True)
+  _two_clips(config, str(folder / 'two.mp4'))
+  record = pipeline.make_source(config, 'test')[2]
+  media_writing.write_video(str(folder / 'sub' / 'one.mov'), record['frames'], config.data.fps)
+  media_writing.write_video(str(folder / 'sub' / 'half.mp4'), record['frames'][:4],
+                            config.data.fps)
+  (folder / 'empty.mp4').write_bytes(b'')
+  data = (folder / 'two.mp4').read_bytes()
+  (folder / 'sub' / 'cut.mp4').write_bytes(data[:len(data) // 2])
+  (folder / 'notes.txt').write_text('not a video')
+  out = tmp_path / 'out'
+  r = _generate(workdir, f'--videos={folder}', f'--output_dir={out}', '--batch=2')
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert '5 videos: 3 done now, 0 skipped' in r.stdout and '2 failed' in r.stdout
+  with open(out / 'report.json') as f:
+    report = json.load(f)
+  assert sorted(os.path.basename(e['video']) for e in report['failed']) == ['cut.mp4',
+                                                                            'empty.mp4']
+  assert report['windows'] == 3 + 1 + 1
+  for name, seconds in (('two', 2.0), ('sub/one', 1.0), ('sub/half', 0.5)):
+    rate, wave = scipy.io.wavfile.read(out / f'{name}.wav')
+    assert len(wave) == seconds * rate and (out / f'{name}.mp4').exists()
+  r = _generate(workdir, f'--videos={folder}', f'--output_dir={out}')
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert '5 videos: 0 done now, 5 skipped' in r.stdout and '0 windows' in r.stdout

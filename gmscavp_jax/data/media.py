@@ -20,7 +20,7 @@ from av.video.reformatter import VideoReformatter
 
 # Containers round timestamps (millisecond time bases are common), so a frame stamped up to
 # this much after a sampling time still counts as "at" it.
-_TIME_SLACK_S = 1e-3
+TIME_SLACK_S = 1e-3
 # Data that ends this much before the duration the container declares is a truncated file.
 # Generous: without per-stream durations (Matroska) the container's duration is that of its
 # longest stream, and an AAC frame lasts 128 ms at 8 kHz.
@@ -124,7 +124,7 @@ def _check_iso_boxes(path: str, size: int) -> None:
     raise TruncatedError(path, "is truncated: it has media data but no 'moov' index box")
 
 
-def _open(path, start_seconds: float = 0.0):
+def open_media(path, start_seconds: float = 0.0):
   """av.open for reading, after checks; FFmpeg's errors become typed MediaErrors."""
   path = os.fspath(path)
   if not os.path.isfile(path):
@@ -142,12 +142,12 @@ def _open(path, start_seconds: float = 0.0):
                         f'({e.strerror or e})') from e
 
 
-def _origin_seconds(container) -> float:
+def origin_seconds(container) -> float:
   """The container's start time in seconds (0 if unknown): time 0 of every stream."""
   return container.start_time / av.time_base if container.start_time is not None else 0.0
 
 
-def _declared_end(container, stream, origin: float) -> float | None:
+def declared_end(container, stream, origin: float) -> float | None:
   """Where the container says `stream` ends, in seconds from time 0 (None if it does not)."""
   if stream.duration is not None and stream.time_base is not None:
     start = float((stream.start_time or 0) * stream.time_base) - origin
@@ -159,17 +159,18 @@ def _declared_end(container, stream, origin: float) -> float | None:
 
 def _check_complete(path, container, stream, origin: float, data_end: float, kind: str):
   """Raises TruncatedError if a fully decoded stream ends well before its declared end."""
-  declared = _declared_end(container, stream, origin)
+  declared = declared_end(container, stream, origin)
   if declared is not None and declared - data_end > _TRUNCATION_SLACK_S:
     raise TruncatedError(path, f'is truncated: the container says the {kind} lasts '
                          f'{declared:.3f} s but its data ends at {data_end:.3f} s')
 
 
-def _decode_failed(path, e: Exception, time: float) -> TruncatedError:
+def decode_failed(path, e: Exception, time: float) -> TruncatedError:
+  """The error for FFmpeg failing (`e`) `time` seconds into the stream of `path`."""
   return TruncatedError(path, f'is corrupt: decoding failed after {time:.3f} s ({e})')
 
 
-def _resize_and_crop(frame: av.VideoFrame, size: int,
+def resize_and_crop(frame: av.VideoFrame, size: int,
                      reformatter: VideoReformatter) -> np.ndarray:
   """Shorter side scaled to `size` (area averaging), centre crop to (size, size, 3) uint8.
 
@@ -193,13 +194,13 @@ def _decode_video(path, num_frames: int, fps: float, image_size: int, start_seco
                      'be positive')
   path = os.fspath(path)
   targets = start_seconds + np.arange(num_frames) / fps
-  with _open(path, start_seconds) as container:
+  with open_media(path, start_seconds) as container:
     if not container.streams.video:
       raise NoVideoStreamError(path, 'has no video stream')
     stream = container.streams.video[0]
     stream.thread_type = 'AUTO'
     reformatter = VideoReformatter()
-    origin = _origin_seconds(container)
+    origin = origin_seconds(container)
     default_duration = 1.0 / float(stream.average_rate) if stream.average_rate else 0.0
     picks = []  # Output frames, in order.
     previous, previous_image, end, exhausted = None, None, 0.0, True
@@ -209,9 +210,9 @@ def _decode_video(path, num_frames: int, fps: float, image_size: int, start_seco
         if previous is None:
           previous = frame  # Times before the first frame (a late-starting stream) take it.
         # Every target before this frame gets the previous one; only those are converted.
-        while len(picks) < num_frames and targets[len(picks)] < time - _TIME_SLACK_S:
+        while len(picks) < num_frames and targets[len(picks)] < time - TIME_SLACK_S:
           if previous_image is None:
-            previous_image = _resize_and_crop(previous, image_size, reformatter)
+            previous_image = resize_and_crop(previous, image_size, reformatter)
           picks.append(previous_image)
         if len(picks) == num_frames:
           exhausted = False
@@ -223,15 +224,15 @@ def _decode_video(path, num_frames: int, fps: float, image_size: int, start_seco
         duration = float(duration * frame.time_base) if duration else 0.0
         end = time + (duration or default_duration)
     except av.error.FFmpegError as e:
-      raise _decode_failed(path, e, end) from e
+      raise decode_failed(path, e, end) from e
     if exhausted:
       _check_complete(path, container, stream, origin, end, 'video')
     if previous is None:
       raise NoVideoStreamError(path, 'has no decodable video frames')
     # Targets after the last decoded frame are valid only while that frame lasts.
-    while len(picks) < num_frames and targets[len(picks)] < end - _TIME_SLACK_S:
+    while len(picks) < num_frames and targets[len(picks)] < end - TIME_SLACK_S:
       if previous_image is None:
-        previous_image = _resize_and_crop(previous, image_size, reformatter)
+        previous_image = resize_and_crop(previous, image_size, reformatter)
       picks.append(previous_image)
     padding = num_frames - len(picks)
     if padding > max_pad_frames:
@@ -243,7 +244,7 @@ def _decode_video(path, num_frames: int, fps: float, image_size: int, start_seco
           available_seconds=max(end - start_seconds, 0.0), needed_seconds=needed - start_seconds)
     if padding:  # Within the tolerance: the last frame lasts a little longer.
       picks += [previous_image if previous_image is not None else
-                _resize_and_crop(previous, image_size, reformatter)] * padding
+                resize_and_crop(previous, image_size, reformatter)] * padding
   return np.stack(picks), padding
 
 
@@ -259,11 +260,11 @@ def _decode_audio(path, sample_rate: int, num_samples: int, start_seconds: float
     raise ValueError(f'sample_rate={sample_rate} and num_samples={num_samples} must be positive')
   path = os.fspath(path)
   first = int(round(start_seconds * sample_rate))
-  with _open(path, start_seconds) as container:
+  with open_media(path, start_seconds) as container:
     if not container.streams.audio:
       raise NoAudioStreamError(path, 'has no audio stream')
     stream = container.streams.audio[0]
-    origin = _origin_seconds(container)
+    origin = origin_seconds(container)
     chunks, have, head, started = [], 0, 0, False
     resampler, setup, exhausted = None, None, True
     try:
@@ -293,11 +294,11 @@ def _decode_audio(path, sample_rate: int, num_samples: int, start_seconds: float
         if resampler is not None:
           chunks += _to_mono(resampler.resample(None))  # What the resampler holds back.
     except av.error.FFmpegError as e:
-      raise _decode_failed(path, e, max(have - head, 0) / sample_rate) from e
+      raise decode_failed(path, e, max(have - head, 0) / sample_rate) from e
     waveform = np.concatenate(chunks or [np.zeros(0, np.float32)])[head:]
     if exhausted:
       _check_complete(path, container, stream, origin, waveform.size / sample_rate, 'audio')
-    end = _declared_end(container, stream, origin)
+    end = declared_end(container, stream, origin)
     if end is not None:
       # Decoders also return the encoder's padding of the last frame (up to 1024 samples of
       # AAC); the declared duration says where the real audio ends.

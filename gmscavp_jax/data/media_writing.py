@@ -28,7 +28,7 @@ def _safe_level(waveform: np.ndarray) -> np.ndarray:
   return waveform * np.float32(_SAFE_PEAK / peak) if peak > 1.0 else waveform
 
 
-def _make_parent(path) -> str:
+def make_parent(path) -> str:
   """Creates the parent directory of `path` if needed; returns `path` as a str."""
   path = os.fspath(path)
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -43,7 +43,7 @@ def write_wav(path: str | os.PathLike, waveform: np.ndarray, sample_rate: int) -
   """
   waveform = _safe_level(waveform)
   pcm = np.round(np.clip(waveform, -1.0, 1.0) * 32767.0).astype(np.int16)
-  scipy.io.wavfile.write(_make_parent(path), int(sample_rate), pcm)
+  scipy.io.wavfile.write(make_parent(path), int(sample_rate), pcm)
 
 
 @functools.lru_cache(maxsize=None)
@@ -61,7 +61,7 @@ def default_video_codec() -> str:
   return 'libx264' if has_encoder('libx264') else 'mpeg4'
 
 
-def _aac_rate(sample_rate: int) -> int:
+def aac_rate(sample_rate: int) -> int:
   """`sample_rate` if the AAC encoder takes it, else the next supported rate above it."""
   rates = sorted(av.codec.Codec(_AUDIO_ENCODER, 'w').audio_rates or ())
   if not rates or sample_rate in rates:
@@ -94,7 +94,7 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float,
   frames = np.pad(frames, ((0, 0), (0, height % 2), (0, width % 2), (0, 0)), mode='edge')
   rate = Fraction(fps).limit_denominator(1_000_000)  # Keeps NTSC's 30000/1001 exact.
   codec = video_codec or default_video_codec()
-  with av.open(_make_parent(path), 'w', format='mp4') as container:
+  with av.open(make_parent(path), 'w', format='mp4') as container:
     video = container.add_stream(codec, rate=rate)
     video.height, video.width = frames.shape[1:3]
     video.pix_fmt = 'yuv420p'
@@ -111,7 +111,7 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float,
       num_samples = media.clip_num_samples(len(frames), float(rate), sample_rate)
       waveform = _safe_level(waveform)[:num_samples]
       waveform = np.pad(waveform, (0, num_samples - waveform.size))
-      audio_rate = _aac_rate(int(sample_rate))
+      audio_rate = aac_rate(int(sample_rate))
       audio = container.add_stream(_AUDIO_ENCODER, rate=audio_rate, layout='mono')
     # The stream's time base is 1 / rate, so frame i's pts is i and the last frame lasts
     # 1 / fps: the video stream's duration is exactly T / fps.

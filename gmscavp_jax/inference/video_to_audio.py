@@ -78,6 +78,11 @@ class Soundtracker:
     return load_clip(self.config, video=video, test_index=test_index,
                      start_seconds=start_seconds)
 
+  def generate_batch(self, frames: np.ndarray, *, seed: int = 0, **kwargs) -> np.ndarray:
+    """Log-mels (N,Ta,F) for videos (N,T,H,W,3): `sampling.Generator.generate` with this
+    workdir's params (kwargs: its known_mel/known_mask and sampler settings)."""
+    return self._generator.generate(self.params, frames, seed=seed, **kwargs)
+
   def write(self, clip: dict, output_dir: str, *, seed: int = 0,
             progress: Callable[[str], None] | None = None, **sampler_args) -> dict:
     """Generates a soundtrack for `clip` (`load_clip`'s dict) and writes its files.

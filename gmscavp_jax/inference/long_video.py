@@ -1,0 +1,260 @@
+"""Soundtracks for whole videos of any length, one video or a folder of them at once.
+
+A video is cut into windows of the training clip's length that overlap by `overlap_seconds`.
+Window k + 1 is sampled knowing the end of window k: the overlap's log-mel frames are
+inpainted (samplers.Known) with a mask that holds the first half of the overlap and fades
+over the second, so the new window continues the old one and the join is blended. Each
+window is vocoded on its own and the waveforms are cross-faded (equal power) over the
+overlap. Frames are decoded as windows need them and audio is written as it is made, so
+memory is that of one window per video, whatever the length.
+
+Videos are processed in lockstep: window k of up to `batch` videos goes through the sampler
+in one call, and a finished video's slot takes the next one, so a folder keeps the batch full.
+"""
+
+from collections.abc import Callable, Iterator
+import dataclasses
+import functools
+import math
+import os
+
+import jax
+import numpy as np
+
+from gmscavp_jax.data import media
+from gmscavp_jax.data import media_stream
+from gmscavp_jax.data import vocoder
+from gmscavp_jax.infra import errors
+
+
+@dataclasses.dataclass(frozen=True)
+class Windows:
+  """How a config's clips tile a long video: `frames` (T) video frames per window at `fps`,
+  `hop` frames between window starts, `mel_per_frame` log-mel frames per video frame and
+  `samples_per_frame` audio samples per video frame."""
+  frames: int
+  hop: int
+  fps: float
+  mel_per_frame: int
+  samples_per_frame: int
+
+  @property
+  def overlap(self) -> int:
+    """Video frames shared by consecutive windows."""
+    return self.frames - self.hop
+
+  def count(self, total_frames: int) -> int:
+    """Windows needed to cover `total_frames` (the last is padded with the last frame)."""
+    return 1 + max(0, math.ceil((total_frames - self.frames) / self.hop))
+
+  def known_mask(self) -> np.ndarray:
+    """(Ta,) float32: 1 over the first half of the overlap, a raised-cosine fade to 0 over
+    the second half, 0 after it: what window k + 1 keeps of window k's log-mel."""
+    ta, n = self.frames * self.mel_per_frame, self.overlap * self.mel_per_frame
+    mask, held = np.zeros((ta,), np.float32), n // 2
+    mask[:held] = 1.0
+    fade = n - held
+    mask[held:n] = 0.5 * (1.0 + np.cos(np.pi * (np.arange(fade) + 1) / (fade + 1)))
+    return mask
+
+
+def windows(config, overlap_seconds: float | None = None) -> Windows:
+  """The `Windows` of `config`'s clips; overlap default: a quarter of the clip, in frames.
+
+  Raises errors.ConfigError if the overlap is not between one frame and half a clip, or if a
+  video frame is not a whole number of log-mel frames (the windows' log-mels must line up).
+  """
+  d, a = config.data, config.audio
+  t = int(d.num_frames)
+  overlap = t // 4 if overlap_seconds is None else int(round(overlap_seconds * d.fps))
+  if not 1 <= overlap <= t // 2:
+    raise errors.ConfigError(
+        f'--overlap_seconds={overlap_seconds}: expected between one frame ({1 / d.fps:g} s) and '
+        f'half a clip ({t // 2 / d.fps:g} s)')
+  samples = a.sample_rate / d.fps
+  if samples != int(samples) or int(samples) % a.hop_length:
+    raise errors.ConfigError(
+        f'audio.sample_rate / data.fps = {samples:g} samples per video frame is not a multiple '
+        f'of audio.hop_length={a.hop_length}: long videos need windows whose log-mels line up')
+  return Windows(frames=t, hop=t - overlap, fps=float(d.fps),
+                 mel_per_frame=int(samples) // a.hop_length, samples_per_frame=int(samples))
+
+
+@dataclasses.dataclass
+class Job:
+  """One video to give a soundtrack: `video` in, `wav` and `mp4` out, from `start_seconds`
+  for `duration` seconds (None: to the end)."""
+  video: str
+  wav: str
+  mp4: str
+  start_seconds: float = 0.0
+  duration: float | None = None
+
+
+def _equal_power(old: np.ndarray, new: np.ndarray) -> np.ndarray:
+  """Cross-fade of two (S,) signals: cos^2 + sin^2 = 1 keeps the power of uncorrelated ones
+  (two Griffin-Lim phases of one log-mel are)."""
+  w = (np.arange(old.size) + 0.5) / old.size * (np.pi / 2)
+  return old * np.cos(w) + new * np.sin(w)
+
+
+class Track:
+  """One video on its way through the windows: its frames, its previous window and its
+  audio so far. Created by `open_track`; the runner calls `next_window` and `add`."""
+
+  def __init__(self, job: Job, config, geometry: Windows):
+    self.job, self.geometry = job, geometry
+    d = config.data
+    available = media_stream.probe_duration(job.video) - job.start_seconds
+    if available <= 0:
+      raise media.TooShortError(job.video, f'lasts {available + job.start_seconds:.3f} s, '
+                                f'less than --start_seconds={job.start_seconds:g}')
+    seconds = available if job.duration is None else min(available, job.duration)
+    self.total_frames = max(1, int(math.floor(seconds * d.fps + media.TIME_SLACK_S)))
+    self.num_windows = geometry.count(self.total_frames)
+    self.end_seconds = job.start_seconds + self.total_frames / d.fps
+    self._frames: Iterator[np.ndarray] = media_stream.iter_frames(
+        job.video, fps=d.fps, image_size=d.image_size, start_seconds=job.start_seconds,
+        end_seconds=self.end_seconds)
+    self._buffer: list[np.ndarray] = []
+    self._last_frame = None
+    self.index, self.prev_mel, self._tail = 0, None, np.zeros((0,), np.float32)
+    self._wav = media_stream.WavWriter(job.wav + '.partial', config.audio.sample_rate)
+
+  def next_window(self) -> np.ndarray:
+    """(T, H, W, 3) uint8 frames of the current window (past the video's end: its last
+    frame repeated). Raises media.MediaError if the video turns out corrupt."""
+    g = self.geometry
+    keep = self._buffer[g.hop:] if self.index else []
+    while len(keep) < g.frames:
+      frame = next(self._frames, None)
+      if frame is None:
+        if self._last_frame is None:
+          raise media.NoVideoStreamError(self.job.video, 'has no decodable video frames')
+        frame = self._last_frame
+      self._last_frame = frame
+      keep.append(frame)
+    self._buffer = keep
+    return np.stack(keep)
+
+  def known(self) -> tuple[np.ndarray | None, np.ndarray]:
+    """(known_mel (Ta,F) or None, mask (Ta,)) for the current window: the previous window's
+    log-mel from its hop on with `Windows.known_mask`; (None, zeros) for the first window."""
+    g = self.geometry
+    if self.prev_mel is None:
+      return None, np.zeros((g.frames * g.mel_per_frame,), np.float32)
+    shift = g.hop * g.mel_per_frame
+    mel = np.concatenate([self.prev_mel[shift:], np.zeros_like(self.prev_mel[:shift])])
+    return mel, g.known_mask()
+
+  @property
+  def clipped(self) -> int:
+    """Audio samples clipped so far (beyond [-1, 1])."""
+    return self._wav.clipped
+
+  def add(self, mel: np.ndarray, wave: np.ndarray) -> bool:
+    """Takes the current window's log-mel (Ta,F) and waveform (T * spf,); writes the audio
+    that no later window changes. Returns True when the video is complete."""
+    g, spf = self.geometry, self.geometry.samples_per_frame
+    overlap, hop = g.overlap * spf, g.hop * spf
+    start = 0
+    if self.index:  # The previous window's tail and this window's head cover the same time.
+      self._write(_equal_power(self._tail, wave[:overlap]))
+      start = overlap
+    last = self.index == self.num_windows - 1
+    self._write(wave[start:] if last else wave[start:hop])
+    self._tail = wave[hop:]
+    self.prev_mel, self.index = mel, self.index + 1
+    return last
+
+  def _write(self, wave: np.ndarray) -> None:
+    """Writes up to the video's end (later samples belong to padded frames)."""
+    spf = self.geometry.samples_per_frame
+    room = self.total_frames * spf - self._wav.num_samples
+    self._wav.write(wave[:max(room, 0)])
+
+  def finish(self, config) -> None:
+    """Closes the WAV, muxes the mp4, and renames both into place (a rerun skips them)."""
+    self._wav.close()
+    d = config.data
+    media_stream.mux_soundtrack(self.job.video, self._wav.path, self.job.mp4 + '.partial',
+                                fps=d.fps, image_size=d.image_size,
+                                start_seconds=self.job.start_seconds,
+                                end_seconds=self.end_seconds)
+    os.replace(self._wav.path, self.job.wav)
+    os.replace(self.job.mp4 + '.partial', self.job.mp4)
+
+  def abandon(self) -> None:
+    """Removes the partial files of a video that failed."""
+    self._wav.close()
+    for path in (self._wav.path, self.job.mp4 + '.partial'):
+      if os.path.exists(path):
+        os.remove(path)
+
+
+def run(soundtracker, jobs: list[Job], *, batch: int, overlap_seconds: float | None = None,
+        seed: int = 0, on_window: Callable[[int], None] | None = None,
+        on_done: Callable[[Job, dict], None] | None = None,
+        on_failed: Callable[[Job, media.MediaError], None] | None = None, **sampler_args) -> None:
+  """Gives every job's video a whole soundtrack with `soundtracker`'s generator.
+
+  Up to `batch` videos share each sampler call (window k of each; the batch keeps one
+  shape, idle rows padded, so one program serves the whole run). `on_window(n)` is called
+  after each call with the n windows it made, `on_done(job, info)` when a video's files are
+  in place (info: 'windows', 'seconds' of audio, 'clipped' samples), `on_failed(job, error)`
+  for a video that cannot be read (its partial files removed; the others go on).
+  `sampler_args` are `sampling.Generator.generate`'s.
+  """
+  config = soundtracker.config
+  geometry = windows(config, overlap_seconds)
+  on_window = on_window or (lambda n: None)
+  on_done = on_done or (lambda job, info: None)
+  on_failed = on_failed or (lambda job, error: None)
+  ta, f = geometry.frames * geometry.mel_per_frame, config.audio.n_mels
+  vocode = jax.jit(functools.partial(vocoder.griffin_lim_from_config, audio_cfg=config.audio,
+                                     num_iters=config.eval.griffin_lim_iters))
+  pending, slots = list(reversed(jobs)), [None] * batch
+  round_index = 0
+  while True:
+    inputs = []
+    for i in range(batch):
+      while slots[i] is None and pending:
+        job = pending.pop()
+        try:
+          slots[i] = Track(job, config, geometry)
+        except media.MediaError as e:
+          on_failed(job, e)
+      if slots[i] is not None:
+        try:
+          frames = slots[i].next_window()
+        except media.MediaError as e:
+          slots[i].abandon()
+          on_failed(slots[i].job, e)
+          slots[i] = None
+          continue
+        inputs.append((i, frames) + slots[i].known())
+    if not inputs:
+      if pending:
+        continue
+      return
+    size = config.data.image_size
+    frames = np.zeros((batch, geometry.frames, size, size, 3), np.uint8)
+    known_mel = np.zeros((batch, ta, f), np.float32)
+    mask = np.zeros((batch, ta), np.float32)
+    for row, (_, window, mel, m) in enumerate(inputs):
+      frames[row], mask[row] = window, m
+      if mel is not None:
+        known_mel[row] = mel
+    mels = soundtracker.generate_batch(frames, known_mel=known_mel, known_mask=mask,
+                                       seed=seed * 1_000_003 + round_index, **sampler_args)
+    waves = np.asarray(vocode(mels, rng=jax.random.fold_in(jax.random.key(seed), round_index)))
+    round_index += 1
+    for row, (i, *_) in enumerate(inputs):
+      track = slots[i]
+      if track.add(mels[row], waves[row]):
+        track.finish(config)
+        on_done(track.job, {'windows': track.num_windows,
+                            'seconds': track.total_frames / geometry.fps,
+                            'clipped': track.clipped})
+        slots[i] = None
+    on_window(len(inputs))
