@@ -211,6 +211,10 @@ def base_config() -> ml_collections.ConfigDict:
   # min(ema_decay, (1 + n) / (10 + n)) over a group's n updates) that every sampling and
   # embedding of a trained state uses; 0 = off (no EMA in the state or checkpoints).
   c.train.ema_decay = 0.0
+  # Fine-tuning: the workdir of another run whose newest params (its EMA, if it kept one)
+  # start this run, with a fresh optimizer and this run's schedule; '' = a fresh init. Used
+  # only when this workdir has no checkpoint yet (a resumed run keeps its own params).
+  c.train.init_from = ''
 
   # Device mesh (DESIGN §6): mesh.data x mesh.fsdp devices (-1: whatever the other leaves).
   # Batches are split over both axes; params and optimizer state are sharded along 'fsdp'

@@ -189,6 +189,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   train_iter = iter(pipeline.train_loader(config))
   ckpt = checkpointing.Checkpointer(workdir, keep=config.train.keep_checkpoints)
   state, start = _resume(ckpt, state, train_iter, workdir)
+  if start == 0 and config.train.init_from:  # A resumed run keeps its own params.
+    state = state_lib.initialise_from(config.train.init_from, config, state)
 
   train_step = _PhaseSteps(models, txs, config, mesh, state_lib.layout_of(state))
   evaluators = _evaluators(config, mesh, models)

@@ -27,6 +27,7 @@ from gmscavp_jax.evaluators import retrieval
 from gmscavp_jax.inference import retrieval_queries
 from gmscavp_jax.inference import video_to_audio
 from gmscavp_jax.infra import checkpointing
+from gmscavp_jax.infra import errors
 from gmscavp_jax.infra import metrics_io
 from gmscavp_jax.infra import sharding
 from gmscavp_jax import train
@@ -313,3 +314,31 @@ def test_generate_for_a_folder_skips_bad_files_and_resumes(msa_workdir, tmp_path
   r = _generate(workdir, f'--videos={folder}', f'--output_dir={out}')
   assert r.returncode == 0, r.stderr[-3000:]
   assert '5 videos: 0 done now, 5 skipped' in r.stdout and '0 windows' in r.stdout
+
+
+def test_fine_tune_from_another_run_with_frozen_encoders(msa_workdir, tmp_path):
+  """train.init_from: the source's newest params start the run, the optimizer is fresh; with
+  diffusion.encoder_steps=0 only the denoiser trains, so the encoders stay the source's."""
+  source, _ = msa_workdir
+  source_params = state_lib.restore_params(
+      source, config_io.load_config(source),
+      sharding.mesh_from_config(config_io.load_config(source)))[1]
+  config = tiny_config('msa', **{'train.init_from': source, 'diffusion.encoder_steps': 0,
+                                 'train.num_steps': 2, 'train.eval_every_steps': 100})
+  workdir = str(tmp_path / 'tuned')
+  train.train_and_evaluate(config, workdir)
+  tuned = state_lib.restore_params(workdir, config, sharding.mesh_from_config(config))
+  assert tuned[2] == 2
+  same = jax.tree.map(np.array_equal, tuned[1]['encoders'], source_params['encoders'])
+  assert all(jax.tree.leaves(same))
+  moved = jax.tree.map(lambda a, b: not np.array_equal(a, b), tuned[1]['denoiser'],
+                       source_params['denoiser'])
+  assert any(jax.tree.leaves(moved))
+  # Another model's params do not fit: one error naming the differing field.
+  wider = tiny_config('msa', **{'train.init_from': source, 'unet.widths': (16, 48)})
+  with pytest.raises(errors.ConfigError, match=r'init_from.*unet\.widths: \(16, 32\) vs '
+                                                r'\(16, 48\)'):
+    train.train_and_evaluate(wider, str(tmp_path / 'wider'))
+  with pytest.raises(errors.ConfigError, match='train.init_from'):
+    train.train_and_evaluate(tiny_config('msa', **{'train.init_from': str(tmp_path)}),
+                             str(tmp_path / 'none'))

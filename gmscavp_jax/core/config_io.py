@@ -43,6 +43,7 @@ _ADDED = {
     'train.remat': 'none',
     'train.bidirectional_interval': 0,
     'train.ema_decay': 0.0,
+    'train.init_from': '',
     'unet.label_condition': False,
     'model.video_stem': 'patchify',
     'loss.video_class_weight': 0.0,

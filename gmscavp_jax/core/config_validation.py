@@ -5,6 +5,7 @@ ml_collections already rejects unknown fields and wrong types on the command lin
 between fields that a type cannot express.
 """
 
+import os
 import re
 
 import ml_collections
@@ -135,6 +136,9 @@ def _validate_train(t: ml_collections.ConfigDict) -> None:
   _require(t.compute_dtype in COMPUTE_DTYPES, 'train.compute_dtype', f'one of {COMPUTE_DTYPES}',
            t.compute_dtype)
   _require(t.remat in REMAT_POLICIES, 'train.remat', f'one of {REMAT_POLICIES}', t.remat)
+  _require(not t.init_from or os.path.isfile(os.path.join(t.init_from, 'config.json')),
+           'train.init_from', "'' or the workdir of a training run (with config.json)",
+           t.init_from)
 
 
 def _validate_mesh(mesh: ml_collections.ConfigDict) -> None:
@@ -239,8 +243,15 @@ def _validate_generator(config: ml_collections.ConfigDict, num_scales: int) -> N
   if d.training == 'frozen':
     # The contrastive stage's length (phases.encoder_stage_end); longer than train.num_steps
     # is allowed.
-    _require(d.encoder_steps > 0, 'diffusion.encoder_steps',
-             'a positive length of the contrastive stage', d.encoder_steps)
+    # 0 (the generator stage from step 1, encoders frozen) needs encoders trained elsewhere.
+    if config.train.init_from:
+      _require(d.encoder_steps >= 0, 'diffusion.encoder_steps',
+               'a length >= 0 of the contrastive stage (0: fine-tune the denoiser alone on '
+               'the encoders of train.init_from)', d.encoder_steps)
+    else:
+      _require(d.encoder_steps > 0, 'diffusion.encoder_steps',
+               'a positive length of the contrastive stage (0 only with train.init_from)',
+               d.encoder_steps)
   _require(d.schedule in ('linear', 'cosine'), 'diffusion.schedule', "'linear' or 'cosine'",
            d.schedule)
   _require(d.num_timesteps >= 2, 'diffusion.num_timesteps', 'at least 2', d.num_timesteps)

@@ -4,14 +4,18 @@
 (`state_shardings`); `jit_train_step` compiles `steps.train_step` for that layout;
 `restore_workdir` (with `restore_params` / `restore_generator`) gives the inference commands
 the newest checkpoint's params to sample and embed with (`train_state.inference_field`: the EMA
-with train.ema_decay > 0), without optimizer state.
+with train.ema_decay > 0), without optimizer state; `initialise_from` starts a fine-tuning run
+from them (train.init_from).
 """
 
 from collections.abc import Callable
 import functools
+import os
 from typing import Any, NamedTuple
 
+from absl import logging
 import jax
+import jax.numpy as jnp
 from jax.sharding import Mesh
 import ml_collections
 
@@ -135,3 +139,60 @@ def restore_workdir(workdir: str, config: ml_collections.ConfigDict | None = Non
   config = config_io.load_config(workdir) if config is None else config
   mesh = sharding.mesh_from_config(config)
   return Restored(config, mesh, *restore(workdir, config, mesh))
+
+
+# What fixes the params' shapes: a run initialised from another must agree on these.
+_SHAPE_SECTIONS = ('model', 'unet', 'a2v')
+_SHAPE_FIELDS = ('data.num_frames', 'data.image_size', 'data.num_classes', 'audio.n_mels',
+                 'train.bidirectional_interval', 'loss.video_class_weight')
+
+
+def _shape_differences(a: ml_collections.ConfigDict, b: ml_collections.ConfigDict) -> list:
+  """'section.field: A vs B' for each shape-fixing field where configs `a` and `b` differ."""
+  paths = list(_SHAPE_FIELDS)
+  for section in _SHAPE_SECTIONS:
+    paths += [f'{section}.{k}' for k in sorted(set(a[section]) | set(b[section]))]
+  out = []
+  for path in paths:
+    section, field = path.split('.')
+    va, vb = a[section].get(field), b[section].get(field)
+    if va != vb:
+      out.append(f'{path}: {va!r} vs {vb!r}')
+  return out
+
+
+def initialise_from(source: str, config: ml_collections.ConfigDict, state):
+  """`state` (a fresh train state) with its params, and their EMA if it keeps one, replaced
+  by the newest params of the workdir `source` (its EMA if it kept one); optimizer state and
+  step stay fresh, so the run has a schedule of its own (fine-tuning).
+
+  Raises errors.ConfigError if `source` is not a trained workdir or its params do not fit
+  this config's models (naming the config fields that differ).
+  """
+  if not os.path.isfile(os.path.join(source, 'config.json')):
+    raise errors.ConfigError(f'config.train.init_from={source!r}: expected the workdir of a '
+                             'training run (with config.json)')
+  source_config = config_io.load_config(source)
+  # Compared before any read: a mismatch is the config's fault, not a damaged checkpoint.
+  theirs = jax.eval_shape(functools.partial(steps.init_params, source_config,
+                                            steps.build_models(source_config)),
+                          _init_key(source_config))
+  shapes = lambda tree: jax.tree.map(lambda x: (x.shape, x.dtype), tree)
+  if shapes(theirs) != shapes(state.params):
+    differing = _shape_differences(source_config, config) or ['none of the model fields']
+    raise errors.ConfigError(
+        f'config.train.init_from={source!r}: its params do not fit this config\'s models; '
+        f'differing fields (source vs this run): {"; ".join(differing)}')
+  ckpt = checkpointing.Checkpointer(source, keep=source_config.train.keep_checkpoints)
+  restored = ckpt.restore_latest_params(checkpointing.abstract_like(state.params),
+                                        field=train_state.inference_field(source_config))
+  ckpt.close()
+  if restored is None:
+    raise errors.ConfigError(f'config.train.init_from={source!r}: no checkpoint there can be '
+                             'restored')
+  params, step = restored
+  logging.info('initialised from %s (checkpoint %d): params restored, optimizer fresh',
+               source, step)
+  if isinstance(state, train_state.EmaTrainState):
+    return state.replace(params=params, ema_params=jax.tree.map(jnp.copy, params))
+  return state.replace(params=params)
