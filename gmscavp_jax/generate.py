@@ -82,8 +82,8 @@ def main(argv):
     _folder(long_args)
     return
   if _VIDEO.value is not None and not cli.run_or_explain(
-      soundtrack_folder.is_one_clip, _WORKDIR.value, _VIDEO.value, _START.value,
-      _DURATION.value):
+      soundtrack_folder.is_one_clip, cli.run_or_explain(config_io.load_config, _WORKDIR.value),
+      _VIDEO.value, _START.value, _DURATION.value):
     out = cli.run_or_explain(soundtrack_folder.soundtrack_video, _WORKDIR.value, _VIDEO.value,
                              _OUTPUT_DIR.value, **long_args)
     print(f"wrote {out['wav']} and {out['mp4']}: {out['seconds']:.1f} s of audio from "

@@ -73,7 +73,7 @@ def _sampler_args(workdir, seed: int = 0) -> tuple:
 
 def test_a_good_upload_gets_a_soundtrack_spectrogram_and_scores(workdir, client, tmp_path):
   # Two test clips back to back with their sound (what demo_bench uploads, by the same
-  # function): the demo takes the window at 0.5 s.
+  # function): the demo gives a soundtrack from 0.5 s to the end, its first clip scored.
   config = config_io.load_config(workdir)
   seconds = 2 * config.data.num_frames / config.data.fps
   video = demo_page.clips_as_upload(workdir, seconds, str(tmp_path / 'two clips.mp4'))
@@ -82,9 +82,11 @@ def test_a_good_upload_gets_a_soundtrack_spectrogram_and_scores(workdir, client,
   mp4, png, original, generated, v2a, a2v, message = client.predict(
       handle_file(video), 0.5, *_sampler_args(workdir, seed=7), api_name='/generate_upload')
   assert message.startswith('Checkpoint 4.'), message
+  assert 'covers the whole video from the start time (1.5 s, 2 overlapping windows)' in message
   with av.open(mp4) as container:
     assert len(container.streams.video) == 1 and len(container.streams.audio) == 1
     assert container.streams.video[0].width == config.data.image_size
+    assert container.streams.video[0].frames == 1.5 * config.data.fps  # All of it from 0.5 s.
   with Image.open(png) as image:
     assert image.width > 200 and image.height > 100
   assert original and generated and os.path.getsize(generated) > 0

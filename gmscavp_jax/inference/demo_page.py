@@ -23,7 +23,9 @@ from gmscavp_jax.data import media
 from gmscavp_jax.data import media_writing
 from gmscavp_jax.data import pipeline
 from gmscavp_jax.diffusion import samplers
+from gmscavp_jax.inference import long_video
 from gmscavp_jax.inference import retrieval_queries
+from gmscavp_jax.inference import soundtrack_folder
 from gmscavp_jax.inference import video_to_audio
 from gmscavp_jax.infra import errors
 
@@ -31,8 +33,8 @@ TITLE = 'GMS-CAVP: a soundtrack for your video'
 # Request folders kept on disk (gradio copies what it serves into its own cache).
 _KEEP_REQUESTS = 8
 # Progress fractions at which each stage of a request starts.
-_STAGES = {'decoding': 0.0, 'sampling': 0.1, 'vocoding': 0.7, 'writing': 0.8,
-           'retrieving': 0.9}
+_STAGES = {'decoding': 0.0, 'sampling': 0.1, 'vocoding': 0.6, 'writing': 0.65,
+           'whole video': 0.7, 'retrieving': 0.9}
 TABLE_HEADERS = ['rank', 'clip', 'class', 'score', 'note']
 
 
@@ -75,6 +77,17 @@ class Backend:
                                        start_seconds=start_seconds)
     out_dir = self._request_dir()
     out = self.soundtracker.write(clip, out_dir, seed=seed, progress=progress, **sampler_args)
+    config = self.soundtracker.config
+    if video is not None and not soundtrack_folder.is_one_clip(config, video, start_seconds,
+                                                               None):
+      # Longer than a clip: the video and audio outputs cover all of it from the start time;
+      # the spectrogram, onsets and retrieval stay those of the first window.
+      progress('whole video')
+      name = os.path.join(out_dir, clip['name'] + '_whole')
+      job = long_video.Job(video, name + '.wav', name + '.mp4', start_seconds)
+      info = long_video.run_one(self.soundtracker, job, seed=seed, **sampler_args)
+      out.update(wav=job.wav, mp4=job.mp4, whole_seconds=info['seconds'],
+                 windows=info['windows'])
     out['test_index'] = test_index
     out['original_wav'] = None
     if clip['waveform'] is not None:
@@ -105,6 +118,10 @@ def _summary(out: dict) -> str:
     true = ', '.join(f'{t:.2f}' for t in out['true_onsets']) or 'none'
     text += (f" True onsets (s): {true}; hit-rate at ±100 ms "
              f"{out['onset_hit@100ms']:.1f}%.")
+  if 'whole_seconds' in out:
+    text += (f" The soundtrack covers the whole video from the start time "
+             f"({out['whole_seconds']:.1f} s, {out['windows']} overlapping windows); the "
+             "spectrogram and the tables are those of its first clip.")
   if out['original_wav'] is None:
     text += ' The video has no sound: no original spectrogram, no audio → video retrieval.'
   return text

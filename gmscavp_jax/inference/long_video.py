@@ -258,3 +258,16 @@ def run(soundtracker, jobs: list[Job], *, batch: int, overlap_seconds: float | N
                             'clipped': track.clipped})
         slots[i] = None
     on_window(len(inputs))
+
+
+def run_one(soundtracker, job: Job, *, overlap_seconds: float | None = None, seed: int = 0,
+            on_window: Callable[[int], None] | None = None, **sampler_args) -> dict:
+  """`run` for one job: its on_done info ('windows', 'seconds', 'clipped'); raises the
+  media.MediaError of a video that cannot be read (its partial files removed)."""
+  info, failures = {}, []
+  run(soundtracker, [job], batch=1, overlap_seconds=overlap_seconds, seed=seed,
+      on_window=on_window, on_done=lambda _, i: info.update(i),
+      on_failed=lambda _, error: failures.append(error), **sampler_args)
+  if failures:
+    raise failures[0]
+  return info

@@ -118,11 +118,10 @@ def soundtrack_videos(workdir: str, videos: list[str], folder: str, output_dir: 
   return report
 
 
-def is_one_clip(workdir: str, video: str, start_seconds: float,
-                duration: float | None) -> bool:
-  """Whether the requested span of `video` is exactly one training clip long (then the
+def is_one_clip(config, video: str, start_seconds: float, duration: float | None) -> bool:
+  """Whether the requested span of `video` is exactly one of `config`'s clips long (then the
   single-clip path, with its spectrogram and onsets, applies). Raises media.MediaError."""
-  d = config_io.load_config(workdir).data
+  d = config.data
   seconds = media_stream.probe_duration(video) - start_seconds
   if duration is not None:
     seconds = min(seconds, duration)
@@ -139,16 +138,11 @@ def soundtrack_video(workdir: str, video: str, output_dir: str, *,
   """
   job = _job(video, os.path.dirname(video), output_dir, start_seconds, duration)
   config = config_io.load_config(workdir)
-  long_video.windows(config, overlap_seconds)  # Checks the overlap before the restore.
-  media_stream.probe_duration(video)
-  failures, out = [], {'wav': job.wav, 'mp4': job.mp4}
-
-  with tqdm.tqdm(unit='window', desc=os.path.basename(video)) as bar:
-    long_video.run(video_to_audio.Soundtracker(workdir), [job], batch=1,
-                   overlap_seconds=overlap_seconds, seed=seed, on_window=bar.update,
-                   on_done=lambda _, info: out.update(info),
-                   on_failed=lambda _, error: failures.append(error),
-                   **sampler_args)
-  if failures:
-    raise failures[0]
-  return out
+  geometry = long_video.windows(config, overlap_seconds)  # Checked before the restore.
+  seconds = media_stream.probe_duration(video) - start_seconds
+  total = geometry.count(max(1, int(min(seconds, duration or seconds) * config.data.fps)))
+  with tqdm.tqdm(total=total, unit='window', desc=os.path.basename(video)) as bar:
+    info = long_video.run_one(video_to_audio.Soundtracker(workdir), job,
+                              overlap_seconds=overlap_seconds, seed=seed,
+                              on_window=bar.update, **sampler_args)
+  return {'wav': job.wav, 'mp4': job.mp4, **info}
