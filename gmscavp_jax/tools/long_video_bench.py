@@ -1,0 +1,220 @@
+"""Benchmark of whole-video soundtracks (issue 19): a long mp4 made of test clips back to
+back gets a soundtrack; its joins, onsets and memory are measured against per-clip sampling
+and against naive concatenation of independent windows.
+
+  python -m gmscavp_jax.tools.long_video_bench --workdir=/tmp/msa_msd --out=/tmp/long \
+      --num_clips=150        # 150 runlocal test clips = a 5-minute video
+
+Writes OUT/long.mp4 (with the true audio), OUT/soundtrack/long.{wav,mp4}, OUT/bench.json and
+OUT/joins.png. Joins: the mean absolute log-mel change between consecutive frames of the
+re-analysed soundtrack at the window joins (the first and last frame of each overlap) against
+everywhere else; the same for windows sampled independently and concatenated. Onset F1 at
++-100 ms against the clips' true onsets, for the long soundtrack and for each clip sampled on
+its own, with a bootstrap 95% interval over clips. Peak memory: `--memory_probe` reruns the
+soundtrack for 1/5, all and twice the clips in child processes (ru_maxrss).
+"""
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+from absl import app
+from absl import flags
+import jax
+import numpy as np
+
+from gmscavp_jax import cli
+from gmscavp_jax.core import config_io
+from gmscavp_jax.data import audio
+from gmscavp_jax.data import media_stream
+from gmscavp_jax.data import media_writing
+from gmscavp_jax.data import pipeline
+from gmscavp_jax.data import synthetic
+from gmscavp_jax.data import vocoder
+from gmscavp_jax.evaluators import generation
+from gmscavp_jax.evaluators import metrics
+from gmscavp_jax.inference import long_video
+from gmscavp_jax.inference import soundtrack_folder
+from gmscavp_jax.inference import video_to_audio
+from gmscavp_jax.infra import plotting
+
+_WORKDIR = flags.DEFINE_string('workdir', None, 'A trained msa_msd workdir.')
+_OUT = flags.DEFINE_string('out', None, 'Output folder.')
+_NUM_CLIPS = flags.DEFINE_integer('num_clips', 150, 'Test clips put back to back.')
+_SCENE = flags.DEFINE_enum('scene', 'clips', ['clips', 'continuous'],
+                           "'clips': test clips back to back; 'continuous': one long scene.")
+_MEMORY = flags.DEFINE_bool('memory_probe', True, 'Measure peak memory at three lengths.')
+_ONLY_SOUNDTRACK = flags.DEFINE_string('only_soundtrack', None,
+                                       'Internal: soundtrack this video and print peak RSS.')
+flags.mark_flags_as_required(['workdir', 'out'])
+
+
+def make_long_video(config, path: str, num_clips: int,
+                    scene: str = 'clips') -> tuple[np.ndarray, np.ndarray, list[float]]:
+  """Writes a video of num_clips clip lengths with its true audio to `path`; returns its
+  frames (n*T,H,W,3), waveform (S,) and true onsets (s).
+
+  scene 'clips': test clips 0..n-1 back to back (a cut every clip); 'continuous': one
+  synthetic scene of the same world that lasts the whole time (no cuts).
+  """
+  d = config.data
+  if scene == 'continuous':
+    world = synthetic.SyntheticAVSource(
+        split='test', num_clips=1, seed=d.seed, num_classes=d.num_classes,
+        num_frames=d.num_frames * num_clips, fps=d.fps, image_size=d.image_size,
+        sample_rate=config.audio.sample_rate, max_onsets=64 * num_clips)[0]
+    frames, wave = world['frames'], world['waveform']
+    onsets = [float(t) for t in world['onsets'][:int(world['num_onsets'])]]
+  else:
+    source = pipeline.make_source(config, 'test')
+    length = d.num_frames / d.fps
+    records = [source[i] for i in range(num_clips)]
+    frames = np.concatenate([r['frames'] for r in records])
+    wave = np.concatenate([r['waveform'] for r in records])
+    onsets = [i * length + float(t) for i, r in enumerate(records)
+              for t in r['onsets'][:int(r['num_onsets'])]]
+  media_writing.write_video(path, frames, d.fps, waveform=wave,
+                            sample_rate=config.audio.sample_rate)
+  return frames, wave, onsets
+
+
+def reanalyse(config, wav: str) -> np.ndarray:
+  """Log-mel (Ta,F) of a WAV file."""
+  wave = np.concatenate(list(media_stream.iter_wav(wav, 1 << 20)))
+  return np.asarray(audio.log_mel_from_config(wave[None], config.audio))[0]
+
+
+def jumps(mel: np.ndarray) -> np.ndarray:
+  """(Ta-1,) mean absolute change of the log-mel between consecutive frames."""
+  return np.abs(np.diff(mel, axis=0)).mean(axis=1)
+
+
+def join_stats(change: np.ndarray, joins: np.ndarray) -> dict:
+  """Mean change at the join frames (+-1) against all other frames."""
+  at = np.zeros(change.shape, bool)
+  for j in joins:
+    at[max(j - 1, 0):j + 1] = True
+  return {'at_joins': float(change[at].mean()), 'inside': float(change[~at].mean()),
+          'ratio': float(change[at].mean() / change[~at].mean())}
+
+
+def f1_interval(detected: list, reference: list, seed: int = 0) -> dict:
+  """Onset F1@100ms summed over clips, with a bootstrap 95% interval over clips."""
+  f1 = metrics.onset_hit_rate(detected, reference, 0.1)['f1']
+  rng, n, boots = np.random.default_rng(seed), len(detected), []
+  for _ in range(1000):
+    pick = rng.integers(0, n, n)
+    boots.append(metrics.onset_hit_rate([detected[i] for i in pick],
+                                        [reference[i] for i in pick], 0.1)['f1'])
+  return {'f1': f1, 'ci95': [float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))]}
+
+
+def per_clip(detected_all: np.ndarray, onsets: list, length: float, n: int):
+  """Splits one timeline's onsets into clips of `length` seconds, times relative to each."""
+  det = [detected_all[(detected_all >= i * length) & (detected_all < (i + 1) * length)]
+         - i * length for i in range(n)]
+  ref = [np.asarray([t - i * length for t in onsets if i * length <= t < (i + 1) * length])
+         for i in range(n)]
+  return det, ref
+
+
+class _Uninformed:
+  """A Soundtracker whose windows are told nothing of the previous one (mask 0)."""
+
+  def __init__(self, soundtracker):
+    self.config, self._soundtracker = soundtracker.config, soundtracker
+
+  def generate_batch(self, frames, *, known_mask, **kwargs):
+    return self._soundtracker.generate_batch(frames, known_mask=known_mask * 0.0, **kwargs)
+
+
+def peak_rss_mb() -> float:
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def main(argv):
+  del argv
+  cli.setup()
+  workdir, out = _WORKDIR.value, _OUT.value
+  if _ONLY_SOUNDTRACK.value:
+    soundtrack_folder.soundtrack_video(workdir, _ONLY_SOUNDTRACK.value, out)
+    print(json.dumps({'peak_rss_mb': peak_rss_mb()}))
+    return
+  config = config_io.load_config(workdir)
+  os.makedirs(out, exist_ok=True)
+  n, length = _NUM_CLIPS.value, config.data.num_frames / config.data.fps
+  video = os.path.join(out, 'long.mp4')
+  frames, true_wave, onsets = make_long_video(config, video, n, _SCENE.value)
+  mel_true = np.asarray(audio.log_mel_from_config(true_wave[None], config.audio))[0]
+  rate = generation.frame_rate(config)
+  report = {'num_clips': n, 'video_seconds': n * length, 'scene': _SCENE.value}
+
+  t0 = time.perf_counter()
+  info = soundtrack_folder.soundtrack_video(workdir, video, os.path.join(out, 'soundtrack'))
+  report['long'] = {'seconds': time.perf_counter() - t0, 'windows': info['windows'],
+                    'audio_seconds': info['seconds']}
+  mel_long = reanalyse(config, info['wav'])
+  geometry = long_video.windows(config)
+  mpf = geometry.mel_per_frame
+  starts = np.arange(1, info['windows']) * geometry.hop * mpf
+  joins = np.concatenate([starts, starts + geometry.overlap * mpf])
+  joins = joins[joins < len(mel_long) - 1]
+  report['long']['joins'] = join_stats(jumps(mel_long), joins)
+  report['long']['joins_of_ground_truth'] = join_stats(jumps(mel_true), joins)
+  det, ref = per_clip(metrics.detect_onsets(mel_long, rate), onsets, length, n)
+  report['long']['onset'] = f1_interval(det, ref)
+
+  # The same windows and cross-fades, each sampled on its own (nothing inpainted).
+  soundtracker = video_to_audio.Soundtracker(workdir)
+  blind = _Uninformed(soundtracker)
+  job = long_video.Job(video, *(os.path.join(out, 'uninformed', 'long' + e)
+                                for e in ('.wav', '.mp4')))
+  os.makedirs(os.path.dirname(job.wav), exist_ok=True)
+  long_video.run(blind, [job], batch=1)
+  mel_blind = reanalyse(config, job.wav)
+  report['long_without_inpainting'] = {
+      'joins': join_stats(jumps(mel_blind), joins),
+      'onset': f1_interval(*per_clip(metrics.detect_onsets(mel_blind, rate), onsets, length, n))}
+
+  # Each clip length on its own (for 'clips': the test clips), and those windows
+  # concatenated (the naive long soundtrack).
+  t0 = time.perf_counter()
+  mels = soundtracker.generate_batch(frames.reshape((n, -1) + frames.shape[1:]))
+  waves = np.asarray(jax.jit(lambda m: vocoder.griffin_lim_from_config(
+      m, config.audio, num_iters=config.eval.griffin_lim_iters, rng=jax.random.key(0)))(mels))
+  report['per_clip'] = {'seconds': time.perf_counter() - t0}
+  mel_naive = np.asarray(audio.log_mel_from_config(waves.reshape(1, -1), config.audio))[0]
+  ta = mels.shape[1]
+  clip_starts = np.arange(1, n) * ta
+  report['per_clip']['joins_of_concatenation'] = join_stats(jumps(mel_naive), clip_starts)
+  report['per_clip']['joins_of_ground_truth'] = join_stats(jumps(mel_true), clip_starts)
+  det = [metrics.detect_onsets(np.asarray(m), rate) for m in
+         np.asarray(audio.log_mel_from_config(waves, config.audio))]
+  report['per_clip']['onset'] = f1_interval(det, ref)
+
+  if _MEMORY.value:
+    report['peak_rss_mb'] = {}
+    for clips in (max(n // 5, 2), n, 2 * n):
+      short = os.path.join(out, f'long_{clips}.mp4')
+      make_long_video(config, short, clips, _SCENE.value)
+      result = subprocess.run(
+          [sys.executable, '-m', 'gmscavp_jax.tools.long_video_bench', f'--workdir={workdir}',
+           f'--out={os.path.join(out, "memory")}', f'--only_soundtrack={short}'],
+          check=True, capture_output=True, text=True)
+      rss = json.loads(result.stdout.strip().splitlines()[-1])['peak_rss_mb']
+      report['peak_rss_mb'][f'{clips * length:g} s'] = rss
+
+  view = slice(0, min(len(mel_long), len(mel_naive), int(6 * length * rate)))
+  plotting.spectrograms(mel_long[None, view], os.path.join(out, 'joins.png'),
+                        f'whole-video soundtrack (windows overlap {geometry.overlap} frames)',
+                        real=mel_naive[None, view], frame_rate=rate)
+  with open(os.path.join(out, 'bench.json'), 'w') as f:
+    json.dump(report, f, indent=1)
+  print(json.dumps(report, indent=1))
+
+
+if __name__ == '__main__':
+  app.run(main)
