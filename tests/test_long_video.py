@@ -52,7 +52,8 @@ class _Recorder:
 def test_each_window_continues_the_previous_and_the_audio_is_the_video_length(tmp_path):
   config = tiny_config('msa_msd')
   records = [pipeline.make_source(config, 'test')[i] for i in range(3)]
-  frames = np.concatenate([r['frames'] for r in records])[:20]  # 2.5 s: 3 windows.
+  # 19 frames: windows at 0, 6 and 12, the last one padded past the end with the last frame.
+  frames = np.concatenate([r['frames'] for r in records])[:19]
   video = str(tmp_path / 'in.mp4')
   media_writing.write_video(video, frames, config.data.fps)
   short = str(tmp_path / 'short.mp4')  # 3 frames: one window, padded with the last frame.
@@ -70,10 +71,14 @@ def test_each_window_continues_the_previous_and_the_audio_is_the_video_length(tm
   np.testing.assert_array_equal(second[1][0, :10], np.ones((10, config.audio.n_mels)))
   np.testing.assert_array_equal(second[2][0], long_video.windows(config).known_mask())
   np.testing.assert_array_equal(second[0][0, :2], first[0][0, 6:])  # Shared frames.
+  third = recorder.calls[2][0][0]  # Frames 12-18, then frame 18 again past the end.
+  decoded = np.stack(list(media_stream.iter_frames(video, fps=config.data.fps, image_size=32)))
+  np.testing.assert_array_equal(third[:7], decoded[12:19])
+  np.testing.assert_array_equal(third[7], third[6])
   assert np.all(second[2][1] == 0)  # Row 1 is idle: the short video finished in one window.
   np.testing.assert_array_equal(first[0][1, 3:], np.repeat(first[0][1, 2:3], 5, 0))
 
-  for name, seconds in (('long', 2.5), ('short', 3 / 8)):
+  for name, seconds in (('long', 19 / 8), ('short', 3 / 8)):
     with wave.open(str(tmp_path / f'{name}.wav')) as f:
       assert f.getnframes() == round(seconds * config.audio.sample_rate)
     with av.open(str(tmp_path / f'{name}.mp4')) as c:
