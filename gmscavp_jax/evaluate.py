@@ -30,6 +30,10 @@ _OUTPUT_DIR = flags.DEFINE_string(
 _SPLIT = flags.DEFINE_enum(
     'split', 'test', ['test', 'train'], 'Clips to generate for: test, or train for the overfit '
     'check (does the generator reproduce the clips it trained on?).')
+_ALIGN_GUIDANCE = flags.DEFINE_float(
+    'align_guidance', 0.0, 'Double guidance: scale of the alignment guide\'s gradient added to '
+    'classifier-free guidance (0 = off; the guide trains once per dataset on first use).',
+    lower_bound=0.0)
 flags.mark_flags_as_required(['workdir'])
 
 
@@ -40,7 +44,7 @@ def main(argv):
   r = cli.run_or_explain(
       checkpoint_evaluation.evaluate_checkpoint, _WORKDIR.value,
       evaluator_dir=_EVALUATOR_DIR.value, num_clips=_NUM_CLIPS.value, seed=_SEED.value,
-      output_dir=_OUTPUT_DIR.value, split=_SPLIT.value,
+      output_dir=_OUTPUT_DIR.value, split=_SPLIT.value, align_guidance=_ALIGN_GUIDANCE.value,
       **cli.sampler_args(_SAMPLER_FLAGS))
   print(f"checkpoint {r['evaluate/step']}: KLD {r['gen/kld']:.3f}  FAD {r['gen/fad']:.3f}  "
         f"Align Acc {r['gen/align_acc']:.1f}%  onset F1@100ms {r['gen/onset_f1@100ms']:.1f}% "

@@ -10,12 +10,15 @@ import numpy as np
 import pytest
 
 from gmscavp_jax.core import config_io
+from gmscavp_jax.core import sampling
+from gmscavp_jax.core import state as state_lib
 from gmscavp_jax.data import audio
 from gmscavp_jax.data import pipeline
 from gmscavp_jax.evaluators import checkpoint_evaluation
 from gmscavp_jax.evaluators import classifier_training
 from gmscavp_jax.evaluators import classifiers
 from gmscavp_jax.evaluators import generation
+from gmscavp_jax.evaluators import guide_training
 from gmscavp_jax.evaluators import suite
 from gmscavp_jax.infra import errors
 from gmscavp_jax import train
@@ -171,3 +174,27 @@ def test_split_train_scores_training_clips(trained, tmp_path):
   config.data.num_train_clips = 5
   with pytest.raises(errors.ConfigError, match="'train' split: expected at most 5"):
     generation.test_clips(config, 4, start=2, split='train')
+
+
+def test_double_guidance_has_a_guide_of_its_own_that_steers_sampling(trained, tmp_path):
+  workdir, _ = trained
+  root = str(tmp_path / 'evaluators')
+  out = checkpoint_evaluation.evaluate_checkpoint(
+      workdir, evaluator_dir=root, sampler='ddim', num_steps=3, align_guidance=10.0,
+      output_dir=str(tmp_path / 'guided'))
+  assert out['evaluate/align_guidance'] == 10.0 and 0 <= out['gen/align_acc'] <= 100
+  evaluators, guide_dir = sorted(os.listdir(root))
+  assert guide_dir == evaluators + '-guide'  # Beside the evaluators, never the same network.
+  config = config_io.load_config(workdir)
+  stamp = os.path.getmtime(os.path.join(root, guide_dir, guide_training.SUMMARY_FILE))
+  guide = guide_training.load_or_train(config, root)  # Kept: not trained again.
+  assert os.path.getmtime(os.path.join(root, guide_dir, guide_training.SUMMARY_FILE)) == stamp
+  restored = state_lib.restore_workdir(workdir, config, state_lib.restore_generator)
+  generator = sampling.Generator(config, restored.mesh, restored.models)
+  frames = generation.test_clips(config, 2)['frames']
+  plain = generator.generate(restored.params, frames, sampler='ddim', num_steps=3)
+  guided = generator.generate(restored.params, frames, sampler='ddim', num_steps=3,
+                              align_guidance=10.0, guide_params=guide)
+  assert np.isfinite(guided).all() and not np.allclose(plain, guided, atol=1e-3)
+  with pytest.raises(ValueError, match='guide'):
+    generator.generate(restored.params, frames, align_guidance=1.0)

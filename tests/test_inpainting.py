@@ -1,5 +1,5 @@
-"""Inpainting in every sampler (samplers.Known): known values come out exactly, and the
-model's knowledge of them reaches the unknown part.
+"""The samplers' two hooks: inpainting (samplers.Known: known values come out exactly, and
+the model's knowledge of them reaches the unknown part) and gradient guidance.
 
 The toy: each row x0 = c * ones(D) with c ~ N(mu, sigma^2), whose exact denoiser knows that
 all of a row's coordinates are equal, so a row half of which is known must be completed with
@@ -15,6 +15,7 @@ import pytest
 
 from gmscavp_jax.diffusion import samplers
 from gmscavp_jax.diffusion import schedules
+from gmscavp_jax.infra import errors
 
 key = functools.partial(jax.random.key, impl='rbg')
 MU, SIGMA, D, B, N = 0.0, 1.0, 16, 64, 1000
@@ -92,3 +93,24 @@ def test_inpainting_keeps_float32_under_x64():
     out = _sample('dpmpp2m', _known(np.zeros((B,), np.float32), 4))
     out_flow = _sample('heun', _known(np.zeros((B,), np.float32), 4))
   assert out.dtype == out_flow.dtype == jnp.float32
+
+
+@pytest.mark.parametrize('sampler', ['ddim', 'dpmpp2m'])
+def test_gradient_guidance_moves_samples_up_the_guide_and_zero_is_no_guide(sampler):
+  """Classifier guidance (double guidance's second half): a guide whose log-likelihood grows
+  with x lifts the samples, more with a larger scale; a zero gradient changes nothing."""
+  ab = schedules.alpha_bar('cosine', N)
+  noise = jax.random.normal(key(3), (B, D), jnp.float32)
+
+  def run(scale):
+    guide = None if scale is None else (lambda x, t: jnp.full_like(x, scale))
+    return np.asarray(samplers.sample(_diffusion_denoiser(ab), noise, key(4), ab,
+                                      sampler=sampler, num_steps=30, gradient_guide=guide))
+
+  free, zero, small, large = run(None), run(0.0), run(0.5), run(2.0)
+  np.testing.assert_allclose(zero, free, atol=1e-5)
+  assert free.mean() < small.mean() < large.mean()
+  with pytest.raises(errors.ConfigError, match='flow'):
+    samplers.sample_objective(_flow_velocity, noise, key(4), ab, objective='flow',
+                              sampler='euler', num_steps=4,
+                              gradient_guide=lambda x, t: jnp.zeros_like(x))

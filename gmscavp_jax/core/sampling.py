@@ -104,15 +104,17 @@ class Generator:
 
   def generate_timed(self, params, frames: np.ndarray, *, labels: np.ndarray | None = None,
                      known_mel: np.ndarray | None = None,
-                     known_mask: np.ndarray | None = None, sampler: str | None = None, num_steps: int | None = None,
-                     guidance: float | None = None, eta: float | None = None,
-                     seed: int = 0) -> tuple[np.ndarray, dict]:
+                     known_mask: np.ndarray | None = None, sampler: str | None = None,
+                     num_steps: int | None = None, guidance: float | None = None,
+                     eta: float | None = None, seed: int = 0, align_guidance: float = 0.0,
+                     guide_params=None) -> tuple[np.ndarray, dict]:
     """Log-mels (N,Ta,F) generated for videos (N,T,H,W,3); None = the eval.* defaults.
 
     `labels` (N,K), the clips' true classes, are what the label oracle (unet.label_condition)
     conditions on besides the video; a run without the oracle ignores them. `known_mel`
     (N,Ta,F) log-mel with `known_mask` (N,Ta) in [0, 1] inpaints: the mel frames where the
-    mask is 1 come out as given (see `steps.sample_step`).
+    mask is 1 come out as given (see `steps.sample_step`). `align_guidance` > 0 adds double
+    guidance with the alignment guide's params `guide_params` (evaluators/guide_training.py).
 
     Videos go in chunks of eval.batch_size (fewer, rounded up to the device count, when N is
     smaller), the last chunk padded, so every chunk reuses one compiled program. Also returns
@@ -120,7 +122,13 @@ class Generator:
     every chunk, without the compile}.
     """
     e = self._config.eval
-    sample = self._sampler(sampler_settings(e, sampler, num_steps, guidance, eta))
+    settings = sampler_settings(e, sampler, num_steps, guidance, eta)
+    if align_guidance:
+      if guide_params is None:
+        raise ValueError('align_guidance > 0 needs the alignment guide\'s params')
+      settings['align_guidance'] = float(align_guidance)
+      params = {**params, 'guide': guide_params}
+    sample = self._sampler(settings)
     inputs = {'frames': frames}
     if (known_mel is None) != (known_mask is None):
       raise ValueError('known_mel and known_mask go together')

@@ -28,6 +28,7 @@ from gmscavp_jax.data import audio
 from gmscavp_jax.data import media
 from gmscavp_jax.diffusion import samplers
 from gmscavp_jax.losses import contrastive
+from gmscavp_jax.models import alignment
 from gmscavp_jax.models import gmscavp
 from gmscavp_jax.models import pyramid
 from gmscavp_jax.models import unet as unet_lib
@@ -39,6 +40,14 @@ class Models(NamedTuple):
   encoders: gmscavp.GMSCAVP
   denoiser: unet_lib.UNet
   video_denoiser: video_unet.VideoUNet | None = None
+
+
+def build_guide(config: ml_collections.ConfigDict) -> alignment.NoisyAlignmentClassifier:
+  """The alignment guide of double guidance, sized like the evaluators (config.evaluator)."""
+  v = config.evaluator
+  return alignment.NoisyAlignmentClassifier(v.video_patch, tuple(v.video_widths),
+                                            tuple(v.audio_widths), v.blocks_per_stage,
+                                            v.num_groups, config.data.num_frames)
 
 
 def build_models(config: ml_collections.ConfigDict) -> Models:
@@ -316,13 +325,16 @@ def embed_step(params, batch: dict, *, models: Models,
 
 def sample_step(params, inputs: dict, rng: jax.Array, *, models: Models,
                 config: ml_collections.ConfigDict, sampler: str, num_steps: int,
-                guidance: float, eta: float = 0.0) -> jax.Array:
+                guidance: float, eta: float = 0.0, align_guidance: float = 0.0) -> jax.Array:
   """Log-mels (B,Ta,F) generated for videos inputs['frames'] (B,T,H,W,3) by the MSD
   denoiser (inputs['labels'] (B,K) too for the label oracle, see `oracle_labels`).
 
   With inputs['known_mel'] (B,Ta,F) log-mel and inputs['known_mask'] (B,Ta) in [0, 1], the
   mel frames where the mask is 1 are inpainted: kept as given, the rest generated knowing
   them (samplers.Known); a long video's windows continue each other this way.
+
+  align_guidance > 0 adds double guidance: the gradient of the alignment guide's (`build_guide`,
+  params['guide']) log-probability that x_t is aligned with the video, times align_guidance.
 
   `sampler`, `num_steps` and `guidance` are static (one compiled program per setting);
   guidance 1 runs the conditional model alone.
@@ -345,8 +357,18 @@ def sample_step(params, inputs: dict, rng: jax.Array, *, models: Models,
     chex.assert_shape(inputs['known_mask'], x_T.shape[:2])
     known = samplers.Known(normalise_mel(inputs['known_mel'], config),
                            jnp.broadcast_to(inputs['known_mask'][..., None], x_T.shape))
+  gradient_guide = None
+  if align_guidance:
+    guide = build_guide(config)
+
+    def log_aligned(x, t):
+      logits = guide.apply({'params': params['guide']}, frames, x, t)
+      return jnp.sum(jax.nn.log_sigmoid(logits))
+
+    gradient_guide = lambda x, t: align_guidance * jax.grad(log_aligned)(x, t)
   x0 = samplers.sample_objective(denoise, x_T, sample_rng, msd.alpha_bar(config),
                                  objective=config.diffusion.objective, sampler=sampler,
                                  num_steps=num_steps, prediction=config.diffusion.prediction,
-                                 guidance_scale=guidance, eta=eta, known=known)
+                                 guidance_scale=guidance, eta=eta, known=known,
+                                 gradient_guide=gradient_guide)
   return denormalise_mel(x0, config)

@@ -47,6 +47,8 @@ class Known(NamedTuple):
 
 
 Projector = Callable[[jnp.ndarray, jnp.ndarray, jnp.ndarray], jnp.ndarray]
+# (x_t (B, ...), t (B,) int32) -> the gradient of a log-likelihood w.r.t. x_t, scaled.
+GradientGuide = Callable[[jnp.ndarray, jnp.ndarray], jnp.ndarray]
 
 
 def _projector(known: Known | None, noise: jnp.ndarray) -> Projector:
@@ -124,7 +126,8 @@ def _resolve_eta(sampler: str, eta: float | None) -> float:
 def sample(denoise_fn: GuidedDenoiseFn, x_T: jnp.ndarray,  # pylint: disable=invalid-name
            rng: jax.Array, alpha_bar: jnp.ndarray, *, sampler: str, num_steps: int,
            prediction: str = 'eps', guidance_scale: float = 1.0, eta: float | None = None,
-           clip_x0: float | None = None, known: Known | None = None) -> jnp.ndarray:
+           clip_x0: float | None = None, known: Known | None = None,
+           gradient_guide: GradientGuide | None = None) -> jnp.ndarray:
   """Draws x0 from x_T by integrating the reverse process over `timesteps(N, num_steps)`.
 
   Args:
@@ -148,6 +151,9 @@ def sample(denoise_fn: GuidedDenoiseFn, x_T: jnp.ndarray,  # pylint: disable=inv
     clip_x0: if set, predicted x0 is clipped to [-clip_x0, clip_x0] before each update (and
       eps recomputed from the clipped x0, so the update stays on the DDIM path).
     known: if set, inpainting (`Known`): the output keeps known.x0 where the mask is 1.
+    gradient_guide: if set, classifier guidance on top of the classifier-free one (double
+      guidance, Diff-Foley): at each step eps <- eps - s_t g(x_t, t) with g the scaled
+      gradient of the classifier's log-likelihood (Dhariwal & Nichol 2021, eq. 14).
 
   Returns:
     x0 samples, same shape and dtype as x_T.
@@ -158,7 +164,8 @@ def sample(denoise_fn: GuidedDenoiseFn, x_T: jnp.ndarray,  # pylint: disable=inv
   schedules.check_prediction(prediction)
   eta = _resolve_eta(sampler, eta)
   visits = _visits(alpha_bar, num_steps)
-  predict = _predictor(denoise_fn, visits, x_T.shape[0], prediction, guidance_scale, clip_x0)
+  predict = _predictor(denoise_fn, visits, x_T.shape[0], prediction, guidance_scale, clip_x0,
+                       gradient_guide)
   project = _projector(known, x_T)
   x = project(x_T.astype(jnp.float32), jnp.sqrt(visits.ab_cur[0]),
               jnp.sqrt(1.0 - visits.ab_cur[0]))
@@ -186,7 +193,8 @@ def _visits(alpha_bar: jnp.ndarray, num_steps: int) -> _Visits:
 
 
 def _predictor(denoise_fn: GuidedDenoiseFn, visits: _Visits, batch: int, prediction: str,
-               guidance_scale: float, clip_x0: float | None) -> Callable:
+               guidance_scale: float, clip_x0: float | None,
+               gradient_guide: GradientGuide | None = None) -> Callable:
   """predict(x (B, ...) float32, i) -> the guided (x0, eps) at visited step i, float32."""
 
   def predict(x, i):
@@ -194,6 +202,9 @@ def _predictor(denoise_fn: GuidedDenoiseFn, visits: _Visits, batch: int, predict
     out = guided_output(denoise_fn, x, t, guidance_scale).astype(jnp.float32)
     a, s = jnp.sqrt(visits.ab_cur[i]), jnp.sqrt(1.0 - visits.ab_cur[i])
     x0, eps = schedules.to_x0_eps(x, out, a, s, prediction)
+    if gradient_guide is not None:
+      eps = eps - s * gradient_guide(x, t).astype(jnp.float32)
+      x0 = (x - s * eps) / a
     if clip_x0 is not None:
       x0 = jnp.clip(x0, -clip_x0, clip_x0)
       eps = schedules.eps_from_x0(x, x0, a, s)
@@ -320,7 +331,8 @@ def sample_objective(denoise_fn: GuidedDenoiseFn, x_T: jnp.ndarray,  # pylint: d
                      rng: jax.Array, alpha_bar: jnp.ndarray, *, objective: str, sampler: str,
                      num_steps: int, prediction: str = 'eps', guidance_scale: float = 1.0,
                      eta: float | None = None, clip_x0: float | None = None,
-                     known: Known | None = None) -> jnp.ndarray:
+                     known: Known | None = None,
+                     gradient_guide: GradientGuide | None = None) -> jnp.ndarray:
   """`sample` for objective 'diffusion', `sample_flow` for 'flow' (N = alpha_bar's length).
 
   Raises errors.ConfigError if `sampler` does not belong to `objective` (`check_objective`),
@@ -330,7 +342,10 @@ def sample_objective(denoise_fn: GuidedDenoiseFn, x_T: jnp.ndarray,  # pylint: d
   if objective == 'diffusion':
     return sample(denoise_fn, x_T, rng, alpha_bar, sampler=sampler, num_steps=num_steps,
                   prediction=prediction, guidance_scale=guidance_scale, eta=eta,
-                  clip_x0=clip_x0, known=known)
+                  clip_x0=clip_x0, known=known, gradient_guide=gradient_guide)
+  if gradient_guide is not None:
+    raise errors.ConfigError('gradient (alignment) guidance is written for the diffusion '
+                             "samplers; diffusion.objective='flow' has none")
   if eta not in (None, 0.0):
     raise ValueError(f'eta={eta} is only used by the ddim sampler; {sampler!r} is deterministic')
   return sample_flow(denoise_fn, x_T, sampler=sampler, num_steps=num_steps,

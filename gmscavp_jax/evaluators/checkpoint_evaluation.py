@@ -26,6 +26,7 @@ from gmscavp_jax.core import state as state_lib
 from gmscavp_jax.data import vocoder
 from gmscavp_jax.evaluators import classifier_training
 from gmscavp_jax.evaluators import generation
+from gmscavp_jax.evaluators import guide_training
 from gmscavp_jax.evaluators import retrieval
 from gmscavp_jax.evaluators import suite
 from gmscavp_jax.infra import plotting
@@ -55,7 +56,8 @@ def evaluate_checkpoint(workdir: str, *, evaluator_dir: str | None = None,
                         num_clips: int | None = None, sampler: str | None = None,
                         num_steps: int | None = None, guidance: float | None = None,
                         eta: float | None = None, seed: int = 0,
-                        output_dir: str | None = None, split: str = 'test') -> dict:
+                        output_dir: str | None = None, split: str = 'test',
+                        align_guidance: float = 0.0) -> dict:
   """Scores the newest checkpoint of `workdir`; returns the merged results.json dict.
 
   `split` 'train' generates for (and takes the FAD reference from) training clips instead of
@@ -84,8 +86,12 @@ def evaluate_checkpoint(workdir: str, *, evaluator_dir: str | None = None,
   reference = _clips_with_log_mel(config, generator, n, n, split)
   logging.info('generating audio for %d test videos (%s, %d steps, guidance %g)', n,
                sampler_args['sampler'], sampler_args['num_steps'], sampler_args['guidance'])
+  guide = {}
+  if align_guidance:  # Double guidance: its own network, never the evaluator's.
+    guide = {'align_guidance': align_guidance,
+             'guide_params': guide_training.load_or_train(config, evaluator_dir, mesh)}
   generated, timing = generator.generate_timed(params, clips['frames'], labels=clips['labels'],
-                                               seed=seed, **sampler_args)
+                                               seed=seed, **sampler_args, **guide)
   results.update(suite.score(evalset, generated, clips, reference,
                              generation.frame_rate(config),
                              vocoded=vocoded_log_mel(config, generator, clips['log_mel'])))
@@ -99,6 +105,7 @@ def evaluate_checkpoint(workdir: str, *, evaluator_dir: str | None = None,
       'evaluate/griffin_lim_iters': config.eval.griffin_lim_iters,
       'evaluate/sample_steps': sampler_args['num_steps'],
       'evaluate/guidance': sampler_args['guidance'], 'evaluate/seed': seed,
+      'evaluate/align_guidance': float(align_guidance),
       'evaluate/evaluator_dir': classifier_training.evaluator_dir(config, evaluator_dir),
       'evaluate/seconds': time.perf_counter() - t0})
   merged = _merged(output_dir, results)

@@ -103,14 +103,6 @@ def loss_fn(params, batch: dict, rng: jax.Array, *, models: classifiers.Classifi
   return ce + bce, metrics
 
 
-def _train_step(state, batch, rng, *, models, tx, config):
-  params, opt_state, step = state
-  (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-      params, batch, jax.random.fold_in(rng, step), models=models, config=config)
-  updates, opt_state = tx.update(grads, opt_state, params)
-  return (optax.apply_updates(params, updates), opt_state, step + 1), metrics
-
-
 def _loader_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """The config whose train loader feeds the evaluators (their batch size and seed)."""
   cfg = ml_collections.ConfigDict(config.to_dict())
@@ -120,27 +112,35 @@ def _loader_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
   return cfg
 
 
-def train(config: ml_collections.ConfigDict, mesh=None) -> tuple[dict, dict]:
-  """Trains both evaluators for evaluator.num_steps; returns (params, training summary)."""
-  config_validation.validate_evaluation(config)
-  mesh = mesh or sharding.make_mesh()
+def fit(config: ml_collections.ConfigDict, mesh, *, init, loss, seed: int, what: str,
+        fields: tuple[str, ...] = ('frames', 'waveform', 'labels')) -> tuple[dict, dict]:
+  """Trains params from `init(rng)` on `loss(params, batch, rng) -> (loss, metrics)` for
+  evaluator.num_steps at evaluator.batch_size (the evaluators' optimizer and schedule) on the
+  train split's `fields`; returns (params, {'train_seconds', 'history'})."""
   v = config.evaluator
-  models, tx = classifiers.build(config), _optimizer(v)
+  tx = _optimizer(v)
   repl, batch_sh = sharding.replicated(mesh), sharding.batch_sharded(mesh)
-  params = jax.jit(functools.partial(classifiers.init_params, config, models),
-                   out_shardings=repl)(jax.random.key(v.seed))
+  params = jax.jit(init, out_shardings=repl)(jax.random.key(seed))
   state = (params, jax.jit(tx.init, out_shardings=repl)(params), jnp.zeros((), jnp.int32))
-  step_fn = jax.jit(functools.partial(_train_step, models=models, tx=tx, config=config),
-                    in_shardings=(repl, batch_sh, repl), out_shardings=(repl, repl),
-                    donate_argnums=(0,))
-  loader = iter(pipeline.train_loader(_loader_config(config)))
+
+  def train_step(state, batch, rng):
+    params, opt_state, step = state
+    (_, metrics), grads = jax.value_and_grad(loss, has_aux=True)(
+        params, batch, jax.random.fold_in(rng, step))
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return (optax.apply_updates(params, updates), opt_state, step + 1), metrics
+
+  step_fn = jax.jit(train_step, in_shardings=(repl, batch_sh, repl),
+                    out_shardings=(repl, repl), donate_argnums=(0,))
+  cfg = _loader_config(config)
+  cfg.seed = seed
+  loader = iter(pipeline.train_loader(cfg))
   progress = metrics_io.Progress(0, v.num_steps)
-  rng, pending, history = jax.random.key(v.seed + 1), [], []
+  rng, pending, history = jax.random.key(seed + 1), [], []
   t0 = time.perf_counter()
-  logging.info('training the evaluators (%d steps, batch %d)', v.num_steps, v.batch_size)
+  logging.info('training the %s (%d steps, batch %d)', what, v.num_steps, v.batch_size)
   for step in range(1, v.num_steps + 1):
-    batch = sharding.global_batch(mesh, pipeline.select(next(loader),
-                                                        ('frames', 'waveform', 'labels')))
+    batch = sharding.global_batch(mesh, pipeline.select(next(loader), fields))
     state, metrics = step_fn(state, batch, rng)
     pending.append(metrics)
     if step % 100 == 0 or step == v.num_steps:
@@ -148,11 +148,21 @@ def train(config: ml_collections.ConfigDict, mesh=None) -> tuple[dict, dict]:
       row = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
       history.append({'step': step, **row})
       progress.update(step)
-      logging.info('evaluators step %d: audio acc %.1f%%  align acc %.1f%%  (train batches)',
-                   step, row['audio_acc'], row['align_acc'])
+      logging.info('%s step %d: %s (train batches)', what, step,
+                   '  '.join(f'{k} {x:.3g}' for k, x in row.items()))
   del loader  # Stops grain's workers now, not at interpreter exit.
   return jax.device_get(state[0]), {'train_seconds': time.perf_counter() - t0,
                                     'history': history}
+
+
+def train(config: ml_collections.ConfigDict, mesh=None) -> tuple[dict, dict]:
+  """Trains both evaluators for evaluator.num_steps; returns (params, training summary)."""
+  config_validation.validate_evaluation(config)
+  mesh = mesh or sharding.make_mesh()
+  models = classifiers.build(config)
+  return fit(config, mesh, init=functools.partial(classifiers.init_params, config, models),
+             loss=functools.partial(loss_fn, models=models, config=config),
+             seed=config.evaluator.seed, what='evaluators')
 
 
 def self_check(evalset: classifiers.EvaluatorSet) -> dict:
