@@ -51,6 +51,10 @@ _OVERLAP = flags.DEFINE_float('overlap_seconds', None, 'Overlap of consecutive w
 _BATCH = flags.DEFINE_integer('batch', None, 'Videos whose windows share a sampler call '
                               '(default: the config eval.batch_size).', lower_bound=1)
 _SEED = flags.DEFINE_integer('seed', 0, 'Seed of the sampling noise.')
+_ALIGN_GUIDANCE = flags.DEFINE_float(
+    'align_guidance', 0.0, 'v2a: double guidance, the scale of the alignment guide\'s gradient '
+    'added to classifier-free guidance (0 = off; the guide trains once per dataset).',
+    lower_bound=0.0)
 flags.mark_flags_as_required(['workdir', 'output_dir'])
 
 
@@ -65,7 +69,10 @@ def main(argv):
     raise app.UsageError('--audio is for --direction=a2v; v2a takes --video or --test_index')
   elif sum(s is not None for s in (_VIDEO.value, _VIDEOS.value, _TEST_INDEX.value)) != 1:
     raise app.UsageError('give exactly one of --video=FILE, --videos=DIR or --test_index=N')
+  if _DIRECTION.value == 'a2v' and _ALIGN_GUIDANCE.value:
+    raise app.UsageError('--align_guidance is for --direction=v2a')
   cli.setup()
+  v2a_args = {**cli.sampler_args(_SAMPLER_FLAGS), 'align_guidance': _ALIGN_GUIDANCE.value}
   if _DIRECTION.value == 'a2v':
     out = cli.run_or_explain(
         audio_to_video.generate, _WORKDIR.value, _OUTPUT_DIR.value, audio=_AUDIO.value,
@@ -77,7 +84,7 @@ def main(argv):
       print(f"PSNR against the real frames: {out['psnr']:.2f} dB")
     return
   long_args = dict(overlap_seconds=_OVERLAP.value, start_seconds=_START.value,
-                   duration=_DURATION.value, seed=_SEED.value, **cli.sampler_args(_SAMPLER_FLAGS))
+                   duration=_DURATION.value, seed=_SEED.value, **v2a_args)
   if _VIDEOS.value is not None:
     _folder(long_args)
     return
@@ -91,8 +98,7 @@ def main(argv):
     return
   out = cli.run_or_explain(
       video_to_audio.generate, _WORKDIR.value, _OUTPUT_DIR.value, video=_VIDEO.value,
-      test_index=_TEST_INDEX.value, start_seconds=_START.value, seed=_SEED.value,
-      **cli.sampler_args(_SAMPLER_FLAGS))
+      test_index=_TEST_INDEX.value, start_seconds=_START.value, seed=_SEED.value, **v2a_args)
   print(f"checkpoint {out['step']}: wrote {out['wav']}, {out['png']}, {out['mp4']}")
   print(f"onsets detected in the generated audio (s): "
         f"{', '.join(f'{t:.2f}' for t in out['detected_onsets']) or 'none'}")

@@ -22,6 +22,7 @@ from gmscavp_jax.data import media_writing
 from gmscavp_jax.data import pipeline
 from gmscavp_jax.data import vocoder
 from gmscavp_jax.evaluators import generation
+from gmscavp_jax.evaluators import guide_training
 from gmscavp_jax.evaluators import metrics
 from gmscavp_jax.infra import errors
 from gmscavp_jax.infra import plotting
@@ -71,6 +72,16 @@ class Soundtracker:
     self.restored = state_lib.restore_workdir(workdir, restore=state_lib.restore_generator)
     self.config, self.mesh, self.models, self.params, self.step = self.restored
     self._generator = sampling.Generator(self.config, self.mesh, self.models)
+    self._guide_params = None
+
+  def _with_guide(self, sampler_args: dict) -> dict:
+    """`sampler_args` plus the alignment guide's params when align_guidance > 0 (double
+    guidance; the guide is trained on first use, then kept beside the evaluators)."""
+    if not sampler_args.get('align_guidance'):
+      return sampler_args
+    if self._guide_params is None:
+      self._guide_params = guide_training.load_or_train(self.config, mesh=self.mesh)
+    return {**sampler_args, 'guide_params': self._guide_params}
 
   def load_clip(self, *, video: str | None = None, test_index: int | None = None,
                 start_seconds: float = 0.0) -> dict:
@@ -81,7 +92,7 @@ class Soundtracker:
   def generate_batch(self, frames: np.ndarray, *, seed: int = 0, **kwargs) -> np.ndarray:
     """Log-mels (N,Ta,F) for videos (N,T,H,W,3): `sampling.Generator.generate` with this
     workdir's params (kwargs: its known_mel/known_mask and sampler settings)."""
-    return self._generator.generate(self.params, frames, seed=seed, **kwargs)
+    return self._generator.generate(self.params, frames, seed=seed, **self._with_guide(kwargs))
 
   def write(self, clip: dict, output_dir: str, *, seed: int = 0,
             progress: Callable[[str], None] | None = None, **sampler_args) -> dict:
@@ -94,7 +105,8 @@ class Soundtracker:
     """
     config, report = self.config, progress or (lambda stage: None)
     report('sampling')
-    mel = self._generator.generate(self.params, clip['frames'][None], seed=seed, **sampler_args)
+    mel = self._generator.generate(self.params, clip['frames'][None], seed=seed,
+                                   **self._with_guide(sampler_args))
     report('vocoding')
     wave = np.asarray(vocoder.griffin_lim_from_config(
         mel, config.audio, num_iters=config.eval.griffin_lim_iters,
