@@ -157,12 +157,20 @@ def declared_end(container, stream, origin: float) -> float | None:
   return None
 
 
-def _check_complete(path, container, stream, origin: float, data_end: float, kind: str):
+def check_complete(path, container, stream, origin: float, data_end: float, kind: str):
   """Raises TruncatedError if a fully decoded stream ends well before its declared end."""
   declared = declared_end(container, stream, origin)
   if declared is not None and declared - data_end > _TRUNCATION_SLACK_S:
     raise TruncatedError(path, f'is truncated: the container says the {kind} lasts '
                          f'{declared:.3f} s but its data ends at {data_end:.3f} s')
+
+
+def frame_end(frame: av.VideoFrame, time: float, default_duration: float) -> float:
+  """When a frame shown at `time` (s) stops: its own duration, else `default_duration`."""
+  # Frame.duration is recent PyAV (>= 13); without it every frame lasts 1 / average_rate.
+  duration = getattr(frame, 'duration', None)
+  duration = float(duration * frame.time_base) if duration else 0.0
+  return time + (duration or default_duration)
 
 
 def decode_failed(path, e: Exception, time: float) -> TruncatedError:
@@ -219,14 +227,11 @@ def _decode_video(path, num_frames: int, fps: float, image_size: int, start_seco
           break
         if frame is not previous:
           previous, previous_image = frame, None
-        # Frame.duration is recent PyAV (>= 13); without it every frame lasts 1 / average_rate.
-        duration = getattr(frame, 'duration', None)
-        duration = float(duration * frame.time_base) if duration else 0.0
-        end = time + (duration or default_duration)
+        end = frame_end(frame, time, default_duration)
     except av.error.FFmpegError as e:
       raise decode_failed(path, e, end) from e
     if exhausted:
-      _check_complete(path, container, stream, origin, end, 'video')
+      check_complete(path, container, stream, origin, end, 'video')
     if previous is None:
       raise NoVideoStreamError(path, 'has no decodable video frames')
     # Targets after the last decoded frame are valid only while that frame lasts.
@@ -297,7 +302,7 @@ def _decode_audio(path, sample_rate: int, num_samples: int, start_seconds: float
       raise decode_failed(path, e, max(have - head, 0) / sample_rate) from e
     waveform = np.concatenate(chunks or [np.zeros(0, np.float32)])[head:]
     if exhausted:
-      _check_complete(path, container, stream, origin, waveform.size / sample_rate, 'audio')
+      check_complete(path, container, stream, origin, waveform.size / sample_rate, 'audio')
     end = declared_end(container, stream, origin)
     if end is not None:
       # Decoders also return the encoder's padding of the last frame (up to 1024 samples of

@@ -81,13 +81,13 @@ def iter_frames(path: str | os.PathLike, *, fps: float, image_size: int,
           return
         if frame is not previous:
           previous, image = frame, None
-        duration = getattr(frame, 'duration', None)
-        duration = float(duration * frame.time_base) if duration else 0.0
-        end = time + (duration or default_duration)
+        end = media.frame_end(frame, time, default_duration)
     except av.error.FFmpegError as e:
       raise media.decode_failed(path, e, end) from e
     if previous is None:
       raise media.NoVideoStreamError(path, 'has no decodable video frames')
+    # The stream ran out: a file cut short says so instead of ending early.
+    media.check_complete(path, container, stream, origin, end, 'video')
     while wanted() and target() < end - slack:
       if image is None:
         image = media.resize_and_crop(previous, image_size, reformatter)
