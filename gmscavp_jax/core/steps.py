@@ -45,9 +45,9 @@ class Models(NamedTuple):
 def build_guide(config: ml_collections.ConfigDict) -> alignment.NoisyAlignmentClassifier:
   """The alignment guide of double guidance, sized like the evaluators (config.evaluator)."""
   v = config.evaluator
-  return alignment.NoisyAlignmentClassifier(v.video_patch, tuple(v.video_widths),
-                                            tuple(v.audio_widths), v.blocks_per_stage,
-                                            v.num_groups, config.data.num_frames)
+  return alignment.NoisyAlignmentClassifier(alignment.AlignmentClassifier(
+      v.video_patch, tuple(v.video_widths), tuple(v.audio_widths), v.blocks_per_stage,
+      v.num_groups, config.data.num_frames))
 
 
 def build_models(config: ml_collections.ConfigDict) -> Models:

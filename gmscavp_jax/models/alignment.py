@@ -67,22 +67,14 @@ class AlignmentClassifier(nn.Module):
 
 class NoisyAlignmentClassifier(nn.Module):
   """(frames (B,T,H,W,3), x_t (B,Ta,F) noisy normalised log-mel, t (B,) timestep) -> (B,)
-  logit of "aligned": an `AlignmentClassifier` whose audio features also carry t, trained on
-  diffused audio (Diff-Foley's alignment classifier for double guidance)."""
-  video_patch: int
-  video_widths: tuple[int, ...]
-  audio_widths: tuple[int, ...]
-  blocks_per_stage: int
-  num_groups: int
-  num_frames: int
+  logit of "aligned": `align`, an `AlignmentClassifier`, whose audio features also carry t,
+  trained on diffused audio (Diff-Foley's alignment classifier for double guidance)."""
+  align: AlignmentClassifier
 
   @nn.compact
   def __call__(self, frames: jnp.ndarray, x_t: jnp.ndarray, t: jnp.ndarray) -> jnp.ndarray:
     chex.assert_rank(t, 1)
-    align = AlignmentClassifier(self.video_patch, self.video_widths, self.audio_widths,
-                                self.blocks_per_stage, self.num_groups, self.num_frames,
-                                name='align')
-    video = align.video_features(frames)
+    video = self.align.video_features(frames)
     code = clip_time.sinusoidal_embedding(t.astype(jnp.float32), _TIME_DIM)
-    audio = align.audio_features(x_t) + nn.Dense(video.shape[-1], name='time')(code)[:, None]
-    return align.head(video, audio)
+    audio = self.align.audio_features(x_t) + nn.Dense(video.shape[-1], name='time')(code)[:, None]
+    return self.align.head(video, audio)
