@@ -252,11 +252,16 @@ def run(soundtracker, jobs: list[Job], *, batch: int, overlap_seconds: float | N
     for row, (i, *_) in enumerate(inputs):
       track = slots[i]
       if track.add(mels[row], waves[row]):
-        track.finish(config)
+        slots[i] = None
+        try:
+          track.finish(config)
+        except media.MediaError as e:  # Its frames failed on the second pass (the mux).
+          track.abandon()
+          on_failed(track.job, e)
+          continue
         on_done(track.job, {'windows': track.num_windows,
                             'seconds': track.total_frames / geometry.fps,
                             'clipped': track.clipped})
-        slots[i] = None
     on_window(len(inputs))
 
 
