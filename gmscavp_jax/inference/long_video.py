@@ -100,7 +100,7 @@ def _equal_power(old: np.ndarray, new: np.ndarray) -> np.ndarray:
 
 class Track:
   """One video on its way through the windows: its frames, its previous window and its
-  audio so far. Created by `open_track`; the runner calls `next_window` and `add`."""
+  audio so far. `run` creates one per video and calls `next_window`, `known` and `add`."""
 
   def __init__(self, job: Job, config, geometry: Windows):
     self.job, self.geometry = job, geometry
