@@ -69,8 +69,8 @@ def main(argv):
     raise app.UsageError('--audio is for --direction=a2v; v2a takes --video or --test_index')
   elif sum(s is not None for s in (_VIDEO.value, _VIDEOS.value, _TEST_INDEX.value)) != 1:
     raise app.UsageError('give exactly one of --video=FILE, --videos=DIR or --test_index=N')
-  if _DIRECTION.value == 'a2v' and _ALIGN_GUIDANCE.value:
-    raise app.UsageError('--align_guidance is for --direction=v2a')
+  if _DIRECTION.value == 'a2v' and (_ALIGN_GUIDANCE.value or _VIDEOS.value is not None):
+    raise app.UsageError('--align_guidance and --videos are for --direction=v2a')
   cli.setup()
   v2a_args = {**cli.sampler_args(_SAMPLER_FLAGS), 'align_guidance': _ALIGN_GUIDANCE.value}
   if _DIRECTION.value == 'a2v':
