@@ -145,20 +145,12 @@ def mux_soundtrack(video: str | os.PathLike, wav: str | os.PathLike, out: str | 
   with wave.open(os.fspath(wav), 'rb') as f:
     sample_rate = f.getframerate()
   rate = Fraction(fps).limit_denominator(1_000_000)
-  codec = media_writing.default_video_codec()
   frames = iter_frames(video, fps=fps, image_size=image_size, start_seconds=start_seconds,
                        end_seconds=end_seconds)
   with av.open(media_writing.make_parent(out), 'w', format='mp4') as container:
-    stream = container.add_stream(codec, rate=rate)
-    stream.height = stream.width = image_size + image_size % 2
-    stream.pix_fmt = 'yuv420p'
-    if codec == 'libx264':
-      stream.options = {'crf': '18', 'x264-params': 'mbtree=0'}
-    else:
-      stream.bit_rate = 4_000_000
-    audio_rate = media_writing.aac_rate(sample_rate)
-    audio = container.add_stream('aac', rate=audio_rate, layout='mono')
-    resampler = av.AudioResampler(format='fltp', layout='mono', rate=audio_rate)
+    stream, audio = media_writing.add_mp4_streams(container, rate, image_size, image_size,
+                                                  sample_rate)
+    resampler = av.AudioResampler(format='fltp', layout='mono', rate=audio.rate)
     samples_per_frame = sample_rate / float(rate)
     blocks, written = iter_wav(wav, int(round(samples_per_frame * 32))), 0
     for i, image in enumerate(frames):

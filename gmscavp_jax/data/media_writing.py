@@ -69,6 +69,39 @@ def aac_rate(sample_rate: int) -> int:
   return next((r for r in rates if r >= sample_rate), rates[-1])
 
 
+def add_mp4_streams(
+    container: av.container.OutputContainer, rate: Fraction, height: int, width: int,
+    sample_rate: int | None = None, *, video_codec: str | None = None
+) -> tuple[av.VideoStream, av.AudioStream | None]:
+  """Adds the streams of this project's mp4s (`write_video`, media_stream's
+  `mux_soundtrack`) to an open output `container`.
+
+  Video: `video_codec` (default `default_video_codec()`) in yuv420p at frame `rate`, so its
+  time base is 1 / rate and frame i's pts is i; height x width rounded up to even sizes
+  (yuv420p halves the chroma resolution), so odd-sized frames must be padded to match.
+  Audio, only with `sample_rate`: mono AAC at `aac_rate(sample_rate)` (the stream's `rate`).
+
+  Returns:
+    (video stream, audio stream or None).
+  """
+  codec = video_codec or default_video_codec()
+  video = container.add_stream(codec, rate=rate)
+  video.height, video.width = height + height % 2, width + width % 2
+  video.pix_fmt = 'yuv420p'
+  if codec == 'libx264':
+    # crf 18: visually lossless; the default 23 smears small frames. mbtree off: x264's
+    # macroblock-tree reads memory it never wrote, so the same frames gave up to 30
+    # different files in 40 encodes (measured at 32x32 to 96x32 and 64x64); without it every
+    # encode is the same, which reruns of prepare and render rely on.
+    video.options = {'crf': '18', 'x264-params': 'mbtree=0'}
+  else:
+    video.bit_rate = 4_000_000  # mpeg4's default (200 kb/s) is blocky at any real size.
+  audio = None
+  if sample_rate:
+    audio = container.add_stream(_AUDIO_ENCODER, rate=aac_rate(int(sample_rate)), layout='mono')
+  return video, audio
+
+
 def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float,
                 waveform: np.ndarray | None = None, sample_rate: int | None = None, *,
                 video_codec: str | None = None) -> None:
@@ -93,26 +126,14 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float,
   height, width = frames.shape[1:3]
   frames = np.pad(frames, ((0, 0), (0, height % 2), (0, width % 2), (0, 0)), mode='edge')
   rate = Fraction(fps).limit_denominator(1_000_000)  # Keeps NTSC's 30000/1001 exact.
-  codec = video_codec or default_video_codec()
   with av.open(make_parent(path), 'w', format='mp4') as container:
-    video = container.add_stream(codec, rate=rate)
-    video.height, video.width = frames.shape[1:3]
-    video.pix_fmt = 'yuv420p'
-    if codec == 'libx264':
-      # crf 18: visually lossless; the default 23 smears small frames. mbtree off: x264's
-      # macroblock-tree reads memory it never wrote, so the same frames gave up to 30
-      # different files in 40 encodes (measured at 32x32 to 96x32 and 64x64); without it every
-      # encode is the same, which reruns of prepare and render rely on.
-      video.options = {'crf': '18', 'x264-params': 'mbtree=0'}
-    else:
-      video.bit_rate = 4_000_000  # mpeg4's default (200 kb/s) is blocky at any real size.
-    audio = None
     if waveform is not None:
       num_samples = media.clip_num_samples(len(frames), float(rate), sample_rate)
       waveform = _safe_level(waveform)[:num_samples]
       waveform = np.pad(waveform, (0, num_samples - waveform.size))
-      audio_rate = aac_rate(int(sample_rate))
-      audio = container.add_stream(_AUDIO_ENCODER, rate=audio_rate, layout='mono')
+    video, audio = add_mp4_streams(container, rate, *frames.shape[1:3],
+                                   sample_rate if waveform is not None else None,
+                                   video_codec=video_codec)
     # The stream's time base is 1 / rate, so frame i's pts is i and the last frame lasts
     # 1 / fps: the video stream's duration is exactly T / fps.
     for i, image in enumerate(frames):
@@ -123,8 +144,8 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float,
     if audio is not None:
       frame = av.AudioFrame.from_ndarray(waveform[None], format='flt', layout='mono')
       frame.sample_rate, frame.pts = int(sample_rate), 0
-      if audio_rate != sample_rate:
-        resampler = av.AudioResampler(format='fltp', layout='mono', rate=audio_rate)
+      if audio.rate != sample_rate:
+        resampler = av.AudioResampler(format='fltp', layout='mono', rate=audio.rate)
         audio_frames = resampler.resample(frame) + resampler.resample(None)
       else:
         audio_frames = [frame]  # The encoder converts flt to its fltp itself.
