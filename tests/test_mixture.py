@@ -90,8 +90,7 @@ def test_synthetic_mixture_through_the_train_loader():
   # The evaluators stay data.name's own: the mixture changes neither their data nor their id.
   assert (classifier_training.identity(config) ==
           classifier_training.identity(tiny_config('msa')))
-  loader_config = classifier_training._loader_config  # pylint: disable=protected-access
-  assert not loader_config(config).data.mixture
+  assert not classifier_training.loader_config(config, 8, 0).data.mixture
 
 
 def test_sources_that_do_not_batch_are_a_config_error(monkeypatch):

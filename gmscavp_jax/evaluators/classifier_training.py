@@ -103,12 +103,14 @@ def loss_fn(params, batch: dict, rng: jax.Array, *, models: classifiers.Classifi
   return ce + bce, metrics
 
 
-def _loader_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """The config whose train loader feeds the evaluators (their batch size and seed)."""
+def loader_config(config: ml_collections.ConfigDict, batch_size: int,
+                  seed: int) -> ml_collections.ConfigDict:
+  """The config whose train loader feeds a per-dataset network: data.name's own train split
+  (no mixture, see _NOT_IDENTITY) at `batch_size`, shuffled by `seed`."""
   cfg = ml_collections.ConfigDict(config.to_dict())
-  cfg.train.batch_size = config.evaluator.batch_size
-  cfg.seed = config.evaluator.seed
-  cfg.data.mixture = ''  # data.name's own train split (see _NOT_IDENTITY).
+  cfg.train.batch_size = batch_size
+  cfg.seed = seed
+  cfg.data.mixture = ''
   return cfg
 
 
@@ -132,9 +134,7 @@ def fit(config: ml_collections.ConfigDict, mesh, *, init, loss, seed: int, what:
 
   step_fn = jax.jit(train_step, in_shardings=(repl, batch_sh, repl),
                     out_shardings=(repl, repl), donate_argnums=(0,))
-  cfg = _loader_config(config)
-  cfg.seed = seed
-  loader = iter(pipeline.train_loader(cfg))
+  loader = iter(pipeline.train_loader(loader_config(config, v.batch_size, seed)))
   progress = metrics_io.Progress(0, v.num_steps)
   rng, pending, history = jax.random.key(seed + 1), [], []
   t0 = time.perf_counter()
@@ -195,21 +195,26 @@ def self_check(evalset: classifiers.EvaluatorSet) -> dict:
   return out
 
 
-def save(path: str, config: ml_collections.ConfigDict, params: dict, summary: dict) -> None:
-  """Writes params and evaluators.json to `path` atomically (a temp dir, then a rename)."""
+def save_params(path: str, params: dict, summary_file: str, summary: dict) -> None:
+  """Writes params (Orbax) and `summary` as JSON to `path` atomically: a temp dir, then a
+  rename; if another process finished the same path first, theirs is kept."""
   tmp = f'{path}.tmp-{os.getpid()}'
   shutil.rmtree(tmp, ignore_errors=True)
   os.makedirs(tmp)
   ckptr = ocp.StandardCheckpointer()
   ckptr.save(os.path.join(tmp, 'params'), params)
   ckptr.wait_until_finished()
-  with open(os.path.join(tmp, SUMMARY_FILE), 'w') as f:
-    json.dump({'identity': identity(config), **summary}, f, indent=2, sort_keys=True,
-              default=list)
+  with open(os.path.join(tmp, summary_file), 'w') as f:
+    json.dump(summary, f, indent=2, sort_keys=True, default=list)
   try:
     os.rename(tmp, path)
-  except OSError:  # Another process finished the same set first: keep theirs.
+  except OSError:
     shutil.rmtree(tmp, ignore_errors=True)
+
+
+def save(path: str, config: ml_collections.ConfigDict, params: dict, summary: dict) -> None:
+  """Writes the evaluators' params and evaluators.json (with their identity) to `path`."""
+  save_params(path, params, SUMMARY_FILE, {'identity': identity(config), **summary})
 
 
 def load_or_train(config: ml_collections.ConfigDict, root: str | None = None,

@@ -8,7 +8,6 @@ steers the sampler. Kept in <evaluator dir>-guide/ (params + guide.json).
 """
 
 import functools
-import json
 import os
 
 from absl import logging
@@ -77,16 +76,7 @@ def load_or_train(config: ml_collections.ConfigDict, root: str | None = None, me
       config, mesh, init=functools.partial(init_params, config),
       loss=functools.partial(loss_fn, config=config), seed=seed, what='alignment guide',
       fields=('frames', 'waveform'))
-  tmp = f'{path}.tmp-{os.getpid()}'
-  os.makedirs(tmp, exist_ok=True)
-  ckptr = ocp.StandardCheckpointer()
-  ckptr.save(os.path.join(tmp, 'params'), params)
-  ckptr.wait_until_finished()
-  with open(os.path.join(tmp, SUMMARY_FILE), 'w') as f:
-    json.dump({'identity': classifier_training.identity(config), 'seed': seed, **summary}, f,
-              indent=2, sort_keys=True, default=list)
-  try:
-    os.rename(tmp, path)
-  except OSError:  # Another process finished first: keep theirs.
-    pass
+  classifier_training.save_params(
+      path, params, SUMMARY_FILE,
+      {'identity': classifier_training.identity(config), 'seed': seed, **summary})
   return params
