@@ -268,6 +268,34 @@ def base_config() -> ml_collections.ConfigDict:
   c.evaluator.min_shift_seconds = 0.2
   c.evaluator.max_shift_seconds = 1.0
   c.evaluator.num_check_clips = 512  # Test clips that measure the evaluators' own accuracy.
+
+  # The neural vocoder (HiFi-GAN family, models/vocoder_gan.py), trained once per dataset and
+  # kept beside the evaluators; `generate`, the demo and `evaluate` use it with
+  # --vocoder=neural (or 'auto' once it is trained). Griffin-Lim stays the fallback.
+  c.vocoder = ml_collections.ConfigDict()
+  c.vocoder.seed = 0
+  c.vocoder.width = 512  # ConvNeXt blocks at the log-mel frame rate (Vocos' sizes).
+  c.vocoder.num_blocks = 8
+  # Griffin-Lim projections of the predicted STFT (its magnitude kept) before the inverse
+  # STFT, trained through: 0 is the network alone.
+  c.vocoder.projections = 0
+  c.vocoder.periods = (2, 3, 5, 7, 11)
+  c.vocoder.num_scales = 3
+  c.vocoder.disc_channels = (32, 64, 128, 256)
+  c.vocoder.segment_frames = 32  # Training crops of 32 log-mel frames (0.8 s at 8 kHz).
+  c.vocoder.batch_size = 16
+  c.vocoder.num_steps = 50_000
+  c.vocoder.learning_rate = 2e-4
+  # Steps of reconstruction loss alone before the discriminator joins: a generator that
+  # already follows the log-mel gives the GAN something to refine.
+  c.vocoder.gan_start_step = 5_000
+  c.vocoder.mel_weight = 45.0  # HiFi-GAN's weights: log-mel L1 45, feature matching 2.
+  c.vocoder.feature_weight = 2.0
+  # Log-magnitude STFT L1 at these (n_fft, hop) besides the front end's log-mel (sharper
+  # transients than the 25 ms mel frames alone teach).
+  c.vocoder.stft_sizes = ((128, 32), (1024, 256))
+  c.vocoder.stft_weight = 15.0
+  c.vocoder.num_check_clips = 512  # Test clips of its self-check against Griffin-Lim.
   return c
 
 
@@ -308,6 +336,15 @@ def apply_variant(c: ml_collections.ConfigDict, arg: str | None) -> ml_collectio
     c.evaluator.num_steps = 1_500
     c.evaluator.batch_size = 32
     c.evaluator.num_check_clips = 256
+    c.vocoder.width = 128
+    c.vocoder.num_blocks = 4
+    c.vocoder.num_scales = 1
+    c.vocoder.disc_channels = (16, 32, 64)
+    c.vocoder.segment_frames = 16
+    c.vocoder.num_steps = 3_000
+    c.vocoder.learning_rate = 1e-3
+    c.vocoder.gan_start_step = 1_500
+    c.vocoder.num_check_clips = 256
     # 2x16 stem patches (50 ms x 16 mels) and attention at the coarsest level only keep a
     # UNet update at batch 32 affordable on 2 cores (docs/config_notes.md).
     c.unet.widths = (32, 48, 64)

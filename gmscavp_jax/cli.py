@@ -7,6 +7,7 @@ import sys
 
 from absl import flags
 from absl import logging
+from ml_collections import config_flags
 import jax
 
 from gmscavp_jax.diffusion import samplers
@@ -119,3 +120,21 @@ def define_evaluator_dir_flag():
   return flags.DEFINE_string(
       'evaluator_dir', None, 'Root of the evaluator networks (default: $GMSCAVP_EVALUATORS or '
       '~/.cache/gmscavp_jax/evaluators).')
+
+
+def define_vocoder_flag():
+  """--vocoder: how log-mels become audio (generate, evaluate, demo)."""
+  return flags.DEFINE_enum(
+      'vocoder', 'auto', ['auto', 'neural', 'griffin_lim'],
+      "Log-mel -> audio: 'neural' (the dataset's GAN vocoder, trained once on first use and "
+      "kept beside the evaluators), 'griffin_lim', or 'auto' (neural if already trained, "
+      'else Griffin-Lim).')
+
+
+def define_dataset_config_flag():
+  """--config: an experiment config file naming a dataset (the per-dataset networks' tools)."""
+  holder = config_flags.DEFINE_config_file(
+      'config', None, 'Experiment config file naming the dataset, e.g. '
+      'configs/msa_msd.py:runlocal.', lock_config=True)
+  flags.mark_flags_as_required(['config'])
+  return holder

@@ -25,6 +25,8 @@ _TOP_K = flags.DEFINE_integer('top_k', 5, 'Retrieved clips listed per direction.
 _OUTPUT_DIR = flags.DEFINE_string(
     'output_dir', None, "Where each request's WAV, PNG and mp4 go (default: a new temporary "
     'folder); the last few requests are kept.')
+_VOCODER = cli.define_vocoder_flag()
+_EVALUATOR_DIR = cli.define_evaluator_dir_flag()
 flags.mark_flag_as_required('workdir')
 
 
@@ -43,7 +45,8 @@ def main(argv):
     sys.exit(f"error: the demo needs {e.name}: pip install -e '.[demo]'")
   cli.run_or_explain(demo_page.serve, _WORKDIR.value, port=_PORT.value,
                      max_upload_mb=_MAX_UPLOAD_MB.value, top_k=_TOP_K.value,
-                     output_dir=_OUTPUT_DIR.value)
+                     output_dir=_OUTPUT_DIR.value, vocoder=_VOCODER.value,
+                     evaluator_dir=_EVALUATOR_DIR.value)
 
 
 if __name__ == '__main__':

@@ -7,7 +7,8 @@ Retrieval R@1/5/10 both ways over eval.num_test_clips; audio generated for the f
 eval.num_metric_clips test videos, scored by KLD, FAD, Align Acc, onset F1 and class
 accuracy with the dataset's evaluator networks (trained on first use, then reused: see
 evaluators/classifier_training.py). Merges the numbers into WORKDIR/results.json and writes
-WORKDIR/results.md (the paper's table layout) and WORKDIR/plots/evaluate.png.
+WORKDIR/results.md (the paper's table layout), WORKDIR/plots/evaluate.png and
+WORKDIR/audio/*.wav to listen to (--vocoder: the dataset's neural vocoder or Griffin-Lim).
 """
 
 import os
@@ -34,6 +35,7 @@ _ALIGN_GUIDANCE = flags.DEFINE_float(
     'align_guidance', 0.0, 'Double guidance: scale of the alignment guide\'s gradient added to '
     'classifier-free guidance (0 = off; the guide trains once per dataset on first use).',
     lower_bound=0.0)
+_VOCODER = cli.define_vocoder_flag()
 flags.mark_flags_as_required(['workdir'])
 
 
@@ -45,7 +47,7 @@ def main(argv):
       checkpoint_evaluation.evaluate_checkpoint, _WORKDIR.value,
       evaluator_dir=_EVALUATOR_DIR.value, num_clips=_NUM_CLIPS.value, seed=_SEED.value,
       output_dir=_OUTPUT_DIR.value, split=_SPLIT.value, align_guidance=_ALIGN_GUIDANCE.value,
-      **cli.sampler_args(_SAMPLER_FLAGS))
+      vocoder=_VOCODER.value, **cli.sampler_args(_SAMPLER_FLAGS))
   print(f"checkpoint {r['evaluate/step']}: KLD {r['gen/kld']:.3f}  FAD {r['gen/fad']:.3f}  "
         f"Align Acc {r['gen/align_acc']:.1f}%  onset F1@100ms {r['gen/onset_f1@100ms']:.1f}% "
         f"(precision {r['gen/onset_precision@100ms']:.1f}%, recall "
@@ -56,7 +58,8 @@ def main(argv):
   print(f"ground truth: KLD {r['ref/gt/kld']:.3f}  FAD {r['ref/gt/fad']:.3f}  Align Acc "
         f"{r['ref/gt/align_acc']:.1f}%  onset F1@100ms {r['ref/gt/onset_f1@100ms']:.1f}%; "
         f"shuffled ground truth Align Acc {r['ref/shuffled/align_acc']:.1f}%")
-  print(f"ground truth through the vocoder: KLD {r['ref/vocoded/kld']:.3f}  FAD "
+  print(f"ground truth through the vocoder ({r['evaluate/vocoder']}): KLD "
+        f"{r['ref/vocoded/kld']:.3f}  FAD "
         f"{r['ref/vocoded/fad']:.3f}  Align Acc {r['ref/vocoded/align_acc']:.1f}%  onset "
         f"F1@100ms {r['ref/vocoded/onset_f1@100ms']:.1f}%  class acc "
         f"{r['ref/vocoded/class_acc']:.1f}%")

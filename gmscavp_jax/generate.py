@@ -9,7 +9,8 @@
 
 v2a: the video is decoded (PyAV) to the config's frame rate and size. A clip of exactly the
 training length (from --start_seconds, for --duration or to the end) writes NAME.wav
-(Griffin-Lim audio), NAME_spectrogram.png (generated beside the real log-mel, when the clip
+(audio by --vocoder: the dataset's neural vocoder once it is trained, else Griffin-Lim;
+evaluators/vocoders.py), NAME_spectrogram.png (generated beside the real log-mel, when the clip
 has audio) and NAME.mp4 (the video with the generated soundtrack). Any other length, however
 long, gets a whole soundtrack, NAME.wav and NAME.mp4, from overlapping windows that each
 continue the previous one (inference/long_video.py), streamed: memory does not grow with the
@@ -55,6 +56,8 @@ _ALIGN_GUIDANCE = flags.DEFINE_float(
     'align_guidance', 0.0, 'v2a: double guidance, the scale of the alignment guide\'s gradient '
     'added to classifier-free guidance (0 = off; the guide trains once per dataset).',
     lower_bound=0.0)
+_VOCODER = cli.define_vocoder_flag()
+_EVALUATOR_DIR = cli.define_evaluator_dir_flag()
 flags.mark_flags_as_required(['workdir', 'output_dir'])
 
 
@@ -72,7 +75,8 @@ def main(argv):
   if _DIRECTION.value == 'a2v' and (_ALIGN_GUIDANCE.value or _VIDEOS.value is not None):
     raise app.UsageError('--align_guidance and --videos are for --direction=v2a')
   cli.setup()
-  v2a_args = {**cli.sampler_args(_SAMPLER_FLAGS), 'align_guidance': _ALIGN_GUIDANCE.value}
+  v2a_args = {**cli.sampler_args(_SAMPLER_FLAGS), 'align_guidance': _ALIGN_GUIDANCE.value,
+              'vocoder': _VOCODER.value, 'evaluator_dir': _EVALUATOR_DIR.value}
   if _DIRECTION.value == 'a2v':
     out = cli.run_or_explain(
         audio_to_video.generate, _WORKDIR.value, _OUTPUT_DIR.value, audio=_AUDIO.value,
@@ -94,12 +98,13 @@ def main(argv):
     out = cli.run_or_explain(soundtrack_folder.soundtrack_video, _WORKDIR.value, _VIDEO.value,
                              _OUTPUT_DIR.value, **long_args)
     print(f"wrote {out['wav']} and {out['mp4']}: {out['seconds']:.1f} s of audio from "
-          f"{out['windows']} windows")
+          f"{out['windows']} windows ({out['vocoder']} vocoder)")
     return
   out = cli.run_or_explain(
       video_to_audio.generate, _WORKDIR.value, _OUTPUT_DIR.value, video=_VIDEO.value,
       test_index=_TEST_INDEX.value, start_seconds=_START.value, seed=_SEED.value, **v2a_args)
-  print(f"checkpoint {out['step']}: wrote {out['wav']}, {out['png']}, {out['mp4']}")
+  print(f"checkpoint {out['step']}: wrote {out['wav']}, {out['png']}, {out['mp4']} "
+        f"({out['vocoder']} vocoder)")
   print(f"onsets detected in the generated audio (s): "
         f"{', '.join(f'{t:.2f}' for t in out['detected_onsets']) or 'none'}")
   if 'true_onsets' in out:

@@ -78,6 +78,12 @@ def tiny_config(name: str = 'msa', **overrides):
   config.evaluator.num_check_clips = 8
   config.evaluator.max_shift_seconds = 0.5
   config.loss.cdiff_max_shift_seconds = 0.5  # Of the 1 s clip (as the evaluator's shifts).
+  v = config.vocoder
+  v.width, v.num_blocks, v.projections = 16, 1, 0
+  v.periods, v.num_scales, v.disc_channels = (2, 3), 1, (4, 8)
+  v.segment_frames, v.batch_size, v.num_check_clips = 8, 4, 8
+  v.num_steps, v.gan_start_step = 4, 2  # Two reconstruction steps, then two with the GAN.
+  v.stft_sizes = ((64, 16),)
   if config.diffusion.training == 'frozen':
     config.diffusion.encoder_steps = 2  # Steps 1-2 contrastive, 3-4 the denoiser alone.
   for key, value in overrides.items():

@@ -20,6 +20,7 @@ from gmscavp_jax.evaluators import classifiers
 from gmscavp_jax.evaluators import generation
 from gmscavp_jax.evaluators import guide_training
 from gmscavp_jax.evaluators import suite
+from gmscavp_jax.evaluators import vocoder_training
 from gmscavp_jax.infra import errors
 from gmscavp_jax import train
 from tests.conftest import ROOT
@@ -80,7 +81,8 @@ def test_evaluator_set_is_keyed_by_the_dataset(tmp_path):
 def test_evaluate_writes_results_and_reuses_the_evaluators(trained):
   workdir, root = trained
   results = checkpoint_evaluation.evaluate_checkpoint(workdir, evaluator_dir=root,
-                                                      sampler='ddim', num_steps=3)
+                                                      sampler='ddim', num_steps=3,
+                                                      vocoder='neural')
   with open(os.path.join(workdir, 'results.json')) as f:
     saved = json.load(f)
   for key in REQUIRED:
@@ -97,15 +99,23 @@ def test_evaluate_writes_results_and_reuses_the_evaluators(trained):
   assert ('| KLD ↓ | FAD ↓ | Align Acc ↑ | onset F1@50ms ↑ | onset F1@100ms ↑ | '
           'precision@100ms | recall@100ms | class acc ↑ |') in text
   assert '| ground truth through the vocoder | ' in text
+  # --vocoder=neural trained the dataset's vocoder beside the evaluators and made the
+  # listening outputs and the vocoder row with it.
+  assert results['evaluate/vocoder'] == 'neural'
+  assert "by the dataset's neural vocoder and back" in text
+  assert sorted(os.listdir(os.path.join(workdir, 'audio'))) == [
+      'clip0_generated.wav', 'clip0_real.wav', 'clip1_generated.wav', 'clip1_real.wav']
   assert 'Class accuracy reachable from the video alone: ' in text
   assert '| timing-blind ceiling, either direction | ' in text
   assert os.path.exists(os.path.join(workdir, 'plots', 'evaluate.png'))
 
   # The evaluators were trained once, into a dataset-keyed folder, and are reused.
-  (path,) = [os.path.join(root, d) for d in os.listdir(root)]
+  config = config_io.load_config(workdir)
+  path = classifier_training.evaluator_dir(config, root)
+  assert sorted(os.listdir(root)) == sorted(
+      os.path.basename(p) for p in (path, vocoder_training.vocoder_dir(config, root)))
   stamp = os.path.getmtime(os.path.join(path, classifier_training.SUMMARY_FILE))
   assert results['evaluate/sampler'] == 'ddim' and results['evaluate/sample_steps'] == 3
-  config = config_io.load_config(workdir)
   evalset, summary = classifier_training.load_or_train(config, root)
   assert os.path.getmtime(os.path.join(path, classifier_training.SUMMARY_FILE)) == stamp
   assert summary['eval/align_classifier_acc'] == results['eval/align_classifier_acc']

@@ -6,6 +6,7 @@ import os
 import wave
 
 import av
+import jax
 import numpy as np
 import pytest
 
@@ -13,6 +14,7 @@ from gmscavp_jax.data import media
 from gmscavp_jax.data import media_stream
 from gmscavp_jax.data import media_writing
 from gmscavp_jax.data import pipeline
+from gmscavp_jax.evaluators import vocoders
 from gmscavp_jax.inference import long_video
 from gmscavp_jax.infra import errors
 from tests.conftest import tiny_config
@@ -47,6 +49,9 @@ class _Recorder:
     n, ta, f = known_mel.shape
     made = np.full((n, ta, f), float(len(self.calls)), np.float32)
     return np.where(known_mask[..., None] == 1.0, known_mel, made)
+
+  def vocode(self, mel, seed=0):
+    return vocoders.griffin_lim_vocoder(self.config)(mel, rng=jax.random.key(seed))
 
 
 def test_each_window_continues_the_previous_and_the_audio_is_the_video_length(tmp_path):

@@ -66,6 +66,24 @@ _ADDED = {
     'a2v.stop_gradient': False,
     'a2v.guidance': 3.0,
     'a2v.num_eval_clips': 16,
+    # The neural vocoder came later; a workdir without it gets the full-size settings.
+    'vocoder.seed': 0,
+    'vocoder.width': 512,
+    'vocoder.num_blocks': 8,
+    'vocoder.projections': 0,
+    'vocoder.periods': (2, 3, 5, 7, 11),
+    'vocoder.num_scales': 3,
+    'vocoder.disc_channels': (32, 64, 128, 256),
+    'vocoder.segment_frames': 32,
+    'vocoder.batch_size': 16,
+    'vocoder.num_steps': 50_000,
+    'vocoder.learning_rate': 2e-4,
+    'vocoder.gan_start_step': 5_000,
+    'vocoder.mel_weight': 45.0,
+    'vocoder.feature_weight': 2.0,
+    'vocoder.stft_sizes': ((128, 32), (1024, 256)),
+    'vocoder.stft_weight': 15.0,
+    'vocoder.num_check_clips': 512,
 }
 
 

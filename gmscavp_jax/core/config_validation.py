@@ -364,3 +364,29 @@ def _validate_a2v(config: ml_collections.ConfigDict, num_scales: int) -> None:
   _require(a.guidance >= 0, 'a2v.guidance', 'a guidance scale >= 0', a.guidance)
   _require(0 <= a.num_eval_clips <= config.eval.num_test_clips, 'a2v.num_eval_clips',
            f'in [0, eval.num_test_clips={config.eval.num_test_clips}]', a.num_eval_clips)
+
+
+def validate_vocoder(config: ml_collections.ConfigDict) -> None:
+  """The neural vocoder's fields (read only where it is trained or loaded)."""
+  v, a = config.vocoder, config.audio
+  for field in ('width', 'num_blocks', 'num_steps', 'num_check_clips'):
+    _require(v[field] > 0, f'vocoder.{field}', 'a positive integer', v[field])
+  for field in ('disc_channels', 'periods'):
+    _require(len(v[field]) >= 1 and all(k > 0 for k in v[field]), f'vocoder.{field}',
+             'a non-empty tuple of positive integers', v[field])
+  for field in ('num_scales', 'projections'):
+    _require(v[field] >= 0, f'vocoder.{field}', 'an integer >= 0', v[field])
+  seconds = config.data.num_frames / config.data.fps
+  num_frames = int(round(seconds * a.sample_rate)) // a.hop_length
+  _require(2 <= v.segment_frames <= num_frames, 'vocoder.segment_frames',
+           f'in [2, {num_frames}] (log-mel frames of a clip)', v.segment_frames)
+  _require(v.batch_size >= 1, 'vocoder.batch_size', 'a positive integer', v.batch_size)
+  _require(0 <= v.gan_start_step <= v.num_steps, 'vocoder.gan_start_step',
+           f'in [0, vocoder.num_steps={v.num_steps}]', v.gan_start_step)
+  _require(v.learning_rate > 0, 'vocoder.learning_rate', 'a positive rate', v.learning_rate)
+  for field in ('mel_weight', 'feature_weight', 'stft_weight'):
+    _require(v[field] >= 0, f'vocoder.{field}', 'a weight >= 0', v[field])
+  _require(all(len(s) == 2 and 0 < s[1] <= s[0] for s in v.stft_sizes), 'vocoder.stft_sizes',
+           '(n_fft, hop) pairs with 0 < hop <= n_fft', v.stft_sizes)
+  _require(v.num_check_clips <= config.eval.num_test_clips, 'vocoder.num_check_clips',
+           f'at most eval.num_test_clips={config.eval.num_test_clips}', v.num_check_clips)

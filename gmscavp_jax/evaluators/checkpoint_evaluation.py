@@ -6,8 +6,9 @@ eval.num_metric_clips test videos, scored by KLD, FAD, Align Acc, onset F1 and c
 accuracy with the dataset's evaluator networks (trained on first use, then reused: see
 evaluators/classifier_training.py), beside the reference rows of evaluators/suite.py (ground
 truth, ground truth through the vocoder, shuffled ground truth). Merges the numbers into
-WORKDIR/results.json and writes WORKDIR/results.md (the paper's table layout) and
-WORKDIR/plots/evaluate.png.
+WORKDIR/results.json and writes WORKDIR/results.md (the paper's table layout),
+WORKDIR/plots/evaluate.png and, to listen to, WORKDIR/audio/clipK_{generated,real}.wav for
+the first eval.num_summary_clips clips through the chosen vocoder (evaluators/vocoders.py).
 """
 
 import json
@@ -23,12 +24,13 @@ from gmscavp_jax.core import config_io
 from gmscavp_jax.core import config_validation
 from gmscavp_jax.core import sampling
 from gmscavp_jax.core import state as state_lib
-from gmscavp_jax.data import vocoder
+from gmscavp_jax.data import media_writing
 from gmscavp_jax.evaluators import classifier_training
 from gmscavp_jax.evaluators import generation
 from gmscavp_jax.evaluators import guide_training
 from gmscavp_jax.evaluators import retrieval
 from gmscavp_jax.evaluators import suite
+from gmscavp_jax.evaluators import vocoders
 from gmscavp_jax.infra import plotting
 
 
@@ -40,14 +42,12 @@ def _clips_with_log_mel(config, generator: sampling.Generator, num: int, start: 
 
 
 def vocoded_log_mel(config: ml_collections.ConfigDict, generator: sampling.Generator,
-                    log_mel: np.ndarray) -> np.ndarray:
-  """Log-mels (N,Ta,F) -> waveforms by the project's vocoder (Griffin-Lim,
-  eval.griffin_lim_iters, as `generate` writes them) -> log-mels (N,Ta,F) again, in batches
-  of eval.batch_size."""
+                    log_mel: np.ndarray, vocoder: vocoders.Vocoder) -> np.ndarray:
+  """Log-mels (N,Ta,F) -> waveforms by `vocoder` (as `generate` writes them) -> log-mels
+  (N,Ta,F) again, in batches of eval.batch_size."""
   out = []
   for i in range(0, len(log_mel), config.eval.batch_size):
-    wave = vocoder.griffin_lim_from_config(log_mel[i:i + config.eval.batch_size], config.audio,
-                                           num_iters=config.eval.griffin_lim_iters)
+    wave = vocoder(log_mel[i:i + config.eval.batch_size], rng=jax.random.key(i))
     out.append(generator.real_log_mel(np.asarray(wave)))
   return np.concatenate(out)
 
@@ -57,7 +57,7 @@ def evaluate_checkpoint(workdir: str, *, evaluator_dir: str | None = None,
                         num_steps: int | None = None, guidance: float | None = None,
                         eta: float | None = None, seed: int = 0,
                         output_dir: str | None = None, split: str = 'test',
-                        align_guidance: float = 0.0) -> dict:
+                        align_guidance: float = 0.0, vocoder: str = 'auto') -> dict:
   """Scores the newest checkpoint of `workdir`; returns the merged results.json dict.
 
   `split` 'train' generates for (and takes the FAD reference from) training clips instead of
@@ -66,7 +66,8 @@ def evaluate_checkpoint(workdir: str, *, evaluator_dir: str | None = None,
 
   The results go to `output_dir` (default: the workdir itself), merged into its
   results.json (see `_merged`: each family of keys we write replaces the old one whole):
-  several settings of one checkpoint each keep their own directory.
+  several settings of one checkpoint each keep their own directory. `vocoder` ('auto',
+  'neural' or 'griffin_lim') makes the listening outputs and the ref/vocoded row.
   """
   output_dir = output_dir or workdir
   t0 = time.perf_counter()
@@ -77,6 +78,7 @@ def evaluate_checkpoint(workdir: str, *, evaluator_dir: str | None = None,
   _, mesh, models, params, step = state_lib.restore_workdir(workdir, config,
                                                             state_lib.restore_generator)
   evalset, summary = classifier_training.load_or_train(config, evaluator_dir, mesh)
+  vocode = vocoders.make(config, vocoder, evaluator_dir, mesh)
 
   results, emb = retrieval.RetrievalEvaluator(config, mesh, models).run(params)
   sampler_args = sampling.sampler_settings(config.eval, sampler, num_steps, guidance, eta)
@@ -94,7 +96,8 @@ def evaluate_checkpoint(workdir: str, *, evaluator_dir: str | None = None,
                                                seed=seed, **sampler_args, **guide)
   results.update(suite.score(evalset, generated, clips, reference,
                              generation.frame_rate(config),
-                             vocoded=vocoded_log_mel(config, generator, clips['log_mel'])))
+                             vocoded=vocoded_log_mel(config, generator, clips['log_mel'],
+                                                     vocode)))
   results.update({k: v for k, v in summary.items() if k.startswith('eval/')})
   results.update({
       'gen/num_clips': float(n), 'gen/num_reference_clips': float(n),
@@ -103,6 +106,7 @@ def evaluate_checkpoint(workdir: str, *, evaluator_dir: str | None = None,
       'gen/compile_seconds': timing['compile_seconds'], 'evaluate/step': step,
       'evaluate/sampler': sampler_args['sampler'], 'evaluate/split': split,
       'evaluate/griffin_lim_iters': config.eval.griffin_lim_iters,
+      'evaluate/vocoder': vocode.name,
       'evaluate/sample_steps': sampler_args['num_steps'],
       'evaluate/guidance': sampler_args['guidance'], 'evaluate/seed': seed,
       'evaluate/align_guidance': float(align_guidance),
@@ -111,6 +115,7 @@ def evaluate_checkpoint(workdir: str, *, evaluator_dir: str | None = None,
   merged = _merged(output_dir, results)
   if jax.process_index() == 0:
     _write(output_dir, config, merged, generated, clips)
+    _write_audio(output_dir, config, vocode, generated, clips['log_mel'])
   return merged
 
 
@@ -152,3 +157,16 @@ def _write(output_dir: str, config: ml_collections.ConfigDict, merged: dict,
       f"(KLD {merged['gen/kld']:.2f}, FAD {merged['gen/fad']:.2f}, "
       f"Align Acc {merged['gen/align_acc']:.1f}%)", real=clips['log_mel'][:k],
       frame_rate=generation.frame_rate(config), onsets=generation.first(clips['onsets'], k))
+
+
+def _write_audio(output_dir: str, config: ml_collections.ConfigDict, vocode: vocoders.Vocoder,
+                 generated: np.ndarray, real: np.ndarray) -> None:
+  """OUTPUT/audio/clipK_generated.wav and clipK_real.wav (the real log-mel through the same
+  vocoder) for the first eval.num_summary_clips clips."""
+  k = min(config.eval.num_summary_clips, len(generated))
+  for kind, mels in (('generated', generated[:k]), ('real', real[:k])):
+    if not k:
+      break
+    for i, wave in enumerate(np.asarray(vocode(mels, rng=jax.random.key(0)))):
+      media_writing.write_wav(os.path.join(output_dir, 'audio', f'clip{i}_{kind}.wav'), wave,
+                              config.audio.sample_rate)

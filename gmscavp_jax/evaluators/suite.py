@@ -153,6 +153,13 @@ def _cell(results: dict, key: str, digits: int) -> str:
   return '—' if value is None else f'{value:.{digits}f}'
 
 
+def _vocoder_name(r: dict) -> str:
+  """How results `r` turned log-mels into waveforms, in words."""
+  if r.get('evaluate/vocoder', 'griffin_lim') == 'neural':
+    return "the dataset's neural vocoder"
+  return f"Griffin-Lim ({r.get('evaluate/griffin_lim_iters', '?')} iterations)"
+
+
 def results_markdown(results: dict, experiment: str) -> str:
   """results.md: the paper's Tables 1-3 layout for one evaluated workdir."""
   r = results
@@ -179,9 +186,8 @@ def results_markdown(results: dict, experiment: str) -> str:
   lines += ['', 'Ground truth: KLD against a same-class clip of the disjoint reference half '
             f"({int(r.get('ref/gt/kld_matched_clips', 0))} clips matched); FAD of real vs "
             'real audio (the floor at this sample size). Through the vocoder: the real '
-            f"log-mel to a waveform by Griffin-Lim ({r.get('evaluate/griffin_lim_iters', '?')} "
-            'iterations) and back, scored as the generated audio is: what the waveform path '
-            'costs. Onsets: F1 of the detected onsets '
+            f'log-mel to a waveform by {_vocoder_name(r)} and back, scored as the generated '
+            'audio is: what the waveform path costs. Onsets: F1 of the detected onsets '
             "against the true ones within ±50 / ±100 ms (one-to-one); recall alone (CMMD's "
             'hit-rate) would reward audio that is onsets everywhere.', '']
   if 'ref/video_oracle/class_acc' in r:

@@ -41,8 +41,9 @@ TABLE_HEADERS = ['rank', 'clip', 'class', 'score', 'note']
 class Backend:
   """One workdir's generator and retriever, restored once; `answer` serves a request."""
 
-  def __init__(self, workdir: str, output_dir: str, *, max_upload_mb: float, top_k: int = 5):
-    self.soundtracker = video_to_audio.Soundtracker(workdir)
+  def __init__(self, workdir: str, output_dir: str, *, max_upload_mb: float, top_k: int = 5,
+               vocoder: str = 'auto', evaluator_dir: str | None = None):
+    self.soundtracker = video_to_audio.Soundtracker(workdir, vocoder, evaluator_dir)
     self.retriever = retrieval_queries.Retriever(workdir,
                                                  restored=self.soundtracker.restored)
     self.num_test_clips = len(self.retriever.embeddings['index'])
@@ -220,12 +221,15 @@ def build_app(backend: Backend) -> gr.Blocks:
 
 
 def serve(workdir: str, *, port: int, max_upload_mb: float, top_k: int = 5,
-          output_dir: str | None = None, block: bool = True) -> gr.Blocks:
+          output_dir: str | None = None, block: bool = True, vocoder: str = 'auto',
+          evaluator_dir: str | None = None) -> gr.Blocks:
   """Restores `workdir` and serves its page on http://127.0.0.1:`port` only (no share link,
   no telemetry: it works offline). Request files go to `output_dir` (default: a new
-  temporary folder). block=False returns the running app at once (`.close()` stops it)."""
+  temporary folder). block=False returns the running app at once (`.close()` stops it).
+  `vocoder`/`evaluator_dir` choose how audio is made (evaluators/vocoders.py)."""
   output_dir = output_dir or tempfile.mkdtemp(prefix='gmscavp_demo_')
-  backend = Backend(workdir, output_dir, max_upload_mb=max_upload_mb, top_k=top_k)
+  backend = Backend(workdir, output_dir, max_upload_mb=max_upload_mb, top_k=top_k,
+                    vocoder=vocoder, evaluator_dir=evaluator_dir)
   app = build_app(backend)
   app.queue().launch(server_name='127.0.0.1', server_port=port, share=False,
                      allowed_paths=[output_dir], footer_links=[], prevent_thread_lock=not block)

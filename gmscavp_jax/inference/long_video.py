@@ -14,16 +14,13 @@ in one call, and a finished video's slot takes the next one, so a folder keeps t
 
 from collections.abc import Callable, Iterator
 import dataclasses
-import functools
 import math
 import os
 
-import jax
 import numpy as np
 
 from gmscavp_jax.data import media
 from gmscavp_jax.data import media_stream
-from gmscavp_jax.data import vocoder
 from gmscavp_jax.infra import errors
 
 
@@ -80,15 +77,24 @@ def windows(config, overlap_seconds: float | None = None) -> Windows:
                  mel_per_frame=int(samples) // a.hop_length, samples_per_frame=int(samples))
 
 
+def span_frames(fps: float, available_seconds: float, duration: float | None) -> int:
+  """Video frames (>= 1) of a span: `available_seconds` of video from the start point, cut
+  to `duration` (None: all of it); a frame that ends within media.TIME_SLACK_S counts."""
+  seconds = available_seconds if duration is None else min(available_seconds, duration)
+  return max(1, int(math.floor(seconds * fps + media.TIME_SLACK_S)))
+
+
 @dataclasses.dataclass
 class Job:
   """One video to give a soundtrack: `video` in, `wav` and `mp4` out, from `start_seconds`
-  for `duration` seconds (None: to the end)."""
+  for `duration` seconds (None: to the end). `video_seconds` is the video's probed length
+  where the caller has it (None: probed when the job starts)."""
   video: str
   wav: str
   mp4: str
   start_seconds: float = 0.0
   duration: float | None = None
+  video_seconds: float | None = None
 
 
 def _equal_power(old: np.ndarray, new: np.ndarray) -> np.ndarray:
@@ -105,12 +111,13 @@ class Track:
   def __init__(self, job: Job, config, geometry: Windows):
     self.job, self.geometry = job, geometry
     d = config.data
-    available = media_stream.probe_duration(job.video) - job.start_seconds
-    if available <= 0:
-      raise media.TooShortError(job.video, f'lasts {available + job.start_seconds:.3f} s, '
+    length = job.video_seconds
+    if length is None:
+      length = media_stream.probe_duration(job.video)
+    if length <= job.start_seconds:
+      raise media.TooShortError(job.video, f'lasts {length:.3f} s, '
                                 f'less than --start_seconds={job.start_seconds:g}')
-    seconds = available if job.duration is None else min(available, job.duration)
-    self.total_frames = max(1, int(math.floor(seconds * d.fps + media.TIME_SLACK_S)))
+    self.total_frames = span_frames(d.fps, length - job.start_seconds, job.duration)
     self.num_windows = geometry.count(self.total_frames)
     self.end_seconds = job.start_seconds + self.total_frames / d.fps
     self._frames: Iterator[np.ndarray] = media_stream.iter_frames(
@@ -211,8 +218,6 @@ def run(soundtracker, jobs: list[Job], *, batch: int, overlap_seconds: float | N
   on_done = on_done or (lambda job, info: None)
   on_failed = on_failed or (lambda job, error: None)
   ta, f = geometry.frames * geometry.mel_per_frame, config.audio.n_mels
-  vocode = jax.jit(functools.partial(vocoder.griffin_lim_from_config, audio_cfg=config.audio,
-                                     num_iters=config.eval.griffin_lim_iters))
   pending, slots = list(reversed(jobs)), [None] * batch
   round_index = 0
   while True:
@@ -247,7 +252,7 @@ def run(soundtracker, jobs: list[Job], *, batch: int, overlap_seconds: float | N
         known_mel[row] = mel
     mels = soundtracker.generate_batch(frames, known_mel=known_mel, known_mask=mask,
                                        seed=seed * 1_000_003 + round_index, **sampler_args)
-    waves = np.asarray(vocode(mels, rng=jax.random.fold_in(jax.random.key(seed), round_index)))
+    waves = soundtracker.vocode(mels, seed=seed * 1_000_003 + round_index)
     round_index += 1
     for row, (i, *_) in enumerate(inputs):
       track = slots[i]

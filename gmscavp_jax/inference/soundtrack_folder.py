@@ -59,8 +59,11 @@ def _job(video: str, folder: str, output_dir: str, start: float, duration) -> lo
 def soundtrack_videos(workdir: str, videos: list[str], folder: str, output_dir: str, *,
                       batch: int, overlap_seconds: float | None = None,
                       start_seconds: float = 0.0, duration: float | None = None,
-                      seed: int = 0, **sampler_args) -> dict:
+                      seed: int = 0, vocoder: str = 'auto', evaluator_dir: str | None = None,
+                      **sampler_args) -> dict:
   """Soundtracks for `videos` (paths under `folder`) into `output_dir`; returns the report.
+
+  `vocoder` and `evaluator_dir` choose the vocoder (video_to_audio.Soundtracker).
 
   Report: 'done' (videos finished now), 'skipped' (finished before, or failed before with
   the same size and mtime), 'failed' ([{'video', 'reason', 'signature'}]), 'windows',
@@ -90,16 +93,15 @@ def soundtrack_videos(workdir: str, videos: list[str], folder: str, output_dir: 
         report['failed'].append(old)
       continue
     try:
-      seconds = media_stream.probe_duration(video) - start_seconds
+      job.video_seconds = media_stream.probe_duration(video)
     except media.MediaError as e:
       fail(job, e)
       continue
-    if duration is not None:
-      seconds = min(seconds, duration)
-    total += geometry.count(max(1, int(seconds * config.data.fps)))
+    total += geometry.count(long_video.span_frames(
+        config.data.fps, max(job.video_seconds - start_seconds, 0.0), duration))
     jobs.append(job)
   if jobs:
-    soundtracker = video_to_audio.Soundtracker(workdir)
+    soundtracker = video_to_audio.Soundtracker(workdir, vocoder, evaluator_dir)
     with tqdm.tqdm(total=total, unit='window', desc='soundtracks', smoothing=0.1) as bar:
 
       def done(job, info):
@@ -122,27 +124,28 @@ def is_one_clip(config, video: str, start_seconds: float, duration: float | None
   """Whether the requested span of `video` is exactly one of `config`'s clips long (then the
   single-clip path, with its spectrogram and onsets, applies). Raises media.MediaError."""
   d = config.data
-  seconds = media_stream.probe_duration(video) - start_seconds
-  if duration is not None:
-    seconds = min(seconds, duration)
-  return int(seconds * d.fps + media.TIME_SLACK_S) == d.num_frames
+  available = media_stream.probe_duration(video) - start_seconds
+  return available > 0 and long_video.span_frames(d.fps, available, duration) == d.num_frames
 
 
 def soundtrack_video(workdir: str, video: str, output_dir: str, *,
                      overlap_seconds: float | None = None, start_seconds: float = 0.0,
-                     duration: float | None = None, seed: int = 0, **sampler_args) -> dict:
+                     duration: float | None = None, seed: int = 0, vocoder: str = 'auto',
+                     evaluator_dir: str | None = None, **sampler_args) -> dict:
   """A whole soundtrack for one video of any length: OUT/name.wav and OUT/name.mp4 (made
-  anew, even if they exist). Returns {'wav', 'mp4', 'windows', 'seconds' (of audio)}.
+  anew, even if they exist). Returns {'wav', 'mp4', 'windows', 'seconds' (of audio),
+  'vocoder'}; `vocoder` and `evaluator_dir` choose it (video_to_audio.Soundtracker).
 
   Raises media.MediaError if the video cannot be read.
   """
   job = _job(video, os.path.dirname(video), output_dir, start_seconds, duration)
   config = config_io.load_config(workdir)
   geometry = long_video.windows(config, overlap_seconds)  # Checked before the restore.
-  seconds = media_stream.probe_duration(video) - start_seconds
-  total = geometry.count(max(1, int(min(seconds, duration or seconds) * config.data.fps)))
+  job.video_seconds = media_stream.probe_duration(video)
+  total = geometry.count(long_video.span_frames(
+      config.data.fps, max(job.video_seconds - start_seconds, 0.0), duration))
+  soundtracker = video_to_audio.Soundtracker(workdir, vocoder, evaluator_dir)
   with tqdm.tqdm(total=total, unit='window', desc=os.path.basename(video)) as bar:
-    info = long_video.run_one(video_to_audio.Soundtracker(workdir), job,
-                              overlap_seconds=overlap_seconds, seed=seed,
+    info = long_video.run_one(soundtracker, job, overlap_seconds=overlap_seconds, seed=seed,
                               on_window=bar.update, **sampler_args)
-  return {'wav': job.wav, 'mp4': job.mp4, **info}
+  return {'wav': job.wav, 'mp4': job.mp4, 'vocoder': soundtracker.vocoder.name, **info}

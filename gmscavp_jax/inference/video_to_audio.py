@@ -2,7 +2,8 @@
 side of the generate CLI; the demo and tests call it too).
 
 The video is decoded (PyAV) to the config's frame rate, size and clip length; a longer video
-uses the window starting at `start_seconds`. Writes NAME.wav (Griffin-Lim audio),
+uses the window starting at `start_seconds`. Writes NAME.wav (audio by the chosen vocoder:
+the dataset's neural vocoder or Griffin-Lim, evaluators/vocoders.py),
 NAME_spectrogram.png (generated beside the real log-mel, when the clip has audio) and
 NAME.mp4 (the video with the generated soundtrack).
 """
@@ -20,10 +21,10 @@ from gmscavp_jax.core import state as state_lib
 from gmscavp_jax.data import media
 from gmscavp_jax.data import media_writing
 from gmscavp_jax.data import pipeline
-from gmscavp_jax.data import vocoder
 from gmscavp_jax.evaluators import generation
 from gmscavp_jax.evaluators import guide_training
 from gmscavp_jax.evaluators import metrics
+from gmscavp_jax.evaluators import vocoders
 from gmscavp_jax.infra import errors
 from gmscavp_jax.infra import plotting
 
@@ -64,15 +65,22 @@ class Soundtracker:
   """The MSD generator of a trained workdir, restored once; `write` gives clips soundtracks.
 
   The generate CLI makes one per call; the demo keeps one per server, so its compiled
-  samplers are reused across requests.
+  samplers are reused across requests. `vocoder` is --vocoder's value ('auto', 'neural' or
+  'griffin_lim', see evaluators/vocoders.py); `evaluator_dir` the root it is kept under.
   """
 
-  def __init__(self, workdir: str):
+  def __init__(self, workdir: str, vocoder: str = 'auto', evaluator_dir: str | None = None):
     self.workdir = workdir
     self.restored = state_lib.restore_workdir(workdir, restore=state_lib.restore_generator)
     self.config, self.mesh, self.models, self.params, self.step = self.restored
     self._generator = sampling.Generator(self.config, self.mesh, self.models)
     self._guide_params = None
+    self.vocoder = vocoders.make(self.config, vocoder, evaluator_dir, self.mesh)
+
+  def vocode(self, mel: np.ndarray, seed: int = 0) -> np.ndarray:
+    """Waveforms (N, Ta * hop) float32 of log-mels (N,Ta,F) by this soundtracker's vocoder
+    (`seed` draws Griffin-Lim's initial phases)."""
+    return np.asarray(self.vocoder(mel, rng=jax.random.key(seed)))
 
   def _with_guide(self, sampler_args: dict) -> dict:
     """`sampler_args` plus the alignment guide's params when align_guidance > 0 (double
@@ -108,9 +116,7 @@ class Soundtracker:
     mel = self._generator.generate(self.params, clip['frames'][None], seed=seed,
                                    **self._with_guide(sampler_args))
     report('vocoding')
-    wave = np.asarray(vocoder.griffin_lim_from_config(
-        mel, config.audio, num_iters=config.eval.griffin_lim_iters,
-        rng=jax.random.key(seed)))[0]
+    wave = self.vocode(mel, seed)[0]
 
     report('writing')
     os.makedirs(output_dir, exist_ok=True)
@@ -126,7 +132,8 @@ class Soundtracker:
     media_writing.write_video(base + '.mp4', clip['frames'], config.data.fps, waveform=wave,
                               sample_rate=config.audio.sample_rate)
     out = {'wav': base + '.wav', 'png': base + '_spectrogram.png', 'mp4': base + '.mp4',
-           'step': self.step, 'detected_onsets': metrics.detect_onsets(mel[0], rate).tolist()}
+           'step': self.step, 'vocoder': self.vocoder.name,
+           'detected_onsets': metrics.detect_onsets(mel[0], rate).tolist()}
     if clip['onsets'] is not None:
       out['true_onsets'] = np.asarray(clip['onsets']).tolist()
       out['onset_hit@100ms'] = metrics.onset_hit_rate(
@@ -136,9 +143,10 @@ class Soundtracker:
 
 def generate(workdir: str, output_dir: str, *, video: str | None = None,
              test_index: int | None = None, start_seconds: float = 0.0, seed: int = 0,
-             **sampler_args) -> dict:
+             vocoder: str = 'auto', evaluator_dir: str | None = None, **sampler_args) -> dict:
   """Generates a soundtrack for one clip; returns `Soundtracker.write`'s paths and onsets."""
   # The clip first: a bad video is reported before the checkpoint is restored.
   clip = load_clip(config_io.load_config(workdir), video=video, test_index=test_index,
                    start_seconds=start_seconds)
-  return Soundtracker(workdir).write(clip, output_dir, seed=seed, **sampler_args)
+  return Soundtracker(workdir, vocoder, evaluator_dir).write(clip, output_dir, seed=seed,
+                                                            **sampler_args)

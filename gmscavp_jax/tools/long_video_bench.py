@@ -130,6 +130,9 @@ class _Uninformed:
   def generate_batch(self, frames, *, known_mask, **kwargs):
     return self._soundtracker.generate_batch(frames, known_mask=known_mask * 0.0, **kwargs)
 
+  def vocode(self, mel, seed=0):
+    return self._soundtracker.vocode(mel, seed)
+
 
 def peak_rss_mb() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -9,17 +9,12 @@ reused, not retrained. Prints the evaluators' accuracy on the test split.
 """
 
 from absl import app
-from absl import flags
-from ml_collections import config_flags
 
 from gmscavp_jax import cli
 from gmscavp_jax.evaluators import classifier_training
 
-_CONFIG = config_flags.DEFINE_config_file(
-    'config', None, 'Experiment config file naming the dataset, e.g. '
-    'configs/msa_msd.py:runlocal.', lock_config=True)
+_CONFIG = cli.define_dataset_config_flag()
 _EVALUATOR_DIR = cli.define_evaluator_dir_flag()
-flags.mark_flags_as_required(['config'])
 
 
 def main(argv):

@@ -1,0 +1,37 @@
+"""Trains the neural vocoder of a dataset ahead of `generate`, `evaluate` and the demo.
+
+  python -m gmscavp_jax.tools.train_vocoder --config=configs/msa_msd.py:runlocal
+
+The dataset is the config's data.* / audio.* fields, the network its vocoder.* fields; it
+lands in EVALUATOR_ROOT/<data.name>-<hash>-vocoder (see evaluators/vocoder_training.py),
+where --vocoder=auto|neural finds it. A vocoder already there is reused, not retrained.
+Prints its self-check against Griffin-Lim: the log-mel distance of the re-analysed waveform
+to the real log-mel on vocoder.num_check_clips test clips, and seconds per clip.
+"""
+
+from absl import app
+
+from gmscavp_jax import cli
+from gmscavp_jax.evaluators import vocoder_training
+from gmscavp_jax.evaluators import vocoders
+
+_CONFIG = cli.define_dataset_config_flag()
+_EVALUATOR_DIR = cli.define_evaluator_dir_flag()
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  cli.setup()
+  _, summary = cli.run_or_explain(vocoders.load_or_train, _CONFIG.value, _EVALUATOR_DIR.value)
+  print(f'vocoder in {vocoder_training.vocoder_dir(_CONFIG.value, _EVALUATOR_DIR.value)} '
+        f"(trained in {summary['train_seconds']:.0f} s)")
+  print(f"log-mel L1 to the real log-mel on {summary['check/num_clips']} test clips "
+        '(nats; lower is better):')
+  for name in ('neural', 'griffin_lim'):
+    print(f"  {name:12s} {summary[f'check/{name}/log_mel_l1']:.3f}   "
+          f"{summary[f'check/{name}/seconds_per_clip'] * 1e3:.1f} ms per clip")
+
+
+if __name__ == '__main__':
+  app.run(main)
