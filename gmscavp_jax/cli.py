@@ -131,10 +131,11 @@ def define_vocoder_flag():
       'else Griffin-Lim).')
 
 
-def define_dataset_config_flag():
+def define_dataset_config_flag(required: bool = True):
   """--config: an experiment config file naming a dataset (the per-dataset networks' tools)."""
   holder = config_flags.DEFINE_config_file(
       'config', None, 'Experiment config file naming the dataset, e.g. '
       'configs/msa_msd.py:runlocal.', lock_config=True)
-  flags.mark_flags_as_required(['config'])
+  if required:
+    flags.mark_flags_as_required(['config'])
   return holder

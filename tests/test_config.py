@@ -164,6 +164,9 @@ def test_upgrade_completes_configs_saved_by_older_versions(run):
   assert _fields(config) == _fields(current)
   # What those runs did (no a2v, no contrastive diffusion), their saved fields untouched.
   assert config.train.bidirectional_interval == 0 and config.loss.cdiff_weight == 0.0
+  # They had no vocoder: they get the :runlocal one (what `generate --vocoder=neural` on such
+  # a workdir finds or trains).
+  assert config.vocoder.to_dict() == current.vocoder.to_dict()
   upgraded = json.loads(config.to_json())
   assert upgraded == {k: {**v, **saved.get(k, {})} if isinstance(v, dict) else saved[k]
                       for k, v in upgraded.items()}

@@ -66,24 +66,26 @@ _ADDED = {
     'a2v.stop_gradient': False,
     'a2v.guidance': 3.0,
     'a2v.num_eval_clips': 16,
-    # The neural vocoder came later; a workdir without it gets the full-size settings.
+    # The neural vocoder came later. A workdir saved without it gets the :runlocal vocoder
+    # (minutes to train on a CPU) rather than the full-size one (hours), whatever its scale:
+    # every workdir of that age that we know of is a :runlocal one.
     'vocoder.seed': 0,
-    'vocoder.width': 512,
-    'vocoder.num_blocks': 8,
+    'vocoder.width': 128,
+    'vocoder.num_blocks': 4,
     'vocoder.projections': 0,
     'vocoder.periods': (2, 3, 5, 7, 11),
-    'vocoder.num_scales': 3,
-    'vocoder.disc_channels': (32, 64, 128, 256),
-    'vocoder.segment_frames': 32,
+    'vocoder.num_scales': 1,
+    'vocoder.disc_channels': (16, 32, 64),
+    'vocoder.segment_frames': 16,
     'vocoder.batch_size': 16,
-    'vocoder.num_steps': 50_000,
-    'vocoder.learning_rate': 2e-4,
-    'vocoder.gan_start_step': 5_000,
+    'vocoder.num_steps': 3_000,
+    'vocoder.learning_rate': 1e-3,
+    'vocoder.gan_start_step': 1_500,
     'vocoder.mel_weight': 45.0,
     'vocoder.feature_weight': 2.0,
     'vocoder.stft_sizes': ((128, 32), (1024, 256)),
     'vocoder.stft_weight': 15.0,
-    'vocoder.num_check_clips': 512,
+    'vocoder.num_check_clips': 256,
 }
 
 
@@ -105,5 +107,10 @@ def upgrade(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   return config
 
 
+def _as_tuple(value):
+  """JSON lists (nested ones too, e.g. vocoder.stft_sizes) -> tuples."""
+  return tuple(_as_tuple(v) for v in value) if isinstance(value, list) else value
+
+
 def _lists_to_tuples(obj: dict) -> dict:
-  return {k: tuple(v) if isinstance(v, list) else v for k, v in obj.items()}
+  return {k: _as_tuple(v) for k, v in obj.items()}

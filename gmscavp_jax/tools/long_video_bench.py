@@ -23,7 +23,6 @@ import time
 
 from absl import app
 from absl import flags
-import jax
 import numpy as np
 
 from gmscavp_jax import cli
@@ -33,7 +32,6 @@ from gmscavp_jax.data import media_stream
 from gmscavp_jax.data import media_writing
 from gmscavp_jax.data import pipeline
 from gmscavp_jax.data import synthetic
-from gmscavp_jax.data import vocoder
 from gmscavp_jax.evaluators import generation
 from gmscavp_jax.evaluators import metrics
 from gmscavp_jax.inference import long_video
@@ -47,6 +45,8 @@ _NUM_CLIPS = flags.DEFINE_integer('num_clips', 150, 'Test clips put back to back
 _SCENE = flags.DEFINE_enum('scene', 'clips', ['clips', 'continuous'],
                            "'clips': test clips back to back; 'continuous': one long scene.")
 _MEMORY = flags.DEFINE_bool('memory_probe', True, 'Measure peak memory at three lengths.')
+_VOCODER = cli.define_vocoder_flag()
+_EVALUATOR_DIR = cli.define_evaluator_dir_flag()
 _ONLY_SOUNDTRACK = flags.DEFINE_string('only_soundtrack', None,
                                        'Internal: soundtrack this video and print peak RSS.')
 flags.mark_flags_as_required(['workdir', 'out'])
@@ -143,7 +143,9 @@ def main(argv):
   cli.setup()
   workdir, out = _WORKDIR.value, _OUT.value
   if _ONLY_SOUNDTRACK.value:
-    soundtrack_folder.soundtrack_video(workdir, _ONLY_SOUNDTRACK.value, out)
+    soundtrack_folder.soundtrack_video(workdir, _ONLY_SOUNDTRACK.value, out,
+                                       vocoder=_VOCODER.value,
+                                       evaluator_dir=_EVALUATOR_DIR.value)
     print(json.dumps({'peak_rss_mb': peak_rss_mb()}))
     return
   config = config_io.load_config(workdir)
@@ -156,7 +158,9 @@ def main(argv):
   report = {'num_clips': n, 'video_seconds': n * length, 'scene': _SCENE.value}
 
   t0 = time.perf_counter()
-  info = soundtrack_folder.soundtrack_video(workdir, video, os.path.join(out, 'soundtrack'))
+  info = soundtrack_folder.soundtrack_video(workdir, video, os.path.join(out, 'soundtrack'),
+                                            vocoder=_VOCODER.value,
+                                            evaluator_dir=_EVALUATOR_DIR.value)
   report['long'] = {'seconds': time.perf_counter() - t0, 'windows': info['windows'],
                     'audio_seconds': info['seconds']}
   mel_long = reanalyse(config, info['wav'])
@@ -171,7 +175,8 @@ def main(argv):
   report['long']['onset'] = f1_interval(det, ref)
 
   # The same windows and cross-fades, each sampled on its own (nothing inpainted).
-  soundtracker = video_to_audio.Soundtracker(workdir)
+  soundtracker = video_to_audio.Soundtracker(workdir, _VOCODER.value, _EVALUATOR_DIR.value)
+  report['vocoder'] = soundtracker.vocoder.name
   blind = _Uninformed(soundtracker)
   job = long_video.Job(video, *(os.path.join(out, 'uninformed', 'long' + e)
                                 for e in ('.wav', '.mp4')))
@@ -186,8 +191,7 @@ def main(argv):
   # concatenated (the naive long soundtrack).
   t0 = time.perf_counter()
   mels = soundtracker.generate_batch(frames.reshape((n, -1) + frames.shape[1:]))
-  waves = np.asarray(jax.jit(lambda m: vocoder.griffin_lim_from_config(
-      m, config.audio, num_iters=config.eval.griffin_lim_iters, rng=jax.random.key(0)))(mels))
+  waves = soundtracker.vocode(mels)
   report['per_clip'] = {'seconds': time.perf_counter() - t0}
   mel_naive = np.asarray(audio.log_mel_from_config(waves.reshape(1, -1), config.audio))[0]
   ta = mels.shape[1]
@@ -205,7 +209,9 @@ def main(argv):
       make_long_video(config, short, clips, _SCENE.value)
       result = subprocess.run(
           [sys.executable, '-m', 'gmscavp_jax.tools.long_video_bench', f'--workdir={workdir}',
-           f'--out={os.path.join(out, "memory")}', f'--only_soundtrack={short}'],
+           f'--out={os.path.join(out, "memory")}', f'--only_soundtrack={short}',
+           f'--vocoder={report["vocoder"]}'] +
+          ([f'--evaluator_dir={_EVALUATOR_DIR.value}'] if _EVALUATOR_DIR.value else []),
           check=True, capture_output=True, text=True)
       rss = json.loads(result.stdout.strip().splitlines()[-1])['peak_rss_mb']
       report['peak_rss_mb'][f'{clips * length:g} s'] = rss
