@@ -22,7 +22,7 @@ from gmscavp_jax.data import audio
 _MAX_LOG_MEL = 30.0
 
 
-def unit_phase(spectrum: jax.Array) -> jax.Array:
+def _unit_phase(spectrum: jax.Array) -> jax.Array:
   """spectrum / |spectrum| (complex, same shape), with exact zeros mapped to 0 (not NaN)."""
   tiny = jnp.finfo(spectrum.real.dtype).tiny
   return spectrum / jnp.maximum(jnp.abs(spectrum), tiny).astype(spectrum.dtype)
@@ -59,13 +59,13 @@ def griffin_lim_magnitude(magnitude: jax.Array, *, n_fft: int, win_length: int,
   def body(_, carry):
     extrapolated, previous = carry
     # Project onto the target magnitude, then onto consistent spectrograms.
-    consistent = stft(istft(magnitude * unit_phase(extrapolated)))
+    consistent = stft(istft(magnitude * _unit_phase(extrapolated)))
     return consistent + momentum * (consistent - previous), consistent
 
   # With `previous` = 0 the first step is (1 + momentum) x the projection: the same phase.
   extrapolated, _ = jax.lax.fori_loop(0, num_iters, body,
                                       (magnitude * phase, jnp.zeros_like(phase)))
-  return istft(magnitude * unit_phase(extrapolated))
+  return istft(magnitude * _unit_phase(extrapolated))
 
 
 @functools.partial(

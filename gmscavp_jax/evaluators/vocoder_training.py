@@ -28,7 +28,6 @@ from gmscavp_jax.core import config_validation
 from gmscavp_jax.core import steps
 from gmscavp_jax.data import audio
 from gmscavp_jax.data import pipeline
-from gmscavp_jax.data import vocoder
 from gmscavp_jax.evaluators import classifier_training
 from gmscavp_jax.infra import metrics_io
 from gmscavp_jax.infra import sharding
