@@ -277,12 +277,16 @@ def base_config() -> ml_collections.ConfigDict:
   c.vocoder.width = 512  # ConvNeXt blocks at the log-mel frame rate (Vocos' sizes).
   c.vocoder.num_blocks = 8
   # Griffin-Lim projections of the predicted STFT (its magnitude kept) before the inverse
-  # STFT, trained through: 0 is the network alone.
-  c.vocoder.projections = 0
+  # STFT, trained through: 0 is the network alone. 4 took the log-mel L1 of whole test clips
+  # from 0.245 to 0.187 at :runlocal (docs/generation.md).
+  c.vocoder.projections = 4
   c.vocoder.periods = (2, 3, 5, 7, 11)
   c.vocoder.num_scales = 3
   c.vocoder.disc_channels = (32, 64, 128, 256)
-  c.vocoder.segment_frames = 32  # Training crops of 32 log-mel frames (0.8 s at 8 kHz).
+  # Training crops of log-mel frames: whole clips (10 s at 8 kHz), the length the commands
+  # vocode. Trained on 16-frame crops, the phase needs the crop's edge as its time reference
+  # and whole clips came out worse (docs/generation.md).
+  c.vocoder.segment_frames = 400
   c.vocoder.batch_size = 16
   c.vocoder.num_steps = 50_000
   c.vocoder.learning_rate = 2e-4
@@ -340,10 +344,12 @@ def apply_variant(c: ml_collections.ConfigDict, arg: str | None) -> ml_collectio
     c.vocoder.num_blocks = 4
     c.vocoder.num_scales = 1
     c.vocoder.disc_channels = (16, 32, 64)
-    c.vocoder.segment_frames = 16
+    c.vocoder.segment_frames = 80  # Whole 2 s clips.
     c.vocoder.num_steps = 3_000
     c.vocoder.learning_rate = 1e-3
-    c.vocoder.gan_start_step = 1_500
+    # No GAN steps at :runlocal: on 2 cores a discriminator step costs ~15x a generator step
+    # and did not lower the log-mel distance (docs/generation.md); full size keeps them.
+    c.vocoder.gan_start_step = 3_000
     c.vocoder.num_check_clips = 256
     # 2x16 stem patches (50 ms x 16 mels) and attention at the coarsest level only keep a
     # UNet update at batch 32 affordable on 2 cores (docs/config_notes.md).
