@@ -116,10 +116,11 @@ def sampler_args(defined: dict) -> dict:
 
 
 def define_evaluator_dir_flag():
-  """--evaluator_dir: the root of the evaluator networks (evaluate, train_evaluators)."""
+  """--evaluator_dir: the root of the per-dataset networks (evaluators, alignment guide,
+  neural vocoder)."""
   return flags.DEFINE_string(
-      'evaluator_dir', None, 'Root of the evaluator networks (default: $GMSCAVP_EVALUATORS or '
-      '~/.cache/gmscavp_jax/evaluators).')
+      'evaluator_dir', None, 'Root of the per-dataset networks: evaluators, alignment guide, '
+      'neural vocoder (default: $GMSCAVP_EVALUATORS or ~/.cache/gmscavp_jax/evaluators).')
 
 
 def define_vocoder_flag():

@@ -66,7 +66,8 @@ class Soundtracker:
 
   The generate CLI makes one per call; the demo keeps one per server, so its compiled
   samplers are reused across requests. `vocoder` is --vocoder's value ('auto', 'neural' or
-  'griffin_lim', see evaluators/vocoders.py); `evaluator_dir` the root it is kept under.
+  'griffin_lim', see evaluators/vocoders.py); `evaluator_dir` the root it and the alignment
+  guide are kept under.
   """
 
   def __init__(self, workdir: str, vocoder: str = 'auto', evaluator_dir: str | None = None):
@@ -74,7 +75,7 @@ class Soundtracker:
     self.restored = state_lib.restore_workdir(workdir, restore=state_lib.restore_generator)
     self.config, self.mesh, self.models, self.params, self.step = self.restored
     self._generator = sampling.Generator(self.config, self.mesh, self.models)
-    self._guide_params = None
+    self._guide_params, self._evaluator_dir = None, evaluator_dir
     self.vocoder = vocoders.make(self.config, vocoder, evaluator_dir, self.mesh)
 
   def vocode(self, mel: np.ndarray, seed: int = 0) -> np.ndarray:
@@ -88,7 +89,8 @@ class Soundtracker:
     if not sampler_args.get('align_guidance'):
       return sampler_args
     if self._guide_params is None:
-      self._guide_params = guide_training.load_or_train(self.config, mesh=self.mesh)
+      self._guide_params = guide_training.load_or_train(self.config, self._evaluator_dir,
+                                                        self.mesh)
     return {**sampler_args, 'guide_params': self._guide_params}
 
   def load_clip(self, *, video: str | None = None, test_index: int | None = None,
