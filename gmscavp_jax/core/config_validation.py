@@ -10,6 +10,8 @@ import re
 
 import ml_collections
 
+from gmscavp_jax.data import audio
+from gmscavp_jax.data import media
 from gmscavp_jax.data import mixture
 from gmscavp_jax.data import negatives
 from gmscavp_jax.diffusion import objectives
@@ -376,8 +378,9 @@ def validate_vocoder(config: ml_collections.ConfigDict) -> None:
              'a non-empty tuple of positive integers', v[field])
   for field in ('num_scales', 'projections'):
     _require(v[field] >= 0, f'vocoder.{field}', 'an integer >= 0', v[field])
-  seconds = config.data.num_frames / config.data.fps
-  num_frames = int(round(seconds * a.sample_rate)) // a.hop_length
+  d = config.data
+  num_frames = audio.num_audio_frames(media.clip_num_samples(d.num_frames, d.fps, a.sample_rate),
+                                      a.hop_length)
   _require(2 <= v.segment_frames <= num_frames, 'vocoder.segment_frames',
            f'in [2, {num_frames}] (log-mel frames of a clip)', v.segment_frames)
   _require(v.batch_size >= 1, 'vocoder.batch_size', 'a positive integer', v.batch_size)

@@ -19,7 +19,7 @@ from gmscavp_jax.data import audio
 
 # Larger log-mels are clipped before exp: a sampler can overshoot, and exp(> 88) is inf in
 # float32, which would turn the whole waveform into NaN. e^30 is already ~1e13 in power.
-_MAX_LOG_MEL = 30.0
+MAX_LOG_MEL = 30.0
 
 
 def _unit_phase(spectrum: jax.Array) -> jax.Array:
@@ -68,6 +68,20 @@ def griffin_lim_magnitude(magnitude: jax.Array, *, n_fft: int, win_length: int,
   return istft(magnitude * _unit_phase(extrapolated))
 
 
+def linear_power(log_mel: jax.Array, *, sample_rate: int, n_fft: int, n_mels: int,
+                 fmin: float, fmax: float) -> jax.Array:
+  """Linear STFT power (..., Ta, n_fft // 2 + 1) float32 of a log-mel (..., Ta, F): the mel
+  filterbank's pseudo-inverse of exp(log_mel), clipped at 0 (log-mels above MAX_LOG_MEL,
+  a sampler's overshoot, are clipped first). Griffin-Lim's magnitude and the neural
+  vocoder's prior."""
+  log_mel = jnp.asarray(log_mel, jnp.float32)
+  if log_mel.shape[-1] != n_mels:
+    raise ValueError(f'log_mel has {log_mel.shape[-1]} mel bins, expected n_mels={n_mels}')
+  filterbank = audio.mel_filterbank(sample_rate, n_fft, n_mels, fmin, fmax)
+  return audio.mel_to_linear_power(jnp.exp(jnp.minimum(log_mel, MAX_LOG_MEL)),
+                                   filterbank=filterbank)
+
+
 @functools.partial(
     jax.jit,
     static_argnames=('sample_rate', 'n_fft', 'win_length', 'hop_length', 'n_mels', 'fmin',
@@ -89,12 +103,8 @@ def griffin_lim(log_mel: jax.Array, *, sample_rate: int, n_fft: int, win_length:
     sample_rate, n_fft, win_length, hop_length, n_mels, fmin, fmax: the front end's settings.
     num_iters, momentum, rng: as in `griffin_lim_magnitude`.
   """
-  log_mel = jnp.asarray(log_mel, jnp.float32)
-  if log_mel.shape[-1] != n_mels:
-    raise ValueError(f'log_mel has {log_mel.shape[-1]} mel bins, expected n_mels={n_mels}')
-  filterbank = audio.mel_filterbank(sample_rate, n_fft, n_mels, fmin, fmax)
-  power = audio.mel_to_linear_power(jnp.exp(jnp.minimum(log_mel, _MAX_LOG_MEL)),
-                                    filterbank=filterbank)
+  power = linear_power(log_mel, sample_rate=sample_rate, n_fft=n_fft, n_mels=n_mels,
+                       fmin=fmin, fmax=fmax)
   return griffin_lim_magnitude(jnp.sqrt(power), n_fft=n_fft, win_length=win_length,
                                hop_length=hop_length, num_iters=num_iters,
                                momentum=momentum, rng=rng)

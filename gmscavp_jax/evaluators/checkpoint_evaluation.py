@@ -164,9 +164,9 @@ def _write_audio(output_dir: str, config: ml_collections.ConfigDict, vocode: voc
   """OUTPUT/audio/clipK_generated.wav and clipK_real.wav (the real log-mel through the same
   vocoder) for the first eval.num_summary_clips clips."""
   k = min(config.eval.num_summary_clips, len(generated))
+  if not k:
+    return
   for kind, mels in (('generated', generated[:k]), ('real', real[:k])):
-    if not k:
-      break
     for i, wave in enumerate(np.asarray(vocode(mels, rng=jax.random.key(0)))):
       media_writing.write_wav(os.path.join(output_dir, 'audio', f'clip{i}_{kind}.wav'), wave,
                               config.audio.sample_rate)

@@ -28,6 +28,7 @@ from gmscavp_jax.core import config_validation
 from gmscavp_jax.core import steps
 from gmscavp_jax.data import audio
 from gmscavp_jax.data import pipeline
+from gmscavp_jax.data import vocoder
 from gmscavp_jax.evaluators import classifier_training
 from gmscavp_jax.infra import metrics_io
 from gmscavp_jax.infra import sharding
@@ -35,8 +36,6 @@ from gmscavp_jax.losses import gan
 from gmscavp_jax.models import vocoder_gan
 
 SUMMARY_FILE = 'vocoder.json'
-# Log-mels are clipped here (a sampler can overshoot; exp(> 88) is inf in float32).
-_MAX_LOG_MEL = 30.0
 _MIN_POWER = 1e-12  # The pseudo-inverse's power is clipped at 0; log needs a floor.
 
 
@@ -86,14 +85,14 @@ def synthesize(generator_params: dict, log_mel: jax.Array,
   keep the magnitude (0: none) make it consistent; the front end's inverse STFT makes it
   samples."""
   generator, _ = build(config)
-  log_mel = jnp.clip(log_mel, np.log(config.audio.log_floor), _MAX_LOG_MEL)
+  a = config.audio
+  log_mel = jnp.clip(log_mel, np.log(a.log_floor), vocoder.MAX_LOG_MEL)
   correction, phase = generator.apply({'params': generator_params},
                                       steps.normalise_mel(log_mel, config))
-  a = config.audio
-  filterbank = audio.mel_filterbank(a.sample_rate, a.n_fft, a.n_mels, a.fmin, a.fmax)
-  power = audio.mel_to_linear_power(jnp.exp(log_mel), filterbank=filterbank)
+  power = vocoder.linear_power(log_mel, sample_rate=a.sample_rate, n_fft=a.n_fft,
+                               n_mels=a.n_mels, fmin=a.fmin, fmax=a.fmax)
   log_magnitude = 0.5 * jnp.log(jnp.maximum(power, _MIN_POWER)) + correction
-  magnitude = jnp.exp(jnp.minimum(log_magnitude, 0.5 * _MAX_LOG_MEL))
+  magnitude = jnp.exp(jnp.minimum(log_magnitude, 0.5 * vocoder.MAX_LOG_MEL))
   spectrum = jax.lax.complex(magnitude * jnp.cos(phase), magnitude * jnp.sin(phase))
   stft = functools.partial(audio.stft, n_fft=a.n_fft, win_length=a.win_length,
                            hop_length=a.hop_length)
@@ -231,9 +230,8 @@ def save(path: str, config: ml_collections.ConfigDict, params: dict, summary: di
 def load(config: ml_collections.ConfigDict, root: str | None = None) -> tuple[dict, dict]:
   """(generator params, vocoder.json) of the dataset's saved vocoder."""
   path = vocoder_dir(config, root)
-  generator, _ = build(config)
-  mel = jnp.zeros((1, config.vocoder.segment_frames, config.audio.n_mels))
-  abstract = jax.eval_shape(lambda r: generator.init(r, mel)['params'], jax.random.key(0))
+  abstract = jax.eval_shape(functools.partial(init_params, config),
+                            jax.random.key(0))['generator']
   with open(os.path.join(path, SUMMARY_FILE)) as f:
     summary = json.load(f)
   return ocp.StandardCheckpointer().restore(os.path.join(path, 'params'), abstract), summary

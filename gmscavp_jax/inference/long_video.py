@@ -84,6 +84,13 @@ def span_frames(fps: float, available_seconds: float, duration: float | None) ->
   return max(1, int(math.floor(seconds * fps + media.TIME_SLACK_S)))
 
 
+def num_windows(geometry: Windows, job: 'Job') -> int:
+  """Windows `run` makes for `job`, whose `video_seconds` has been probed (a video shorter
+  than its start point counts one: `run` reports it when it starts)."""
+  available = max(job.video_seconds - job.start_seconds, 0.0)
+  return geometry.count(span_frames(geometry.fps, available, job.duration))
+
+
 @dataclasses.dataclass
 class Job:
   """One video to give a soundtrack: `video` in, `wav` and `mp4` out, from `start_seconds`

@@ -97,8 +97,7 @@ def soundtrack_videos(workdir: str, videos: list[str], folder: str, output_dir: 
     except media.MediaError as e:
       fail(job, e)
       continue
-    total += geometry.count(long_video.span_frames(
-        config.data.fps, max(job.video_seconds - start_seconds, 0.0), duration))
+    total += long_video.num_windows(geometry, job)
     jobs.append(job)
   if jobs:
     soundtracker = video_to_audio.Soundtracker(workdir, vocoder, evaluator_dir)
@@ -142,8 +141,7 @@ def soundtrack_video(workdir: str, video: str, output_dir: str, *,
   config = config_io.load_config(workdir)
   geometry = long_video.windows(config, overlap_seconds)  # Checked before the restore.
   job.video_seconds = media_stream.probe_duration(video)
-  total = geometry.count(long_video.span_frames(
-      config.data.fps, max(job.video_seconds - start_seconds, 0.0), duration))
+  total = long_video.num_windows(geometry, job)
   soundtracker = video_to_audio.Soundtracker(workdir, vocoder, evaluator_dir)
   with tqdm.tqdm(total=total, unit='window', desc=os.path.basename(video)) as bar:
     info = long_video.run_one(soundtracker, job, overlap_seconds=overlap_seconds, seed=seed,

@@ -3,9 +3,9 @@
 The generator is Vocos' (see `Generator`): it predicts the STFT frame by frame and leaves the
 inverse STFT to the caller. HiFi-GAN's own generator, upsampling convolutions at the sample
 rate, took 3x longer per step at :runlocal on a 2-core CPU (92 vs 32 ms, reconstruction loss
-alone) and learned slower. The discriminator is HiFi-GAN's pair: period discriminators (the waveform folded into rows of p samples, 2D convs
-along time) and scale discriminators (1D grouped convs on the waveform and its 2x, 4x
-average-pooled versions). Every sub-discriminator returns (logits, features) so the trainer
+alone) and learned slower. The discriminator is HiFi-GAN's pair: period discriminators (the
+waveform folded into rows of p samples, 2D convs along time) and scale discriminators (1D
+grouped convs on the waveform and its 2x, 4x average-pooled versions). Every sub-discriminator returns (logits, features) so the trainer
 can add feature matching (losses/gan.py). Plain convolutions (no weight norm): the trainer
 clips gradients.
 """
