@@ -41,6 +41,7 @@ import numpy as np
 
 from gmscavp_jax import cli
 from gmscavp_jax.core import config_validation
+from gmscavp_jax.core import feature_cache
 from gmscavp_jax.core import phases
 from gmscavp_jax.core import sampling
 from gmscavp_jax.core import state as state_lib
@@ -90,6 +91,11 @@ def time_train_step(config, mesh, num_steps: int, phase: phases.Phase, peak: flo
   one_batch = config.copy_and_resolve_references()
   one_batch.data.worker_count = 0
   batch = sharding.global_batch(mesh, pipeline.select(next(iter(pipeline.train_loader(one_batch)))))
+  if phase == phases.GENERATOR and config.train.cache_video_features:
+    # The step as it runs on cached features (core/feature_cache.py): no video encoder.
+    features = feature_cache.FeatureCache(config, mesh, models).encode(
+        state.params['encoders'], batch.pop('frames'))
+    batch['video_features'] = jax.device_put(features, sharding.batch_sharded(mesh))
   rng = jax.random.key(0)
   t0 = time.perf_counter()
   compiled = step_fn.lower(state, batch, rng).compile()

@@ -19,6 +19,7 @@ import numpy as np
 
 from gmscavp_jax.core import config_io
 from gmscavp_jax.core import config_validation
+from gmscavp_jax.core import feature_cache
 from gmscavp_jax.core import state as state_lib
 from gmscavp_jax.core import steps
 from gmscavp_jax.core import train_state
@@ -194,6 +195,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   train_step = _PhaseSteps(models, txs, config, mesh, state_lib.layout_of(state))
   evaluators = _evaluators(config, mesh, models)
+  features = feature_cache.FeatureCache(config, mesh, models)
   writer = metrics_io.MetricWriter(workdir)
   progress = metrics_io.Progress(start, config.train.num_steps)
   skips = SkipCounter(config.train.max_skipped_steps)
@@ -204,7 +206,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   try:
     for step in range(start + 1, t.num_steps + 1):
-      batch = sharding.global_batch(mesh, pipeline.select(next(train_iter)))
+      local = pipeline.select(next(train_iter))
+      if feature_cache.applies(config, step):  # Frozen encoders: their features, not frames.
+        local = features.batch_for(local, state.params['encoders'], step)
+      batch = sharding.global_batch(mesh, local)
       state, metrics = train_step(step, state, batch, rng)
       pending.append(metrics)
       skips.add(step, metrics['train/skipped'])

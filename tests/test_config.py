@@ -77,6 +77,7 @@ def test_unknown_variant_is_rejected():
     ('diffusion.training', 'later', "'joint', 'frozen' or 'none'"),
     ('diffusion.prediction', 'x0', "'eps' or 'v'"),
     ('diffusion.encoder_steps', 0, 'contrastive stage'),
+    ('train.bidirectional_interval', 2, 'the frames'),  # With the cache on (below).
     ('eval.sampler', 'euler', 'one of'),
     ('eval.num_generate_clips', 32, 'eval.num_test_clips'),
     ('loss.cdiff_weight', -0.5, 'weight >= 0'),
@@ -88,6 +89,8 @@ def test_unknown_variant_is_rejected():
 ])
 def test_bad_values_name_the_field(field, value, message):
   config = tiny_config('msa', **{field: value})  # msa trains its denoiser in a second stage.
+  if field == 'train.bidirectional_interval':
+    config.train.cache_video_features = True
   with pytest.raises(errors.ConfigError, match=message) as e:
     config_validation.validate(config)
   assert f'config.{field.split(".")[0]}' in str(e.value)

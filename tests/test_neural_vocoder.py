@@ -106,6 +106,15 @@ def test_trained_once_kept_beside_the_evaluators_and_chosen_by_auto(tmp_path):
   other = _vocoder_config()
   other.evaluator.num_steps = 7
   assert vocoder_training.vocoder_dir(other, root) == path
+  # The projections it vocodes with are how it is used: the same vocoder, and what it plays.
+  other = _vocoder_config()
+  other.vocoder.inference_projections = 5
+  assert vocoder_training.vocoder_dir(other, root) == path
+  more = vocoders.make(other, 'neural', root)
+  params, _ = vocoder_training.load(config, root)
+  want = np.asarray(vocoder_training.synthesize(params, mel, other, 5))
+  np.testing.assert_allclose(np.asarray(more(mel)), want, atol=1e-4 * np.abs(want).max())
+  assert np.abs(np.asarray(more(mel)) - np.asarray(neural(mel))).max() > 1e-6
   with pytest.raises(ValueError, match='vocoder'):
     vocoders.make(config, 'wavenet', root)
 

@@ -1,5 +1,6 @@
 """Faults: a run killed with SIGKILL at a random step, then preempted with SIGTERM, then
-finished, ends with the params of an uninterrupted run (restart is the default)."""
+finished, ends with the params (and their EMA) of an uninterrupted run (restart is the
+default), across the two stages of 'frozen' training."""
 
 import os
 import random
@@ -16,6 +17,7 @@ from gmscavp_jax import train
 from tests.conftest import ROOT, tiny_config
 
 NUM_STEPS = 12
+EMA_DECAY = 0.9
 
 
 def _command(workdir):
@@ -28,7 +30,9 @@ def _command(workdir):
       ('model', 'embed_dim', 16), ('eval', 'num_test_clips', 16), ('eval', 'batch_size', 8),
       # No generation at the final evaluation: this test is about the training state.
       ('eval', 'num_generate_clips', 0), ('eval', 'num_summary_clips', 0),
-      ('unet', 'num_heads', 2),
+      ('unet', 'num_heads', 2), ('train', 'ema_decay', EMA_DECAY),
+      # The generator stage trains on cached video features, computed again on a resume.
+      ('train', 'cache_video_features', True),
       ('diffusion', 'encoder_steps', NUM_STEPS // 2))]
   args += [f'--config.{g}.{k}={",".join(map(str, config[g][k]))}'
            for g, k in (('model', 'scale_pools'), ('model', 'scale_grids'),
@@ -65,10 +69,11 @@ def _wait_for_step(proc, workdir, step) -> int:
 
 
 def _latest_params(workdir):
+  """(step, {'params': ..., 'ema_params': ...}) of the newest checkpoint."""
   directory = os.path.join(workdir, 'checkpoints')
   step = max(int(d) for d in os.listdir(directory) if d.isdigit())
   state = ocp.StandardCheckpointer().restore(os.path.join(directory, str(step), 'state'))
-  return step, state['params']
+  return step, {k: state[k] for k in ('params', 'ema_params')}
 
 
 def test_sigkill_then_sigterm_then_resume_matches_an_uninterrupted_run(tmp_path):
@@ -100,6 +105,10 @@ def test_sigkill_then_sigterm_then_resume_matches_an_uninterrupted_run(tmp_path)
   step_a, params_a = _latest_params(straight_dir)
   step_b, params_b = _latest_params(resumed_dir)
   assert step_a == step_b == NUM_STEPS
+  # The second half is the generator stage: the frozen encoders' EMA is their params.
+  for group, equal in (('encoders', True), ('denoiser', False)):
+    ema, raw = _flat(params_a['ema_params'][group]), _flat(params_a['params'][group])
+    assert all(np.array_equal(ema[k], raw[k]) for k in raw) == equal, group
   for path, a in _flat(params_a).items():
     np.testing.assert_allclose(_flat(params_b)[path], a, rtol=1e-6, atol=1e-7,
                                err_msg=f'{path} (kill_at={kill_at})')

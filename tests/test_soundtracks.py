@@ -17,6 +17,7 @@ import pytest
 import scipy.io.wavfile
 
 from gmscavp_jax.core import config_io
+from gmscavp_jax.core import feature_cache
 from gmscavp_jax.core import state as state_lib
 from gmscavp_jax.data import media_writing
 from gmscavp_jax.data import pipeline
@@ -108,24 +109,50 @@ def test_generate_for_a_folder_skips_bad_files_and_resumes(msa_workdir, tmp_path
   assert '5 videos: 0 done now, 5 skipped' in r.stdout and '0 windows' in r.stdout
 
 
-def test_fine_tune_from_another_run_with_frozen_encoders(msa_workdir, tmp_path):
+def _train_losses(workdir) -> dict:
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    rows = [json.loads(line) for line in f]
+  return {r['step']: r['train/loss'] for r in rows if 'train/loss' in r}
+
+
+def test_fine_tune_from_another_run_with_frozen_encoders(msa_workdir, tmp_path, monkeypatch):
   """train.init_from: the source's newest params start the run, the optimizer is fresh; with
-  diffusion.encoder_steps=0 only the denoiser trains, so the encoders stay the source's."""
+  diffusion.encoder_steps=0 only the denoiser trains, so the encoders stay the source's.
+  train.cache_video_features trains the same denoiser on features computed once."""
   source, _ = msa_workdir
   source_params = state_lib.restore_params(
       source, config_io.load_config(source),
       sharding.mesh_from_config(config_io.load_config(source)))[1]
-  config = tiny_config('msa', **{'train.init_from': source, 'diffusion.encoder_steps': 0,
-                                 'train.num_steps': 2, 'train.eval_every_steps': 100})
-  workdir = str(tmp_path / 'tuned')
-  train.train_and_evaluate(config, workdir)
-  tuned = state_lib.restore_params(workdir, config, sharding.mesh_from_config(config))
-  assert tuned[2] == 2
-  same = jax.tree.map(np.array_equal, tuned[1]['encoders'], source_params['encoders'])
+  fields = {'train.init_from': source, 'diffusion.encoder_steps': 0, 'train.num_steps': 2,
+            'train.eval_every_steps': 100}
+  computed, compute = [], feature_cache.FeatureCache.compute
+  monkeypatch.setattr(feature_cache.FeatureCache, 'compute',
+                      lambda self, params, clips: computed.append(len(clips)) or compute(
+                          self, params, clips))
+  tuned = {}
+  for cache in (False, True):
+    config = tiny_config('msa', **fields, **{'train.cache_video_features': cache})
+    workdir = str(tmp_path / f'tuned_cache_{cache}')
+    train.train_and_evaluate(config, workdir)
+    tuned[cache] = state_lib.restore_params(workdir, config, sharding.mesh_from_config(config))
+    tuned[cache] += (_train_losses(workdir),)
+  assert tuned[False][2] == tuned[True][2] == 2
+  # Once, by the cached run: the clips its two steps of 8 read, of the 200000.
+  assert len(computed) == 1 and 8 < computed[0] <= 16, computed
+  same = jax.tree.map(np.array_equal, tuned[False][1]['encoders'], source_params['encoders'])
   assert all(jax.tree.leaves(same))
-  moved = jax.tree.map(lambda a, b: not np.array_equal(a, b), tuned[1]['denoiser'],
+  moved = jax.tree.map(lambda a, b: not np.array_equal(a, b), tuned[False][1]['denoiser'],
                        source_params['denoiser'])
   assert any(jax.tree.leaves(moved))
+  # The cache changes where the features come from, not the training (float32 noise: the
+  # features are computed by another program than the step's).
+  np.testing.assert_allclose(list(tuned[True][3].values()), list(tuned[False][3].values()),
+                             rtol=1e-5)
+  for got, want in zip(jax.tree.leaves(tuned[True][1]), jax.tree.leaves(tuned[False][1])):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+  with pytest.raises(errors.ConfigError, match='train.cache_video_features'):
+    train.train_and_evaluate(tiny_config('msa_msd', **{'train.cache_video_features': True}),
+                             str(tmp_path / 'joint'))
   # Another model's params do not fit: one error naming the differing field.
   wider = tiny_config('msa', **{'train.init_from': source, 'unet.widths': (16, 48)})
   with pytest.raises(errors.ConfigError, match=r'init_from.*unet\.widths: \(16, 32\) vs '

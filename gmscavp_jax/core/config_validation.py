@@ -254,6 +254,17 @@ def _validate_generator(config: ml_collections.ConfigDict, num_scales: int) -> N
       _require(d.encoder_steps > 0, 'diffusion.encoder_steps',
                'a positive length of the contrastive stage (0 only with train.init_from)',
                d.encoder_steps)
+  cache = config.train.cache_video_features
+  _require(isinstance(cache, bool), 'train.cache_video_features', 'True or False', cache)
+  if cache:
+    # The cache replaces the frames of generator-stage batches: the a2v denoiser needs them,
+    # and a mixture's records do not say which of its sources' clips they are.
+    _require(d.training == 'frozen', 'train.cache_video_features',
+             f"False with diffusion.training={d.training!r} (only 'frozen' training has a "
+             'stage whose encoders do not change)', cache)
+    _require(not config.train.bidirectional_interval and not config.data.mixture,
+             'train.cache_video_features', 'False with train.bidirectional_interval > 0 or '
+             'a data.mixture (their steps need the frames)', cache)
   _require(d.schedule in ('linear', 'cosine'), 'diffusion.schedule', "'linear' or 'cosine'",
            d.schedule)
   _require(d.num_timesteps >= 2, 'diffusion.num_timesteps', 'at least 2', d.num_timesteps)
@@ -376,7 +387,7 @@ def validate_vocoder(config: ml_collections.ConfigDict) -> None:
   for field in ('disc_channels', 'periods'):
     _require(len(v[field]) >= 1 and all(k > 0 for k in v[field]), f'vocoder.{field}',
              'a non-empty tuple of positive integers', v[field])
-  for field in ('num_scales', 'projections'):
+  for field in ('num_scales', 'projections', 'inference_projections'):
     _require(v[field] >= 0, f'vocoder.{field}', 'an integer >= 0', v[field])
   d = config.data
   num_frames = audio.num_audio_frames(media.clip_num_samples(d.num_frames, d.fps, a.sample_rate),

@@ -219,7 +219,9 @@ def loss_fn(params, batch: dict, rng: jax.Array, *, models: Models,
             config: ml_collections.ConfigDict,
             phase: phases.Phase) -> tuple[jax.Array, dict]:
   """The phase's loss of one global batch (contrastive negatives span the whole batch)."""
-  chex.assert_rank(batch['frames'], 5)
+  # A generator-stage batch may carry the frozen encoders' cached 'video_features'
+  # (B,T,h,w,C, core/feature_cache.py) in place of its frames.
+  chex.assert_rank(batch.get('frames', batch.get('video_features')), 5)
   chex.assert_rank(batch['waveform'], 2)
   mel = log_mel(batch, config)
   enc = {'params': params['encoders']}
@@ -241,8 +243,10 @@ def loss_fn(params, batch: dict, rng: jax.Array, *, models: Models,
       total += config.loss.video_class_weight * metrics['loss/video_class']
     video, features = out['video'], out['video_features']
   else:
-    features = models.encoders.apply(enc, batch['frames'],
-                                     method=gmscavp.GMSCAVP.video_features)
+    features = batch.get('video_features')
+    if features is None:
+      features = models.encoders.apply(enc, batch['frames'],
+                                       method=gmscavp.GMSCAVP.video_features)
     video = models.encoders.apply(enc, features, method=gmscavp.GMSCAVP.video_scales)
   if phase.msd:
     if phase.stage == 'generator' or config.diffusion.stop_gradient:

@@ -219,6 +219,18 @@ def eval_loader(config: ml_collections.ConfigDict, split: str = 'test') -> grain
                  global_batch_size=config.eval.batch_size, field='eval.batch_size')
 
 
+def train_records(config: ml_collections.ConfigDict, first_step: int,
+                  last_step: int) -> np.ndarray:
+  """The source indices (N,) of the train records that steps first_step..last_step (1-based)
+  read, in stream order: global batch s - 1 is stream positions [(s-1)*B, s*B) of the
+  loader's seeded stream (`GlobalBatchSampler`), whatever the process count."""
+  stream = grain.IndexSampler(num_records=len(make_source(config, 'train')), shuffle=True,
+                              num_epochs=None, seed=config.seed)
+  size = config.train.batch_size
+  return np.array([stream[p].record_key
+                   for p in range((first_step - 1) * size, last_step * size)], np.int64)
+
+
 def select(batch: dict, fields=TRAIN_FIELDS) -> dict:
   """Keeps the model's fields of a numpy batch (what travels to the devices)."""
   return {k: batch[k] for k in fields if k in batch}

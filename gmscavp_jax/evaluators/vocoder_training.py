@@ -40,10 +40,11 @@ _MIN_POWER = 1e-12  # The pseudo-inverse's power is clipped at 0; log needs a fl
 
 
 def identity(config: ml_collections.ConfigDict) -> dict:
-  """What decides a vocoder: the dataset, the audio front end and the vocoder's settings."""
+  """What decides a vocoder: the dataset, the audio front end and the vocoder's training
+  settings (vocoder.inference_projections is how it is used, not what was trained)."""
   ident = classifier_training.identity(config)
-  return {'data': ident['data'], 'audio': ident['audio'],
-          'vocoder': config.vocoder.to_dict()}
+  trained = {k: v for k, v in config.vocoder.to_dict().items() if k != 'inference_projections'}
+  return {'data': ident['data'], 'audio': ident['audio'], 'vocoder': trained}
 
 
 def vocoder_dir(config: ml_collections.ConfigDict, root: str | None = None) -> str:
@@ -77,13 +78,13 @@ def init_params(config: ml_collections.ConfigDict, rng: jax.Array) -> dict:
 
 
 def synthesize(generator_params: dict, log_mel: jax.Array,
-               config: ml_collections.ConfigDict) -> jax.Array:
+               config: ml_collections.ConfigDict, projections: int | None = None) -> jax.Array:
   """Waveforms (B, Ta * hop) of log-mels (B,Ta,F).
 
   The STFT magnitude is the mel filterbank's pseudo-inverse times exp(the generator's
-  correction), the phase the generator's; vocoder.projections Griffin-Lim projections that
-  keep the magnitude (0: none) make it consistent; the front end's inverse STFT makes it
-  samples."""
+  correction), the phase the generator's; `projections` Griffin-Lim projections that keep
+  the magnitude (0: none; None: vocoder.projections, those trained through) make it
+  consistent; the front end's inverse STFT makes it samples."""
   generator, _ = build(config)
   a = config.audio
   log_mel = jnp.clip(log_mel, np.log(a.log_floor), vocoder.MAX_LOG_MEL)
@@ -98,7 +99,7 @@ def synthesize(generator_params: dict, log_mel: jax.Array,
                            hop_length=a.hop_length)
   istft = functools.partial(audio.istft, n_fft=a.n_fft, win_length=a.win_length,
                             hop_length=a.hop_length)
-  for _ in range(config.vocoder.projections):
+  for _ in range(config.vocoder.projections if projections is None else projections):
     consistent = stft(istft(spectrum))
     # z / |z| has unbounded gradients where |z| -> 0: a floor far below audible keeps them
     # finite (an exact unit phase diverged to NaN in training).

@@ -49,12 +49,14 @@ def griffin_lim_vocoder(config: ml_collections.ConfigDict) -> Vocoder:
 
 
 def neural_vocoder(config: ml_collections.ConfigDict, params: dict) -> Vocoder:
-  """The GAN generator with `params`, on any number of leading dimensions."""
+  """The GAN generator with `params` and vocoder.inference_projections Griffin-Lim
+  projections, on any number of leading dimensions."""
 
   @jax.jit
   def fn(mel):
     lead = mel.shape[:-2]
-    wave = vocoder_training.synthesize(params, mel.reshape((-1,) + mel.shape[-2:]), config)
+    wave = vocoder_training.synthesize(params, mel.reshape((-1,) + mel.shape[-2:]), config,
+                                       config.vocoder.inference_projections)
     return wave.reshape(lead + wave.shape[-1:])
 
   return Vocoder('neural', lambda mel, rng: fn(mel))

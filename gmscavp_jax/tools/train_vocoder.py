@@ -34,11 +34,14 @@ def main(argv):
     raise app.UsageError('give exactly one of --config=FILE or --workdir=DIR')
   cli.setup()
   config = _CONFIG.value or cli.run_or_explain(config_io.load_config, _WORKDIR.value)
-  _, summary = cli.run_or_explain(vocoders.load_or_train, config, _EVALUATOR_DIR.value)
+  neural, summary = cli.run_or_explain(vocoders.load_or_train, config, _EVALUATOR_DIR.value)
   print(f'vocoder in {vocoder_training.vocoder_dir(config, _EVALUATOR_DIR.value)} '
         f"(trained in {summary['train_seconds']:.0f} s)")
+  # Checked again as it is used now (vocoder.json keeps the check made when it was trained).
+  summary = vocoders.self_check(config, neural)
   print(f"log-mel L1 to the real log-mel on {summary['check/num_clips']} test clips "
-        '(nats; lower is better):')
+        f'(nats; lower is better), {config.vocoder.inference_projections} projections after '
+        'the network:')
   for name in ('neural', 'griffin_lim'):
     print(f"  {name:12s} {summary[f'check/{name}/log_mel_l1']:.3f}   "
           f"{summary[f'check/{name}/seconds_per_clip'] * 1e3:.1f} ms per clip")
