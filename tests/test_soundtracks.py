@@ -123,7 +123,9 @@ def test_fine_tune_from_another_run_with_frozen_encoders(msa_workdir, tmp_path, 
   source_params = state_lib.restore_params(
       source, config_io.load_config(source),
       sharding.mesh_from_config(config_io.load_config(source)))[1]
-  fields = {'train.init_from': source, 'diffusion.encoder_steps': 0, 'train.num_steps': 2,
+  # Another config (msa_msd, made 'frozen') on another synthetic world (data.seed=1).
+  fields = {'train.init_from': source, 'diffusion.training': 'frozen',
+            'diffusion.encoder_steps': 0, 'data.seed': 1, 'train.num_steps': 2,
             'train.eval_every_steps': 100}
   computed, compute = [], feature_cache.FeatureCache.compute
   monkeypatch.setattr(feature_cache.FeatureCache, 'compute',
@@ -131,7 +133,7 @@ def test_fine_tune_from_another_run_with_frozen_encoders(msa_workdir, tmp_path, 
                           self, params, clips))
   tuned = {}
   for cache in (False, True):
-    config = tiny_config('msa', **fields, **{'train.cache_video_features': cache})
+    config = tiny_config('msa_msd', **fields, **{'train.cache_video_features': cache})
     workdir = str(tmp_path / f'tuned_cache_{cache}')
     train.train_and_evaluate(config, workdir)
     tuned[cache] = state_lib.restore_params(workdir, config, sharding.mesh_from_config(config))
