@@ -91,24 +91,3 @@ def tiny_config(name: str = 'msa', **overrides):
     config[group][field] = value
   return config
 
-
-# The suite's longest files (seconds of one 2-core run, summed over a file's tests), started
-# first: `-n 2 --dist loadfile` hands files to the two workers in collection order (with
-# xdist's reordering by test count off, below), and a long file left to the end runs alone on
-# one core while the other worker idles. (By test count, the one-test end-to-end files came
-# last: the run ended with test_multidevice alone.)
-LONGEST_FIRST = ('test_evaluate.py', 'test_resume.py', 'test_bidirectional.py',
-                 'test_steps.py', 'test_soundtracks.py', 'test_flow.py', 'test_train.py',
-                 'test_ema.py', 'test_multidevice.py', 'test_multiprocess.py',
-                 'test_label_oracle.py', 'test_diffusion.py', 'test_demo.py')
-
-
-def pytest_collection_modifyitems(items):
-  """Puts the files of LONGEST_FIRST first, in its order; the rest keep theirs."""
-  rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
-  items.sort(key=lambda item: rank.get(os.path.basename(str(item.fspath)), len(rank)))
-
-
-def pytest_configure(config):
-  """Keeps LONGEST_FIRST's order: xdist would sort the files by their number of tests."""
-  config.option.loadscopereorder = False
