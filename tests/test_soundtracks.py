@@ -126,7 +126,8 @@ def test_fine_tune_from_another_run_with_frozen_encoders(msa_workdir, tmp_path, 
   # Another config (msa_msd, made 'frozen') on another synthetic world (data.seed=1).
   fields = {'train.init_from': source, 'diffusion.training': 'frozen',
             'diffusion.encoder_steps': 0, 'data.seed': 1, 'train.num_steps': 2,
-            'train.eval_every_steps': 100}
+            'train.eval_every_steps': 100, 'eval.num_generate_clips': 0,
+            'eval.num_summary_clips': 0}  # No sampling: this test is about training.
   computed, compute = [], feature_cache.FeatureCache.compute
   monkeypatch.setattr(feature_cache.FeatureCache, 'compute',
                       lambda self, params, clips: computed.append(len(clips)) or compute(
