@@ -90,4 +90,3 @@ def tiny_config(name: str = 'msa', **overrides):
     group, field = key.split('.')
     config[group][field] = value
   return config
-
