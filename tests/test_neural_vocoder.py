@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gmscavp_jax.core import config_validation
+from gmscavp_jax.core import vocoder_validation
 from gmscavp_jax.data import audio
 from gmscavp_jax.data import vocoder as griffin_lim
 from gmscavp_jax.evaluators import vocoder_training
@@ -54,11 +54,11 @@ def test_bad_vocoder_fields_are_named():
   config = _vocoder_config()
   config.vocoder.segment_frames = 10_000
   with pytest.raises(errors.ConfigError, match='vocoder.segment_frames'):
-    config_validation.validate_vocoder(config)
+    vocoder_validation.validate_vocoder(config)
   config = _vocoder_config()
   config.vocoder.gan_start_step = 99
   with pytest.raises(errors.ConfigError, match='vocoder.gan_start_step'):
-    config_validation.validate_vocoder(config)
+    vocoder_validation.validate_vocoder(config)
 
 
 def test_reconstruction_steps_learn_a_batch():

@@ -10,8 +10,6 @@ import re
 
 import ml_collections
 
-from gmscavp_jax.data import audio
-from gmscavp_jax.data import media
 from gmscavp_jax.data import mixture
 from gmscavp_jax.data import negatives
 from gmscavp_jax.diffusion import objectives
@@ -22,7 +20,8 @@ COMPUTE_DTYPES = ('float32', 'bfloat16')
 REMAT_POLICIES = ('none', 'full', 'save_dots')
 
 
-def _require(ok: bool, field: str, expected: str, value) -> None:
+def require(ok: bool, field: str, expected: str, value) -> None:
+  """Raises errors.ConfigError naming config.`field`, its value and what was `expected`."""
   if not ok:
     raise errors.ConfigError(f'config.{field}={value!r}: expected {expected}')
 
@@ -53,54 +52,54 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
 def _validate_data(config: ml_collections.ConfigDict) -> None:
   """data.*: the dataset and the clip geometry."""
   d = config.data
-  _require(d.name == 'synthetic' or bool(d.data_dir), 'data.data_dir',
+  require(d.name == 'synthetic' or bool(d.data_dir), 'data.data_dir',
            f'a directory for the prepared dataset {d.name!r}', d.data_dir)
   # Prepared datasets are checked against their files when the pipeline opens them.
-  _require(isinstance(d.name, str) and re.fullmatch(r'[a-z][a-z0-9_]*', d.name) is not None,
+  require(isinstance(d.name, str) and re.fullmatch(r'[a-z][a-z0-9_]*', d.name) is not None,
            'data.name', "'synthetic' or the lower_snake_case name of a prepared dataset",
            d.name)
   for field in ('num_frames', 'image_size', 'num_classes', 'num_train_clips', 'max_onsets'):
-    _require(d[field] > 0, f'data.{field}', 'a positive integer', d[field])
-  _require(isinstance(d.seed, int) and d.seed >= 0, 'data.seed', 'an integer >= 0', d.seed)
-  _require(d.fps > 0, 'data.fps', 'a positive frame rate', d.fps)
-  _require(d.worker_count >= 0, 'data.worker_count', 'an integer >= 0', d.worker_count)
+    require(d[field] > 0, f'data.{field}', 'a positive integer', d[field])
+  require(isinstance(d.seed, int) and d.seed >= 0, 'data.seed', 'an integer >= 0', d.seed)
+  require(d.fps > 0, 'data.fps', 'a positive frame rate', d.fps)
+  require(d.worker_count >= 0, 'data.worker_count', 'an integer >= 0', d.worker_count)
 
 
 def _validate_audio(a: ml_collections.ConfigDict) -> None:
   """audio.*: the log-mel front end."""
-  _require(a.sample_rate > 0, 'audio.sample_rate', 'a positive rate in Hz', a.sample_rate)
-  _require(0 < a.win_length <= a.n_fft, 'audio.win_length', f'in (0, n_fft={a.n_fft}]',
+  require(a.sample_rate > 0, 'audio.sample_rate', 'a positive rate in Hz', a.sample_rate)
+  require(0 < a.win_length <= a.n_fft, 'audio.win_length', f'in (0, n_fft={a.n_fft}]',
            a.win_length)
-  _require(0 < a.hop_length, 'audio.hop_length', 'a positive hop', a.hop_length)
-  _require(0 <= a.fmin < a.fmax <= a.sample_rate / 2, 'audio.fmax',
+  require(0 < a.hop_length, 'audio.hop_length', 'a positive hop', a.hop_length)
+  require(0 <= a.fmin < a.fmax <= a.sample_rate / 2, 'audio.fmax',
            f'fmin < fmax <= sample_rate/2 = {a.sample_rate / 2}', a.fmax)
-  _require(a.log_floor > 0, 'audio.log_floor', 'a positive floor', a.log_floor)
+  require(a.log_floor > 0, 'audio.log_floor', 'a positive floor', a.log_floor)
 
 
 def _validate_model(config: ml_collections.ConfigDict) -> None:
   """model.*: the encoders and the pyramid's scales, which must fit the clip."""
   d, m = config.data, config.model
   pools, grids = tuple(m.scale_pools), tuple(m.scale_grids)
-  _require(len(pools) >= 1, 'model.scale_pools', 'at least one scale', pools)
-  _require(all(p > 0 and d.num_frames % p == 0 for p in pools), 'model.scale_pools',
+  require(len(pools) >= 1, 'model.scale_pools', 'at least one scale', pools)
+  require(all(p > 0 and d.num_frames % p == 0 for p in pools), 'model.scale_pools',
            f'pool factors that divide data.num_frames={d.num_frames}', pools)
-  _require(list(pools) == sorted(set(pools)), 'model.scale_pools',
+  require(list(pools) == sorted(set(pools)), 'model.scale_pools',
            'strictly increasing pool factors (fine to coarse)', pools)
-  _require(pools[-1] == d.num_frames, 'model.scale_pools',
+  require(pools[-1] == d.num_frames, 'model.scale_pools',
            f'the last (coarsest) pool equal to data.num_frames={d.num_frames} (clip level)',
            pools)
-  _require(len(grids) == len(pools), 'model.scale_grids',
+  require(len(grids) == len(pools), 'model.scale_grids',
            f'one grid per scale ({len(pools)})', grids)
-  _require(all(g >= 1 for g in grids), 'model.scale_grids', 'grids >= 1', grids)
-  _require(m.pyramid in ('pool', 'conv'), 'model.pyramid', "'pool' or 'conv'", m.pyramid)
-  _require(d.image_size % m.video_patch == 0, 'model.video_patch',
+  require(all(g >= 1 for g in grids), 'model.scale_grids', 'grids >= 1', grids)
+  require(m.pyramid in ('pool', 'conv'), 'model.pyramid', "'pool' or 'conv'", m.pyramid)
+  require(d.image_size % m.video_patch == 0, 'model.video_patch',
            f'a divisor of data.image_size={d.image_size}', m.video_patch)
-  _require(m.video_stem in ('patchify', 'conv'), 'model.video_stem', "'patchify' or 'conv'",
+  require(m.video_stem in ('patchify', 'conv'), 'model.video_stem', "'patchify' or 'conv'",
            m.video_stem)
   if m.video_stem == 'conv':
-    _require(m.video_patch % 2 == 0, 'model.video_patch',
+    require(m.video_patch % 2 == 0, 'model.video_patch',
              "an even patch with model.video_stem='conv'", m.video_patch)
-  _require(m.embed_dim > 0, 'model.embed_dim', 'a positive width', m.embed_dim)
+  require(m.embed_dim > 0, 'model.embed_dim', 'a positive width', m.embed_dim)
   for field in ('video_widths', 'audio_widths'):
     _require_widths(m[field], f'model.{field}', m.num_groups, 'model.num_groups',
                     allow_empty=True)
@@ -108,37 +107,37 @@ def _validate_model(config: ml_collections.ConfigDict) -> None:
 
 def _validate_contrastive_loss(l: ml_collections.ConfigDict, num_scales: int) -> None:
   """loss.*: L_MSA's scale weights and temperatures, and the video class head's weight."""
-  _require(len(l.scale_weights) in (0, num_scales), 'loss.scale_weights',
+  require(len(l.scale_weights) in (0, num_scales), 'loss.scale_weights',
            f'empty or one weight per scale ({num_scales})', l.scale_weights)
-  _require(0 < l.temperature_min <= l.temperature_init <= l.temperature_max,
+  require(0 < l.temperature_min <= l.temperature_init <= l.temperature_max,
            'loss.temperature_init', 'temperature_min <= temperature_init <= temperature_max',
            (l.temperature_min, l.temperature_init, l.temperature_max))
-  _require(l.adaptive_temperature > 0, 'loss.adaptive_temperature', 'a positive tau_w',
+  require(l.adaptive_temperature > 0, 'loss.adaptive_temperature', 'a positive tau_w',
            l.adaptive_temperature)
-  _require(l.video_class_weight >= 0, 'loss.video_class_weight', 'a weight >= 0',
+  require(l.video_class_weight >= 0, 'loss.video_class_weight', 'a weight >= 0',
            l.video_class_weight)
 
 
 def _validate_train(t: ml_collections.ConfigDict) -> None:
   """train.*: steps, batch, optimizer, logging and the compiled program's precision."""
-  _require(t.num_steps > 0, 'train.num_steps', 'a positive step count', t.num_steps)
-  _require(t.batch_size > 0, 'train.batch_size', 'a positive global batch', t.batch_size)
-  _require(t.learning_rate > 0, 'train.learning_rate', 'a positive rate', t.learning_rate)
-  _require(t.lr_schedule in ('cosine', 'constant'), 'train.lr_schedule',
+  require(t.num_steps > 0, 'train.num_steps', 'a positive step count', t.num_steps)
+  require(t.batch_size > 0, 'train.batch_size', 'a positive global batch', t.batch_size)
+  require(t.learning_rate > 0, 'train.learning_rate', 'a positive rate', t.learning_rate)
+  require(t.lr_schedule in ('cosine', 'constant'), 'train.lr_schedule',
            "'cosine' or 'constant'", t.lr_schedule)
-  _require(t.warmup_steps >= 0, 'train.warmup_steps', 'an integer >= 0', t.warmup_steps)
-  _require(t.decay_steps is None or t.decay_steps > t.warmup_steps, 'train.decay_steps',
+  require(t.warmup_steps >= 0, 'train.warmup_steps', 'an integer >= 0', t.warmup_steps)
+  require(t.decay_steps is None or t.decay_steps > t.warmup_steps, 'train.decay_steps',
            f'unset or > warmup_steps={t.warmup_steps}', t.decay_steps)
-  _require(t.grad_clip_norm >= 0, 'train.grad_clip_norm', '>= 0 (0 disables)', t.grad_clip_norm)
-  _require(0.0 <= t.ema_decay < 1.0, 'train.ema_decay', 'a decay in [0, 1) (0 = no EMA)',
+  require(t.grad_clip_norm >= 0, 'train.grad_clip_norm', '>= 0 (0 disables)', t.grad_clip_norm)
+  require(0.0 <= t.ema_decay < 1.0, 'train.ema_decay', 'a decay in [0, 1) (0 = no EMA)',
            t.ema_decay)
   for field in ('log_every_steps', 'checkpoint_every_steps', 'eval_every_steps',
                 'keep_checkpoints', 'max_skipped_steps'):
-    _require(t[field] > 0, f'train.{field}', 'a positive integer', t[field])
-  _require(t.compute_dtype in COMPUTE_DTYPES, 'train.compute_dtype', f'one of {COMPUTE_DTYPES}',
+    require(t[field] > 0, f'train.{field}', 'a positive integer', t[field])
+  require(t.compute_dtype in COMPUTE_DTYPES, 'train.compute_dtype', f'one of {COMPUTE_DTYPES}',
            t.compute_dtype)
-  _require(t.remat in REMAT_POLICIES, 'train.remat', f'one of {REMAT_POLICIES}', t.remat)
-  _require(not t.init_from or os.path.isfile(os.path.join(t.init_from, 'config.json')),
+  require(t.remat in REMAT_POLICIES, 'train.remat', f'one of {REMAT_POLICIES}', t.remat)
+  require(not t.init_from or os.path.isfile(os.path.join(t.init_from, 'config.json')),
            'train.init_from', "'' or the workdir of a training run (with config.json)",
            t.init_from)
 
@@ -146,48 +145,48 @@ def _validate_train(t: ml_collections.ConfigDict) -> None:
 def _validate_mesh(mesh: ml_collections.ConfigDict) -> None:
   """mesh.*: the device mesh's axis sizes and the FSDP threshold."""
   for field in ('data', 'fsdp'):
-    _require(mesh[field] == -1 or mesh[field] >= 1, f'mesh.{field}',
+    require(mesh[field] == -1 or mesh[field] >= 1, f'mesh.{field}',
              '-1 (the devices the other axis leaves) or a positive size', mesh[field])
-  _require(mesh.fsdp_min_size >= 0, 'mesh.fsdp_min_size', 'an integer >= 0',
+  require(mesh.fsdp_min_size >= 0, 'mesh.fsdp_min_size', 'an integer >= 0',
            mesh.fsdp_min_size)
 
 
 def _validate_eval(config: ml_collections.ConfigDict, num_scales: int) -> None:
   """eval.*: the test split, retrieval, and the generation the trainer's evaluation runs."""
   e = config.eval
-  _require(e.num_test_clips > 0, 'eval.num_test_clips', 'a positive integer', e.num_test_clips)
-  _require(e.batch_size > 0 and e.num_test_clips % e.batch_size == 0, 'eval.batch_size',
+  require(e.num_test_clips > 0, 'eval.num_test_clips', 'a positive integer', e.num_test_clips)
+  require(e.batch_size > 0 and e.num_test_clips % e.batch_size == 0, 'eval.batch_size',
            f'a divisor of eval.num_test_clips={e.num_test_clips}', e.batch_size)
-  _require(-1 <= e.retrieval_scale < num_scales, 'eval.retrieval_scale',
+  require(-1 <= e.retrieval_scale < num_scales, 'eval.retrieval_scale',
            f'-1 (all scales) or a scale index below {num_scales}', e.retrieval_scale)
 
-  _require(0 <= e.num_generate_clips <= e.num_test_clips, 'eval.num_generate_clips',
+  require(0 <= e.num_generate_clips <= e.num_test_clips, 'eval.num_generate_clips',
            f'in [0, eval.num_test_clips={e.num_test_clips}]', e.num_generate_clips)
-  _require(0 <= e.num_summary_clips <= e.num_generate_clips, 'eval.num_summary_clips',
+  require(0 <= e.num_summary_clips <= e.num_generate_clips, 'eval.num_summary_clips',
            f'in [0, eval.num_generate_clips={e.num_generate_clips}]', e.num_summary_clips)
-  _require(e.sampler in samplers.SAMPLERS, 'eval.sampler', f'one of {samplers.SAMPLERS}',
+  require(e.sampler in samplers.SAMPLERS, 'eval.sampler', f'one of {samplers.SAMPLERS}',
            e.sampler)
-  _require(0 < e.sample_steps <= config.diffusion.num_timesteps, 'eval.sample_steps',
+  require(0 < e.sample_steps <= config.diffusion.num_timesteps, 'eval.sample_steps',
            f'in [1, diffusion.num_timesteps={config.diffusion.num_timesteps}]', e.sample_steps)
-  _require(e.guidance >= 0, 'eval.guidance', 'a guidance scale >= 0', e.guidance)
-  _require(e.eta >= 0, 'eval.eta', 'a DDIM eta >= 0', e.eta)
-  _require(e.griffin_lim_iters > 0, 'eval.griffin_lim_iters', 'a positive integer',
+  require(e.guidance >= 0, 'eval.guidance', 'a guidance scale >= 0', e.guidance)
+  require(e.eta >= 0, 'eval.eta', 'a DDIM eta >= 0', e.eta)
+  require(e.griffin_lim_iters > 0, 'eval.griffin_lim_iters', 'a positive integer',
            e.griffin_lim_iters)
 
 
 def _validate_device_split(config: ml_collections.ConfigDict, num_devices: int) -> None:
   """Both global batches split evenly over `num_devices`."""
   t, e = config.train, config.eval
-  _require(t.batch_size % num_devices == 0, 'train.batch_size',
+  require(t.batch_size % num_devices == 0, 'train.batch_size',
            f'a multiple of the device count ({num_devices})', t.batch_size)
-  _require(e.batch_size % num_devices == 0, 'eval.batch_size',
+  require(e.batch_size % num_devices == 0, 'eval.batch_size',
            f'a multiple of the device count ({num_devices})', e.batch_size)
 
 
 def _require_widths(widths, field: str, num_groups: int, groups_field: str,
                     allow_empty: bool = False) -> None:
   """Channel widths of a GroupNorm network: positive and divisible by its group count."""
-  _require((allow_empty or len(widths) >= 1) and
+  require((allow_empty or len(widths) >= 1) and
            all(w > 0 and w % num_groups == 0 for w in widths), field,
            f'positive widths divisible by {groups_field}={num_groups}', widths)
 
@@ -199,23 +198,23 @@ def validate_evaluation(config: ml_collections.ConfigDict) -> None:
   test split should not fail for a setting only the evaluate command reads.
   """
   e, v = config.eval, config.evaluator
-  _require(2 <= e.num_metric_clips and 2 * e.num_metric_clips <= e.num_test_clips,
+  require(2 <= e.num_metric_clips and 2 * e.num_metric_clips <= e.num_test_clips,
            'eval.num_metric_clips',
            f'in [2, eval.num_test_clips / 2 = {e.num_test_clips // 2}] (FAD compares against '
            'the next as many test clips)', e.num_metric_clips)
   for field in ('video_widths', 'audio_widths'):
     _require_widths(tuple(v[field]), f'evaluator.{field}', v.num_groups, 'num_groups')
-  _require(config.data.image_size % v.video_patch == 0, 'evaluator.video_patch',
+  require(config.data.image_size % v.video_patch == 0, 'evaluator.video_patch',
            f'a divisor of data.image_size={config.data.image_size}', v.video_patch)
   for field in ('blocks_per_stage', 'embed_dim', 'num_steps', 'batch_size', 'num_check_clips'):
-    _require(v[field] > 0, f'evaluator.{field}', 'a positive integer', v[field])
-  _require(v.batch_size >= 2, 'evaluator.batch_size', 'at least 2 (negatives pair clips)',
+    require(v[field] > 0, f'evaluator.{field}', 'a positive integer', v[field])
+  require(v.batch_size >= 2, 'evaluator.batch_size', 'at least 2 (negatives pair clips)',
            v.batch_size)
-  _require(v.num_check_clips <= e.num_test_clips, 'evaluator.num_check_clips',
+  require(v.num_check_clips <= e.num_test_clips, 'evaluator.num_check_clips',
            f'at most eval.num_test_clips={e.num_test_clips}', v.num_check_clips)
-  _require(v.learning_rate > 0, 'evaluator.learning_rate', 'a positive rate', v.learning_rate)
+  require(v.learning_rate > 0, 'evaluator.learning_rate', 'a positive rate', v.learning_rate)
   seconds = config.data.num_frames / config.data.fps
-  _require(0 < v.min_shift_seconds <= v.max_shift_seconds < seconds,
+  require(0 < v.min_shift_seconds <= v.max_shift_seconds < seconds,
            'evaluator.max_shift_seconds',
            f'min_shift_seconds <= max_shift_seconds < the clip length ({seconds:g} s)',
            (v.min_shift_seconds, v.max_shift_seconds))
@@ -226,77 +225,77 @@ def _validate_generator(config: ml_collections.ConfigDict, num_scales: int) -> N
   u, d, l = config.unet, config.diffusion, config.loss
   widths = tuple(u.widths)
   _require_widths(widths, 'unet.widths', u.num_groups, 'unet.num_groups')
-  _require(all(0 <= i < len(widths) for i in u.attention_levels), 'unet.attention_levels',
+  require(all(0 <= i < len(widths) for i in u.attention_levels), 'unet.attention_levels',
            f'level indices below {len(widths)}', u.attention_levels)
-  _require(len(u.level_scales) == len(widths) and
+  require(len(u.level_scales) == len(widths) and
            all(0 <= s < num_scales for s in u.level_scales), 'unet.level_scales',
            f'one video scale index in [0, {num_scales}) per UNet level ({len(widths)})',
            u.level_scales)
-  _require(len(u.stem_patch) == 2 and all(p >= 1 for p in u.stem_patch), 'unet.stem_patch',
+  require(len(u.stem_patch) == 2 and all(p >= 1 for p in u.stem_patch), 'unet.stem_patch',
            'a (time, mel) pair of positive patch sizes', u.stem_patch)
-  _require(u.num_heads >= 1 and all(w % u.num_heads == 0 for w in widths), 'unet.num_heads',
+  require(u.num_heads >= 1 and all(w % u.num_heads == 0 for w in widths), 'unet.num_heads',
            f'a divisor of every unet width {widths}', u.num_heads)
-  _require(u.blocks_per_level >= 1, 'unet.blocks_per_level', 'a positive integer',
+  require(u.blocks_per_level >= 1, 'unet.blocks_per_level', 'a positive integer',
            u.blocks_per_level)
-  _require(isinstance(u.label_condition, bool), 'unet.label_condition', 'True or False',
+  require(isinstance(u.label_condition, bool), 'unet.label_condition', 'True or False',
            u.label_condition)
-  _require(d.training in ('joint', 'frozen', 'none'), 'diffusion.training',
+  require(d.training in ('joint', 'frozen', 'none'), 'diffusion.training',
            "'joint', 'frozen' or 'none'", d.training)
   if d.training == 'frozen':
     # The contrastive stage's length (phases.encoder_stage_end); longer than train.num_steps
     # is allowed.
     # 0 (the generator stage from step 1, encoders frozen) needs encoders trained elsewhere.
     if config.train.init_from:
-      _require(d.encoder_steps >= 0, 'diffusion.encoder_steps',
+      require(d.encoder_steps >= 0, 'diffusion.encoder_steps',
                'a length >= 0 of the contrastive stage (0: fine-tune the denoiser alone on '
                'the encoders of train.init_from)', d.encoder_steps)
     else:
-      _require(d.encoder_steps > 0, 'diffusion.encoder_steps',
+      require(d.encoder_steps > 0, 'diffusion.encoder_steps',
                'a positive length of the contrastive stage (0 only with train.init_from)',
                d.encoder_steps)
   cache = config.train.cache_video_features
-  _require(isinstance(cache, bool), 'train.cache_video_features', 'True or False', cache)
+  require(isinstance(cache, bool), 'train.cache_video_features', 'True or False', cache)
   if cache:
     # The cache replaces the frames of generator-stage batches: the a2v denoiser needs them,
     # and a mixture's records do not say which of its sources' clips they are.
-    _require(d.training == 'frozen', 'train.cache_video_features',
+    require(d.training == 'frozen', 'train.cache_video_features',
              f"False with diffusion.training={d.training!r} (only 'frozen' training has a "
              'stage whose encoders do not change)', cache)
-    _require(not config.train.bidirectional_interval and not config.data.mixture,
+    require(not config.train.bidirectional_interval and not config.data.mixture,
              'train.cache_video_features', 'False with train.bidirectional_interval > 0 or '
              'a data.mixture (their steps need the frames)', cache)
-  _require(d.schedule in ('linear', 'cosine'), 'diffusion.schedule', "'linear' or 'cosine'",
+  require(d.schedule in ('linear', 'cosine'), 'diffusion.schedule', "'linear' or 'cosine'",
            d.schedule)
-  _require(d.num_timesteps >= 2, 'diffusion.num_timesteps', 'at least 2', d.num_timesteps)
-  _require(d.prediction in ('eps', 'v'), 'diffusion.prediction', "'eps' or 'v'",
+  require(d.num_timesteps >= 2, 'diffusion.num_timesteps', 'at least 2', d.num_timesteps)
+  require(d.prediction in ('eps', 'v'), 'diffusion.prediction', "'eps' or 'v'",
            d.prediction)
-  _require(d.terminal_weight >= 0, 'diffusion.terminal_weight', 'lambda_T >= 0',
+  require(d.terminal_weight >= 0, 'diffusion.terminal_weight', 'lambda_T >= 0',
            d.terminal_weight)
-  _require(d.min_snr_gamma >= 0, 'diffusion.min_snr_gamma', 'gamma >= 0 (0 = off)',
+  require(d.min_snr_gamma >= 0, 'diffusion.min_snr_gamma', 'gamma >= 0 (0 = off)',
            d.min_snr_gamma)
-  _require(0 <= d.condition_dropout < 1, 'diffusion.condition_dropout', 'a probability in [0, 1)',
+  require(0 <= d.condition_dropout < 1, 'diffusion.condition_dropout', 'a probability in [0, 1)',
            d.condition_dropout)
-  _require(d.mel_std > 0, 'diffusion.mel_std', 'a positive scale', d.mel_std)
+  require(d.mel_std > 0, 'diffusion.mel_std', 'a positive scale', d.mel_std)
   _validate_objective(config)
-  _require(l.msa_weight >= 0 and l.msd_weight >= 0, 'loss.msd_weight',
+  require(l.msa_weight >= 0 and l.msd_weight >= 0, 'loss.msd_weight',
            'non-negative loss weights', (l.msa_weight, l.msd_weight))
 
 
 def _validate_objective(config: ml_collections.ConfigDict) -> None:
   """diffusion.objective, diffusion.flow_t_sampling and the eval.sampler that matches them."""
   d = config.diffusion
-  _require(d.objective in samplers.OBJECTIVE_SAMPLERS, 'diffusion.objective',
+  require(d.objective in samplers.OBJECTIVE_SAMPLERS, 'diffusion.objective',
            f'one of {tuple(samplers.OBJECTIVE_SAMPLERS)}', d.objective)
-  _require(d.flow_t_sampling in objectives.FLOW_T_SAMPLINGS, 'diffusion.flow_t_sampling',
+  require(d.flow_t_sampling in objectives.FLOW_T_SAMPLINGS, 'diffusion.flow_t_sampling',
            f'one of {objectives.FLOW_T_SAMPLINGS}', d.flow_t_sampling)
   allowed = samplers.OBJECTIVE_SAMPLERS[d.objective]
-  _require(config.eval.sampler in allowed, 'eval.sampler',
+  require(config.eval.sampler in allowed, 'eval.sampler',
            f'one of {allowed} with diffusion.objective={d.objective!r}', config.eval.sampler)
   if d.objective == 'flow':
     # Flow has no terminal step to weight (eq. 7's lambda_T term).
-    _require(d.terminal_weight == 0, 'diffusion.terminal_weight',
+    require(d.terminal_weight == 0, 'diffusion.terminal_weight',
              "0 with diffusion.objective='flow'", d.terminal_weight)
-    _require(d.min_snr_gamma == 0, 'diffusion.min_snr_gamma',
+    require(d.min_snr_gamma == 0, 'diffusion.min_snr_gamma',
              "0 with diffusion.objective='flow' (its t has no SNR schedule)", d.min_snr_gamma)
 
 
@@ -304,13 +303,13 @@ def _validate_mixture(config: ml_collections.ConfigDict) -> None:
   """data.mixture: parseable, and every prepared dataset in it has a data_dir."""
   d = config.data
   spec = d.mixture
-  _require(isinstance(spec, str), 'data.mixture', "a string (NAME[OPTIONS]:WEIGHT,...)", spec)
+  require(isinstance(spec, str), 'data.mixture', "a string (NAME[OPTIONS]:WEIGHT,...)", spec)
   try:
     entries = mixture.parse(spec)
   except ValueError as e:
     raise errors.ConfigError(f'config.data.mixture={spec!r}: {e}') from e
   for entry in entries:
-    _require(entry.name == 'synthetic' or bool(entry.data_dir or d.data_dir), 'data.mixture',
+    require(entry.name == 'synthetic' or bool(entry.data_dir or d.data_dir), 'data.mixture',
              f'a data_dir for the prepared dataset {entry.name!r} (its [data_dir=...] option '
              'or data.data_dir)', spec)
 
@@ -318,22 +317,22 @@ def _validate_mixture(config: ml_collections.ConfigDict) -> None:
 def _validate_contrastive_diffusion(config: ml_collections.ConfigDict) -> None:
   """loss.cdiff_*: the contrastive diffusion term (msd.negative_video_scales)."""
   l, d = config.loss, config.data
-  _require(l.cdiff_weight >= 0, 'loss.cdiff_weight', 'a weight >= 0 (0 = off)', l.cdiff_weight)
-  _require(l.cdiff_temperature > 0, 'loss.cdiff_temperature', 'a positive tau',
+  require(l.cdiff_weight >= 0, 'loss.cdiff_weight', 'a weight >= 0 (0 = off)', l.cdiff_weight)
+  require(l.cdiff_temperature > 0, 'loss.cdiff_temperature', 'a positive tau',
            l.cdiff_temperature)
   kinds = tuple(l.cdiff_kinds)
-  _require(len(kinds) >= 1 and len(set(kinds)) == len(kinds) and set(kinds) <= set(
+  require(len(kinds) >= 1 and len(set(kinds)) == len(kinds) and set(kinds) <= set(
       negatives.KINDS), 'loss.cdiff_kinds', f'a non-empty subset of {negatives.KINDS}', kinds)
   if l.cdiff_weight == 0:
     return
-  _require(config.diffusion.training != 'none', 'loss.cdiff_weight',
+  require(config.diffusion.training != 'none', 'loss.cdiff_weight',
            "0 when diffusion.training='none' (no denoiser to contrast)", l.cdiff_weight)
-  _require(config.train.batch_size >= 2, 'train.batch_size',
+  require(config.train.batch_size >= 2, 'train.batch_size',
            'at least 2 with loss.cdiff_weight > 0 (negatives pair clips)', config.train.batch_size)
   seconds = d.num_frames / d.fps
   min_shift, max_shift = negatives.shift_steps(l.cdiff_min_shift_seconds,
                                                l.cdiff_max_shift_seconds, d.fps)
-  _require(0 < l.cdiff_min_shift_seconds <= l.cdiff_max_shift_seconds
+  require(0 < l.cdiff_min_shift_seconds <= l.cdiff_max_shift_seconds
            and max_shift < d.num_frames, 'loss.cdiff_max_shift_seconds',
            f'0 < cdiff_min_shift_seconds <= cdiff_max_shift_seconds, shorter than the clip '
            f'({seconds:g} s) by at least a frame at data.fps={d.fps:g} (shifts of '
@@ -344,63 +343,37 @@ def _validate_contrastive_diffusion(config: ml_collections.ConfigDict) -> None:
 def _validate_a2v(config: ml_collections.ConfigDict, num_scales: int) -> None:
   """train.bidirectional_interval and, when it is on, the a2v denoiser's fields."""
   k = config.train.bidirectional_interval
-  _require(isinstance(k, int) and k >= 0, 'train.bidirectional_interval',
+  require(isinstance(k, int) and k >= 0, 'train.bidirectional_interval',
            'an integer >= 0 (0 = off: no audio->video denoiser)', k)
   if not k:
     return
-  _require(config.diffusion.training in ('joint', 'frozen'), 'train.bidirectional_interval',
+  require(config.diffusion.training in ('joint', 'frozen'), 'train.bidirectional_interval',
            f"0 with diffusion.training={config.diffusion.training!r} (the a2v denoiser "
            "trains beside the MSD denoiser: 'joint' or 'frozen')", k)
   a, image = config.a2v, config.data.image_size
   widths = tuple(a.widths)
   _require_widths(widths, 'a2v.widths', a.num_groups, 'a2v.num_groups')
-  _require(a.num_heads >= 1 and all(w % a.num_heads == 0 for w in widths), 'a2v.num_heads',
+  require(a.num_heads >= 1 and all(w % a.num_heads == 0 for w in widths), 'a2v.num_heads',
            f'a divisor of every a2v width {widths}', a.num_heads)
-  _require(all(0 <= i < len(widths) for i in a.attention_levels), 'a2v.attention_levels',
+  require(all(0 <= i < len(widths) for i in a.attention_levels), 'a2v.attention_levels',
            f'level indices below {len(widths)}', a.attention_levels)
-  _require(len(a.level_scales) in (0, len(widths)) and
+  require(len(a.level_scales) in (0, len(widths)) and
            all(0 <= s < num_scales for s in a.level_scales), 'a2v.level_scales',
            f'empty or one audio scale index in [0, {num_scales}) per level ({len(widths)})',
            a.level_scales)
-  _require(a.blocks_per_level >= 1, 'a2v.blocks_per_level', 'a positive integer',
+  require(a.blocks_per_level >= 1, 'a2v.blocks_per_level', 'a positive integer',
            a.blocks_per_level)
-  _require(a.stem_patch >= 1 and 3 * a.stem_patch**2 <= widths[0], 'a2v.stem_patch',
+  require(a.stem_patch >= 1 and 3 * a.stem_patch**2 <= widths[0], 'a2v.stem_patch',
            f'a patch side p >= 1 with 3 p^2 <= a2v.widths[0]={widths[0]}', a.stem_patch)
   mult = a.stem_patch * 2**(len(widths) - 1)
-  _require(a.image_size > 0 and image % a.image_size == 0 and a.image_size % mult == 0,
+  require(a.image_size > 0 and image % a.image_size == 0 and a.image_size % mult == 0,
            'a2v.image_size', f'a divisor of data.image_size={image} and a multiple of '
            f'stem_patch * 2^(levels-1) = {mult}', a.image_size)
-  _require(a.loss_weight >= 0, 'a2v.loss_weight', 'a non-negative weight', a.loss_weight)
-  _require(0 <= a.batch_size <= config.train.batch_size, 'a2v.batch_size',
+  require(a.loss_weight >= 0, 'a2v.loss_weight', 'a non-negative weight', a.loss_weight)
+  require(0 <= a.batch_size <= config.train.batch_size, 'a2v.batch_size',
            f'0 (the whole batch) or at most train.batch_size={config.train.batch_size}',
            a.batch_size)
-  _require(a.guidance >= 0, 'a2v.guidance', 'a guidance scale >= 0', a.guidance)
-  _require(0 <= a.num_eval_clips <= config.eval.num_test_clips, 'a2v.num_eval_clips',
+  require(a.guidance >= 0, 'a2v.guidance', 'a guidance scale >= 0', a.guidance)
+  require(0 <= a.num_eval_clips <= config.eval.num_test_clips, 'a2v.num_eval_clips',
            f'in [0, eval.num_test_clips={config.eval.num_test_clips}]', a.num_eval_clips)
 
-
-def validate_vocoder(config: ml_collections.ConfigDict) -> None:
-  """The neural vocoder's fields (read only where it is trained or loaded)."""
-  v, a = config.vocoder, config.audio
-  for field in ('width', 'num_blocks', 'num_steps', 'num_check_clips'):
-    _require(v[field] > 0, f'vocoder.{field}', 'a positive integer', v[field])
-  for field in ('disc_channels', 'periods'):
-    _require(len(v[field]) >= 1 and all(k > 0 for k in v[field]), f'vocoder.{field}',
-             'a non-empty tuple of positive integers', v[field])
-  for field in ('num_scales', 'projections', 'inference_projections'):
-    _require(v[field] >= 0, f'vocoder.{field}', 'an integer >= 0', v[field])
-  d = config.data
-  num_frames = audio.num_audio_frames(media.clip_num_samples(d.num_frames, d.fps, a.sample_rate),
-                                      a.hop_length)
-  _require(2 <= v.segment_frames <= num_frames, 'vocoder.segment_frames',
-           f'in [2, {num_frames}] (log-mel frames of a clip)', v.segment_frames)
-  _require(v.batch_size >= 1, 'vocoder.batch_size', 'a positive integer', v.batch_size)
-  _require(0 <= v.gan_start_step <= v.num_steps, 'vocoder.gan_start_step',
-           f'in [0, vocoder.num_steps={v.num_steps}]', v.gan_start_step)
-  _require(v.learning_rate > 0, 'vocoder.learning_rate', 'a positive rate', v.learning_rate)
-  for field in ('mel_weight', 'feature_weight', 'stft_weight'):
-    _require(v[field] >= 0, f'vocoder.{field}', 'a weight >= 0', v[field])
-  _require(all(len(s) == 2 and 0 < s[1] <= s[0] for s in v.stft_sizes), 'vocoder.stft_sizes',
-           '(n_fft, hop) pairs with 0 < hop <= n_fft', v.stft_sizes)
-  _require(v.num_check_clips <= config.eval.num_test_clips, 'vocoder.num_check_clips',
-           f'at most eval.num_test_clips={config.eval.num_test_clips}', v.num_check_clips)

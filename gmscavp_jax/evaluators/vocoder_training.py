@@ -24,7 +24,7 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
-from gmscavp_jax.core import config_validation
+from gmscavp_jax.core import vocoder_validation
 from gmscavp_jax.core import steps
 from gmscavp_jax.data import audio
 from gmscavp_jax.data import pipeline
@@ -184,7 +184,7 @@ def make_train_step(config: ml_collections.ConfigDict, adversarial: bool):
 
 def train(config: ml_collections.ConfigDict, mesh=None) -> tuple[dict, dict]:
   """Trains the vocoder for vocoder.num_steps; returns (generator params, summary)."""
-  config_validation.validate_vocoder(config)
+  vocoder_validation.validate_vocoder(config)
   v = config.vocoder
   mesh = mesh or sharding.make_mesh()
   repl, batch_sh = sharding.replicated(mesh), sharding.batch_sharded(mesh)

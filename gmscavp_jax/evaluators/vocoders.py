@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from gmscavp_jax.core import config_validation
+from gmscavp_jax.core import vocoder_validation
 from gmscavp_jax.core import steps
 from gmscavp_jax.data import vocoder as griffin_lim
 from gmscavp_jax.evaluators import generation
@@ -96,7 +96,7 @@ def load_or_train(config: ml_collections.ConfigDict, root: str | None = None,
                   mesh=None) -> tuple[Vocoder, dict]:
   """The dataset's neural vocoder (trained, checked and saved first if missing); (vocoder,
   vocoder.json's summary)."""
-  config_validation.validate_vocoder(config)
+  vocoder_validation.validate_vocoder(config)
   if vocoder_training.is_trained(config, root):
     params, summary = vocoder_training.load(config, root)
     return neural_vocoder(config, params), summary
