@@ -183,7 +183,7 @@ def test_sample_objective_refuses_mismatched_samplers():
 
 def _flow_config(**overrides):
   return tiny_config('msa_msd', **{'diffusion.objective': 'flow', 'eval.sampler': 'euler',
-                                   **overrides})
+                                   'diffusion.terminal_weight': 0.0, **overrides})
 
 
 @pytest.mark.parametrize('fields,message', [

@@ -294,7 +294,8 @@ def _validate_objective(config: ml_collections.ConfigDict) -> None:
   if d.objective == 'flow':
     # Flow has no terminal step to weight (eq. 7's lambda_T term).
     require(d.terminal_weight == 0, 'diffusion.terminal_weight',
-             "0 with diffusion.objective='flow'", d.terminal_weight)
+             "0 with diffusion.objective='flow' (set --config.diffusion.terminal_weight=0)",
+             d.terminal_weight)
     require(d.min_snr_gamma == 0, 'diffusion.min_snr_gamma',
              "0 with diffusion.objective='flow' (its t has no SNR schedule)", d.min_snr_gamma)
 
