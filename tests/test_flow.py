@@ -20,7 +20,7 @@ from gmscavp_jax.diffusion import samplers
 from gmscavp_jax.diffusion import schedules
 from gmscavp_jax.infra import errors
 from gmscavp_jax.models import gmscavp
-from tests.conftest import tiny_config
+from tests.conftest import init_state, tiny_config
 
 N = 1000  # diffusion.num_timesteps: the model time's scale.
 
@@ -216,7 +216,7 @@ def test_tiny_flow_training_and_sampling_end_to_end():
   config_validation.validate(config)
   models = steps.build_models(config)
   txs = {'encoders': optax.adam(1e-2), 'denoiser': optax.adam(1e-2)}
-  state = steps.init_state(config, models, txs, jax.random.key(0, impl='rbg'))
+  state = init_state(config, models, txs)
   batch = jax.tree.map(jnp.asarray, pipeline.select(next(iter(pipeline.train_loader(config))),
                                                     ('frames', 'waveform')))
   step = jax.jit(functools.partial(steps.train_step, models=models, txs=txs, config=config,
@@ -250,7 +250,8 @@ def test_a2v_denoiser_trains_and_samples_with_flow():
   num_samples = media.clip_num_samples(config.data.num_frames, config.data.fps,
                                        config.audio.sample_rate)
   waveform = 0.1 * jax.random.normal(jax.random.key(1), (2, num_samples))
-  params = steps.init_params(config, models, jax.random.key(2, impl='rbg'))
+  params = jax.jit(functools.partial(steps.init_params, config, models))(
+      jax.random.key(2, impl='rbg'))
   mel = steps.log_mel({'waveform': waveform}, config)
   aud = models.encoders.apply({'params': params['encoders']}, mel,
                               method=gmscavp.GMSCAVP.embed_audio)

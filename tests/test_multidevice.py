@@ -29,14 +29,14 @@ def _compare_meshes() -> dict:
   from gmscavp_jax.core import steps
   from gmscavp_jax.infra import sharding
   from gmscavp_jax.data import pipeline
-  from tests.conftest import tiny_config
+  from tests.conftest import init_state, tiny_config
 
   # fsdp_min_size 0: every tiny kernel with a divisible axis is sharded.
   config = tiny_config('msa', **{'train.batch_size': 16, 'mesh.fsdp_min_size': 0})
   local = pipeline.select(next(iter(pipeline.train_loader(config))))
   models = steps.build_models(config)
   txs = {'encoders': optax.sgd(0.05), 'denoiser': optax.sgd(0.05)}
-  init = steps.init_state(config, models, txs, jax.random.key(0, impl='rbg'))
+  init = init_state(config, models, txs)
   init = jax.device_get(init)
   out = {}
   for data, fsdp in ((1, 1), (8, 1), (4, 2), (2, 4)):

@@ -11,7 +11,7 @@ import pytest
 from gmscavp_jax.core import phases
 from gmscavp_jax.core import steps
 from gmscavp_jax.data import pipeline
-from tests.conftest import tiny_config
+from tests.conftest import init_state, tiny_config
 
 
 @pytest.fixture(scope='module')
@@ -20,7 +20,7 @@ def setup():
   models = steps.build_models(config)
   # Constant-rate Adam: the configured warmup gives the very first update a rate of 0.
   txs = {'encoders': optax.adam(1e-2), 'denoiser': optax.adam(1e-2)}
-  state = steps.init_state(config, models, txs, jax.random.key(0, impl='rbg'))
+  state = init_state(config, models, txs)
   batch = pipeline.select(next(iter(pipeline.train_loader(config))), ('frames', 'waveform'))
   return config, models, txs, state, jax.tree.map(jnp.asarray, batch)
 
@@ -154,7 +154,7 @@ def test_video_class_loss_trains_a_head_on_the_clip_embedding():
   config = tiny_config('msa', **{'loss.video_class_weight': 1.0})
   models = steps.build_models(config)
   txs = {'encoders': optax.adam(1e-2), 'denoiser': optax.adam(1e-2)}
-  state = steps.init_state(config, models, txs, jax.random.key(0, impl='rbg'))
+  state = init_state(config, models, txs)
   head = state.params['encoders']['video_class_head']['kernel']
   assert head.shape == (config.model.embed_dim, config.data.num_classes)
   batch = pipeline.select(next(iter(pipeline.train_loader(config))),
