@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -34,7 +35,9 @@ REQUIRED = ('gen/kld', 'gen/fad', 'gen/align_acc', 'gen/onset_f1@50ms', 'gen/ons
             'retrieval/ceiling_R@1', 'retrieval/class_ceiling_R@1', 'ref/gt/fad',
             'ref/gt/kld', 'ref/gt/align_acc', 'ref/shuffled/align_acc', 'evaluate/step',
             'eval/audio_classifier_acc', 'eval/align_classifier_acc',
-            'ref/video_oracle/class_acc')
+            'ref/video_oracle/class_acc', 'gen/fad_inf', 'gen/fad_ci95_low',
+            'gen/onset_f1@100ms_ci95_high', 'retrieval/v2a_R@1_ci95_low',
+            'retrieval/a2v_R@10_ci95_high')
 
 
 @pytest.fixture(scope='module')
@@ -107,6 +110,13 @@ def test_evaluate_writes_results_and_reuses_the_evaluators(trained):
       'clip0_generated.wav', 'clip0_real.wav', 'clip1_generated.wav', 'clip1_real.wav']
   assert 'Class accuracy reachable from the video alone: ' in text
   assert '| timing-blind ceiling, either direction | ' in text
+  assert 'In brackets: 95% bootstrap intervals over the generated clips' in text
+  # The protocol card: how the numbers were made.
+  assert '## Protocol' in text and '| sampler | ddim |' in text
+  assert saved['evaluate/embedding_dim'] == config_io.load_config(workdir).evaluator.embed_dim
+  assert re.fullmatch(r'[0-9a-f]{40}(\+dirty)?|unknown', saved['evaluate/code_commit'])
+  assert saved['evaluate/reference_split'] == 'test clips 4-7'
+  assert f"{saved['gen/align_acc']:.1f} [{saved['gen/align_acc_ci95_low']:.1f}, " in text
   assert os.path.exists(os.path.join(workdir, 'plots', 'evaluate.png'))
 
   # The evaluators were trained once, into a dataset-keyed folder, and are reused.
@@ -130,10 +140,18 @@ def test_evaluate_writes_results_and_reuses_the_evaluators(trained):
   noisy = clips['log_mel'] + np.random.default_rng(1).normal(size=clips['log_mel'].shape)
   scores = suite.score(evalset, noisy, clips, reference, generation.frame_rate(config),
                        vocoded=noisy)
-  gen_keys = [k for k in scores if k.startswith('gen/')]
+  gen_keys = [k for k in scores if k.startswith('gen/') and '_ci95_' not in k
+              and 'fad_inf' not in k]
   assert len(gen_keys) == 12  # kld, fad, align_acc, class_acc, 4 onset keys x 2 tolerances.
   for key in gen_keys:
     assert scores['ref/vocoded/' + key[4:]] == scores[key], key
+  # The generated audio's intervals over its 4 clips: ordered, in the metric's range.
+  for name in suite.INTERVAL_METRICS:
+    low, high = scores[f'gen/{name}_ci95_low'], scores[f'gen/{name}_ci95_high']
+    assert low <= high, name
+    if name not in ('kld', 'fad'):
+      assert 0 <= low <= high <= 100, name
+  assert np.isfinite(scores['gen/fad_inf']) and np.isfinite(scores['gen/fad_inf_slope'])
   assert not any(k.startswith('ref/vocoded/') for k in suite.score(
       evalset, noisy, clips, reference, generation.frame_rate(config)))
 

@@ -32,6 +32,7 @@ from gmscavp_jax.evaluators import retrieval
 from gmscavp_jax.evaluators import suite
 from gmscavp_jax.evaluators import vocoders
 from gmscavp_jax.infra import plotting
+from gmscavp_jax.infra import provenance
 
 
 def _clips_with_log_mel(config, generator: sampling.Generator, num: int, start: int,
@@ -112,11 +113,30 @@ def evaluate_checkpoint(workdir: str, *, evaluator_dir: str | None = None,
       'evaluate/align_guidance': float(align_guidance),
       'evaluate/evaluator_dir': classifier_training.evaluator_dir(config, evaluator_dir),
       'evaluate/seconds': time.perf_counter() - t0})
+  results.update(protocol_card(config, n, split))
   merged = _merged(output_dir, results)
   if jax.process_index() == 0:
     _write(output_dir, config, merged, generated, clips)
     _write_audio(output_dir, config, vocode, generated, clips['log_mel'])
   return merged
+
+
+def protocol_card(config: ml_collections.ConfigDict, num_clips: int, split: str) -> dict:
+  """How the numbers were made, beside the sampler keys above (evaluate/*): the evaluator
+  networks' identity and embedding, the audio's rate and length, the reference set, the
+  training seed and the code's commit."""
+  return {
+      'evaluate/dataset': config.data.name,
+      'evaluate/evaluator_id': os.path.basename(
+          classifier_training.evaluator_dir(config, None)),
+      'evaluate/embedding': "the evaluator audio classifier's embedding layer",
+      'evaluate/embedding_dim': config.evaluator.embed_dim,
+      'evaluate/sample_rate': config.audio.sample_rate,
+      'evaluate/clip_seconds': config.data.num_frames / config.data.fps,
+      'evaluate/reference_split': f'{split} clips {num_clips}-{2 * num_clips - 1}',
+      'evaluate/train_seed': config.seed,
+      'evaluate/code_commit': provenance.code_commit(),
+  }
 
 
 def _family(key: str) -> str:

@@ -174,26 +174,37 @@ def onset_hit_rate(detected: Sequence[np.ndarray], reference: Sequence[np.ndarra
   Returns:
     {'hit_rate', 'precision', 'f1', 'num_hits', 'num_reference', 'num_detected'}, floats.
   """
+  return onset_scores_of_counts(onset_counts(detected, reference, tolerance_s).sum(axis=0))
+
+
+def onset_counts(detected: Sequence[np.ndarray], reference: Sequence[np.ndarray],
+                 tolerance_s: float) -> np.ndarray:
+  """Per clip (N,3) float: matched onsets, reference onsets, detected onsets (see
+  `onset_hit_rate`, which sums them; a bootstrap over clips resamples these rows)."""
   if len(detected) != len(reference):
     raise ValueError(f'{len(detected)} detected onset lists for {len(reference)} reference '
                      'lists; need one per clip in both')
   if not tolerance_s >= 0:
     raise ValueError(f'tolerance_s={tolerance_s} must be >= 0')
-  hits = num_reference = num_detected = 0
-  for det, ref in zip(detected, reference):
+  counts = np.zeros((len(detected), 3))
+  for i, (det, ref) in enumerate(zip(detected, reference)):
     det = np.sort(np.asarray(det, np.float64).reshape(-1))
     ref = np.sort(np.asarray(ref, np.float64).reshape(-1))
     if ref.size and ref[0] < 0:
       raise ValueError(f'reference onset times must be >= 0, got {ref[0]} (is the -1 '
                        'padding still there? use onsets[:num_onsets])')
-    hits += _count_matches(det, ref, tolerance_s + 1e-9)
-    num_reference += ref.size
-    num_detected += det.size
+    counts[i] = (_count_matches(det, ref, tolerance_s + 1e-9), ref.size, det.size)
+  return counts
+
+
+def onset_scores_of_counts(counts: np.ndarray) -> dict:
+  """`onset_hit_rate`'s dict from summed (3,) counts: matched, reference, detected."""
+  hits, num_reference, num_detected = (float(c) for c in counts)
   hit_rate = 100.0 * hits / num_reference if num_reference else 0.0
   precision = 100.0 * hits / num_detected if num_detected else 0.0
   f1 = 2 * hit_rate * precision / (hit_rate + precision) if hits else 0.0
-  return dict(hit_rate=hit_rate, precision=precision, f1=f1, num_hits=float(hits),
-              num_reference=float(num_reference), num_detected=float(num_detected))
+  return dict(hit_rate=hit_rate, precision=precision, f1=f1, num_hits=hits,
+              num_reference=num_reference, num_detected=num_detected)
 
 
 # Generation metrics (DESIGN §5): KLD between classifier posteriors, Fréchet distance between

@@ -13,6 +13,7 @@ from jax.sharding import Mesh
 from gmscavp_jax.infra import sharding
 from gmscavp_jax.core import steps
 from gmscavp_jax.data import pipeline
+from gmscavp_jax.evaluators import intervals
 from gmscavp_jax.evaluators import metrics as metrics_lib
 
 EMBEDDINGS_FILE = 'test_embeddings.npz'
@@ -118,13 +119,29 @@ class RetrievalEvaluator:
   def run(self, params) -> tuple[dict, dict]:
     """Scores retrieval; returns (metrics dict, embeddings dict with 'similarity' (N,N)).
 
-    The metrics are `metrics.retrieval_metrics` and, of the same clips, `ceiling_metrics`.
+    The metrics are `metrics.retrieval_metrics` with `recall_intervals`, and, of the same
+    clips, `ceiling_metrics`.
     """
     emb = self.embed_test_split(params)
     emb['similarity'] = emb['video'] @ emb['audio'].T
     results = metrics_lib.retrieval_metrics(emb['similarity'], self._config.eval.top_k)
+    results.update(recall_intervals(emb['similarity'], self._config.eval.top_k))
     results.update(ceiling_metrics(emb, self._config.eval.top_k))
     return results, emb
+
+
+def recall_intervals(sim: np.ndarray, ks=(1, 5, 10)) -> dict:
+  """95% bootstrap intervals over queries of R@k both ways for a (N,N) similarity:
+  retrieval/{v2a,a2v}_R@{k}_ci95_{low,high}. The candidates stay all N clips; only which
+  queries are asked is resampled."""
+  out = {}
+  for name, ranks in (('v2a', metrics_lib.positive_ranks(sim)),
+                      ('a2v', metrics_lib.positive_ranks(np.asarray(sim).T))):
+    for k in ks:
+      hit = 100.0 * (ranks <= k)
+      out.update(intervals.interval_keys(f'retrieval/{name}_R@{k}',
+                                         lambda i, h=hit: float(np.mean(h[i])), len(ranks)))
+  return out
 
 
 def ceiling_metrics(emb: dict, ks=(1, 5, 10)) -> dict:

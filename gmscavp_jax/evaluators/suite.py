@@ -14,12 +14,16 @@ test clips R, `score` returns the paper's metrics and two sanity rows computed t
   ref/vocoded/*    the real log-mel of G through the project's vocoder (Griffin-Lim) to a
                    waveform and analysed again, scored exactly as gen/*: what the waveform
                    path costs, the ceiling of any generator that is listened to.
+
+The generated audio's metrics also get 95% bootstrap intervals over the clips
+(gen/KEY_ci95_low, gen/KEY_ci95_high) and FAD-inf (gen/fad_inf): see `intervals`.
 """
 
 import numpy as np
 
 from gmscavp_jax.evaluators import classifiers
 from gmscavp_jax.evaluators import generation
+from gmscavp_jax.evaluators import intervals
 from gmscavp_jax.evaluators import metrics
 
 
@@ -81,6 +85,40 @@ def _rows(prefix: str, *, kld: float, fad: float, align: np.ndarray, class_logit
   return out
 
 
+# The metrics that get bootstrap intervals (`generated_intervals`).
+INTERVAL_METRICS = ('kld', 'fad', 'align_acc', 'class_acc') + tuple(
+    f'onset_f1@{ms}ms' for ms in generation.TOLERANCES_MS)
+
+
+def generated_intervals(prefix: str, *, real_logits: np.ndarray, scored: dict,
+                        reference_embedding: np.ndarray, align: np.ndarray,
+                        labels: np.ndarray, detected: list, onsets: list) -> dict:
+  """95% bootstrap intervals over clips of PREFIX/{INTERVAL_METRICS}, and PREFIX/fad_inf.
+
+  Each resample draws N of the N clips with replacement and scores them as `score` does:
+  KLD against the same clips' real audio, FAD against the whole reference set, onset F1
+  from the resampled clips' summed counts.
+  """
+  p_real, p_gen = metrics.softmax(real_logits), metrics.softmax(scored['logits'])
+  ref_stats = metrics.gaussian_stats(reference_embedding)
+  stats = {
+      'kld': lambda i: metrics.kl_divergence(p_real[i], p_gen[i]),
+      'fad': lambda i: intervals.fad_to(scored['embedding'][i], ref_stats),
+      'align_acc': lambda i: metrics.align_accuracy(align[i]),
+      'class_acc': lambda i: classifiers.top1_in_labels(scored['logits'][i], labels[i]),
+  }
+  for ms in generation.TOLERANCES_MS:
+    counts = metrics.onset_counts(detected, onsets, ms / 1000)
+    stats[f'onset_f1@{ms}ms'] = (
+        lambda i, c=counts: metrics.onset_scores_of_counts(c[i].sum(axis=0))['f1'])
+  out = {}
+  for name in INTERVAL_METRICS:
+    out.update(intervals.interval_keys(f'{prefix}/{name}', stats[name], len(align)))
+  inf = intervals.fad_inf(scored['embedding'], reference_embedding)
+  out.update({f'{prefix}/{k}': v for k, v in inf.items()})
+  return out
+
+
 def score(evalset: classifiers.EvaluatorSet, generated: np.ndarray, clips: dict,
           reference: dict, frame_rate: float, vocoded: np.ndarray | None = None) -> dict:
   """Every generation metric of `generated` (N,Ta,F) log-mels for the videos of `clips`.
@@ -99,7 +137,8 @@ def score(evalset: classifiers.EvaluatorSet, generated: np.ndarray, clips: dict,
     (hit = recall, see `generation.onset_scores`), and the same under ref/gt/,
     ref/shuffled/ and ref/vocoded/ (see the module docstring), and
     ref/video_oracle/class_acc where clips have 'flashing' (`video_oracle_class_acc`);
-    percentages in 0-100.
+    percentages in 0-100. The gen/* metrics also have 95% intervals over the clips and
+    FAD-inf (`generated_intervals`).
   """
   gen = evalset.audio(generated)
   real = evalset.audio(clips['log_mel'])
@@ -111,16 +150,22 @@ def score(evalset: classifiers.EvaluatorSet, generated: np.ndarray, clips: dict,
   onsets = detected_real if clips['onsets'] is None else clips['onsets']
   fad_floor = metrics.fad(real['embedding'], ref['embedding'])
 
-  def as_generated(prefix, mel, scored):
+  def as_generated(prefix, mel, scored, with_intervals=False):
     # KLD paired with G's real audio, FAD against R's: how gen/* is scored.
-    return _rows(prefix, kld=metrics.kld_from_logits(real['logits'], scored['logits']),
-                 fad=metrics.fad(scored['embedding'], ref['embedding']),
-                 align=evalset.aligned_prob(clips['frames'], mel),
-                 class_logits=scored['logits'], labels=clips['labels'],
-                 onset_detected=[metrics.detect_onsets(m, frame_rate) for m in mel],
-                 onsets=onsets)
+    align = evalset.aligned_prob(clips['frames'], mel)
+    detected = [metrics.detect_onsets(m, frame_rate) for m in mel]
+    out = _rows(prefix, kld=metrics.kld_from_logits(real['logits'], scored['logits']),
+                fad=metrics.fad(scored['embedding'], ref['embedding']), align=align,
+                class_logits=scored['logits'], labels=clips['labels'],
+                onset_detected=detected, onsets=onsets)
+    if with_intervals:
+      out.update(generated_intervals(
+          prefix, real_logits=real['logits'], scored=scored,
+          reference_embedding=ref['embedding'], align=np.asarray(align),
+          labels=np.asarray(clips['labels']), detected=detected, onsets=onsets))
+    return out
 
-  out = as_generated('gen', generated, gen)
+  out = as_generated('gen', generated, gen, with_intervals=True)
   if vocoded is not None:
     out.update(as_generated('ref/vocoded', vocoded, evalset.audio(vocoded)))
   match = match_by_labels(clips['labels'], reference['labels'])
@@ -148,9 +193,25 @@ TABLE3_FLAGS = {'cavp': (False, False), 'msa': (True, False), 'msd': (False, Tru
                 'msa_msd': (True, True)}
 
 
+# The protocol card (checkpoint_evaluation.protocol_card and the sampler's keys): how the
+# numbers were made, in results.md's Protocol table.
+PROTOCOL_KEYS = tuple(f'evaluate/{k}' for k in (
+    'dataset', 'evaluator_id', 'embedding', 'embedding_dim', 'sample_rate', 'clip_seconds',
+    'split', 'reference_split', 'sampler', 'sample_steps', 'guidance', 'align_guidance',
+    'vocoder', 'griffin_lim_iters', 'step', 'train_seed', 'seed', 'code_commit'))
+
+
 def _cell(results: dict, key: str, digits: int) -> str:
   value = results.get(key)
   return '—' if value is None else f'{value:.{digits}f}'
+
+
+def _cell_with_interval(results: dict, key: str, digits: int) -> str:
+  """`_cell`, then its 95% interval over clips in brackets where the results have one."""
+  low, high = results.get(f'{key}_ci95_low'), results.get(f'{key}_ci95_high')
+  if low is None or high is None:
+    return _cell(results, key, digits)
+  return f'{_cell(results, key, digits)} [{low:.{digits}f}, {high:.{digits}f}]'
 
 
 def _vocoder_name(r: dict) -> str:
@@ -181,7 +242,7 @@ def results_markdown(results: dict, experiment: str) -> str:
                        ('gen', f'generated: {experiment}')):
     if prefix == 'ref/vocoded' and f'{prefix}/kld' not in r:
       continue  # Evaluated before the vocoder row existed.
-    lines.append(f'| {name} | ' + ' | '.join(_cell(r, f'{prefix}/{c[0]}', c[2])
+    lines.append(f'| {name} | ' + ' | '.join(_cell_with_interval(r, f'{prefix}/{c[0]}', c[2])
                                             for c in gen_cols) + ' |')
   lines += ['', 'Ground truth: KLD against a same-class clip of the disjoint reference half '
             f"({int(r.get('ref/gt/kld_matched_clips', 0))} clips matched); FAD of real vs "
@@ -190,6 +251,11 @@ def results_markdown(results: dict, experiment: str) -> str:
             'audio is: what the waveform path costs. Onsets: F1 of the detected onsets '
             "against the true ones within ±50 / ±100 ms (one-to-one); recall alone (CMMD's "
             'hit-rate) would reward audio that is onsets everywhere.', '']
+  if 'gen/fad_ci95_low' in r:
+    lines += ['In brackets: 95% bootstrap intervals over the generated clips (1000 resamples '
+              f"of the clips with replacement). FAD-inf {_cell(r, 'gen/fad_inf', 2)} (FAD "
+              'extrapolated to infinitely many generated clips from random subsets of '
+              'several sizes; FAD itself grows as the number of clips shrinks).', '']
   if 'ref/video_oracle/class_acc' in r:
     lines += ['Class accuracy reachable from the video alone: '
               f"{_cell(r, 'ref/video_oracle/class_acc', 1)}% (an oracle that sees which "
@@ -200,7 +266,7 @@ def results_markdown(results: dict, experiment: str) -> str:
             '| direction | R@1 | R@5 | R@10 | median rank |', '| --- | --- | --- | --- | --- |']
   for d, name in (('v2a', 'video → audio'), ('a2v', 'audio → video')):
     lines.append(f'| {name} | ' + ' | '.join(
-        _cell(r, f'retrieval/{d}_R@{k}', 2) for k in (1, 5, 10)) +
+        _cell_with_interval(r, f'retrieval/{d}_R@{k}', 2) for k in (1, 5, 10)) +
                  f" | {_cell(r, f'retrieval/median_rank_{d}', 0)} |")
   lines.append('| chance | ' + ' | '.join(_cell(r, f'retrieval/chance_R@{k}', 2)
                                          for k in (1, 5, 10)) + ' | — |')
@@ -226,6 +292,10 @@ def results_markdown(results: dict, experiment: str) -> str:
   if 'retrieval/ceiling_R@1' in r:
     lines += ['', 'Timing-blind ceiling of R@1 / R@5 / R@10: ' + ' / '.join(
         _cell(r, f'retrieval/ceiling_R@{k}', 2) for k in (1, 5, 10)) + '.']
+  card = [(k, r[k]) for k in PROTOCOL_KEYS if k in r]
+  if card:
+    lines += ['', '## Protocol', '', '| field | value |', '| --- | --- |']
+    lines += [f'| {k.split("/", 1)[1]} | {v} |' for k, v in card]
   lines += ['', '## The evaluators on real test clips', '',
             f"Audio classifier top-1 {_cell(r, 'eval/audio_classifier_acc', 1)}%; alignment "
             f"classifier {_cell(r, 'eval/align_classifier_acc', 1)}% balanced (real pairs "
