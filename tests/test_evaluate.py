@@ -37,7 +37,9 @@ REQUIRED = ('gen/kld', 'gen/fad', 'gen/align_acc', 'gen/onset_f1@50ms', 'gen/ons
             'eval/audio_classifier_acc', 'eval/align_classifier_acc',
             'ref/video_oracle/class_acc', 'gen/fad_inf', 'gen/fad_ci95_low',
             'gen/onset_f1@100ms_ci95_high', 'retrieval/v2a_R@1_ci95_low',
-            'retrieval/a2v_R@10_ci95_high')
+            'retrieval/a2v_R@10_ci95_high', 'gen/sync_offset_abs_s',
+            'ref/gt/sync_offset_abs_s', 'ref/shifted/sync_offset_s',
+            'ref/shuffled/sync_offset_abs_s')
 
 
 @pytest.fixture(scope='module')
@@ -112,6 +114,7 @@ def test_evaluate_writes_results_and_reuses_the_evaluators(trained):
   assert '| timing-blind ceiling, either direction | ' in text
   assert 'In brackets: 95% bootstrap intervals over the generated clips' in text
   # The protocol card: how the numbers were made.
+  assert 'Audio-video offset found by the alignment classifier' in text
   assert '## Protocol' in text and '| sampler | ddim |' in text
   assert saved['evaluate/embedding_dim'] == config_io.load_config(workdir).evaluator.embed_dim
   assert re.fullmatch(r'[0-9a-f]{40}(\+dirty)?|unknown', saved['evaluate/code_commit'])
@@ -141,7 +144,7 @@ def test_evaluate_writes_results_and_reuses_the_evaluators(trained):
   scores = suite.score(evalset, noisy, clips, reference, generation.frame_rate(config),
                        vocoded=noisy)
   gen_keys = [k for k in scores if k.startswith('gen/') and '_ci95_' not in k
-              and 'fad_inf' not in k]
+              and 'fad_inf' not in k and 'sync_offset' not in k]
   assert len(gen_keys) == 12  # kld, fad, align_acc, class_acc, 4 onset keys x 2 tolerances.
   for key in gen_keys:
     assert scores['ref/vocoded/' + key[4:]] == scores[key], key

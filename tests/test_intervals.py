@@ -1,4 +1,5 @@
-"""Bootstrap intervals over clips, FAD-inf, per-clip onset counts and retrieval intervals."""
+"""Bootstrap intervals over clips, FAD-inf, per-clip onset counts, retrieval intervals and the
+audio-video offset in seconds."""
 
 import numpy as np
 import pytest
@@ -6,6 +7,7 @@ import pytest
 from gmscavp_jax.evaluators import intervals
 from gmscavp_jax.evaluators import metrics
 from gmscavp_jax.evaluators import retrieval
+from gmscavp_jax.evaluators import sync_offset
 
 
 def test_interval_of_a_rate_matches_the_binomial_one():
@@ -82,3 +84,44 @@ def test_recall_intervals_bracket_each_recall():
       key = f'retrieval/{direction}_R@{k}'
       assert out[f'{key}_ci95_low'] < recall[key] < out[f'{key}_ci95_high'], key
   assert len(out) == 8
+
+
+def _event_pairs(num_clips: int = 12, length: int = 40, rate: float = 20.0):
+  """Videos whose only event is at frame e_i and log-mels with one burst at the same frame,
+  and an alignment 'classifier' that scores how close the two events are."""
+  events = np.random.default_rng(0).integers(0, length, num_clips)
+  video = np.zeros((num_clips, length))
+  video[np.arange(num_clips), events] = 1.0
+  mel = np.zeros((num_clips, length, 4))
+  mel[np.arange(num_clips), events] = 5.0
+
+  def aligned_prob(frames, log_mel):
+    gap = np.argmax(log_mel.sum(axis=2), axis=1) - np.argmax(frames, axis=1)
+    gap = (gap + length // 2) % length - length // 2  # Circular distance.
+    return np.exp(-0.5 * gap.astype(float) ** 2)
+
+  return video, mel, aligned_prob, rate
+
+
+def test_sync_offset_reads_a_known_shift_back():
+  video, mel, aligned_prob, rate = _event_pairs()
+  estimate = lambda m: sync_offset.estimate_offsets(aligned_prob, video, m, rate)
+  np.testing.assert_array_equal(estimate(mel), 0.0)
+  late = sync_offset.shift_audio(mel, int(sync_offset.SHIFTED_SECONDS * rate))
+  np.testing.assert_allclose(estimate(late), sync_offset.SHIFTED_SECONDS)
+  np.testing.assert_allclose(estimate(sync_offset.shift_audio(mel, -6)), -0.3)
+  keys = sync_offset.offset_keys('ref/shifted', estimate(late))
+  assert keys == {'ref/shifted/sync_offset_abs_s': 0.5, 'ref/shifted/sync_offset_s': 0.5,
+                  'ref/shifted/sync_offset_median_abs_s': 0.5}
+  # Another clip's audio: off by whatever its event's distance is, far from 0 on average.
+  shuffled = estimate(np.roll(mel, 1, axis=0))
+  assert np.mean(np.abs(shuffled)) > 0.3
+  # A classifier that cannot tell shifts apart reads 0 (ties go to the smallest offset).
+  flat = sync_offset.estimate_offsets(lambda f, m: np.ones(len(f)), video, late, rate)
+  np.testing.assert_array_equal(flat, 0.0)
+
+
+def test_shift_grid():
+  grid = sync_offset.shift_grid(20.0)
+  assert grid[0] == -20 and grid[-1] == 20 and 0 in grid and np.all(np.diff(grid) == 2)
+  np.testing.assert_array_equal(sync_offset.shift_grid(5.0), np.arange(-5, 6))  # >= 1 frame.

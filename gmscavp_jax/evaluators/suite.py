@@ -25,6 +25,7 @@ from gmscavp_jax.evaluators import classifiers
 from gmscavp_jax.evaluators import generation
 from gmscavp_jax.evaluators import intervals
 from gmscavp_jax.evaluators import metrics
+from gmscavp_jax.evaluators import sync_offset
 
 
 # The columns of the ablation and study tables: (results key, column, lower is better,
@@ -138,7 +139,8 @@ def score(evalset: classifiers.EvaluatorSet, generated: np.ndarray, clips: dict,
     ref/shuffled/ and ref/vocoded/ (see the module docstring), and
     ref/video_oracle/class_acc where clips have 'flashing' (`video_oracle_class_acc`);
     percentages in 0-100. The gen/* metrics also have 95% intervals over the clips and
-    FAD-inf (`generated_intervals`).
+    FAD-inf (`generated_intervals`). Audio-video offsets in seconds (`sync_offset.offset_keys`)
+    for gen, ref/gt, ref/shifted (the real audio SHIFTED_SECONDS late) and ref/shuffled.
   """
   gen = evalset.audio(generated)
   real = evalset.audio(clips['log_mel'])
@@ -182,6 +184,14 @@ def score(evalset: classifiers.EvaluatorSet, generated: np.ndarray, clips: dict,
                    class_logits=real['logits'][shuffle], labels=clips['labels'],
                    onset_detected=[detected_real[j] for j in shuffle], onsets=onsets))
   out['ref/gt/kld_matched_clips'] = float(has.sum())
+  # The audio-video offset in seconds: of the generated audio, of the real audio, of the real
+  # audio moved a known SHIFTED_SECONDS later (to be read back) and of another clip's.
+  late = sync_offset.shift_audio(clips['log_mel'],
+                                 int(round(sync_offset.SHIFTED_SECONDS * frame_rate)))
+  for prefix, mel in (('gen', generated), ('ref/gt', clips['log_mel']), ('ref/shifted', late),
+                      ('ref/shuffled', clips['log_mel'][shuffle])):
+    out.update(sync_offset.offset_keys(prefix, sync_offset.estimate_offsets(
+        evalset.aligned_prob, clips['frames'], mel, frame_rate)))
   if 'flashing' in clips:
     out['ref/video_oracle/class_acc'] = video_oracle_class_acc(
         clips['labels'], clips['visible'], clips['flashing'])
@@ -256,6 +266,14 @@ def results_markdown(results: dict, experiment: str) -> str:
               f"of the clips with replacement). FAD-inf {_cell(r, 'gen/fad_inf', 2)} (FAD "
               'extrapolated to infinitely many generated clips from random subsets of '
               'several sizes; FAD itself grows as the number of clips shrinks).', '']
+  if 'gen/sync_offset_abs_s' in r:
+    lines += ['Audio-video offset found by the alignment classifier (mean |offset| in seconds '
+              f'over a grid of ±{sync_offset.MAX_SECONDS:g} s in {sync_offset.STEP_SECONDS:g} s '
+              f"steps): generated {_cell(r, 'gen/sync_offset_abs_s', 2)}, ground truth "
+              f"{_cell(r, 'ref/gt/sync_offset_abs_s', 2)}, ground truth moved "
+              f'{sync_offset.SHIFTED_SECONDS:g} s late '
+              f"{_cell(r, 'ref/shifted/sync_offset_s', 2)} (signed mean), shuffled "
+              f"{_cell(r, 'ref/shuffled/sync_offset_abs_s', 2)}.", '']
   if 'ref/video_oracle/class_acc' in r:
     lines += ['Class accuracy reachable from the video alone: '
               f"{_cell(r, 'ref/video_oracle/class_acc', 1)}% (an oracle that sees which "
