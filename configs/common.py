@@ -254,6 +254,9 @@ def base_config() -> ml_collections.ConfigDict:
   # `num_metric_clips` test videos; FAD's reference is the real audio of the next as many
   # (a disjoint half), so ground-truth audio shows the metric's own floor.
   c.eval.num_metric_clips = 512
+  # The memorisation check of evaluate: each generated clip's nearest neighbour among the
+  # first `num_memorisation_clips` training clips (evaluator embedding); 0 turns it off.
+  c.eval.num_memorisation_clips = 1024
 
   # Evaluator networks (DESIGN §5), trained on the dataset's train split and shared by every
   # experiment on that dataset: an audio classifier (posteriors for KLD, its embedding for

@@ -74,6 +74,7 @@ def tiny_config(name: str = 'msa', **overrides):
   config.unet.num_heads = 2
   config.unet.stem_patch = (2, 8)
   config.eval.num_metric_clips = 4
+  config.eval.num_memorisation_clips = 16
   config.a2v.image_size = 8
   config.a2v.widths = (16, 32)
   config.a2v.stem_patch = 2

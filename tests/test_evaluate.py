@@ -39,7 +39,8 @@ REQUIRED = ('gen/kld', 'gen/fad', 'gen/align_acc', 'gen/onset_f1@50ms', 'gen/ons
             'gen/onset_f1@100ms_ci95_high', 'retrieval/v2a_R@1_ci95_low',
             'retrieval/a2v_R@10_ci95_high', 'gen/sync_offset_abs_s',
             'ref/gt/sync_offset_abs_s', 'ref/shifted/sync_offset_s',
-            'ref/shuffled/sync_offset_abs_s')
+            'ref/shuffled/sync_offset_abs_s', 'gen/memorised_share',
+            'ref/gt/memorised_share', 'gen/train_over_test_distance')
 
 
 @pytest.fixture(scope='module')
@@ -121,6 +122,8 @@ def test_evaluate_writes_results_and_reuses_the_evaluators(trained):
   assert saved['evaluate/reference_split'] == 'test clips 4-7'
   assert f"{saved['gen/align_acc']:.1f} [{saved['gen/align_acc_ci95_low']:.1f}, " in text
   assert os.path.exists(os.path.join(workdir, 'plots', 'evaluate.png'))
+  assert os.path.exists(os.path.join(workdir, 'plots', 'memorisation.png'))
+  assert 'Memorisation check: ' in text and saved['memorisation/num_train_clips'] == 16
 
   # The evaluators were trained once, into a dataset-keyed folder, and are reused.
   config = config_io.load_config(workdir)
@@ -144,7 +147,7 @@ def test_evaluate_writes_results_and_reuses_the_evaluators(trained):
   scores = suite.score(evalset, noisy, clips, reference, generation.frame_rate(config),
                        vocoded=noisy)
   gen_keys = [k for k in scores if k.startswith('gen/') and '_ci95_' not in k
-              and 'fad_inf' not in k and 'sync_offset' not in k]
+              and 'fad_inf' not in k and 'sync_offset' not in k]  # Of suite.score alone.
   assert len(gen_keys) == 12  # kld, fad, align_acc, class_acc, 4 onset keys x 2 tolerances.
   for key in gen_keys:
     assert scores['ref/vocoded/' + key[4:]] == scores[key], key

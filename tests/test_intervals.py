@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from gmscavp_jax.evaluators import intervals
+from gmscavp_jax.evaluators import memorisation
 from gmscavp_jax.evaluators import metrics
 from gmscavp_jax.evaluators import retrieval
 from gmscavp_jax.evaluators import sync_offset
@@ -125,3 +126,21 @@ def test_shift_grid():
   grid = sync_offset.shift_grid(20.0)
   assert grid[0] == -20 and grid[-1] == 20 and 0 in grid and np.all(np.diff(grid) == 2)
   np.testing.assert_array_equal(sync_offset.shift_grid(5.0), np.arange(-5, 6))  # >= 1 frame.
+
+
+def test_memorisation_flags_copies_and_not_unseen_real_audio():
+  rng = np.random.default_rng(0)
+  train, real, reference = (rng.normal(size=(n, 8)) for n in (300, 64, 64))
+  # A generator that looks up a training clip's real audio (plus a little noise).
+  copies = train[rng.integers(0, 300, 64)] + 0.01 * rng.normal(size=(64, 8))
+  results, details = memorisation.memorisation(copies, real, reference, train)
+  assert results['gen/memorised_share'] == 100.0
+  assert results['gen/train_over_test_distance'] < 0.1
+  assert results['ref/gt/memorised_share'] < 10.0  # Unseen real audio: ~1/65 by chance.
+  assert results['memorisation/threshold'] == pytest.approx(
+      memorisation.nearest(reference, train)[0].min())
+  np.testing.assert_array_equal(train[details['train_index']], train[
+      np.argmin(((copies[:, None] - train[None]) ** 2).sum(-1), axis=1)])
+  # Unseen real audio in the generator's place is not flagged more than chance.
+  fresh, _ = memorisation.memorisation(rng.normal(size=(64, 8)), real, reference, train)
+  assert fresh['gen/memorised_share'] < 10.0

@@ -45,6 +45,7 @@ _ADDED = {
     'train.ema_decay': 0.0,
     'train.init_from': '',
     'train.cache_video_features': False,
+    'eval.num_memorisation_clips': 1024,
     'unet.label_condition': False,
     'model.video_stem': 'patchify',
     'loss.video_class_weight': 0.0,

@@ -202,6 +202,9 @@ def validate_evaluation(config: ml_collections.ConfigDict) -> None:
            'eval.num_metric_clips',
            f'in [2, eval.num_test_clips / 2 = {e.num_test_clips // 2}] (FAD compares against '
            'the next as many test clips)', e.num_metric_clips)
+  require(e.num_memorisation_clips >= 0, 'eval.num_memorisation_clips',
+           'a number of training clips >= 0 (0: no memorisation check)',
+           e.num_memorisation_clips)
   for field in ('video_widths', 'audio_widths'):
     _require_widths(tuple(v[field]), f'evaluator.{field}', v.num_groups, 'num_groups')
   require(config.data.image_size % v.video_patch == 0, 'evaluator.video_patch',

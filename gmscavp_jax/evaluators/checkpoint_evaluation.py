@@ -25,9 +25,12 @@ from gmscavp_jax.core import config_validation
 from gmscavp_jax.core import sampling
 from gmscavp_jax.core import state as state_lib
 from gmscavp_jax.data import media_writing
+from gmscavp_jax.data import pipeline
 from gmscavp_jax.evaluators import classifier_training
+from gmscavp_jax.evaluators import classifiers
 from gmscavp_jax.evaluators import generation
 from gmscavp_jax.evaluators import guide_training
+from gmscavp_jax.evaluators import memorisation
 from gmscavp_jax.evaluators import retrieval
 from gmscavp_jax.evaluators import suite
 from gmscavp_jax.evaluators import vocoders
@@ -100,6 +103,11 @@ def evaluate_checkpoint(workdir: str, *, evaluator_dir: str | None = None,
                              vocoded=vocoded_log_mel(config, generator, clips['log_mel'],
                                                      vocode)))
   results.update({k: v for k, v in summary.items() if k.startswith('eval/')})
+  suspects = None
+  if config.eval.num_memorisation_clips:
+    check, suspects = memorisation_check(config, generator, evalset, generated, clips,
+                                         reference)
+    results.update(check)
   results.update({
       'gen/num_clips': float(n), 'gen/num_reference_clips': float(n),
       # Per clip at eval.batch_size clips a batch, after compiling (compile time apart).
@@ -117,8 +125,36 @@ def evaluate_checkpoint(workdir: str, *, evaluator_dir: str | None = None,
   merged = _merged(output_dir, results)
   if jax.process_index() == 0:
     _write(output_dir, config, merged, generated, clips)
+    if suspects is not None:
+      plotting.spectrograms(
+          suspects[0], os.path.join(output_dir, 'plots', 'memorisation.png'),
+          'the generated clips nearest a training clip (left) and that training clip (right)',
+          real=suspects[1], frame_rate=generation.frame_rate(config))
     _write_audio(output_dir, config, vocode, generated, clips['log_mel'])
   return merged
+
+
+def memorisation_check(config: ml_collections.ConfigDict, generator: sampling.Generator,
+                       evalset: classifiers.EvaluatorSet, generated: np.ndarray, clips: dict,
+                       reference: dict) -> tuple[dict, tuple]:
+  """`memorisation.memorisation` of the generated log-mels (N,Ta,F) against the first
+  eval.num_memorisation_clips training clips, in the evaluator's embedding.
+
+  Returns (results, (generated, nearest)): the log-mels of the 4 most suspect generated clips
+  and of their nearest training clips, for the picture.
+  """
+  source = pipeline.make_source(config, 'train')
+  num, batch = min(config.eval.num_memorisation_clips, len(source)), config.eval.batch_size
+  train_mel = lambda ids: generator.real_log_mel(np.stack([source[int(i)]['waveform']
+                                                           for i in ids]))
+  train = np.concatenate([evalset.audio(train_mel(range(s, min(s + batch, num))))['embedding']
+                          for s in range(0, num, batch)])
+  embed = lambda mel: evalset.audio(mel)['embedding']
+  results, details = memorisation.memorisation(
+      embed(generated), embed(clips['log_mel']), embed(reference['log_mel']), train)
+  worst = details['order'][:4]
+  results['memorisation/num_train_clips'] = float(num)
+  return results, (generated[worst], train_mel(details['train_index'][worst]))
 
 
 def protocol_card(config: ml_collections.ConfigDict, num_clips: int, split: str) -> dict:

@@ -266,6 +266,16 @@ def results_markdown(results: dict, experiment: str) -> str:
               f"of the clips with replacement). FAD-inf {_cell(r, 'gen/fad_inf', 2)} (FAD "
               'extrapolated to infinitely many generated clips from random subsets of '
               'several sizes; FAD itself grows as the number of clips shrinks).', '']
+  if 'gen/memorised_share' in r:
+    lines += ['Memorisation check: '
+              f"{_cell(r, 'gen/memorised_share', 1)}% of the generated clips are nearer a "
+              'training clip (of the first '
+              f"{int(r.get('memorisation/num_train_clips', 0))}) than any reference test "
+              f"clip's real audio is ({_cell(r, 'ref/gt/memorised_share', 1)}% of the real "
+              "audio of the same videos); median distance to the nearest training clip over "
+              f"that to the nearest test clip {_cell(r, 'gen/train_over_test_distance', 2)}. "
+              'The most suspect clips beside their nearest training clips: '
+              'plots/memorisation.png.', '']
   if 'gen/sync_offset_abs_s' in r:
     lines += ['Audio-video offset found by the alignment classifier (mean |offset| in seconds '
               f'over a grid of ±{sync_offset.MAX_SECONDS:g} s in {sync_offset.STEP_SECONDS:g} s '
