@@ -29,5 +29,6 @@ setuptools.setup(
     packages=setuptools.find_packages(include=['gmscavp_jax', 'gmscavp_jax.*', 'configs']),
     install_requires=_requirements('requirements.txt'),
     extras_require={'test': _requirements('requirements-test.txt'),
-                    'demo': _requirements('requirements-demo.txt')},
+                    'demo': _requirements('requirements-demo.txt'),
+                    'onnx': _requirements('requirements-onnx.txt')},
 )

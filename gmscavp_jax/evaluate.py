@@ -36,6 +36,16 @@ _ALIGN_GUIDANCE = flags.DEFINE_float(
     'classifier-free guidance (0 = off; the guide trains once per dataset on first use).',
     lower_bound=0.0)
 _VOCODER = cli.define_vocoder_flag()
+_FAD_EMBEDDING = flags.DEFINE_string(
+    'fad_embedding', None, 'An ONNX audio embedding network (input: float32 (batch, window '
+    "samples)) for a FAD comparable with the literature's (gen/fad_onnx); needs "
+    "pip install -e '.[onnx]'.")
+_FAD_SAMPLE_RATE = flags.DEFINE_integer('fad_sample_rate', 16000,
+                                        "--fad_embedding's input sample rate (Hz).")
+_FAD_WINDOW = flags.DEFINE_float('fad_window_seconds', 0.96,
+                                 "--fad_embedding's input window in seconds.")
+_FAD_HOP = flags.DEFINE_float('fad_hop_seconds', None,
+                              'Hop between --fad_embedding windows (default: the window).')
 flags.mark_flags_as_required(['workdir'])
 
 
@@ -47,7 +57,9 @@ def main(argv):
       checkpoint_evaluation.evaluate_checkpoint, _WORKDIR.value,
       evaluator_dir=_EVALUATOR_DIR.value, num_clips=_NUM_CLIPS.value, seed=_SEED.value,
       output_dir=_OUTPUT_DIR.value, split=_SPLIT.value, align_guidance=_ALIGN_GUIDANCE.value,
-      vocoder=_VOCODER.value, **cli.sampler_args(_SAMPLER_FLAGS))
+      vocoder=_VOCODER.value, fad_embedding=_FAD_EMBEDDING.value,
+      fad_sample_rate=_FAD_SAMPLE_RATE.value, fad_window_seconds=_FAD_WINDOW.value,
+      fad_hop_seconds=_FAD_HOP.value, **cli.sampler_args(_SAMPLER_FLAGS))
   print(f"checkpoint {r['evaluate/step']}: KLD {r['gen/kld']:.3f}  FAD {r['gen/fad']:.3f}  "
         f"Align Acc {r['gen/align_acc']:.1f}%  onset F1@100ms {r['gen/onset_f1@100ms']:.1f}% "
         f"(precision {r['gen/onset_precision@100ms']:.1f}%, recall "
@@ -63,6 +75,9 @@ def main(argv):
         f"{r['ref/vocoded/fad']:.3f}  Align Acc {r['ref/vocoded/align_acc']:.1f}%  onset "
         f"F1@100ms {r['ref/vocoded/onset_f1@100ms']:.1f}%  class acc "
         f"{r['ref/vocoded/class_acc']:.1f}%")
+  if 'gen/fad_onnx' in r:
+    print(f"FAD in {r['evaluate/fad_embedding']}: generated {r['gen/fad_onnx']:.3f}, "
+          f"ground truth {r['ref/gt/fad_onnx']:.3f}")
   print(f"wrote {os.path.join(_OUTPUT_DIR.value or _WORKDIR.value, 'results.json')} and "
         'results.md')
 

@@ -24,6 +24,7 @@ from gmscavp_jax.evaluators import suite
 from gmscavp_jax.evaluators import vocoder_training
 from gmscavp_jax.infra import errors
 from gmscavp_jax import train
+from tests import onnx_models
 from tests.conftest import ROOT
 from tests.conftest import tiny_config
 
@@ -84,11 +85,14 @@ def test_evaluator_set_is_keyed_by_the_dataset(tmp_path):
       classifier_training.evaluator_dir(other, root))
 
 
-def test_evaluate_writes_results_and_reuses_the_evaluators(trained):
+def test_evaluate_writes_results_and_reuses_the_evaluators(trained, tmp_path):
   workdir, root = trained
-  results = checkpoint_evaluation.evaluate_checkpoint(workdir, evaluator_dir=root,
-                                                      sampler='ddim', num_steps=3,
-                                                      vocoder='neural')
+  # A user's ONNX embedding: a fixed projection of 0.25 s windows at 4 kHz.
+  onnx_model = onnx_models.linear_projection(
+      str(tmp_path / 'user.onnx'), np.random.default_rng(3).normal(size=(1000, 4)))
+  results = checkpoint_evaluation.evaluate_checkpoint(
+      workdir, evaluator_dir=root, sampler='ddim', num_steps=3, vocoder='neural',
+      fad_embedding=onnx_model, fad_sample_rate=4000, fad_window_seconds=0.25)
   with open(os.path.join(workdir, 'results.json')) as f:
     saved = json.load(f)
   for key in REQUIRED:
@@ -123,6 +127,10 @@ def test_evaluate_writes_results_and_reuses_the_evaluators(trained):
   assert f"{saved['gen/align_acc']:.1f} [{saved['gen/align_acc_ci95_low']:.1f}, " in text
   assert os.path.exists(os.path.join(workdir, 'plots', 'evaluate.png'))
   assert os.path.exists(os.path.join(workdir, 'plots', 'memorisation.png'))
+  assert saved['gen/fad_onnx'] >= 0 and saved['ref/gt/fad_onnx'] >= 0
+  assert saved['evaluate/fad_embedding'].startswith('user.onnx sha256:')
+  assert saved['evaluate/fad_embedding_dim'] == 4 and '| fad_embedding_window_s | 0.25 |' in text
+  assert "FAD in the user's embedding (user.onnx" in text
   assert 'Memorisation check: ' in text and saved['memorisation/num_train_clips'] == 16
 
   # The evaluators were trained once, into a dataset-keyed folder, and are reused.

@@ -31,6 +31,8 @@ from gmscavp_jax.evaluators import classifiers
 from gmscavp_jax.evaluators import generation
 from gmscavp_jax.evaluators import guide_training
 from gmscavp_jax.evaluators import memorisation
+from gmscavp_jax.evaluators import metrics
+from gmscavp_jax.evaluators import onnx_embedding
 from gmscavp_jax.evaluators import retrieval
 from gmscavp_jax.evaluators import suite
 from gmscavp_jax.evaluators import vocoders
@@ -61,7 +63,10 @@ def evaluate_checkpoint(workdir: str, *, evaluator_dir: str | None = None,
                         num_steps: int | None = None, guidance: float | None = None,
                         eta: float | None = None, seed: int = 0,
                         output_dir: str | None = None, split: str = 'test',
-                        align_guidance: float = 0.0, vocoder: str = 'auto') -> dict:
+                        align_guidance: float = 0.0, vocoder: str = 'auto',
+                        fad_embedding: str | None = None, fad_sample_rate: int = 16000,
+                        fad_window_seconds: float = 0.96,
+                        fad_hop_seconds: float | None = None) -> dict:
   """Scores the newest checkpoint of `workdir`; returns the merged results.json dict.
 
   `split` 'train' generates for (and takes the FAD reference from) training clips instead of
@@ -72,9 +77,15 @@ def evaluate_checkpoint(workdir: str, *, evaluator_dir: str | None = None,
   results.json (see `_merged`: each family of keys we write replaces the old one whole):
   several settings of one checkpoint each keep their own directory. `vocoder` ('auto',
   'neural' or 'griffin_lim') makes the listening outputs and the ref/vocoded row.
+  `fad_embedding`, an ONNX audio embedding network (onnx_embedding.OnnxEmbedding, with its
+  input rate, window and hop), adds gen/fad_onnx and ref/gt/fad_onnx.
   """
   output_dir = output_dir or workdir
   t0 = time.perf_counter()
+  user_embedding = None  # Loaded first: a bad path or a missing onnxruntime fails at once.
+  if fad_embedding:
+    user_embedding = onnx_embedding.OnnxEmbedding(fad_embedding, fad_sample_rate,
+                                                  fad_window_seconds, fad_hop_seconds)
   config = config_io.load_config(workdir)
   if num_clips is not None:
     config.eval.num_metric_clips = num_clips
@@ -103,6 +114,8 @@ def evaluate_checkpoint(workdir: str, *, evaluator_dir: str | None = None,
                              vocoded=vocoded_log_mel(config, generator, clips['log_mel'],
                                                      vocode)))
   results.update({k: v for k, v in summary.items() if k.startswith('eval/')})
+  if user_embedding is not None:
+    results.update(onnx_fad(config, user_embedding, vocode, generated, clips, reference))
   suspects = None
   if config.eval.num_memorisation_clips:
     check, suspects = memorisation_check(config, generator, evalset, generated, clips,
@@ -155,6 +168,27 @@ def memorisation_check(config: ml_collections.ConfigDict, generator: sampling.Ge
   worst = details['order'][:4]
   results['memorisation/num_train_clips'] = float(num)
   return results, (generated[worst], train_mel(details['train_index'][worst]))
+
+
+def onnx_fad(config: ml_collections.ConfigDict, embedding: onnx_embedding.OnnxEmbedding,
+             vocode: vocoders.Vocoder, generated: np.ndarray, clips: dict,
+             reference: dict) -> dict:
+  """FAD in a user's ONNX embedding: gen/fad_onnx (the generated log-mels (N,Ta,F) through
+  `vocode` against the reference clips' real waveforms) and ref/gt/fad_onnx (the real
+  waveforms of the generated clips' videos against them: the floor), and the embedding's
+  settings for the protocol card."""
+  rate, batch = config.audio.sample_rate, config.eval.batch_size
+  waves = np.concatenate([np.asarray(vocode(generated[i:i + batch], rng=jax.random.key(i)))
+                          for i in range(0, len(generated), batch)])
+  ref = embedding(reference['waveform'], rate)
+  gen = embedding(waves, rate)
+  return {'gen/fad_onnx': metrics.fad(gen, ref),
+          'ref/gt/fad_onnx': metrics.fad(embedding(clips['waveform'], rate), ref),
+          'evaluate/fad_embedding': embedding.identity,
+          'evaluate/fad_embedding_dim': gen.shape[1],
+          'evaluate/fad_embedding_sample_rate': embedding.sample_rate,
+          'evaluate/fad_embedding_window_s': embedding.window / embedding.sample_rate,
+          'evaluate/fad_embedding_hop_s': embedding.hop / embedding.sample_rate}
 
 
 def protocol_card(config: ml_collections.ConfigDict, num_clips: int, split: str) -> dict:

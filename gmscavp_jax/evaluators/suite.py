@@ -208,7 +208,9 @@ TABLE3_FLAGS = {'cavp': (False, False), 'msa': (True, False), 'msd': (False, Tru
 PROTOCOL_KEYS = tuple(f'evaluate/{k}' for k in (
     'dataset', 'evaluator_id', 'embedding', 'embedding_dim', 'sample_rate', 'clip_seconds',
     'split', 'reference_split', 'sampler', 'sample_steps', 'guidance', 'align_guidance',
-    'vocoder', 'griffin_lim_iters', 'step', 'train_seed', 'seed', 'code_commit'))
+    'vocoder', 'griffin_lim_iters', 'step', 'train_seed', 'seed', 'code_commit',
+    'fad_embedding', 'fad_embedding_dim', 'fad_embedding_sample_rate',
+    'fad_embedding_window_s', 'fad_embedding_hop_s'))
 
 
 def _cell(results: dict, key: str, digits: int) -> str:
@@ -266,6 +268,10 @@ def results_markdown(results: dict, experiment: str) -> str:
               f"of the clips with replacement). FAD-inf {_cell(r, 'gen/fad_inf', 2)} (FAD "
               'extrapolated to infinitely many generated clips from random subsets of '
               'several sizes; FAD itself grows as the number of clips shrinks).', '']
+  if 'gen/fad_onnx' in r:
+    lines += [f"FAD in the user's embedding ({r.get('evaluate/fad_embedding')}): generated "
+              f"{_cell(r, 'gen/fad_onnx', 2)}, ground truth {_cell(r, 'ref/gt/fad_onnx', 2)} "
+              '(the real audio against the same reference: the floor).', '']
   if 'gen/memorised_share' in r:
     lines += ['Memorisation check: '
               f"{_cell(r, 'gen/memorised_share', 1)}% of the generated clips are nearer a "
