@@ -141,8 +141,9 @@ def evaluate_checkpoint(workdir: str, *, evaluator_dir: str | None = None,
     if suspects is not None:
       plotting.spectrograms(
           suspects[0], os.path.join(output_dir, 'plots', 'memorisation.png'),
-          'the generated clips nearest a training clip (left) and that training clip (right)',
-          real=suspects[1], frame_rate=generation.frame_rate(config))
+          'memorisation check: the generated clips nearest a training clip, and that clip',
+          real=suspects[1], frame_rate=generation.frame_rate(config),
+          names=('generated', 'nearest training clip'))
     _write_audio(output_dir, config, vocode, generated, clips['log_mel'])
   return merged
 

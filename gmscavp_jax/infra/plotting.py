@@ -62,10 +62,11 @@ def loss_curves(rows: list[dict], path: str, keys=LOSS_KEYS) -> None:
 
 
 def spectrograms(generated: np.ndarray, path: str, title: str, real: np.ndarray | None = None,
-                 frame_rate: float | None = None, onsets: list | None = None) -> np.ndarray:
+                 frame_rate: float | None = None, onsets: list | None = None,
+                 names: tuple[str, str] = ('generated', 'real')) -> np.ndarray:
   """Saves generated log-mels (N,Ta,F) (beside the real ones, when given) as one PNG.
 
-  Row i shows clip i: generated, then real. `frame_rate` (frames/s) labels time in seconds;
+  Row i shows clip i: generated, then real (the panel titles say `names`). `frame_rate` (frames/s) labels time in seconds;
   `onsets` (N lists of seconds) marks the true sound onsets. Returns the PNG (H, W, 3) uint8.
   """
   n = len(generated)
@@ -77,8 +78,8 @@ def spectrograms(generated: np.ndarray, path: str, title: str, real: np.ndarray 
   vmin, vmax = (float(v) for v in np.percentile(real if real is not None else generated,
                                                  [0.5, 99.9]))
   for i in range(n):
-    for j, (name, mel) in enumerate([('generated', generated)] +
-                                    ([('real', real)] if real is not None else [])):
+    for j, (name, mel) in enumerate([(names[0], generated)] +
+                                    ([(names[1], real)] if real is not None else [])):
       ax = axes[i, j]
       ax.imshow(mel[i].T, origin='lower', aspect='auto', cmap='magma', vmin=vmin, vmax=vmax,
                 extent=(0, extent_t, 0, mel.shape[2]))
