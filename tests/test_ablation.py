@@ -117,7 +117,9 @@ def test_markdown_table_and_ordering(tmp_path):
   assert marks['cavp'] == ('✗', '✗') and marks['msa'] == ('✓', '✗')
   assert marks['msd'] == ('✗', '✓') and marks['msa_msd'] == ('✓', '✓')
   assert marks['other'] == ('?', '?')
-  assert '| msa_msd | ✓ | ✓ | 2 | 1.55 ± 0.07 | 10.00 ± 0.00 | 60.5 ± 0.7 |' in md
+  # mean ± std [95% t interval of the mean: 2 seeds, t(0.975, 1) = 12.71, 12.71 * std / sqrt 2]
+  assert ('| msa_msd | ✓ | ✓ | 2 | 1.55 ± 0.07 [0.91, 2.19] | 10.00 ± 0.00 [10.00, 10.00] | '
+          '60.5 ± 0.7 [54.1, 66.9] |') in md
   # (4 x (90 + 91) + 90) / 9 runs = 90.4.
   gt_row = '| ground-truth audio | — | — | — | 0.00 | — | 90.4 |'
   assert any(l.startswith(gt_row) for l in lines)
@@ -171,9 +173,13 @@ def test_ordering_flags_seed_noise():
                      'msa_msd': cfg([1.9, 2.1])}}
   facts = ablation.ordering(agg)['gen/kld']
   assert facts['holds']
-  # msa_msd 2.0 vs msa 2.1 and msd 2.2: gaps below the pooled std; vs cavp they are not.
+  # msa_msd 2.0 vs msa 2.1 and msd 2.2, and msd (spread 0.28) vs cavp: 95% Welch intervals of
+  # the difference that hold 0; msa_msd and msa vs cavp (gaps of 1.1 and 1.0, spreads 0.14)
+  # are outside the noise.
   assert [n.split(' (')[0] for n in facts['within_noise']] == [
-      'msa_msd vs msd', 'msa_msd vs msa']
+      'msa_msd vs msd', 'msa_msd vs msa', 'msd vs cavp']
+  # Welch: standard error sqrt(0.02/2 + 0.08/2) = 0.224 at 1.47 degrees of freedom, t = 6.18.
+  assert facts['within_noise'][0] == 'msa_msd vs msd (Δ -0.20, 95% interval [-1.58, 1.18] holds 0)'
 
 
 def test_fresh_run_command_lines(tmp_path):

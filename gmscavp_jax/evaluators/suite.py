@@ -218,7 +218,7 @@ def _cell(results: dict, key: str, digits: int) -> str:
   return '—' if value is None else f'{value:.{digits}f}'
 
 
-def _cell_with_interval(results: dict, key: str, digits: int) -> str:
+def cell_with_interval(results: dict, key: str, digits: int) -> str:
   """`_cell`, then its 95% interval over clips in brackets where the results have one."""
   low, high = results.get(f'{key}_ci95_low'), results.get(f'{key}_ci95_high')
   if low is None or high is None:
@@ -254,7 +254,7 @@ def results_markdown(results: dict, experiment: str) -> str:
                        ('gen', f'generated: {experiment}')):
     if prefix == 'ref/vocoded' and f'{prefix}/kld' not in r:
       continue  # Evaluated before the vocoder row existed.
-    lines.append(f'| {name} | ' + ' | '.join(_cell_with_interval(r, f'{prefix}/{c[0]}', c[2])
+    lines.append(f'| {name} | ' + ' | '.join(cell_with_interval(r, f'{prefix}/{c[0]}', c[2])
                                             for c in gen_cols) + ' |')
   lines += ['', 'Ground truth: KLD against a same-class clip of the disjoint reference half '
             f"({int(r.get('ref/gt/kld_matched_clips', 0))} clips matched); FAD of real vs "
@@ -300,7 +300,7 @@ def results_markdown(results: dict, experiment: str) -> str:
             '| direction | R@1 | R@5 | R@10 | median rank |', '| --- | --- | --- | --- | --- |']
   for d, name in (('v2a', 'video → audio'), ('a2v', 'audio → video')):
     lines.append(f'| {name} | ' + ' | '.join(
-        _cell_with_interval(r, f'retrieval/{d}_R@{k}', 2) for k in (1, 5, 10)) +
+        cell_with_interval(r, f'retrieval/{d}_R@{k}', 2) for k in (1, 5, 10)) +
                  f" | {_cell(r, f'retrieval/median_rank_{d}', 0)} |")
   lines.append('| chance | ' + ' | '.join(_cell(r, f'retrieval/chance_R@{k}', 2)
                                          for k in (1, 5, 10)) + ' | — |')

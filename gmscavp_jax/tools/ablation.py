@@ -12,7 +12,6 @@ a runlocal ablation takes on a CPU is recorded in docs/results.md.
 """
 
 import json
-import math
 import os
 import sys
 from typing import Sequence
@@ -107,7 +106,8 @@ def aggregate(root: str, configs: Sequence[str], seeds: int, variant: str = 'run
       stats = {k: runs.stats(v) for k, v in values.items()}
       out['configs'][name] = dict(seeds=seeds_done, values=values,
                                   mean={k: s['mean'] for k, s in stats.items()},
-                                  std={k: s['std'] for k, s in stats.items()})
+                                  std={k: s['std'] for k, s in stats.items()},
+                                  ci95={k: runs.mean_interval(v) for k, v in values.items()})
   for key, v in refs.items():
     _, kind, metric = key.split('/', 2)
     out['ref'][kind][f'gen/{metric}'] = runs.stats(v)['mean']
@@ -121,7 +121,8 @@ def ordering(agg: dict) -> dict:
   """Per metric: does "both > each alone > neither" hold on the means? None unless all 4 ran.
 
   Returns {key: {'holds': bool, 'violations': [str], 'within_noise': [str]}}; a comparison is
-  within seed noise when its difference is below the two configs' pooled std.
+  within seed noise when the 95% Welch interval of the difference of the two configs' means
+  over seeds contains 0 (`runs.difference_interval`).
   """
   cfg = agg['configs']
   if not all(c in cfg for c in TABLE3):
@@ -137,20 +138,21 @@ def ordering(agg: dict) -> dict:
       if not (ma < mb if lower else ma > mb):
         op = '=' if ma == mb else ('<' if mb < ma else '>')
         violations.append(f'{b} {mb:.{dec}f} {op} {a} {ma:.{dec}f}')
-      sa, sb = cfg[a]['std'].get(key), cfg[b]['std'].get(key)
-      if sa is not None and sb is not None:
-        na, nb = len(cfg[a]['values'][key]), len(cfg[b]['values'][key])
-        pooled = math.sqrt(((na - 1) * sa**2 + (nb - 1) * sb**2) / (na + nb - 2))
-        if abs(ma - mb) < pooled:
-          noise.append(f'{a} vs {b} (|Δ| {abs(ma - mb):.{dec}f} < pooled std {pooled:.{dec}f})')
+      low, high = runs.difference_interval(cfg[a]['values'][key], cfg[b]['values'][key])
+      if low is not None and low <= 0 <= high:
+        noise.append(f'{a} vs {b} (Δ {ma - mb:.{dec}f}, 95% interval '
+                     f'[{low:.{dec}f}, {high:.{dec}f}] holds 0)')
     out[key] = dict(holds=not violations, violations=violations, within_noise=noise)
   return out
 
 
-def _cell(mean, std, dec) -> str:
+def _cell(mean, std, dec, interval=(None, None)) -> str:
+  """mean ± std [95% interval of the mean over seeds], each part where there is one."""
   if mean is None:
     return '—'
-  return f'{mean:.{dec}f}' + ('' if std is None else f' ± {std:.{dec}f}')
+  text = f'{mean:.{dec}f}' + ('' if std is None else f' ± {std:.{dec}f}')
+  low, high = interval
+  return text + ('' if low is None else f' [{low:.{dec}f}, {high:.{dec}f}]')
 
 
 def markdown(agg: dict, argv: Sequence[str]) -> str:
@@ -164,7 +166,8 @@ def markdown(agg: dict, argv: Sequence[str]) -> str:
   for name, c in agg['configs'].items():
     components = suite.TABLE3_FLAGS.get(name)
     msa, msd = (mark(b) for b in components) if components else ('?', '?')
-    cells = [_cell(c['mean'].get(k), c['std'].get(k), d) for k, _, _, d in METRICS]
+    cells = [_cell(c['mean'].get(k), c['std'].get(k), d,
+                   c.get('ci95', {}).get(k, (None, None))) for k, _, _, d in METRICS]
     lines.append(f'| {name} | {msa} | {msd} | {len(c["seeds"])} | ' + ' | '.join(cells) + ' |')
   for kind, label in (('gt', 'ground-truth audio'), ('vocoded', 'ground truth through the vocoder'),
                       ('shuffled', 'shuffled ground-truth audio')):
@@ -194,8 +197,9 @@ def markdown(agg: dict, argv: Sequence[str]) -> str:
         if f['within_noise']:
           line += '; within seed noise: ' + '; '.join(f['within_noise'])
         lines.append(line)
-    lines += ['', 'A difference smaller than the pooled std of the two configs is within seed '
-              'noise: such comparisons are flagged and decide nothing.']
+    lines += ['', 'Cells: mean ± sample std over seeds [95% Student-t interval of the mean]. '
+              'A comparison whose 95% Welch interval of the difference of means holds 0 is '
+              'within seed noise: it is flagged and decides nothing.']
   return '\n'.join(lines) + '\n'
 
 

@@ -26,6 +26,7 @@ from absl import app
 from absl import flags
 from absl import logging
 import numpy as np
+import scipy.stats
 
 from gmscavp_jax.diffusion import samplers
 
@@ -138,6 +139,30 @@ def stats(values: list) -> dict:
   clean = lambda x: None if x is None or not math.isfinite(x) else float(x)
   std = float(np.std(values, ddof=1)) if len(values) >= 2 else None
   return {'mean': clean(float(np.mean(values))), 'std': clean(std), 'n': len(values)}
+
+
+def mean_interval(values: list, level: float = 0.95) -> tuple:
+  """Student-t interval (low, high) of the mean of `values` (seeds); (None, None) below two."""
+  n = len(values)
+  if n < 2:
+    return None, None
+  half = scipy.stats.t.ppf(0.5 + level / 2, n - 1) * np.std(values, ddof=1) / math.sqrt(n)
+  mean = float(np.mean(values))
+  return mean - float(half), mean + float(half)
+
+
+def difference_interval(a: list, b: list, level: float = 0.95) -> tuple:
+  """Welch interval (low, high) of mean(a) - mean(b) over seeds; (None, None) when either
+  has fewer than two values. An interval that contains 0 cannot order the two."""
+  if len(a) < 2 or len(b) < 2:
+    return None, None
+  va, vb = np.var(a, ddof=1) / len(a), np.var(b, ddof=1) / len(b)
+  diff = float(np.mean(a) - np.mean(b))
+  if va + vb == 0:
+    return diff, diff
+  df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
+  half = float(scipy.stats.t.ppf(0.5 + level / 2, df) * math.sqrt(va + vb))
+  return diff - half, diff + half
 
 
 def finite(x):

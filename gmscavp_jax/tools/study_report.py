@@ -66,10 +66,6 @@ def evaluation(row_dir: str, train_dir: str, eval_flags: Sequence[str],
   return None
 
 
-def _cell(value, decimals: int) -> str:
-  return '—' if value is None else f'{value:.{decimals}f}'
-
-
 def write_report(study: str, rows: Sequence[study_rows.Row], view: dict, base: str, out: str,
                  argv: Sequence[str], runtimes: dict, eval_flags: Sequence[str],
                  num_steps: int | None, plot: bool = True, title: str = '') -> None:
@@ -101,7 +97,9 @@ def write_report(study: str, rows: Sequence[study_rows.Row], view: dict, base: s
     train = 'reused' if r.reuse else (runs.hms(time_of(r, 'train'))
                                       if time_of(r, 'train') else '—')
     evaluate = time_of(r, 'evaluate') or res.get('evaluate/seconds')
-    lines.append(f'| {r.label} | ' + ' | '.join(_cell(res.get(k), d) for k, _, _, d in columns)
+    # Each value with its 95% interval over the row's clips, where its evaluation has one.
+    lines.append(f'| {r.label} | ' + ' | '.join(suite.cell_with_interval(res, k, d)
+                                                for k, _, _, d in columns)
                  + f' | {train} | {runs.hms(evaluate) if evaluate else "—"} |')
   lines += ['', f'Runs, logs and study.json: `{base}`.', '']
   os.makedirs(out, exist_ok=True)
