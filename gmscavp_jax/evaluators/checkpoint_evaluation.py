@@ -47,15 +47,19 @@ def _clips_with_log_mel(config, generator: sampling.Generator, num: int, start: 
   return clips
 
 
+def vocoded_waveforms(config: ml_collections.ConfigDict, log_mel: np.ndarray,
+                      vocoder: vocoders.Vocoder) -> np.ndarray:
+  """Log-mels (N,Ta,F) -> waveforms (N,S) by `vocoder` (as `generate` writes them), in
+  batches of eval.batch_size."""
+  b = config.eval.batch_size
+  return np.concatenate([np.asarray(vocoder(log_mel[i:i + b], rng=jax.random.key(i)))
+                         for i in range(0, len(log_mel), b)])
+
+
 def vocoded_log_mel(config: ml_collections.ConfigDict, generator: sampling.Generator,
                     log_mel: np.ndarray, vocoder: vocoders.Vocoder) -> np.ndarray:
-  """Log-mels (N,Ta,F) -> waveforms by `vocoder` (as `generate` writes them) -> log-mels
-  (N,Ta,F) again, in batches of eval.batch_size."""
-  out = []
-  for i in range(0, len(log_mel), config.eval.batch_size):
-    wave = vocoder(log_mel[i:i + config.eval.batch_size], rng=jax.random.key(i))
-    out.append(generator.real_log_mel(np.asarray(wave)))
-  return np.concatenate(out)
+  """Log-mels (N,Ta,F) -> `vocoded_waveforms` -> log-mels (N,Ta,F) again."""
+  return generator.real_log_mel(vocoded_waveforms(config, log_mel, vocoder))
 
 
 def evaluate_checkpoint(workdir: str, *, evaluator_dir: str | None = None,
@@ -117,7 +121,7 @@ def evaluate_checkpoint(workdir: str, *, evaluator_dir: str | None = None,
   if user_embedding is not None:
     results.update(onnx_fad(config, user_embedding, vocode, generated, clips, reference))
   suspects = None
-  if config.eval.num_memorisation_clips:
+  if config.eval.num_memorisation_clips and split == 'test':  # Train clips: nothing to test.
     check, suspects = memorisation_check(config, generator, evalset, generated, clips,
                                          reference)
     results.update(check)
@@ -178,11 +182,9 @@ def onnx_fad(config: ml_collections.ConfigDict, embedding: onnx_embedding.OnnxEm
   `vocode` against the reference clips' real waveforms) and ref/gt/fad_onnx (the real
   waveforms of the generated clips' videos against them: the floor), and the embedding's
   settings for the protocol card."""
-  rate, batch = config.audio.sample_rate, config.eval.batch_size
-  waves = np.concatenate([np.asarray(vocode(generated[i:i + batch], rng=jax.random.key(i)))
-                          for i in range(0, len(generated), batch)])
+  rate = config.audio.sample_rate
   ref = embedding(reference['waveform'], rate)
-  gen = embedding(waves, rate)
+  gen = embedding(vocoded_waveforms(config, generated, vocode), rate)
   return {'gen/fad_onnx': metrics.fad(gen, ref),
           'ref/gt/fad_onnx': metrics.fad(embedding(clips['waveform'], rate), ref),
           'evaluate/fad_embedding': embedding.identity,
