@@ -136,9 +136,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.diffusion.schedule = 'linear'  # 'linear' (latent diffusion) or 'cosine'.
   c.diffusion.num_timesteps = 1000
   c.diffusion.prediction = 'eps'  # 'eps' (paper default) or 'v'.
-  # lambda_T of eq. 7 (the t = T term), on as the paper writes it: over 3 seeds it doubled
-  # Align Acc and raised onset F1 at a cost in FAD (docs/results.md, "Three of the levers").
-  # 0 for diffusion.objective 'flow', which has no terminal step.
+  # lambda_T of eq. 7 (the t = T term), on as the paper writes it: over 3 seeds it raised
+  # Align Acc and onset F1 at a cost in FAD (docs/results.md, "Three of the levers" and the
+  # re-measured Table 3). 0 for diffusion.objective 'flow', which has no terminal step.
   c.diffusion.terminal_weight = 1.0
   # Min-SNR-gamma loss weighting over timesteps (objectives.min_snr_weight); 0 = eq. 7's
   # uniform weighting.

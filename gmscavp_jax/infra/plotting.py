@@ -66,8 +66,9 @@ def spectrograms(generated: np.ndarray, path: str, title: str, real: np.ndarray 
                  names: tuple[str, str] = ('generated', 'real')) -> np.ndarray:
   """Saves generated log-mels (N,Ta,F) (beside the real ones, when given) as one PNG.
 
-  Row i shows clip i: generated, then real (the panel titles say `names`). `frame_rate` (frames/s) labels time in seconds;
-  `onsets` (N lists of seconds) marks the true sound onsets. Returns the PNG (H, W, 3) uint8.
+  Row i shows clip i: generated, then real (the panel titles say `names`). `frame_rate`
+  (frames/s) labels time in seconds; `onsets` (N lists of seconds) marks the true sound
+  onsets. Returns the PNG (H, W, 3) uint8.
   """
   n = len(generated)
   cols = 1 if real is None else 2
