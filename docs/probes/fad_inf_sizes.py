@@ -29,8 +29,8 @@ def main(workdir):
   evalset, _ = classifier_training.load_or_train(config, None, mesh)
   generator = sampling.Generator(config, mesh, models)
   n = config.eval.num_metric_clips
-  clips = checkpoint_evaluation._clips_with_log_mel(config, generator, n, 0, 'test')  # pylint: disable=protected-access
-  reference = checkpoint_evaluation._clips_with_log_mel(config, generator, n, n, 'test')  # pylint: disable=protected-access
+  clips = checkpoint_evaluation.clips_with_log_mel(config, generator, n, 0, 'test')
+  reference = checkpoint_evaluation.clips_with_log_mel(config, generator, n, n, 'test')
   args = sampling.sampler_settings(config.eval, None, None, None, None)
   generated, _ = generator.generate_timed(params, clips['frames'], labels=clips['labels'],
                                           seed=0, **args)

@@ -31,8 +31,8 @@ def main(workdir):
   evalset, _ = classifier_training.load_or_train(config, None, mesh)
   generator = sampling.Generator(config, mesh, steps.build_models(config))
   n, num_train = config.eval.num_metric_clips, config.eval.num_memorisation_clips
-  clips = checkpoint_evaluation._clips_with_log_mel(config, generator, n, 0, 'test')  # pylint: disable=protected-access
-  reference = checkpoint_evaluation._clips_with_log_mel(config, generator, n, n, 'test')  # pylint: disable=protected-access
+  clips = checkpoint_evaluation.clips_with_log_mel(config, generator, n, 0, 'test')
+  reference = checkpoint_evaluation.clips_with_log_mel(config, generator, n, n, 'test')
   source = pipeline.make_source(config, 'train')
   train_labels = np.stack([source[i]['labels'] for i in range(num_train)])
   match = suite.match_by_labels(clips['labels'], train_labels)

@@ -40,8 +40,10 @@ from gmscavp_jax.infra import plotting
 from gmscavp_jax.infra import provenance
 
 
-def _clips_with_log_mel(config, generator: sampling.Generator, num: int, start: int,
-                        split: str) -> dict:
+def clips_with_log_mel(config, generator: sampling.Generator, num: int, start: int,
+                       split: str) -> dict:
+  """`generation.test_clips` [start, start + num) of `split`, with their real log_mel
+  (N,Ta,F)."""
   clips = generation.test_clips(config, num, start=start, split=split)
   clips['log_mel'] = generator.real_log_mel(clips['waveform'])
   return clips
@@ -103,8 +105,8 @@ def evaluate_checkpoint(workdir: str, *, evaluator_dir: str | None = None,
   sampler_args = sampling.sampler_settings(config.eval, sampler, num_steps, guidance, eta)
   generator = sampling.Generator(config, mesh, models)
   n = config.eval.num_metric_clips
-  clips = _clips_with_log_mel(config, generator, n, 0, split)
-  reference = _clips_with_log_mel(config, generator, n, n, split)
+  clips = clips_with_log_mel(config, generator, n, 0, split)
+  reference = clips_with_log_mel(config, generator, n, n, split)
   logging.info('generating audio for %d test videos (%s, %d steps, guidance %g)', n,
                sampler_args['sampler'], sampler_args['num_steps'], sampler_args['guidance'])
   guide = {}
