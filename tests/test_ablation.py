@@ -159,6 +159,9 @@ def test_runs_evaluated_before_a_metric_existed_show_a_dash(tmp_path):
   md = ablation.markdown(agg, ['ablation.py'])
   assert '| msa | ✓ | ✗ | 1 | 2.50 | 10.00 | 50.0 | — | 10.0 | 10.0 | 10.0 | 10.0 |' in md
   assert 'gen/onset_f1@50ms' not in ablation.ordering(agg)
+  # One seed a config: every comparison is flagged, none decides.
+  assert all(len(f['within_noise']) == 5 and f['within_noise'][0].endswith(
+      'fewer than 2 seeds: no interval)') for f in ablation.ordering(agg).values())
   assert 'ceiling' not in md and agg['ceilings'] == {}  # No row rather than a row of dashes.
   ablation.write_report(str(tmp_path), agg, ['ablation.py'])  # The plot copes too.
   plt.close('all')

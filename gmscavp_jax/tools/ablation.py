@@ -139,7 +139,9 @@ def ordering(agg: dict) -> dict:
         op = '=' if ma == mb else ('<' if mb < ma else '>')
         violations.append(f'{b} {mb:.{dec}f} {op} {a} {ma:.{dec}f}')
       low, high = runs.difference_interval(cfg[a]['values'][key], cfg[b]['values'][key])
-      if low is not None and low <= 0 <= high:
+      if low is None:  # One seed: nothing tells the difference from seed noise.
+        noise.append(f'{a} vs {b} (Δ {ma - mb:.{dec}f}, fewer than 2 seeds: no interval)')
+      elif low <= 0 <= high:
         noise.append(f'{a} vs {b} (Δ {ma - mb:.{dec}f}, 95% interval '
                      f'[{low:.{dec}f}, {high:.{dec}f}] holds 0)')
     out[key] = dict(holds=not violations, violations=violations, within_noise=noise)
