@@ -60,13 +60,20 @@ def main(argv):
       vocoder=_VOCODER.value, fad_embedding=_FAD_EMBEDDING.value,
       fad_sample_rate=_FAD_SAMPLE_RATE.value, fad_window_seconds=_FAD_WINDOW.value,
       fad_hop_seconds=_FAD_HOP.value, **cli.sampler_args(_SAMPLER_FLAGS))
-  print(f"checkpoint {r['evaluate/step']}: KLD {r['gen/kld']:.3f}  FAD {r['gen/fad']:.3f}  "
+  print(f"checkpoint {r['evaluate/step']}: KLD {r['gen/kld']:.3f}  FAD {r['gen/fad']:.3f} "
+        f"[{r['gen/fad_ci95_low']:.2f}, {r['gen/fad_ci95_high']:.2f}] (FAD-inf "
+        f"{r['gen/fad_inf']:.2f})  "
         f"Align Acc {r['gen/align_acc']:.1f}%  onset F1@100ms {r['gen/onset_f1@100ms']:.1f}% "
         f"(precision {r['gen/onset_precision@100ms']:.1f}%, recall "
         f"{r['gen/onset_recall@100ms']:.1f}%)"
         f"  v2a R@1 {r['retrieval/v2a_R@1']:.2f}%  a2v R@1 {r['retrieval/a2v_R@1']:.2f}% "
         f"(timing-blind ceiling {r['retrieval/ceiling_R@1']:.2f}%, class-only "
         f"{r['retrieval/class_ceiling_R@1']:.2f}%)")
+  memorised = (f"; memorised {r['gen/memorised_share']:.1f}% (real audio "
+               f"{r['ref/gt/memorised_share']:.1f}%)" if 'gen/memorised_share' in r else '')
+  print(f"audio-video offset {r['gen/sync_offset_abs_s']:.2f} s (ground truth "
+        f"{r['ref/gt/sync_offset_abs_s']:.2f} s, moved 0.5 s: "
+        f"{r['ref/shifted/sync_offset_s']:.2f} s){memorised}; 95% intervals in results.md")
   print(f"ground truth: KLD {r['ref/gt/kld']:.3f}  FAD {r['ref/gt/fad']:.3f}  Align Acc "
         f"{r['ref/gt/align_acc']:.1f}%  onset F1@100ms {r['ref/gt/onset_f1@100ms']:.1f}%; "
         f"shuffled ground truth Align Acc {r['ref/shuffled/align_acc']:.1f}%")

@@ -55,11 +55,12 @@ def evaluate_and_record(evaluators: dict, state, step: int, workdir: str, writer
   those inference uses (`train_state.inference_params`: the EMA with train.ema_decay > 0)."""
   params = train_state.inference_params(state, config)
   results, emb = evaluators['retrieval'].run(params)
-  logging.info('step %d retrieval: v2a R@1 %.2f%%  a2v R@1 %.2f%%  (chance %.2f%%, '
-               'timing-blind ceiling %.2f%%, class-only %.2f%%)', step,
-               results['retrieval/v2a_R@1'], results['retrieval/a2v_R@1'],
-               results['retrieval/chance_R@1'], results['retrieval/ceiling_R@1'],
-               results['retrieval/class_ceiling_R@1'])
+  recall = lambda d: '%.2f%% [%.2f, %.2f]' % tuple(
+      results[f'retrieval/{d}_R@1{s}'] for s in ('', '_ci95_low', '_ci95_high'))
+  logging.info('step %d retrieval: v2a R@1 %s  a2v R@1 %s  (95%% intervals over queries; '
+               'chance %.2f%%, timing-blind ceiling %.2f%%, class-only %.2f%%)', step,
+               recall('v2a'), recall('a2v'), results['retrieval/chance_R@1'],
+               results['retrieval/ceiling_R@1'], results['retrieval/class_ceiling_R@1'])
   if steps.generator_trained(config, step) and config.eval.num_generate_clips > 0:
     results.update(evaluators['generation'].run(params, step, workdir, writer))
   if 'a2v' in evaluators and steps.a2v_trained(config, step):
