@@ -136,10 +136,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.diffusion.schedule = 'linear'  # 'linear' (latent diffusion) or 'cosine'.
   c.diffusion.num_timesteps = 1000
   c.diffusion.prediction = 'eps'  # 'eps' (paper default) or 'v'.
-  # lambda_T of eq. 7 (the t = T term), on as the paper writes it: over 3 seeds it raised
-  # Align Acc and onset F1 at a cost in FAD (docs/results.md, "Three of the levers" and the
-  # re-measured Table 3). 0 for diffusion.objective 'flow', which has no terminal step.
-  c.diffusion.terminal_weight = 1.0
+  # lambda_T of eq. 7 (the t = T term), on as the paper writes it (why: docs/config_notes.md).
+  c.diffusion.terminal_weight = 1.0  # 0 for diffusion.objective 'flow' (no terminal step).
   # Min-SNR-gamma loss weighting over timesteps (objectives.min_snr_weight); 0 = eq. 7's
   # uniform weighting.
   c.diffusion.min_snr_gamma = 0.0

@@ -18,6 +18,7 @@ from absl import flags
 
 from gmscavp_jax import cli
 from gmscavp_jax.evaluators import checkpoint_evaluation
+from gmscavp_jax.evaluators import sync_offset
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Workdir of a training run.')
 _SAMPLER_FLAGS = cli.define_sampler_flags()
@@ -72,7 +73,7 @@ def main(argv):
   memorised = (f"; memorised {r['gen/memorised_share']:.1f}% (real audio "
                f"{r['ref/gt/memorised_share']:.1f}%)" if 'gen/memorised_share' in r else '')
   print(f"audio-video offset {r['gen/sync_offset_abs_s']:.2f} s (ground truth "
-        f"{r['ref/gt/sync_offset_abs_s']:.2f} s, moved 0.5 s: "
+        f"{r['ref/gt/sync_offset_abs_s']:.2f} s, moved {sync_offset.SHIFTED_SECONDS:g} s: "
         f"{r['ref/shifted/sync_offset_s']:.2f} s){memorised}; 95% intervals in results.md")
   print(f"ground truth: KLD {r['ref/gt/kld']:.3f}  FAD {r['ref/gt/fad']:.3f}  Align Acc "
         f"{r['ref/gt/align_acc']:.1f}%  onset F1@100ms {r['ref/gt/onset_f1@100ms']:.1f}%; "

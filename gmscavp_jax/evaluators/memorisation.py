@@ -11,9 +11,6 @@ the clips by chance).
 
 import numpy as np
 
-# How many training clips the nearest-neighbour search covers (the split's first ones).
-NUM_TRAIN_CLIPS = 1024
-
 
 def nearest(queries: np.ndarray, candidates: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   """Euclidean nearest neighbour of each of (N,D) queries among (M,D) candidates:
