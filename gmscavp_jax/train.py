@@ -53,6 +53,7 @@ def evaluate_and_record(evaluators: dict, state, step: int, workdir: str, writer
   """The loop's periodic evaluation of `state` at `step`: retrieval (and generation, once the
   denoisers train), recorded as results.json, PNGs and scalars. The params evaluated are
   those inference uses (`train_state.inference_params`: the EMA with train.ema_decay > 0)."""
+  logging.info('step %d: evaluating', step)
   params = train_state.inference_params(state, config)
   results, emb = evaluators['retrieval'].run(params)
   recall = lambda d: '%.2f%% [%.2f, %.2f]' % tuple(
@@ -165,6 +166,7 @@ class _PhaseSteps:
       logging.info('step %d: %s phase starts', step, phase)
     phase = steps.train_phase(config, step)  # Its a2v half too on bidirectional steps.
     if phase not in self._compiled:
+      logging.info('compiling the %s train step', phase)
       self._compiled[phase] = state_lib.jit_train_step(
           *self._args, phase, self._layout).lower(state, batch, rng).compile()
       sharding.sync_processes(f'compiled {phase} step')

@@ -1,0 +1,347 @@
+"""Chaos harness: a job killed at random moments and restarted each time must end exactly where
+the same job run once without interruption ends.
+
+  python -m gmscavp_jax.tools.chaos --config=configs/msa_msd.py:runlocal --root=/tmp/chaos \
+      --kills=20 --signals=KILL,TERM --override=train.num_steps=400 \
+      --override=train.checkpoint_every_steps=40
+  python -m gmscavp_jax.tools.chaos --job=prepare --config=configs/msa.py:runlocal \
+      --root=/tmp/chaos_prepare --kills=10 --signals=KILL
+
+It runs the job uninterrupted once (ROOT/reference, reused when already finished), then for
+each signal again in ROOT/chaos_SIG: start, wait a random time, send the signal, restart,
+`--kills` times, then let it finish. Each wait is drawn uniformly over the life the process
+would still have (start-up and compile included), cut into a share per remaining kill, so the
+kills spread over the whole run: start-up, compile, training steps, inside an async checkpoint
+save, right after one, the periodic and the final evaluation. SIGKILL goes to the job's whole
+process group (a lost machine); SIGTERM to its main process (a preemption notice: the trainer
+saves and exits 143).
+
+Afterwards it compares (tools/chaos_compare.py): training's final state bit for bit, metrics
+rows and results.json outside timing fields; prepare's built files byte for byte. It prints a
+table per signal (kill moment, step reached, restore step, outcome) and writes
+ROOT/chaos_report.json and .md. A benchmark, not a test: at the command above, 20 kills per
+signal take about half an hour on 2 CPU cores.
+"""
+
+import importlib.util
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+from absl import app
+from absl import flags
+from absl import logging
+
+from gmscavp_jax.tools import chaos_compare
+
+_JOB = flags.DEFINE_enum('job', 'train', ['train', 'prepare'], 'What to kill: training '
+                         '(gmscavp_jax.main) or dataset preparation (gmscavp_jax.prepare).')
+_CONFIG = flags.DEFINE_string('config', 'configs/msa_msd.py:runlocal', 'Config file[:variant].')
+_ROOT = flags.DEFINE_string('root', None, 'Folder for the reference and the killed runs.')
+_KILLS = flags.DEFINE_integer('kills', 20, 'Kills per signal before the run may finish.')
+_SIGNALS = flags.DEFINE_list('signals', ['KILL', 'TERM'], 'Signals to test, each a run.')
+_OVERRIDES = flags.DEFINE_multi_string('override', [], 'FIELD=VALUE for the job (--config.*).')
+_SEED = flags.DEFINE_integer('seed', 0, 'Seed of the kill moments.')
+_CLIPS = flags.DEFINE_integer('prepare_clips', 96, 'prepare: synthetic clips rendered as mp4.')
+flags.mark_flags_as_required(['root'])
+
+_TIMESTAMP = re.compile(r'^[IWEF]\d{4} (\d\d):(\d\d):(\d\d\.\d+)')
+_STEP_LINE = re.compile(r'\] step (\d+)  loss')
+
+
+def _train_command(workdir: str) -> list[str]:
+  return [sys.executable, '-m', 'gmscavp_jax.main', f'--config={_CONFIG.value}',
+          f'--workdir={workdir}', *[f'--config.{o}' for o in _OVERRIDES.value]]
+
+
+def _prepare_command(videos: str, out: str) -> list[str]:
+  return [sys.executable, '-m', 'gmscavp_jax.prepare', '--layout=vggsound',
+          f'--videos={videos}', f'--csv={os.path.join(videos, "vggsound.csv")}',
+          f'--data_dir={out}', f'--config={_CONFIG.value}', '--workers=2', '--chunk_size=8',
+          *[f'--config.{o}' for o in _OVERRIDES.value]]
+
+
+def _seconds(line: str) -> float | None:
+  m = _TIMESTAMP.match(line)
+  return None if m is None else int(m[1]) * 3600 + int(m[2]) * 60 + float(m[3])
+
+
+def _profile(log_path: str, wall: float) -> dict:
+  """The reference run's time line from its absl log: {'startup': s to the first step,
+  'steps': [(step, s since start)], 'life': s}."""
+  with open(log_path, errors='replace') as f:
+    lines = f.readlines()
+  times = [t for t in map(_seconds, lines) if t is not None]
+  first = times[0] if times else 0.0
+  steps = [(int(m[1]), _seconds(l) - first) for l in lines if (m := _STEP_LINE.search(l))]
+  if steps:
+    per_step = (steps[-1][1] - steps[0][1]) / max(steps[-1][0] - steps[0][0], 1)
+    startup = max(steps[0][1] - steps[0][0] * per_step, 1.0)
+  else:
+    startup = wall / 2
+  return {'startup': startup, 'steps': steps, 'life': wall}
+
+
+def _remaining_life(profile: dict, restored: int) -> float:
+  """Seconds a process that resumes from step `restored` would run: start-up, then what the
+  reference still had to do after that step."""
+  passed = 0.0
+  for step, t in profile['steps']:
+    if step <= restored:
+      passed = t - profile['startup']
+  return profile['startup'] + max(profile['life'] - profile['startup'] - passed, 1.0)
+
+
+def _moment(log_path: str, workdir: str, num_logged: int) -> str:
+  """What the process was doing when it was killed, from its log and its checkpoint folder."""
+  with open(log_path, errors='replace') as f:
+    lines = [l for l in f if _TIMESTAMP.match(l)]
+  last = lines[-1] if lines else ''
+  if chaos_compare.save_in_flight(workdir):
+    return 'inside an async save'
+  steps = chaos_compare.checkpoint_steps(workdir)
+  if steps:
+    newest = os.path.join(workdir, 'checkpoints', str(steps[-1]))
+    if time.time() - os.path.getmtime(newest) < 2.0:
+      return 'right after a save'
+  if 'evaluating' in last or 'retrieval:' in last or 'generation (' in last:
+    return 'evaluation'
+  if 'compiling' in last:
+    return 'compile'
+  if len([l for l in lines if _STEP_LINE.search(l)]) > num_logged:
+    return 'training'
+  return 'start-up'
+
+
+def _newest_logged(workdir: str) -> int:
+  path = os.path.join(workdir, 'metrics.jsonl')
+  if not os.path.exists(path):
+    return 0
+  with open(path) as f:
+    steps = [json.loads(l).get('step', 0) for l in f if l.strip()]
+  return max(steps, default=0)
+
+
+def _run(command: list[str], log_path: str, kill_after: float | None, sig: int,
+         before_signal=lambda: None):
+  """Starts `command` in its own process group, logging to `log_path`; after `kill_after` s
+  calls `before_signal` and sends `sig` (SIGKILL to the group, SIGTERM to the main process).
+  Returns (exit status, killed?)."""
+  with open(log_path, 'a') as log:
+    log.write(f'\n$ {" ".join(command)}\n')
+    log.flush()
+    proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+  start = time.monotonic()
+  killed = False
+  try:
+    while proc.poll() is None:
+      if kill_after is not None and time.monotonic() - start >= kill_after:
+        before_signal()
+        killed = True
+        if sig == signal.SIGKILL:
+          os.killpg(proc.pid, signal.SIGKILL)
+        else:
+          proc.send_signal(sig)
+        break
+      time.sleep(0.05)
+    code = proc.wait(timeout=900)
+  finally:
+    try:  # Orphans (data workers) of a killed main process.
+      os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+      pass
+  return code, killed
+
+
+def _restored_step(log_path: str) -> int:
+  """The step the newest attempt in `log_path` resumed from (0: a fresh start)."""
+  with open(log_path, errors='replace') as f:
+    text = f.read().rsplit('\n$ ', 1)[-1]
+  m = re.findall(r'resumed from step (\d+)', text)
+  return int(m[-1]) if m else 0
+
+
+def _count_step_lines(log_path: str) -> int:
+  if not os.path.exists(log_path):
+    return 0
+  with open(log_path, errors='replace') as f:
+    return sum(1 for l in f if _STEP_LINE.search(l))
+
+
+class TrainJob:
+  """Training in `workdir`: progress is the newest logged step, resume points are checkpoints."""
+
+  def __init__(self, workdir: str):
+    self.workdir = workdir
+    self.command = _train_command(workdir)
+
+  def resume_point(self) -> int:
+    return max(chaos_compare.checkpoint_steps(self.workdir), default=0)
+
+  def reached(self) -> int:
+    return _newest_logged(self.workdir)
+
+  def remaining_life(self, profile: dict) -> float:
+    return _remaining_life(profile, self.resume_point())
+
+  def moment(self, log_path: str, lines_before: int) -> str:
+    return _moment(log_path, self.workdir, lines_before)
+
+
+class PrepareJob:
+  """`prepare` into `out`: progress is decoded chunks, then the ArrayRecord shards."""
+
+  def __init__(self, videos: str, out: str):
+    self.out = out
+    self.command = _prepare_command(videos, out)
+
+  def _files(self, pattern: str) -> list[str]:
+    return [os.path.join(d, f) for d, _, fs in os.walk(self.out) for f in fs
+            if re.search(pattern, f)]
+
+  def resume_point(self) -> int:
+    return len(self._files(r'\.npz$'))
+
+  reached = resume_point
+
+  def remaining_life(self, profile: dict) -> float:
+    done = self.resume_point() / max(profile.get('chunks', 1), 1)
+    return profile['startup'] + (profile['life'] - profile['startup']) * max(1.0 - done, 0.1)
+
+  def moment(self, log_path: str, lines_before: int) -> str:
+    del log_path, lines_before
+    if self._files(r'array_record'):
+      return 'ArrayRecord build'
+    chunks = self.resume_point()
+    return f'decode ({chunks} chunks on disk)' if chunks else 'start-up'
+
+
+def chaos_run(name: str, job, profile: dict, sig: int, rng: random.Random) -> list[dict]:
+  """Kills `job` `--kills` times at random moments, then lets it finish. One row per attempt:
+  seconds until the signal, the moment it hit, the progress reached, the point that attempt
+  resumed from (checkpoint step or decoded chunks), and its exit status."""
+  log_path = os.path.join(_ROOT.value, f'{name}.log')
+  rows = []
+  for attempt in range(_KILLS.value + 1):
+    kills_left = _KILLS.value - attempt
+    resumed_from = job.resume_point()
+    after = None
+    if kills_left > 0:
+      life = job.remaining_life(profile)
+      share = (life - profile['startup']) / kills_left
+      after = rng.uniform(0.0, min(0.95 * life, profile['startup'] + 2 * share))
+    lines_before = _count_step_lines(log_path)
+    moment = {}
+    code, killed = _run(job.command, log_path, after, sig, before_signal=lambda: moment.update(
+        at=job.moment(log_path, lines_before)))
+    rows.append({'attempt': attempt, 'signal': signal.Signals(sig).name if killed else '-',
+                 'after_s': round(after, 1) if killed else None,
+                 'moment': moment.get('at', 'ran to the end'), 'resumed_from': resumed_from,
+                 'reached': job.reached(), 'exit': code})
+    logging.info('%s attempt %d: %s', name, attempt, rows[-1])
+    if not killed:
+      if code != 0:
+        raise RuntimeError(f'{name}: attempt {attempt}, not killed, exited with status '
+                           f'{code}; see {log_path}')
+      break
+  return rows
+
+
+def _reference(job, name: str) -> dict:
+  """Runs `job` once uninterrupted (unless ROOT/NAME.json says it already did); its profile."""
+  path = os.path.join(_ROOT.value, f'{name}.json')
+  if os.path.exists(path):
+    with open(path) as f:
+      return json.load(f)
+  log_path = os.path.join(_ROOT.value, f'{name}.log')
+  # A reference that was itself interrupted would compare resumed runs with a resumed run.
+  shutil.rmtree(getattr(job, 'workdir', getattr(job, 'out', '')), ignore_errors=True)
+  t0 = time.monotonic()
+  code, _ = _run(job.command, log_path, None, signal.SIGKILL)
+  if code != 0:
+    raise RuntimeError(f'the uninterrupted {name} run failed (status {code}); see {log_path}')
+  profile = _profile(log_path, time.monotonic() - t0)
+  if isinstance(job, PrepareJob):
+    profile['chunks'] = job.resume_point() or 1
+    profile['startup'] = 0.15 * profile['life']
+  with open(path, 'w') as f:
+    json.dump(profile, f)
+  return profile
+
+
+def _table(rows: list[dict]) -> str:
+  head = '| attempt | signal after (s) | moment | resumed from | reached | exit |'
+  lines = [head, '| --- | --- | --- | --- | --- | --- |']
+  for r in rows:
+    lines.append(f'| {r["attempt"]} | {r["signal"]} {r["after_s"] or ""} | {r["moment"]} | '
+                 f'{r["resumed_from"]} | {r["reached"]} | {r["exit"]} |')
+  return '\n'.join(lines)
+
+
+def _job(kind: str, suffix: str):
+  root = _ROOT.value
+  if _JOB.value == 'train':
+    return TrainJob(os.path.join(root, f'{kind}{suffix}'))
+  return PrepareJob(os.path.join(root, 'videos'), os.path.join(root, f'{kind}{suffix}'))
+
+
+def _render_videos() -> None:
+  """prepare's input: --prepare_clips synthetic clips as mp4 (kept between runs)."""
+  from gmscavp_jax.data.prepare import render  # pylint: disable=g-import-not-at-top
+  path, _, variant = _CONFIG.value.partition(':')
+  spec = importlib.util.spec_from_file_location('chaos_config', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config(variant or None)
+  num_test = max(_CLIPS.value // 4, 1)
+  render.render_vggsound_layout(config, os.path.join(_ROOT.value, 'videos'),
+                                num_train=_CLIPS.value - num_test, num_test=num_test,
+                                workers=2)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  os.makedirs(_ROOT.value, exist_ok=True)
+  if _JOB.value == 'prepare':
+    _render_videos()
+  profile = _reference(_job('reference', ''), 'reference')
+  rng = random.Random(_SEED.value)
+  report = {'job': _JOB.value, 'config': _CONFIG.value, 'overrides': _OVERRIDES.value,
+            'kills': _KILLS.value, 'reference_seconds': round(profile['life'], 1), 'runs': {}}
+  markdown = [f'# Chaos: {_JOB.value} {_CONFIG.value} {" ".join(_OVERRIDES.value)}', '',
+              f'Uninterrupted run: {profile["life"]:.0f} s.']
+  for name in _SIGNALS.value:
+    sig = signal.Signals[f'SIG{name.upper().removeprefix("SIG")}']
+    job = _job('chaos_', sig.name)
+    rows = chaos_run(f'chaos_{sig.name}', job, profile, sig, rng)
+    reference = _job('reference', '')
+    if _JOB.value == 'train':
+      verdict = chaos_compare.compare_training(reference.workdir, job.workdir)
+      ok = verdict['state'] and verdict['metrics'] and verdict['results']
+    else:
+      verdict = chaos_compare.compare_trees(reference.out, job.out)
+      ok = verdict['equal']
+    kills = sum(r['signal'] != '-' for r in rows)
+    report['runs'][sig.name] = {'rows': rows, 'verdict': verdict, 'kills': kills, 'equal': ok}
+    summary = (f'{sig.name}: {kills} kills, final outputs '
+               f'{"EQUAL to" if ok else "DIFFERENT from"} the uninterrupted run\'s {verdict}')
+    markdown += ['', f'## {sig.name}', '', _table(rows), '', summary]
+    print(_table(rows), '\n', summary, sep='', flush=True)
+  with open(os.path.join(_ROOT.value, 'chaos_report.json'), 'w') as f:
+    json.dump(report, f, indent=1)
+  with open(os.path.join(_ROOT.value, 'chaos_report.md'), 'w') as f:
+    f.write('\n'.join(markdown) + '\n')
+  if not all(r['equal'] for r in report['runs'].values()):
+    sys.exit(1)
+
+
+if __name__ == '__main__':
+  app.run(main)

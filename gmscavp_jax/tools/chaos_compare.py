@@ -1,0 +1,130 @@
+"""What the chaos harness compares: a killed-and-resumed job's outputs against the outputs of
+the same job run once without interruption.
+
+Training: every leaf of the final checkpoint's state (params, optimizer state, EMA, step),
+bit for bit; the metrics.jsonl rows and results.json without their timing fields. Prepare:
+every file of the built dataset byte for byte, except the reports that carry timings.
+"""
+
+import hashlib
+import json
+import os
+import re
+
+import numpy as np
+import orbax.checkpoint as ocp
+
+from gmscavp_jax.infra import metrics_io
+
+# Keys whose values are measurements of the machine, not of the run: speeds, durations, and
+# where a file was written. Everything else in a row must be equal.
+VOLATILE = re.compile(r'per_sec|seconds|_time$|evaluator_dir|commit')
+
+
+def checkpoint_steps(workdir: str) -> list[int]:
+  """The finished checkpoint steps of `workdir` (temporary folders of a save in flight are
+  not steps)."""
+  directory = os.path.join(workdir, 'checkpoints')
+  if not os.path.isdir(directory):
+    return []
+  return sorted(int(d) for d in os.listdir(directory) if d.isdigit())
+
+
+def save_in_flight(workdir: str) -> bool:
+  """Whether an async checkpoint save is being written now (Orbax's temporary folder)."""
+  directory = os.path.join(workdir, 'checkpoints')
+  return os.path.isdir(directory) and any('tmp' in d for d in os.listdir(directory))
+
+
+def _state(workdir: str, step: int) -> dict:
+  path = os.path.join(workdir, 'checkpoints', str(step), 'state')
+  return ocp.StandardCheckpointer().restore(path)
+
+
+def _stable(row: dict) -> dict:
+  return {k: v for k, v in row.items() if not VOLATILE.search(k)}
+
+
+def compare_training(reference: str, resumed: str) -> dict:
+  """{'state', 'metrics', 'results': bool, 'differences': [str]} for two workdirs of one
+  config: the newest checkpoints' state leaves must be bitwise equal, and the metrics rows and
+  results.json equal outside their timing fields."""
+  differences = []
+  ref_steps, res_steps = checkpoint_steps(reference), checkpoint_steps(resumed)
+  state_equal = bool(ref_steps) and ref_steps[-1:] == res_steps[-1:]
+  if not state_equal:
+    differences.append(f'final checkpoint steps differ: {ref_steps[-1:]} vs {res_steps[-1:]}')
+  else:
+    ref_leaves = _flat(_state(reference, ref_steps[-1]))
+    res_leaves = _flat(_state(resumed, res_steps[-1]))
+    if ref_leaves.keys() != res_leaves.keys():
+      state_equal = False
+      differences.append('state trees differ in structure')
+    for name in sorted(ref_leaves.keys() & res_leaves.keys()):
+      a, b = ref_leaves[name], res_leaves[name]
+      if a.shape != b.shape or a.dtype != b.dtype or not np.array_equal(a, b, equal_nan=True):
+        state_equal = False
+        differences.append(f'state leaf {name} differs')
+
+  rows = [[_stable(r) for r in metrics_io.read_jsonl(os.path.join(w, 'metrics.jsonl'))]
+          for w in (reference, resumed)]
+  metrics_equal = rows[0] == rows[1]
+  if not metrics_equal:
+    steps = [[r.get('step') for r in rs] for rs in rows]
+    differences.append(f'metrics.jsonl rows differ (steps {steps[0]} vs {steps[1]})')
+
+  results = [_read_json(os.path.join(w, 'results.json')) for w in (reference, resumed)]
+  results_equal = results[0] is not None and _stable(results[0]) == _stable(results[1] or {})
+  if not results_equal:
+    differences.append('results.json differs')
+  return {'state': state_equal, 'metrics': metrics_equal, 'results': results_equal,
+          'differences': differences[:20]}
+
+
+def _flat(tree) -> dict:
+  """{'/'-joined path: numpy array} of a restored state tree."""
+  out = {}
+
+  def visit(prefix, node):
+    if isinstance(node, dict):
+      for k, v in node.items():
+        visit(f'{prefix}/{k}' if prefix else str(k), v)
+    elif isinstance(node, (list, tuple)):
+      for i, v in enumerate(node):
+        visit(f'{prefix}/{i}', v)
+    elif node is not None:
+      out[prefix] = np.asarray(node)
+
+  visit('', tree)
+  return out
+
+
+def _read_json(path: str):
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
+def tree_digests(root: str, skip: re.Pattern = re.compile(r'report|\.txt$|\.log$')) -> dict:
+  """{relative path: sha256} of every file under `root` whose name does not match `skip` (the
+  prepare reports, which hold timings)."""
+  digests = {}
+  for folder, _, files in os.walk(root):
+    for name in files:
+      path = os.path.join(folder, name)
+      rel = os.path.relpath(path, root)
+      if skip.search(rel):
+        continue
+      with open(path, 'rb') as f:
+        digests[rel] = hashlib.sha256(f.read()).hexdigest()
+  return digests
+
+
+def compare_trees(reference: str, resumed: str) -> dict:
+  """{'equal': bool, 'files': n, 'differences': [str]}: two built datasets, byte for byte."""
+  a, b = tree_digests(reference), tree_digests(resumed)
+  differences = [f'only in the reference: {p}' for p in sorted(a.keys() - b.keys())]
+  differences += [f'only in the resumed build: {p}' for p in sorted(b.keys() - a.keys())]
+  differences += [f'{p} differs' for p in sorted(a.keys() & b.keys()) if a[p] != b[p]]
+  return {'equal': not differences and bool(a), 'files': len(a), 'differences': differences[:20]}
