@@ -31,7 +31,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.num_frames = 40  # T: video frames per clip.
   c.data.fps = 4.0  # Clip length in seconds = num_frames / fps.
   c.data.image_size = 224
-  c.data.num_classes = 16  # K source classes of the synthetic world.
+  c.data.num_classes = 16  # K source classes of the synthetic world (a prepared set: its own).
   c.data.num_train_clips = 1_000_000  # Size of the synthetic train split (random access).
   # A weighted mixture of train sets (grain's MapDataset.mix), '' = data.name alone. Entries
   # NAME[OPTIONS]:WEIGHT, comma-separated, e.g.
@@ -233,7 +233,7 @@ def base_config() -> ml_collections.ConfigDict:
 
   # Evaluation (retrieval on the test split, DESIGN §5).
   c.eval = ml_collections.ConfigDict()
-  c.eval.num_test_clips = 1_024
+  c.eval.num_test_clips = 1_024  # Synthetic test clips (a prepared set: its whole test split).
   c.eval.batch_size = 64
   c.eval.retrieval_scale = -1  # -1: concatenate every scale; else the index of one scale.
   c.eval.top_k = (1, 5, 10)
@@ -341,11 +341,9 @@ def apply_variant(c: ml_collections.ConfigDict, arg: str | None) -> ml_collectio
     # 1.2k steps instead of the paper's ~100k: a 10x larger peak rate (full size keeps 1e-4).
     c.train.learning_rate = 1e-3
     c.train.warmup_steps = 100
-    c.train.log_every_steps = 50
     c.train.checkpoint_every_steps = 400
     c.train.eval_every_steps = 400
     c.eval.num_test_clips = 512
-    c.eval.batch_size = 64
     c.eval.num_metric_clips = 256
     c.evaluator.video_widths = (16, 32, 64)
     c.evaluator.audio_widths = (16, 32, 64)
@@ -390,6 +388,9 @@ def apply_variant(c: ml_collections.ConfigDict, arg: str | None) -> ml_collectio
       c.diffusion.encoder_steps = c.train.num_steps
       c.train.num_steps *= 2
       c.train.checkpoint_every_steps = c.train.eval_every_steps = 800
+  # Left at these or set to 0, a prepared data.name reads them from its set (core/preflight.py).
+  c.eval.synthetic_defaults = dict(num_classes=c.data.num_classes,
+                                   num_test_clips=c.eval.num_test_clips)
   return c
 
 

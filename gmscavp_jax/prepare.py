@@ -3,7 +3,7 @@
   python -m gmscavp_jax.prepare --layout=vggsound --videos=VGG/VIDEOS --csv=VGG/vggsound.csv \
       --data_dir=DATA --config=configs/msa_msd.py:runlocal --workers=16
   python -m gmscavp_jax.main --config=configs/msa_msd.py:runlocal --workdir=W \
-      --config.data.name=vggsound --config.data.data_dir=DATA --config.data.num_classes=309
+      --config.data.name=vggsound --config.data.data_dir=DATA
 
 Layouts (--layout, --videos, --csv; details in data/prepare/layouts.py):
   vggsound  --csv=FILE of `ytid,start_seconds,label,split`; VIDEOS/<ytid>_<start:06d>.mp4
@@ -155,10 +155,12 @@ def main(argv):
           f'{os.path.dirname(report["dataset_dir"])} to prepare it again)')
   if 'clips' in report:
     print(preparation.summary(report))
-  classes = (f' --config.data.num_classes={len(dataset.classes)}' if dataset.classes else '')
+  # Training reads data.num_classes and eval.num_test_clips from the set (core/preflight.py).
+  read = (f'its {len(dataset.classes)} classes and whole test split are' if dataset.classes
+          else 'its whole test split is')
   print(f'report: {report["report"]} (and .txt)\ndataset: {report["dataset_dir"]}\n'
-        f'train with: --config.data.name={name} --config.data.data_dir={_DATA_DIR.value}'
-        f'{classes}', flush=True)
+        f'train with: --config.data.name={name} --config.data.data_dir={_DATA_DIR.value}\n'
+        f'  ({read} read from it)', flush=True)
 
 
 if __name__ == '__main__':

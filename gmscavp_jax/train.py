@@ -18,8 +18,8 @@ import ml_collections
 import numpy as np
 
 from gmscavp_jax.core import config_io
-from gmscavp_jax.core import config_validation
 from gmscavp_jax.core import feature_cache
+from gmscavp_jax.core import preflight
 from gmscavp_jax.core import state as state_lib
 from gmscavp_jax.core import steps
 from gmscavp_jax.core import train_state
@@ -120,9 +120,12 @@ class SkipCounter:
 
 
 def _open_workdir(config: ml_collections.ConfigDict, workdir: str) -> Mesh:
-  """The run's mesh; the config is validated for it and saved in `workdir`."""
+  """The run's mesh; the config is completed from a prepared set (preflight.check), checked
+  for the mesh and the data, and saved in `workdir`."""
   mesh = sharding.mesh_from_config(config)
-  config_validation.validate(config, num_devices=mesh.size)
+  # Before anything is written or compiled: a count the data cannot serve fails now, not at
+  # the first evaluation hundreds of steps in.
+  preflight.check(config, num_devices=mesh.size)
   os.makedirs(os.path.join(workdir, 'plots'), exist_ok=True)
   config_io.save_config(config, workdir)
   logging.info('experiment %s on %d devices (%d processes), workdir %s', config.experiment,

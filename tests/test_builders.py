@@ -164,7 +164,7 @@ def test_make_source_reads_the_prepared_set_through_grain(prepared):
     ({'data.fps': 4.0}, r'8 frames at 4 fps.*prepared: \[.8f_8fps_32px_8000hz.\]'),
     ({'data.num_classes': 3}, r'config.data.num_classes=3: expected 2, the classes'),
     ({'eval.num_test_clips': 4}, r"config.eval.num_test_clips=4: expected at most 3, the clips "
-                                 r"of split 'test' .*\(e.g. 2, a multiple"),
+                                 r"of split 'test' of "),
 ])
 def test_make_source_errors_name_the_field(prepared, overrides, message):
   with pytest.raises(errors.ConfigError, match=message):

@@ -85,8 +85,9 @@ def mixture_source(config: ml_collections.ConfigDict) -> mixture.MixtureSource:
                                [e.spec() for e in entries])
 
 
-def _prepared_source(config: ml_collections.ConfigDict, split: str):
-  """builders.PreparedSource of `split`, or a ConfigError naming the field that is off."""
+def prepared_info(config: ml_collections.ConfigDict) -> tuple[str, tuple[str, ...], dict]:
+  """(directory, class names, {split: clips}) of data.name's prepared set at the config's
+  geometry, read from its metadata alone; a ConfigError names the field that is off."""
   from gmscavp_jax.data import builders  # pylint: disable=g-import-not-at-top  (tfds: slow)
   d = config.data
   if not d.data_dir:
@@ -101,6 +102,18 @@ def _prepared_source(config: ml_collections.ConfigDict, split: str):
         f'config.data.name={d.name!r} (data.data_dir={d.data_dir!r}, data.num_frames, '
         f'data.fps, data.image_size, audio.sample_rate): {e}') from e
   classes, sizes = builders.prepared_info(path)
+  return path, classes, sizes
+
+
+def _prepared_source(config: ml_collections.ConfigDict, split: str):
+  """builders.PreparedSource of `split`, or a ConfigError naming the field that is off.
+
+  The trainer checks the same against the set's metadata before any work
+  (core/preflight.py); these checks stay for every other reader of a config.
+  """
+  from gmscavp_jax.data import builders  # pylint: disable=g-import-not-at-top  (tfds: slow)
+  d = config.data
+  path, classes, sizes = prepared_info(config)
   if split not in sizes:
     raise errors.ConfigError(
         f'config.data.name={d.name!r}: the prepared dataset {path} has no {split!r} split '
@@ -113,10 +126,9 @@ def _prepared_source(config: ml_collections.ConfigDict, split: str):
   if split != 'train':
     num_records = config.eval.num_test_clips
     if num_records > sizes[split]:
-      fit = sizes[split] // config.eval.batch_size * config.eval.batch_size
       raise errors.ConfigError(
           f'config.eval.num_test_clips={num_records}: expected at most {sizes[split]}, the '
-          f'clips of split {split!r} of {path} (e.g. {fit}, a multiple of eval.batch_size)')
+          f'clips of split {split!r} of {path}')
   return builders.PreparedSource(path, split, max_onsets=d.max_onsets,
                                  num_classes=d.num_classes, num_records=num_records)
 
@@ -182,10 +194,38 @@ def _worker_count(configured: int, num_batches: int | None) -> int:
   return max(w for w in range(1, configured + 1) if num_batches % w == 0)
 
 
+class PaddedSource:
+  """`source` padded to a multiple of `multiple` records by repeating its last one.
+
+  Every record gains `valid` () bool, False on the padding: an evaluation pass then reads
+  the whole split in batches of one shape (one compiled program), and drops the padding.
+  """
+
+  def __init__(self, source, multiple: int):
+    self._source, self.num_valid = source, len(source)
+    self._len = -(-self.num_valid // multiple) * multiple
+
+  def __len__(self) -> int:
+    return self._len
+
+  def __repr__(self) -> str:
+    return f'PaddedSource({self._source!r}, len={self._len})'
+
+  def __getitem__(self, index: int) -> dict:
+    if not 0 <= index < self._len:
+      raise IndexError(f'index {index} out of range for {self._len} records')
+    record = self._source[min(index, self.num_valid - 1)]
+    return dict(record, valid=np.bool_(index < self.num_valid))
+
+
 def _loader(config: ml_collections.ConfigDict, split: str, *, shuffle: bool,
-            num_epochs: int | None, global_batch_size: int, field: str) -> grain.DataLoader:
-  """A loader of this process's slice of `split`, batched B / process_count at a time."""
+            num_epochs: int | None, global_batch_size: int, field: str,
+            pad: bool = False) -> grain.DataLoader:
+  """A loader of this process's slice of `split`, batched B / process_count at a time; `pad`
+  makes the last batch whole (`PaddedSource`) instead of dropping it."""
   source = make_source(config, split)
+  if pad:
+    source = PaddedSource(source, global_batch_size)
   batch = _per_process(global_batch_size, field)
   num_batches = None if num_epochs is None else len(source) * num_epochs // global_batch_size
   workers = _worker_count(config.data.worker_count, num_batches)
@@ -214,9 +254,11 @@ def train_loader(config: ml_collections.ConfigDict) -> grain.DataLoader:
 
 
 def eval_loader(config: ml_collections.ConfigDict, split: str = 'test') -> grain.DataLoader:
-  """One ordered pass over the first `eval.num_test_clips` clips of `split`, batched."""
+  """One ordered pass over the first `eval.num_test_clips` clips of `split`, batched; the
+  last batch is padded (records with `valid` False, see `PaddedSource`), so eval.batch_size
+  need not divide the clip count."""
   return _loader(config, split, shuffle=False, num_epochs=1,
-                 global_batch_size=config.eval.batch_size, field='eval.batch_size')
+                 global_batch_size=config.eval.batch_size, field='eval.batch_size', pad=True)
 
 
 def train_records(config: ml_collections.ConfigDict, first_step: int,

@@ -75,6 +75,26 @@ def test_split_ceiling(config: ml_collections.ConfigDict) -> dict:
   return ceiling_metrics(emb, config.eval.top_k)
 
 
+def embed_split(batches, mesh: Mesh, embed) -> dict:
+  """`RetrievalEvaluator.embed_test_split` over `batches` (an eval loader's local batches)
+  with `embed` (a global batch {'frames', 'waveform'} -> video (B,E), audio (B,E)): the
+  rows whose `valid` is False (`pipeline.PaddedSource`'s padding) are left out."""
+  parts = {'video': [], 'audio': [], 'index': [], 'label': [], 'labels': []}
+  for local in batches:
+    batch = sharding.global_batch(mesh, pipeline.select(local, ('frames', 'waveform')))
+    video, audio = embed(batch)
+    parts['video'].append(np.asarray(video))
+    parts['audio'].append(np.asarray(audio))
+    # The labels stay on the host; gather them the same way the batch was laid out.
+    for key in ('index', 'label', 'labels', 'visible', 'valid'):
+      if key in local:
+        parts.setdefault(key, []).append(np.asarray(multihost_utils.process_allgather(
+            local[key], tiled=True)))
+  emb = {k: np.concatenate(v) for k, v in parts.items()}
+  valid = emb.pop('valid', None)
+  return emb if valid is None else {k: v[valid] for k, v in emb.items()}
+
+
 class RetrievalEvaluator:
   """Embeds the first `eval.num_test_clips` test clips and scores retrieval both ways."""
 
@@ -88,19 +108,12 @@ class RetrievalEvaluator:
 
   def embed_test_split(self, params) -> dict:
     """Returns {'video': (N,E), 'audio': (N,E), 'index': (N,), 'label': (N,), 'labels': (N,K)}
-    as numpy, and 'visible' (N,K) when the dataset's clips have it (the synthetic world)."""
-    parts = {'video': [], 'audio': [], 'index': [], 'label': [], 'labels': []}
-    for local in pipeline.eval_loader(self._config):
-      batch = sharding.global_batch(self._mesh, pipeline.select(local, ('frames', 'waveform')))
-      video, audio = self._embed(params, batch)
-      parts['video'].append(np.asarray(video))
-      parts['audio'].append(np.asarray(audio))
-      # The labels stay on the host; gather them the same way the batch was laid out.
-      for key in ('index', 'label', 'labels', 'visible'):
-        if key in local:
-          parts.setdefault(key, []).append(np.asarray(multihost_utils.process_allgather(
-              local[key], tiled=True)))
-    return {k: np.concatenate(v) for k, v in parts.items()}
+    as numpy, and 'visible' (N,K) when the dataset's clips have it (the synthetic world).
+
+    N = eval.num_test_clips, whatever eval.batch_size: the loader pads the last batch and
+    the padding is dropped here, before any metric sees it."""
+    return embed_split(pipeline.eval_loader(self._config), self._mesh,
+                       functools.partial(self._embed, params))
 
   def embed_clips(self, params, frames: np.ndarray,
                   waveform: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
