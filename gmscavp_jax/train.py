@@ -80,6 +80,12 @@ def evaluate_and_record(evaluators: dict, state, step: int, workdir: str, writer
   return results
 
 
+def _evaluated(workdir: str, step: int) -> bool:
+  """Whether metrics.jsonl holds the evaluation of `step` (its retrieval row)."""
+  rows = metrics_io.read_jsonl(os.path.join(workdir, 'metrics.jsonl'))
+  return any(r['step'] == step and 'retrieval/v2a_R@1' in r for r in rows)
+
+
 def _mean_metrics(fetched: list[dict]) -> dict:
   """Mean of each metric over the steps that logged it (phases log different metrics)."""
   keys = {k for m in fetched for k in m}
@@ -209,6 +215,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   rng = jax.random.key(config.seed + 1)
   t = config.train
   results, pending = {}, []
+  if 0 < start < t.num_steps and start % t.eval_every_steps == 0 and not _evaluated(
+      workdir, start):
+    # Stopped between this step's checkpoint and its evaluation (a kill, or a SIGTERM, which
+    # saves before evaluating): evaluate it now, as the uninterrupted run did.
+    results = evaluate_and_record(evaluators, state, start, workdir, writer, config)
 
   try:
     for step in range(start + 1, t.num_steps + 1):

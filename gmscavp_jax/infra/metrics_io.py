@@ -60,18 +60,31 @@ def read_jsonl(path: str) -> list[dict]:
   if not os.path.exists(path):
     return []
   with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+    lines = [line for line in f if line.strip()]
+  rows = []
+  for i, line in enumerate(lines):
+    try:
+      rows.append(json.loads(line))
+    except json.JSONDecodeError:
+      if i < len(lines) - 1:
+        raise
+      # The last row of a process killed while writing it: the resumed run writes it again.
+      logging.warning('%s: dropping a cut-off last row (%d characters)', path, len(line))
+  return rows
 
 
 def truncate_jsonl(path: str, after_step: int) -> None:
   """Drops rows with step > `after_step`: a resumed run rewrites the steps it repeats."""
-  rows = read_jsonl(path)
-  if jax.process_index() != 0 or not rows:
+  if jax.process_index() != 0 or not os.path.exists(path):
     return
+  rows = read_jsonl(path)
   kept = [r for r in rows if r['step'] <= after_step]
-  if len(kept) != len(rows):
-    with open(path, 'w') as f:
-      f.writelines(json.dumps(r) + '\n' for r in kept)
+  # Always rewritten (atomically): a row cut off by a kill is gone from `rows` but not from
+  # the file, and the next row appended would continue its line.
+  tmp = f'{path}.tmp'
+  with open(tmp, 'w') as f:
+    f.writelines(json.dumps(r) + '\n' for r in kept)
+  os.replace(tmp, path)
 
 
 class Progress:

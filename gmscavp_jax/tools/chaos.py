@@ -16,7 +16,7 @@ save, right after one, the periodic and the final evaluation. SIGKILL goes to th
 process group (a lost machine); SIGTERM to its main process (a preemption notice: the trainer
 saves and exits 143).
 
-Afterwards it compares (tools/chaos_compare.py): training's final state bit for bit, metrics
+Afterwards it compares (tools/chaos_runs.py): training's final state bit for bit, metrics
 rows and results.json outside timing fields; prepare's built files byte for byte. It prints a
 table per signal (kill moment, step reached, restore step, outcome) and writes
 ROOT/chaos_report.json and .md. A benchmark, not a test: at the command above, 20 kills per
@@ -38,7 +38,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from gmscavp_jax.tools import chaos_compare
+from gmscavp_jax.tools import chaos_runs
 
 _JOB = flags.DEFINE_enum('job', 'train', ['train', 'prepare'], 'What to kill: training '
                          '(gmscavp_jax.main) or dataset preparation (gmscavp_jax.prepare).')
@@ -50,10 +50,6 @@ _OVERRIDES = flags.DEFINE_multi_string('override', [], 'FIELD=VALUE for the job 
 _SEED = flags.DEFINE_integer('seed', 0, 'Seed of the kill moments.')
 _CLIPS = flags.DEFINE_integer('prepare_clips', 96, 'prepare: synthetic clips rendered as mp4.')
 flags.mark_flags_as_required(['root'])
-
-_TIMESTAMP = re.compile(r'^[IWEF]\d{4} (\d\d):(\d\d):(\d\d\.\d+)')
-_STEP_LINE = re.compile(r'\] step (\d+)  loss')
-
 
 def _train_command(workdir: str) -> list[str]:
   return [sys.executable, '-m', 'gmscavp_jax.main', f'--config={_CONFIG.value}',
@@ -67,45 +63,15 @@ def _prepare_command(videos: str, out: str) -> list[str]:
           *[f'--config.{o}' for o in _OVERRIDES.value]]
 
 
-def _seconds(line: str) -> float | None:
-  m = _TIMESTAMP.match(line)
-  return None if m is None else int(m[1]) * 3600 + int(m[2]) * 60 + float(m[3])
-
-
-def _profile(log_path: str, wall: float) -> dict:
-  """The reference run's time line from its absl log: {'startup': s to the first step,
-  'steps': [(step, s since start)], 'life': s}."""
+def _moment(log_path: str, workdir: str, num_logged: int, stale: set[str]) -> str:
+  """What the process was doing when it was killed, from its log and its checkpoint folder
+  (`stale`: temporary save folders left by earlier kills)."""
   with open(log_path, errors='replace') as f:
-    lines = f.readlines()
-  times = [t for t in map(_seconds, lines) if t is not None]
-  first = times[0] if times else 0.0
-  steps = [(int(m[1]), _seconds(l) - first) for l in lines if (m := _STEP_LINE.search(l))]
-  if steps:
-    per_step = (steps[-1][1] - steps[0][1]) / max(steps[-1][0] - steps[0][0], 1)
-    startup = max(steps[0][1] - steps[0][0] * per_step, 1.0)
-  else:
-    startup = wall / 2
-  return {'startup': startup, 'steps': steps, 'life': wall}
-
-
-def _remaining_life(profile: dict, restored: int) -> float:
-  """Seconds a process that resumes from step `restored` would run: start-up, then what the
-  reference still had to do after that step."""
-  passed = 0.0
-  for step, t in profile['steps']:
-    if step <= restored:
-      passed = t - profile['startup']
-  return profile['startup'] + max(profile['life'] - profile['startup'] - passed, 1.0)
-
-
-def _moment(log_path: str, workdir: str, num_logged: int) -> str:
-  """What the process was doing when it was killed, from its log and its checkpoint folder."""
-  with open(log_path, errors='replace') as f:
-    lines = [l for l in f if _TIMESTAMP.match(l)]
+    lines = [l for l in f if chaos_runs.TIMESTAMP.match(l)]
   last = lines[-1] if lines else ''
-  if chaos_compare.save_in_flight(workdir):
+  if chaos_runs.save_folders_in_flight(workdir) - stale:
     return 'inside an async save'
-  steps = chaos_compare.checkpoint_steps(workdir)
+  steps = chaos_runs.checkpoint_steps(workdir)
   if steps:
     newest = os.path.join(workdir, 'checkpoints', str(steps[-1]))
     if time.time() - os.path.getmtime(newest) < 2.0:
@@ -114,7 +80,7 @@ def _moment(log_path: str, workdir: str, num_logged: int) -> str:
     return 'evaluation'
   if 'compiling' in last:
     return 'compile'
-  if len([l for l in lines if _STEP_LINE.search(l)]) > num_logged:
+  if len([l for l in lines if chaos_runs.STEP_LINE.search(l)]) > num_logged:
     return 'training'
   return 'start-up'
 
@@ -172,7 +138,7 @@ def _count_step_lines(log_path: str) -> int:
   if not os.path.exists(log_path):
     return 0
   with open(log_path, errors='replace') as f:
-    return sum(1 for l in f if _STEP_LINE.search(l))
+    return sum(1 for l in f if chaos_runs.STEP_LINE.search(l))
 
 
 class TrainJob:
@@ -183,16 +149,19 @@ class TrainJob:
     self.command = _train_command(workdir)
 
   def resume_point(self) -> int:
-    return max(chaos_compare.checkpoint_steps(self.workdir), default=0)
+    return max(chaos_runs.checkpoint_steps(self.workdir), default=0)
 
   def reached(self) -> int:
     return _newest_logged(self.workdir)
 
   def remaining_life(self, profile: dict) -> float:
-    return _remaining_life(profile, self.resume_point())
+    return chaos_runs.remaining_life(profile, self.resume_point())
+
+  def begin(self) -> None:
+    self._stale = chaos_runs.save_folders_in_flight(self.workdir)
 
   def moment(self, log_path: str, lines_before: int) -> str:
-    return _moment(log_path, self.workdir, lines_before)
+    return _moment(log_path, self.workdir, lines_before, self._stale)
 
 
 class PrepareJob:
@@ -210,6 +179,9 @@ class PrepareJob:
     return len(self._files(r'\.npz$'))
 
   reached = resume_point
+
+  def begin(self) -> None:
+    pass
 
   def remaining_life(self, profile: dict) -> float:
     done = self.resume_point() / max(profile.get('chunks', 1), 1)
@@ -238,6 +210,7 @@ def chaos_run(name: str, job, profile: dict, sig: int, rng: random.Random) -> li
       share = (life - profile['startup']) / kills_left
       after = rng.uniform(0.0, min(0.95 * life, profile['startup'] + 2 * share))
     lines_before = _count_step_lines(log_path)
+    job.begin()
     moment = {}
     code, killed = _run(job.command, log_path, after, sig, before_signal=lambda: moment.update(
         at=job.moment(log_path, lines_before)))
@@ -267,7 +240,7 @@ def _reference(job, name: str) -> dict:
   code, _ = _run(job.command, log_path, None, signal.SIGKILL)
   if code != 0:
     raise RuntimeError(f'the uninterrupted {name} run failed (status {code}); see {log_path}')
-  profile = _profile(log_path, time.monotonic() - t0)
+  profile = chaos_runs.profile(log_path, time.monotonic() - t0)
   if isinstance(job, PrepareJob):
     profile['chunks'] = job.resume_point() or 1
     profile['startup'] = 0.15 * profile['life']
@@ -324,10 +297,10 @@ def main(argv):
     rows = chaos_run(f'chaos_{sig.name}', job, profile, sig, rng)
     reference = _job('reference', '')
     if _JOB.value == 'train':
-      verdict = chaos_compare.compare_training(reference.workdir, job.workdir)
+      verdict = chaos_runs.compare_training(reference.workdir, job.workdir)
       ok = verdict['state'] and verdict['metrics'] and verdict['results']
     else:
-      verdict = chaos_compare.compare_trees(reference.out, job.out)
+      verdict = chaos_runs.compare_trees(reference.out, job.out)
       ok = verdict['equal']
     kills = sum(r['signal'] != '-' for r in rows)
     report['runs'][sig.name] = {'rows': rows, 'verdict': verdict, 'kills': kills, 'equal': ok}

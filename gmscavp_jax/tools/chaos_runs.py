@@ -1,5 +1,6 @@
-"""What the chaos harness compares: a killed-and-resumed job's outputs against the outputs of
-the same job run once without interruption.
+"""What the chaos harness reads from a run and compares between runs: a run's time line (from
+its absl log), and a killed-and-resumed job's outputs against those of the same job run once
+without interruption.
 
 Training: every leaf of the final checkpoint's state (params, optimizer state, EMA, step),
 bit for bit; the metrics.jsonl rows and results.json without their timing fields. Prepare:
@@ -16,6 +17,43 @@ import orbax.checkpoint as ocp
 
 from gmscavp_jax.infra import metrics_io
 
+# An absl log line's time of day, and the trainer's log line of a train step.
+TIMESTAMP = re.compile(r'^[IWEF]\d{4} (\d\d):(\d\d):(\d\d\.\d+)')
+STEP_LINE = re.compile(r'\] step (\d+)  loss')
+
+
+def seconds(line: str) -> float | None:
+  """The time of day of an absl log line in seconds (None for other lines)."""
+  m = TIMESTAMP.match(line)
+  return None if m is None else int(m[1]) * 3600 + int(m[2]) * 60 + float(m[3])
+
+
+def profile(log_path: str, wall: float) -> dict:
+  """The reference run's time line from its absl log: {'startup': s to the first step,
+  'steps': [(step, s since start)], 'life': s}."""
+  with open(log_path, errors='replace') as f:
+    lines = f.readlines()
+  times = [t for t in map(seconds, lines) if t is not None]
+  first = times[0] if times else 0.0
+  steps = [(int(m[1]), seconds(l) - first) for l in lines if (m := STEP_LINE.search(l))]
+  if steps:
+    per_step = (steps[-1][1] - steps[0][1]) / max(steps[-1][0] - steps[0][0], 1)
+    startup = max(steps[0][1] - steps[0][0] * per_step, 1.0)
+  else:
+    startup = wall / 2
+  return {'startup': startup, 'steps': steps, 'life': wall}
+
+
+def remaining_life(profile: dict, restored: int) -> float:
+  """Seconds a process that resumes from step `restored` would run: start-up, then what the
+  reference still had to do after that step."""
+  passed = 0.0
+  for step, t in profile['steps']:
+    if step <= restored:
+      passed = t - profile['startup']
+  return profile['startup'] + max(profile['life'] - profile['startup'] - passed, 1.0)
+
+
 # Keys whose values are measurements of the machine, not of the run: speeds, durations, and
 # where a file was written. Everything else in a row must be equal.
 VOLATILE = re.compile(r'per_sec|seconds|_time$|evaluator_dir|commit')
@@ -30,10 +68,13 @@ def checkpoint_steps(workdir: str) -> list[int]:
   return sorted(int(d) for d in os.listdir(directory) if d.isdigit())
 
 
-def save_in_flight(workdir: str) -> bool:
-  """Whether an async checkpoint save is being written now (Orbax's temporary folder)."""
+def save_folders_in_flight(workdir: str) -> set[str]:
+  """Orbax's temporary folders in the checkpoints: saves being written now, or left behind by
+  a save that a kill interrupted (never restored from)."""
   directory = os.path.join(workdir, 'checkpoints')
-  return os.path.isdir(directory) and any('tmp' in d for d in os.listdir(directory))
+  if not os.path.isdir(directory):
+    return set()
+  return {d for d in os.listdir(directory) if 'tmp' in d}
 
 
 def _state(workdir: str, step: int) -> dict:
