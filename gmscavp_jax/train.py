@@ -139,10 +139,32 @@ def _open_workdir(config: ml_collections.ConfigDict, workdir: str) -> Mesh:
   return mesh
 
 
-def _resume(ckpt: checkpointing.Checkpointer, state, train_iter, workdir: str):
+def _same_run(config: ml_collections.ConfigDict, workdir: str):
+  """A `check_config` for Checkpointer.restore_latest: errors.ConfigError naming each field
+  where the checkpoints' config differs from `config` (config_io.RESUME_MAY_CHANGE aside)."""
+
+  def check(step: int, saved: dict) -> None:
+    differing = config_io.resume_differences(saved, config)
+    if differing:
+      where = checkpointing.checkpoint_dir(workdir)
+      raise errors.ConfigError('; '.join(
+          f'config.{path}: the checkpoints in {where} were written with {theirs!r} (step '
+          f'{step}), this run has {ours!r}' for path, theirs, ours in differing) +
+          '; expected the same values to continue that run, or a fresh --workdir')
+  return check
+
+
+def _resume(ckpt: checkpointing.Checkpointer, state, train_iter, workdir: str,
+            config: ml_collections.ConfigDict):
   """(state, step) of the newest checkpoint, the data iterator put back where it was; the
-  fresh `state` and step 0 when there is none. Metrics logged after that step are dropped."""
-  restored = ckpt.restore_latest(checkpointing.abstract_like(state), train_iter)
+  fresh `state` and step 0 when there is none. Metrics logged after that step are dropped.
+
+  Raises errors.ConfigError if the checkpoints are of another config, and
+  errors.DamagedCheckpointError if step folders exist but none restores: never a silent
+  start from step 0 over a run's checkpoints.
+  """
+  restored = ckpt.restore_latest(checkpointing.abstract_like(state), train_iter,
+                                 check_config=_same_run(config, workdir))
   start = 0
   if restored is not None:
     state, start = restored
@@ -201,7 +223,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   logging.info('%d parameters', sum(x.size for x in jax.tree.leaves(state.params)))
   train_iter = iter(pipeline.train_loader(config))
   ckpt = checkpointing.Checkpointer(workdir, keep=config.train.keep_checkpoints)
-  state, start = _resume(ckpt, state, train_iter, workdir)
+  state, start = _resume(ckpt, state, train_iter, workdir, config)
   if start == 0 and config.train.init_from:  # A resumed run keeps its own params.
     state = state_lib.initialise_from(config.train.init_from, config, state)
 

@@ -113,6 +113,48 @@ def upgrade(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   return config
 
 
+# Fields a run continued in the same workdir may change: they fix neither the checkpointed
+# state nor the training it continues. How long and how often (a longer num_steps extends the
+# run), when to stop on non-finite steps, init_from (read only without checkpoints), remat (the
+# same math, less memory), evaluation and sampling, the separately trained evaluator networks
+# and vocoder, the device layout (a restore reshards), the prefetch depth and where the same
+# data lives. Not data.worker_count: grain's saved iterator state holds it and refuses another
+# ("Worker count in checkpoint does not match", grain 0.2), so it is named here first.
+# Any other field that differs from the checkpoints' config stops the resume (train._resume).
+RESUME_MAY_CHANGE = (
+    'train.num_steps', 'train.log_every_steps', 'train.checkpoint_every_steps',
+    'train.eval_every_steps', 'train.keep_checkpoints', 'train.max_skipped_steps',
+    'train.init_from', 'train.remat', 'eval.*', 'evaluator.*', 'vocoder.*', 'mesh.*',
+    'a2v.num_eval_clips', 'a2v.guidance', 'data.prefetch_buffer_size', 'data.data_dir')
+
+
+def resume_differences(saved: dict, config: ml_collections.ConfigDict) -> list[tuple]:
+  """(path, saved value, this run's value) for each field where the config `saved` with a
+  checkpoint (a dict from JSON) and `config` differ, but for RESUME_MAY_CHANGE.
+
+  `saved` is completed by `upgrade` first, and only fields both configs have are compared,
+  so fields added or removed since the checkpoint was written are not differences.
+  """
+  if isinstance(saved.get('data'), dict):  # upgrade needs the data section.
+    saved = json.loads(upgrade(ml_collections.ConfigDict(saved)).to_json_best_effort())
+  theirs, ours = _flat(saved), _flat(json.loads(config.to_json_best_effort()))
+  may_change = lambda path: (path in RESUME_MAY_CHANGE or
+                             path.split('.')[0] + '.*' in RESUME_MAY_CHANGE)
+  return [(path, theirs[path], ours[path]) for path in sorted(theirs.keys() & ours.keys())
+          if theirs[path] != ours[path] and not may_change(path)]
+
+
+def _flat(tree: dict, prefix: str = '') -> dict:
+  """{'section.field': value} of a nested dict."""
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      out.update(_flat(value, f'{prefix}{key}.'))
+    else:
+      out[f'{prefix}{key}'] = value
+  return out
+
+
 def _as_tuple(value):
   """JSON lists (nested ones too, e.g. vocoder.stft_sizes) -> tuples."""
   return tuple(_as_tuple(v) for v in value) if isinstance(value, list) else value

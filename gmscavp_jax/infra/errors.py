@@ -10,3 +10,11 @@ class ConfigError(ValueError):
 
 class NonFiniteError(RuntimeError):
   """Training stopped: too many steps in a row had a non-finite loss or gradient."""
+
+
+class DamagedCheckpointError(ConfigError):
+  """A workdir holds checkpoint step folders but none of them restores.
+
+  A ConfigError, so every door reports it in one line: the fix is the user's (move the
+  checkpoints aside to start over, or restore them from a copy).
+  """
