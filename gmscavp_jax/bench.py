@@ -311,6 +311,8 @@ def bench_sampling(workdir: str, step_counts: list[int], samplers: list[str],
 
 def main(argv):
   del argv
+  cli.run_or_explain(cli.check_paths, dirs={'workdir': _WORKDIR.value},
+                     write_dirs={'profile': _PROFILE.value})
   cli.setup()
   if _SAMPLING.value:
     if not _WORKDIR.value:
@@ -326,4 +328,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

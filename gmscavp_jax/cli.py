@@ -1,10 +1,20 @@
-"""What every command-line entry point shares: runtime setup and clean error reporting."""
+"""What every command-line entry point shares: runtime setup and clean error reporting.
 
+Every bad input ends in one line on stderr, `error: THING: WHAT WAS EXPECTED`, and no
+traceback: a bad command line (`run`) with exit status 2, a path or value that cannot work
+once the command starts (`check_paths`, `run_or_explain`) with exit status 1.
+"""
+
+import difflib
+import functools
 import logging as std_logging
 import os
 import re
 import sys
+import tempfile
+from typing import NoReturn
 
+from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
@@ -15,8 +25,11 @@ from gmscavp_jax.data import media
 from gmscavp_jax.infra import errors
 
 # Errors that mean "the user asked for something that cannot work": reported as one line.
-USER_ERRORS = (errors.ConfigError, media.MediaError, FileNotFoundError,
+USER_ERRORS = (errors.ConfigError, errors.InputError, media.MediaError, FileNotFoundError,
                errors.NonFiniteError)
+# The exit status of a command line that cannot be parsed or used (flags, config overrides,
+# app.UsageError): 2, as for argparse and most Unix tools; a user error met later exits with 1.
+USAGE_EXIT = 2
 
 
 def setup() -> None:
@@ -90,9 +103,210 @@ def run_or_explain(fn, *args, **kwargs):
   try:
     return fn(*args, **kwargs)
   except USER_ERRORS as e:
-    logging.error('%s', e)
-    print(f'error: {e}', file=sys.stderr)
+    print(f'error: {_one_line(str(e))}', file=sys.stderr)
     sys.exit(1)
+
+
+def _one_line(text: str) -> str:
+  """`text` with its lines joined: an error report is one line, whatever the message."""
+  return ' '.join(line.strip() for line in text.splitlines() if line.strip())
+
+
+def run(main) -> None:
+  """`absl.app.run(main)` where every bad command line is one `error:` line, exit status 2.
+
+  Covers what absl and ml_collections' config flags raise while parsing (an unknown, missing
+  or ill-typed flag; a config file, variant or `--config.FIELD` that does not exist; an
+  override of the wrong type) and an `app.UsageError` raised by `main`.
+  """
+
+  @functools.wraps(main)
+  def main_with_usage_line(argv):
+    try:
+      return main(argv)
+    except app.UsageError as e:  # absl would print the whole help text above it.
+      usage_error(str(e))
+
+  app.run(main_with_usage_line, flags_parser=parse_flags)
+
+
+def usage_error(message: str) -> NoReturn:
+  """Ends the program: `error: MESSAGE` on stderr, exit status 2."""
+  print(f'error: {_one_line(message)}', file=sys.stderr)
+  sys.exit(USAGE_EXIT)
+
+
+# Besides flags.Error, ml_collections' config flags let these escape flag parsing: KeyError
+# and AttributeError for an override of a missing field, TypeError and ValueError from a
+# config's get_config, OSError (at first use) for a config file that cannot be read,
+# ImportError for one whose imports fail (e.g. run outside the repository root).
+_PARSE_ERRORS = (flags.Error, AttributeError, KeyError, TypeError, ValueError, OSError,
+                 ImportError)
+
+
+def parse_flags(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) -> list[str]:
+  """absl's flags parser for `app.run`; a command line it rejects ends in `usage_error`."""
+  try:
+    rest = flag_values(argv)
+    for name in _config_flag_names(flag_values):
+      # A config file that failed to load is stored as an object raising OSError on first
+      # use; use it now, so the failure is the command line's and not a later traceback.
+      getattr(flag_values[name].value, 'keys', None)
+    return rest
+  except _PARSE_ERRORS as e:
+    usage_error(explain_flag_error(e, argv, flag_values))
+
+
+def _config_flag_names(flag_values: flags.FlagValues) -> list[str]:
+  """The flags defined by `config_flags.DEFINE_config_file`."""
+  # Their parser's type is public; its class is not exported by ml_collections.
+  return [name for name in flag_values if flag_values[name].parser.flag_type() == 'config object']
+
+
+def _argv_value(argv: list[str], name: str) -> str | None:
+  """The last value given to --`name` in `argv` (as --name=V or --name V), if any."""
+  value = None
+  for i, arg in enumerate(argv):
+    key, eq, rest = arg.lstrip('-').partition('=')
+    if arg.startswith('-') and key == name:
+      value = rest if eq else (argv[i + 1] if i + 1 < len(argv) else None)
+  return value
+
+
+def explain_flag_error(e: Exception, argv: list[str],
+                       flag_values: flags.FlagValues = flags.FLAGS) -> str:
+  """`THING: WHAT WAS EXPECTED` for an exception raised while parsing `argv`."""
+  if isinstance(e, flags.UnrecognizedFlagError):
+    close = difflib.get_close_matches(e.flagname, list(flag_values), n=1)
+    hint = f'did you mean --{close[0]}?' if close else 'see --helpfull for the flags'
+    return f'--{e.flagname}: no such flag; {hint}'
+  if isinstance(e, flags.IllegalFlagValueError):
+    return _explain_bad_values(e, flag_values)
+  if isinstance(e, flags.Error):
+    return str(e)
+  for name in _config_flag_names(flag_values):
+    path = _argv_value(argv, name)
+    if path is None:
+      continue
+    if isinstance(e, (AttributeError, KeyError)):
+      missing = _missing_override(name, path, argv, flag_values)
+      if missing:
+        return missing
+    if isinstance(e, OSError) and not os.path.isfile(path.split(':', 1)[0]):
+      return f'--{name}={path}: no such file; expected a config file, e.g. configs/msa.py:runlocal'
+    return f'--{name}={path}: {_root_message(e)}'
+  return _root_message(e)
+
+
+def _root_message(e: BaseException) -> str:
+  """The last line of the message of the exception at the root of `e`'s chain."""
+  while e.__cause__ is not None or e.__context__ is not None:
+    cause = e.__cause__ or e.__context__
+    if not str(cause).strip():
+      break
+    e = cause
+  text = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)  # Not its repr.
+  lines = [line.strip() for line in text.splitlines() if line.strip()]
+  return lines[-1] if lines else type(e).__name__
+
+
+_ILLEGAL_VALUE = re.compile(r'^flag --([^=\s]+)=(.*?): (.*)$')
+_KINDS = {'int': 'an integer', 'float': 'a number', 'bool': 'true or false'}
+
+
+def _explain_bad_values(e: flags.IllegalFlagValueError, flag_values: flags.FlagValues) -> str:
+  """One line for absl's `flag --NAME=VALUE: REASON` lines (one per rejected flag)."""
+  missing, bad = [], []
+  for line in str(e).splitlines():
+    m = _ILLEGAL_VALUE.match(line)
+    if not m:
+      continue
+    name, value, reason = m.groups()
+    if reason.endswith('must have a value other than None.'):
+      missing.append(f'--{name}')
+    elif bad:
+      continue
+    elif reason.startswith('Error whilst parsing config file'):  # Its traceback follows.
+      bad.append(f'--{name}={value}: {_root_message(e)}')
+    else:
+      bad.append(f'--{name}={value}: {_expected(flag_values, name, value) or reason}')
+  if bad:
+    return bad[0]
+  if missing:
+    return (f'{", ".join(missing)}: missing; '
+            f'{"this flag is" if len(missing) == 1 else "these flags are"} required')
+  return _one_line(str(e))
+
+
+def _expected(flag_values: flags.FlagValues, name: str, value: str) -> str | None:
+  """'expected an integer' (or a number, ...) when `value` is not of --`name`'s type."""
+  if name not in flag_values:
+    return None
+  parser = flag_values[name].parser
+  if getattr(parser, 'enum_values', None):
+    return f'expected one of {", ".join(parser.enum_values)}'
+  kind = _KINDS.get(parser.flag_type())
+  try:
+    getattr(parser, 'convert', parser.parse)(value)
+  except (TypeError, ValueError):
+    return f'expected {kind}' if kind else None
+  return None  # The type is right; absl's reason (a bound, a validator) says what is wrong.
+
+
+def _missing_override(name: str, path: str, argv: list[str],
+                      flag_values: flags.FlagValues) -> str | None:
+  """`--NAME.FIELD: no such config field; did you mean ...?` for the first override in `argv`
+  of a field that the config file `path` does not have (None if there is none)."""
+  try:
+    config = flag_values[name].parser.parse(path)  # Loads it again: the failed parse kept none.
+  except Exception:  # pylint: disable=broad-except
+    return None  # Then the caller reports the original error.
+  for arg in argv:
+    m = re.match(rf'^--?(?:no)?{re.escape(name)}\.([^=]+)', arg)
+    if not m:
+      continue
+    keys = m.group(1).split('.')
+    node = config
+    for i, key in enumerate(keys):
+      if not hasattr(node, 'keys'):
+        return (f'--{name}.{m.group(1)}: no such config field ({".".join(keys[:i])} is a '
+                'value, not a group of fields)')
+      field = key.split('[')[0]  # --config.a.b[0]=... indexes a tuple field.
+      if field not in node.keys():
+        close = difflib.get_close_matches(field, list(node.keys()), n=1)
+        hint = (f'did you mean --{name}.{".".join(keys[:i] + close + keys[i + 1:])}?' if close
+                else f'expected a field of {path}')
+        return f'--{name}.{m.group(1)}: no such config field; {hint}'
+      node = node[field]
+  return None
+
+
+def check_paths(*, dirs: dict | None = None, write_dirs: dict | None = None,
+                files: dict | None = None) -> None:
+  """Raises errors.InputError for the first path flag that cannot be used as asked.
+
+  Each argument maps a flag name to its value (None: not given, not checked). `dirs` must not
+  be files; `write_dirs` are made if missing and written to (a file made and removed), so that
+  a folder the command cannot write stops it before any work; `files` must not be folders.
+  Remote paths (gs://...) are left to their file system.
+  """
+  def local(given):
+    return {flag: path for flag, path in (given or {}).items() if path and '://' not in path}
+
+  for flag, path in {**local(dirs), **local(write_dirs)}.items():
+    if os.path.exists(path) and not os.path.isdir(path):
+      raise errors.InputError(f'--{flag}={path}: is a file; expected a directory')
+  for flag, path in local(write_dirs).items():
+    try:
+      os.makedirs(path, exist_ok=True)
+      with tempfile.TemporaryFile(dir=path):
+        pass
+    except OSError as e:
+      raise errors.InputError(f'--{flag}={path}: cannot be written ({e.strerror}); expected a '
+                              'directory this user can write') from e
+  for flag, path in local(files).items():
+    if os.path.isdir(path):
+      raise errors.InputError(f'--{flag}={path}: is a directory; expected a file')
 
 
 def define_sampler_flags() -> dict:

@@ -35,6 +35,8 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   if not _MAX_UPLOAD_MB.value > 0:
     raise app.UsageError(f'--max_upload_mb={_MAX_UPLOAD_MB.value}: expected a positive size')
+  cli.run_or_explain(cli.check_paths, dirs={'workdir': _WORKDIR.value},
+                     write_dirs={'output_dir': _OUTPUT_DIR.value})
   cli.setup()
   try:
     # gradio is optional: imported only when the page is served.
@@ -50,4 +52,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

@@ -53,6 +53,9 @@ flags.mark_flags_as_required(['workdir'])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  cli.run_or_explain(cli.check_paths, dirs={'workdir': _WORKDIR.value},
+                     write_dirs={'output_dir': _OUTPUT_DIR.value},
+                     files={'fad_embedding': _FAD_EMBEDDING.value})
   cli.setup()
   r = cli.run_or_explain(
       checkpoint_evaluation.evaluate_checkpoint, _WORKDIR.value,
@@ -91,4 +94,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

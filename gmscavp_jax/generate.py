@@ -74,6 +74,9 @@ def main(argv):
     raise app.UsageError('give exactly one of --video=FILE, --videos=DIR or --test_index=N')
   if _DIRECTION.value == 'a2v' and (_ALIGN_GUIDANCE.value or _VIDEOS.value is not None):
     raise app.UsageError('--align_guidance and --videos are for --direction=v2a')
+  cli.run_or_explain(cli.check_paths, dirs={'workdir': _WORKDIR.value, 'videos': _VIDEOS.value},
+                     write_dirs={'output_dir': _OUTPUT_DIR.value},
+                     files={'video': _VIDEO.value, 'audio': _AUDIO.value})
   cli.setup()
   v2a_args = {**cli.sampler_args(_SAMPLER_FLAGS), 'align_guidance': _ALIGN_GUIDANCE.value,
               'vocoder': _VOCODER.value, 'evaluator_dir': _EVALUATOR_DIR.value}
@@ -128,4 +131,4 @@ def _folder(long_args: dict) -> None:
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

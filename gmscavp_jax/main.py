@@ -28,6 +28,7 @@ _DISTRIBUTED = cli.define_distributed_flags()
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  cli.run_or_explain(cli.check_paths, write_dirs={'workdir': _WORKDIR.value})
   cli.setup()
   cli.run_or_explain(cli.init_distributed, _DISTRIBUTED)
   try:
@@ -39,4 +40,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

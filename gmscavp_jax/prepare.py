@@ -57,6 +57,7 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from gmscavp_jax import cli
 from gmscavp_jax.data import builders
 from gmscavp_jax.data.prepare import layouts
 from gmscavp_jax.tools import prepare_bench
@@ -124,6 +125,7 @@ def benchmark(config: builders.ClipsConfig) -> None:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  cli.run_or_explain(cli.check_paths, dirs={'videos': _VIDEOS.value})
   try:
     config = geometry()
     if _BENCHMARK.value:
@@ -132,6 +134,7 @@ def main(argv):
     for flag in ('layout', 'videos', 'data_dir'):
       if not flags.FLAGS[flag].value:
         raise app.UsageError(f'--{flag} is required')
+    cli.run_or_explain(cli.check_paths, write_dirs={'data_dir': _DATA_DIR.value})
     name = _NAME.value or _LAYOUT.value
     try:
       builders.check_name(name)
@@ -164,4 +167,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

@@ -37,6 +37,9 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   if sum(v is not None for v in (_TEST_INDEX.value, _VIDEO.value, _AUDIO.value)) != 1:
     raise app.UsageError('give exactly one query: --test_index=N, --video=FILE or --audio=FILE')
+  cli.run_or_explain(cli.check_paths, dirs={'workdir': _WORKDIR.value},
+                     files={'video': _VIDEO.value, 'audio': _AUDIO.value,
+                            'output_json': _OUTPUT_JSON.value})
   cli.setup()
   if _TEST_INDEX.value is None:
     out = cli.run_or_explain(retrieval_queries.file_query, _WORKDIR.value, _TOP_K.value,
@@ -66,4 +69,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

@@ -127,15 +127,24 @@ def _main(*args):
                         capture_output=True, text=True, timeout=300)
 
 
+def _error_lines(stderr: str) -> list[str]:
+  return [line for line in stderr.splitlines() if line.startswith('error:')]
+
+
 def test_cli_rejects_unknown_field_and_bad_value(tmp_path):
+  # A misspelt override is a usage error (exit status 2); tests/test_cli_errors.py has the rest.
   r = _main('--config=configs/msa.py:runlocal', f'--workdir={tmp_path}',
             '--config.train.batch_sise=8')
-  assert r.returncode != 0 and 'batch_sise' in r.stderr
+  assert r.returncode == 2 and 'Traceback' not in r.stderr
+  assert _error_lines(r.stderr) == ['error: --config.train.batch_sise: no such config field; '
+                                    'did you mean --config.train.batch_size?']
+  # A value that parses but cannot run is found by config_validation (exit status 1).
   r = _main('--config=configs/msa.py:runlocal', f'--workdir={tmp_path}',
             '--config.train.eval_every_steps=-5')
-  assert r.returncode == 1
-  assert 'config.train.eval_every_steps=-5: expected a positive integer' in r.stderr
-  assert 'Traceback' not in r.stderr
+  assert r.returncode == 1 and 'Traceback' not in r.stderr
+  assert [line for line in _error_lines(r.stderr)
+          if 'config.train.eval_every_steps=-5: expected a positive integer' in line]
+  assert len(_error_lines(r.stderr)) == 1
 
 
 def _fields(config) -> set:

@@ -191,6 +191,7 @@ def test_evaluate_cli_reports_a_missing_workdir(tmp_path, module):
       cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
   assert proc.returncode == 1
   assert 'config.json not found' in proc.stderr and 'Traceback' not in proc.stderr
+  assert len([line for line in proc.stderr.splitlines() if line.startswith('error:')]) == 1
 
 
 def test_bad_metric_clip_count_is_named(trained):

@@ -20,6 +20,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from gmscavp_jax import cli
 from gmscavp_jax.infra import plotting
 from gmscavp_jax.tools import runs
 from gmscavp_jax.evaluators import suite
@@ -232,4 +233,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

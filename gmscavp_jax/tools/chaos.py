@@ -38,6 +38,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from gmscavp_jax import cli
 from gmscavp_jax.tools import chaos_runs
 
 _JOB = flags.DEFINE_enum('job', 'train', ['train', 'prepare'], 'What to kill: training '
@@ -317,4 +318,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

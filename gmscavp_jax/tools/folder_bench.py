@@ -14,7 +14,6 @@ import subprocess
 import sys
 import time
 
-from absl import app
 from absl import flags
 
 from gmscavp_jax import cli
@@ -92,4 +91,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

@@ -21,6 +21,8 @@ from absl import app
 from absl import flags
 import grimp
 
+from gmscavp_jax import cli
+
 _PACKAGE = flags.DEFINE_string('package', 'gmscavp_jax', 'Package to measure (importable).')
 _CHAIN = flags.DEFINE_bool('chain', False, 'Also print one longest import chain.')
 
@@ -127,4 +129,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

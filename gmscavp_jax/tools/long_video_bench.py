@@ -21,7 +21,6 @@ import subprocess
 import sys
 import time
 
-from absl import app
 from absl import flags
 import numpy as np
 
@@ -226,4 +225,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

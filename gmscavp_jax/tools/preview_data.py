@@ -8,7 +8,6 @@ reader can check that impacts and flashes line up with sound onsets.
 
 import os
 
-from absl import app
 from absl import flags
 import matplotlib
 
@@ -17,6 +16,7 @@ import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import numpy as np
 
 from configs import common  # pylint: disable=g-import-not-at-top
+from gmscavp_jax import cli  # pylint: disable=g-import-not-at-top
 from gmscavp_jax.data import synthetic
 
 _OUT = flags.DEFINE_string('out', None, 'Folder for the PNGs.', required=True)
@@ -71,4 +71,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

@@ -34,6 +34,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from gmscavp_jax import cli
 from gmscavp_jax.tools import runs
 from gmscavp_jax.tools import study_report
 from gmscavp_jax.tools import study_rows
@@ -178,4 +179,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)
