@@ -237,39 +237,51 @@ def fingerprints(tree: Any) -> dict[str, int]:
   """{'a/b/c': a 32-bit fingerprint of the leaf's bits} for each jax.Array leaf of `tree`.
 
   Paths name dict keys and dataclass fields alike, so a partial restore ({'params': ...})
-  matches the whole state's. Every process must call it (a jitted reduction over global
-  arrays); the result does not depend on the sharding.
+  matches the whole state's. Computed on the host from each process's shards (no program to
+  compile, where a jitted reduction over a few hundred leaves costs seconds of XLA compile
+  per state layout) and summed over processes, so every process must call it; the result
+  does not depend on the sharding.
   """
   named = [('/'.join(_key_name(k) for k in path), leaf)
            for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
            if isinstance(leaf, jax.Array)]
-  values = _fingerprint_leaves([leaf for _, leaf in named])
-  # A 0-d result: every process's copy is the whole value.
-  return {name: int(np.asarray(v.addressable_data(0))) for (name, _), v in zip(named, values)}
+  partial = np.array([_local_fingerprint(leaf) for _, leaf in named], np.uint32)
+  if jax.process_count() > 1:
+    partial = np.sum(multihost_utils.process_allgather(partial), axis=0, dtype=np.uint32)
+  return {name: int(v) for (name, _), v in zip(named, partial)}
 
 
-@jax.jit
-def _fingerprint_leaves(leaves: list) -> list:
-  return [_fingerprint(x) for x in leaves]
-
-
-def _fingerprint(x: jax.Array) -> jax.Array:
-  """sum_i mix(bits_i) * (2i + 1) mod 2^32: mix is a bijection and each weight odd, so any one
-  changed element changes it; a reordering or a zeroed block does too, but for chance 2^-32.
-  Integer sums wrap and associate, so any sharding gives the same value."""
+def _local_fingerprint(x: jax.Array) -> np.uint32:
+  """sum_i mix(bits_i) * (2i + 1) mod 2^32 over this process's share of `x` (i: the global
+  index of a 32-bit word): mix is a bijection and each weight odd, so any one changed element
+  changes it; a reordering or a zeroed block does too, but for chance 2^-32. Sums mod 2^32
+  associate, so partial sums over shards (replicas counted once) add up to one value for
+  any sharding."""
   if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
     x = jax.random.key_data(x)
-  if x.dtype == jnp.bool_:
-    bits = x.astype(jnp.uint32)
-  elif x.dtype.itemsize == 8:
-    bits = jax.lax.bitcast_convert_type(x, jnp.uint32)  # Two words per element.
-  else:
-    bits = jax.lax.bitcast_convert_type(x, jnp.dtype(f'uint{8 * x.dtype.itemsize}'))
-  bits = bits.astype(jnp.uint32).reshape(-1)
-  mixed = (bits ^ (bits >> 16)) * jnp.uint32(0x45D9F3B)
-  mixed = mixed ^ (mixed >> 16)
-  weights = jnp.arange(bits.size, dtype=jnp.uint32) * jnp.uint32(2) + jnp.uint32(1)
-  return jnp.sum(mixed * weights, dtype=jnp.uint32)
+  total = np.uint32(0)
+  for shard in x.addressable_shards:
+    if shard.replica_id != 0 or shard.data.size == 0:
+      continue
+    data = np.asarray(shard.data)
+    if data.dtype == np.bool_:
+      words = data.astype(np.uint32).reshape(-1, 1)
+    elif data.dtype.itemsize == 8:
+      words = data.reshape(-1).view(np.uint32).reshape(-1, 2)  # Two words per element.
+    else:
+      words = data.reshape(-1).view(f'uint{8 * data.dtype.itemsize}').astype(
+          np.uint32).reshape(-1, 1)
+    offsets = np.array([s.start or 0 for s in shard.index], np.int64).reshape(-1, 1)
+    grid = np.indices(data.shape).reshape(data.ndim, data.size) + offsets
+    flat = np.ravel_multi_index(grid, x.shape) if data.ndim else np.zeros(1, np.int64)
+    first_word = flat.astype(np.uint64) * np.uint64(words.shape[1])
+    index = (first_word[:, None] + np.arange(words.shape[1], dtype=np.uint64)).reshape(-1)
+    weights = (index * 2 + 1).astype(np.uint32)  # Truncation is the mod 2^32.
+    bits = words.reshape(-1)
+    mixed = (bits ^ (bits >> 16)) * np.uint32(0x45D9F3B)
+    mixed ^= mixed >> 16
+    total += np.sum(mixed * weights, dtype=np.uint32)
+  return total
 
 
 def _key_name(key: Any) -> str:
