@@ -169,7 +169,9 @@ def _resume(ckpt: checkpointing.Checkpointer, state, train_iter, workdir: str,
   if restored is not None:
     state, start = restored
     logging.info('resumed from step %d', start)
-  metrics_io.truncate_jsonl(os.path.join(workdir, 'metrics.jsonl'), after_step=start)
+  # A run already trained to the end evaluates its last step again: in place of its rows.
+  metrics_io.truncate_jsonl(os.path.join(workdir, 'metrics.jsonl'), after_step=start,
+                            evaluations_of_it=start >= config.train.num_steps)
   return state, start
 
 
@@ -236,7 +238,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   preemption = checkpointing.PreemptionWatcher()
   rng = jax.random.key(config.seed + 1)
   t = config.train
-  results, pending = {}, []
+  results = {}
+  # The steps since the last log line before the checkpoint: their metrics join the next mean.
+  pending = ckpt.log_window(start) if start else []
   if 0 < start < t.num_steps and start % t.eval_every_steps == 0 and not _evaluated(
       workdir, start):
     # Stopped between this step's checkpoint and its evaluation (a kill, or a SIGTERM, which
@@ -262,7 +266,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         _log(step, fetched, progress, skips, writer, t.batch_size)
       preempted = preemption.reached(step)
       if save_now or preempted:
-        ckpt.save(step, state, train_iter, config.to_json_best_effort())
+        pending = jax.device_get(pending)
+        ckpt.save(step, state, train_iter, config.to_json_best_effort(), log_window=pending)
       if preempted:
         ckpt.wait()
         raise Preempted(step, workdir)

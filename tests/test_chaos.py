@@ -84,3 +84,37 @@ def test_the_reference_time_line_gives_start_up_and_what_is_left_after_a_step(tm
   # From scratch: the whole life; after step 50: start-up plus what followed step 50.
   assert chaos_runs.remaining_life(profile, 0) == 62.0
   assert chaos_runs.remaining_life(profile, 50) == 20.0 + 62.0 - 30.0
+
+
+def test_the_log_window_comes_back_from_a_checkpoint_in_its_own_dtypes(tmp_path):
+  window = [{'train/loss': np.float32(0.1), 'train/skipped': np.int32(0)},
+            {'train/loss': np.float32(0.3), 'train/skipped': np.int32(1)}]
+  workdir = _workdir(tmp_path, 'run', np.zeros(3, np.float32))
+  ckpt = checkpointing.Checkpointer(workdir, keep=2)
+  ckpt.save(6, {'params': {'w': jnp.zeros(3)}, 'step': jnp.asarray(6)}, iter(grain.DataLoader(
+      data_source=list(range(8)), operations=[], worker_count=0,
+      sampler=grain.IndexSampler(8, shuffle=False, seed=0, num_epochs=1),
+      shard_options=grain.NoSharding())), '{}', log_window=window)
+  ckpt.wait()
+  restored = ckpt.log_window(6)
+  assert ckpt.log_window(4) == []  # Saved without one.
+  ckpt.close()
+  assert [{k: (v.item(), v.dtype) for k, v in m.items()} for m in restored] == [
+      {k: (v.item(), v.dtype) for k, v in m.items()} for m in window]
+  # The mean a resumed run logs is the mean the uninterrupted run logged, bit for bit.
+  assert np.mean([m['train/loss'] for m in restored]) == np.mean(
+      [m['train/loss'] for m in window])
+
+
+def test_a_finished_run_evaluated_again_replaces_its_evaluation_rows(tmp_path):
+  path = str(tmp_path / 'metrics.jsonl')
+  rows = [{'step': 10, 'train/loss': 1.0}, {'step': 10, 'retrieval/v2a_R@1': 3.0},
+          {'step': 12, 'train/loss': 0.9}, {'step': 12, 'retrieval/v2a_R@1': 4.0}]
+  with open(path, 'w') as f:
+    f.writelines(json.dumps(r) + '\n' for r in rows)
+  metrics_io.truncate_jsonl(path, after_step=12)
+  assert metrics_io.read_jsonl(path) == rows
+  metrics_io.truncate_jsonl(path, after_step=12, evaluations_of_it=True)
+  assert metrics_io.read_jsonl(path) == rows[:3]
+  metrics_io.truncate_jsonl(path, after_step=10)
+  assert metrics_io.read_jsonl(path) == rows[:2]

@@ -26,7 +26,7 @@ import orbax.checkpoint as ocp
 
 from gmscavp_jax.infra import errors
 
-ITEMS = ('state', 'data_iter', 'config', 'fingerprints')
+ITEMS = ('state', 'data_iter', 'config', 'fingerprints', 'log_window')
 
 # JSON files a finished save leaves in every step folder (Orbax 0.12 writes them before it
 # renames the folder into place). One missing or unreadable means the folder was damaged
@@ -50,14 +50,28 @@ class Checkpointer:
   def all_steps(self) -> list[int]:
     return sorted(self._manager.all_steps())
 
-  def save(self, step: int, state: Any, data_iter: Any, config_json: str) -> None:
+  def save(self, step: int, state: Any, data_iter: Any, config_json: str,
+           log_window: list[dict] | None = None) -> None:
     """Starts an async save of `state`, the iterator position and the config at `step`,
-    with the state's `fingerprints` (checked at restore)."""
+    with the state's `fingerprints` (checked at restore) and `log_window`: the metrics of
+    the steps since the last log line ({name: numpy scalar} per step), so that a run resumed
+    from here logs the same means as one never stopped."""
     self._manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state),
         data_iter=grain.checkpoint.CheckpointSave(data_iter),
         config=ocp.args.JsonSave(json.loads(config_json)),
-        fingerprints=ocp.args.JsonSave(fingerprints(state))))
+        fingerprints=ocp.args.JsonSave(fingerprints(state)),
+        log_window=ocp.args.JsonSave({'steps': [
+            {k: [float(v), np.asarray(v).dtype.name] for k, v in m.items()}
+            for m in log_window or []]})))
+
+  def log_window(self, step: int) -> list[dict]:
+    """The `log_window` saved at `step` ([] for checkpoints saved before it existed)."""
+    if not (self._manager.directory / str(step) / 'log_window').exists():
+      return []
+    # Back in their own dtypes: a mean over float32 values must round as it would have.
+    return [{k: np.asarray(v, dtype) for k, (v, dtype) in m.items()}
+            for m in self._read_json(step, 'log_window')['steps']]
 
   def restore_latest(self, abstract_state: Any, data_iter: Any = None,
                      check_config: Callable[[int, dict], None] | None = None

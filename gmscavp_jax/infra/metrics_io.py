@@ -73,12 +73,15 @@ def read_jsonl(path: str) -> list[dict]:
   return rows
 
 
-def truncate_jsonl(path: str, after_step: int) -> None:
-  """Drops rows with step > `after_step`: a resumed run rewrites the steps it repeats."""
+def truncate_jsonl(path: str, after_step: int, evaluations_of_it: bool = False) -> None:
+  """Drops rows with step > `after_step`: a resumed run rewrites the steps it repeats; with
+  `evaluations_of_it`, the evaluation rows (rows without a train loss) of `after_step` too,
+  for a run that evaluates that step again."""
   if jax.process_index() != 0 or not os.path.exists(path):
     return
   rows = read_jsonl(path)
-  kept = [r for r in rows if r['step'] <= after_step]
+  kept = [r for r in rows if r['step'] < after_step or r['step'] == after_step and not (
+      evaluations_of_it and 'train/loss' not in r)]
   # Always rewritten (atomically): a row cut off by a kill is gone from `rows` but not from
   # the file, and the next row appended would continue its line.
   tmp = f'{path}.tmp'
