@@ -39,6 +39,7 @@ from absl import flags
 from absl import logging
 
 from gmscavp_jax import cli
+from gmscavp_jax.data.prepare import render
 from gmscavp_jax.tools import chaos_runs
 
 _JOB = flags.DEFINE_enum('job', 'train', ['train', 'prepare'], 'What to kill: training '
@@ -59,7 +60,8 @@ def _train_command(workdir: str) -> list[str]:
 
 def _prepare_command(videos: str, out: str) -> list[str]:
   return [sys.executable, '-m', 'gmscavp_jax.prepare', '--layout=vggsound',
-          f'--videos={videos}', f'--csv={os.path.join(videos, "vggsound.csv")}',
+          f'--videos={os.path.join(videos, render.VIDEO_DIR)}',
+          f'--csv={os.path.join(videos, render.CSV_NAME)}',
           f'--data_dir={out}', f'--config={_CONFIG.value}', '--workers=2', '--chunk_size=8',
           *[f'--config.{o}' for o in _OVERRIDES.value]]
 
@@ -268,7 +270,6 @@ def _job(kind: str, suffix: str):
 
 def _render_videos() -> None:
   """prepare's input: --prepare_clips synthetic clips as mp4 (kept between runs)."""
-  from gmscavp_jax.data.prepare import render  # pylint: disable=g-import-not-at-top
   path, _, variant = _CONFIG.value.partition(':')
   spec = importlib.util.spec_from_file_location('chaos_config', path)
   module = importlib.util.module_from_spec(spec)
