@@ -98,10 +98,10 @@ def _newest_logged(workdir: str) -> int:
 
 
 def _run(command: list[str], log_path: str, kill_after: float | None, sig: int,
-         before_signal=lambda: None):
+         before_signal=lambda: None, on_poll=lambda seconds: None):
   """Starts `command` in its own process group, logging to `log_path`; after `kill_after` s
-  calls `before_signal` and sends `sig` (SIGKILL to the group, SIGTERM to the main process).
-  Returns (exit status, killed?)."""
+  calls `before_signal` and sends `sig` (SIGKILL to the group, SIGTERM to the main process);
+  `on_poll(seconds since start)` is called every 50 ms. Returns (exit status, killed?)."""
   with open(log_path, 'a') as log:
     log.write(f'\n$ {" ".join(command)}\n')
     log.flush()
@@ -111,6 +111,7 @@ def _run(command: list[str], log_path: str, kill_after: float | None, sig: int,
   killed = False
   try:
     while proc.poll() is None:
+      on_poll(time.monotonic() - start)
       if kill_after is not None and time.monotonic() - start >= kill_after:
         before_signal()
         killed = True
@@ -240,13 +241,21 @@ def _reference(job, name: str) -> dict:
   # A reference that was itself interrupted would compare resumed runs with a resumed run.
   shutil.rmtree(getattr(job, 'workdir', getattr(job, 'out', '')), ignore_errors=True)
   t0 = time.monotonic()
-  code, _ = _run(job.command, log_path, None, signal.SIGKILL)
+  seen = {'chunks': 0, 'first_chunk': None}
+
+  def watch_chunks(seconds):  # prepare deletes its decoded chunks once the shards are built.
+    if isinstance(job, PrepareJob):
+      seen['chunks'] = max(seen['chunks'], job.resume_point())
+      if seen['chunks'] and seen['first_chunk'] is None:
+        seen['first_chunk'] = seconds
+
+  code, _ = _run(job.command, log_path, None, signal.SIGKILL, on_poll=watch_chunks)
   if code != 0:
     raise RuntimeError(f'the uninterrupted {name} run failed (status {code}); see {log_path}')
   profile = chaos_runs.profile(log_path, time.monotonic() - t0)
   if isinstance(job, PrepareJob):
-    profile['chunks'] = job.resume_point() or 1
-    profile['startup'] = 0.15 * profile['life']
+    profile['chunks'] = max(seen['chunks'], 1)
+    profile['startup'] = seen['first_chunk'] or 0.15 * profile['life']
   with open(path, 'w') as f:
     json.dump(profile, f)
   return profile
@@ -302,7 +311,7 @@ def main(argv):
       verdict = chaos_runs.compare_training(reference.workdir, job.workdir)
       ok = verdict['state'] and verdict['metrics'] and verdict['results']
     else:
-      verdict = chaos_runs.compare_trees(reference.out, job.out)
+      verdict = chaos_runs.compare_datasets(reference.out, job.out)
       ok = verdict['equal']
     kills = sum(r['signal'] != '-' for r in rows)
     report['runs'][sig.name] = {'rows': rows, 'verdict': verdict, 'kills': kills, 'equal': ok}
