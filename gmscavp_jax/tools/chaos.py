@@ -148,6 +148,10 @@ def _count_step_lines(log_path: str) -> int:
 class TrainJob:
   """Training in `workdir`: progress is the newest logged step, resume points are checkpoints."""
 
+  # Kills spread over the run: each draw covers start-up plus a share of what is left, so
+  # that the last kill still finds training to interrupt.
+  spread = True
+
   def __init__(self, workdir: str):
     self.workdir = workdir
     self.command = _train_command(workdir)
@@ -171,6 +175,9 @@ class TrainJob:
 class PrepareJob:
   """`prepare` into `out`: progress is decoded chunks, then the ArrayRecord shards."""
 
+  # Start-up is most of a small build's life: each draw covers the whole life left.
+  spread = False
+
   def __init__(self, videos: str, out: str):
     self.out = out
     self.command = _prepare_command(videos, out)
@@ -192,11 +199,14 @@ class PrepareJob:
     return profile['startup'] + (profile['life'] - profile['startup']) * max(1.0 - done, 0.1)
 
   def moment(self, log_path: str, lines_before: int) -> str:
-    del log_path, lines_before
+    del lines_before
     if self._files(r'array_record'):
       return 'ArrayRecord build'
-    chunks = self.resume_point()
-    return f'decode ({chunks} chunks on disk)' if chunks else 'start-up'
+    with open(log_path, errors='replace') as f:
+      attempt = f.read().rsplit('\n$ ', 1)[-1]  # This attempt's output.
+    if 'decoding' in attempt:  # Its progress bar has started.
+      return f'decode ({self.resume_point()} chunks on disk)'
+    return 'start-up'
 
 
 def chaos_run(name: str, job, profile: dict, sig: int, rng: random.Random) -> list[dict]:
@@ -211,7 +221,7 @@ def chaos_run(name: str, job, profile: dict, sig: int, rng: random.Random) -> li
     after = None
     if kills_left > 0:
       life = job.remaining_life(profile)
-      share = (life - profile['startup']) / kills_left
+      share = (life - profile['startup']) / kills_left if job.spread else life
       after = rng.uniform(0.0, min(0.95 * life, profile['startup'] + 2 * share))
     lines_before = _count_step_lines(log_path)
     job.begin()
