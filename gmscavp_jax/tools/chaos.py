@@ -168,6 +168,15 @@ class TrainJob:
   def begin(self) -> None:
     self._stale = chaos_runs.save_folders_in_flight(self.workdir)
 
+  def wipe(self) -> None:
+    """Removes the run, for a start from nothing."""
+    shutil.rmtree(self.workdir, ignore_errors=True)
+
+  def compare(self, reference: 'TrainJob') -> dict:
+    """chaos_runs.compare_training's verdict with 'equal' when all three parts are."""
+    verdict = chaos_runs.compare_training(reference.workdir, self.workdir)
+    return {'equal': verdict['state'] and verdict['metrics'] and verdict['results'], **verdict}
+
   def moment(self, log_path: str, lines_before: int) -> str:
     return _moment(log_path, self.workdir, lines_before, self._stale)
 
@@ -194,6 +203,14 @@ class PrepareJob:
   def begin(self) -> None:
     pass
 
+  def wipe(self) -> None:
+    """Removes the build, for a start from nothing."""
+    shutil.rmtree(self.out, ignore_errors=True)
+
+  def compare(self, reference: 'PrepareJob') -> dict:
+    """chaos_runs.compare_datasets's verdict."""
+    return chaos_runs.compare_datasets(reference.out, self.out)
+
   def remaining_life(self, profile: dict) -> float:
     done = self.resume_point() / max(profile.get('chunks', 1), 1)
     return profile['startup'] + (profile['life'] - profile['startup']) * max(1.0 - done, 0.1)
@@ -209,14 +226,18 @@ class PrepareJob:
     return 'start-up'
 
 
-def chaos_run(name: str, job, profile: dict, sig: int, rng: random.Random) -> list[dict]:
-  """Kills `job` `--kills` times at random moments, then lets it finish. One row per attempt:
-  seconds until the signal, the moment it hit, the progress reached, the point that attempt
-  resumed from (checkpoint step or decoded chunks), and its exit status."""
+def chaos_run(name: str, job, profile: dict, sig: int, rng: random.Random,
+              compare) -> tuple[list[dict], list[dict]]:
+  """Kills `job` `--kills` times at random moments, then lets it finish; returns (rows,
+  verdicts). One row per attempt: seconds until the signal, the moment it hit, the point that
+  attempt resumed from (checkpoint step or decoded chunks), the progress reached and its exit
+  status. A run that ends before its kill (the draw was later than its life) is compared by
+  `compare()` -> {'equal': bool, ...}, then started again from nothing, until every kill was
+  sent; the verdicts list one comparison per finished run."""
   log_path = os.path.join(_ROOT.value, f'{name}.log')
-  rows = []
-  for attempt in range(_KILLS.value + 1):
-    kills_left = _KILLS.value - attempt
+  rows, verdicts, kills = [], [], 0
+  while True:
+    kills_left = _KILLS.value - kills
     resumed_from = job.resume_point()
     after = None
     if kills_left > 0:
@@ -228,17 +249,23 @@ def chaos_run(name: str, job, profile: dict, sig: int, rng: random.Random) -> li
     moment = {}
     code, killed = _run(job.command, log_path, after, sig, before_signal=lambda: moment.update(
         at=job.moment(log_path, lines_before)))
-    rows.append({'attempt': attempt, 'signal': signal.Signals(sig).name if killed else '-',
+    kills += killed
+    rows.append({'attempt': len(rows), 'signal': signal.Signals(sig).name if killed else '-',
                  'after_s': round(after, 1) if killed else None,
                  'moment': moment.get('at', 'ran to the end'), 'resumed_from': resumed_from,
                  'reached': job.reached(), 'exit': code})
-    logging.info('%s attempt %d: %s', name, attempt, rows[-1])
-    if not killed:
-      if code != 0:
-        raise RuntimeError(f'{name}: attempt {attempt}, not killed, exited with status '
-                           f'{code}; see {log_path}')
-      break
-  return rows
+    logging.info('%s attempt %d: %s', name, len(rows) - 1, rows[-1])
+    if killed:
+      continue
+    if code != 0:
+      raise RuntimeError(f'{name}: attempt {len(rows) - 1}, not killed, exited with status '
+                         f'{code}; see {log_path}')
+    verdicts.append(compare())
+    if kills >= _KILLS.value:
+      return rows, verdicts
+    logging.info('%s finished before kill %d: compared, and started again from nothing',
+                 name, kills + 1)
+    job.wipe()
 
 
 def _reference(job, name: str) -> dict:
@@ -249,7 +276,7 @@ def _reference(job, name: str) -> dict:
       return json.load(f)
   log_path = os.path.join(_ROOT.value, f'{name}.log')
   # A reference that was itself interrupted would compare resumed runs with a resumed run.
-  shutil.rmtree(getattr(job, 'workdir', getattr(job, 'out', '')), ignore_errors=True)
+  job.wipe()
   t0 = time.monotonic()
   seen = {'chunks': 0, 'first_chunk': None}
 
@@ -315,18 +342,14 @@ def main(argv):
   for name in _SIGNALS.value:
     sig = signal.Signals[f'SIG{name.upper().removeprefix("SIG")}']
     job = _job('chaos_', sig.name)
-    rows = chaos_run(f'chaos_{sig.name}', job, profile, sig, rng)
     reference = _job('reference', '')
-    if _JOB.value == 'train':
-      verdict = chaos_runs.compare_training(reference.workdir, job.workdir)
-      ok = verdict['state'] and verdict['metrics'] and verdict['results']
-    else:
-      verdict = chaos_runs.compare_datasets(reference.out, job.out)
-      ok = verdict['equal']
+    rows, verdicts = chaos_run(f'chaos_{sig.name}', job, profile, sig, rng,
+                               lambda: job.compare(reference))
+    ok = all(v['equal'] for v in verdicts)
     kills = sum(r['signal'] != '-' for r in rows)
-    report['runs'][sig.name] = {'rows': rows, 'verdict': verdict, 'kills': kills, 'equal': ok}
-    summary = (f'{sig.name}: {kills} kills, final outputs '
-               f'{"EQUAL to" if ok else "DIFFERENT from"} the uninterrupted run\'s {verdict}')
+    report['runs'][sig.name] = {'rows': rows, 'verdicts': verdicts, 'kills': kills, 'equal': ok}
+    summary = (f'{sig.name}: {kills} kills over {len(verdicts)} finished run(s); final outputs '
+               f'{"EQUAL to" if ok else "DIFFERENT from"} the uninterrupted run\'s: {verdicts}')
     markdown += ['', f'## {sig.name}', '', _table(rows), '', summary]
     print(_table(rows), '\n', summary, sep='', flush=True)
   with open(os.path.join(_ROOT.value, 'chaos_report.json'), 'w') as f:
