@@ -14,10 +14,12 @@ would still have (start-up and compile included), cut into a share per remaining
 kills spread over the whole run: start-up, compile, training steps, inside an async checkpoint
 save, right after one, the periodic and the final evaluation. SIGKILL goes to the job's whole
 process group (a lost machine); SIGTERM to its main process (a preemption notice: the trainer
-saves and exits 143).
+saves and exits 143). A run that ends before its next kill is compared and started again
+from nothing, so every kill lands in a live process.
 
 Afterwards it compares (tools/chaos_runs.py): training's final state bit for bit, metrics
-rows and results.json outside timing fields; prepare's built files byte for byte. It prints a
+rows and results.json outside timing fields; prepare's records field by field, in order, and
+its other files byte for byte. It prints a
 table per signal (kill moment, step reached, restore step, outcome) and writes
 ROOT/chaos_report.json and .md. A benchmark, not a test: at the command above, 20 kills per
 signal take about half an hour on 2 CPU cores.
