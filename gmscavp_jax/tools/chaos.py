@@ -53,6 +53,8 @@ _SIGNALS = flags.DEFINE_list('signals', ['KILL', 'TERM'], 'Signals to test, each
 _OVERRIDES = flags.DEFINE_multi_string('override', [], 'FIELD=VALUE for the job (--config.*).')
 _SEED = flags.DEFINE_integer('seed', 0, 'Seed of the kill moments.')
 _CLIPS = flags.DEFINE_integer('prepare_clips', 96, 'prepare: synthetic clips rendered as mp4.')
+_BUILD_KILLS = flags.DEFINE_integer('prepare_build_kills', 0, 'prepare: how many of the kills '
+                                    'wait for the ArrayRecord shard build to start.')
 flags.mark_flags_as_required(['root'])
 
 def _train_command(workdir: str) -> list[str]:
@@ -100,10 +102,11 @@ def _newest_logged(workdir: str) -> int:
 
 
 def _run(command: list[str], log_path: str, kill_after: float | None, sig: int,
-         before_signal=lambda: None, on_poll=lambda seconds: None):
+         before_signal=lambda: None, on_poll=lambda seconds: None, kill_when=None):
   """Starts `command` in its own process group, logging to `log_path`; after `kill_after` s
-  calls `before_signal` and sends `sig` (SIGKILL to the group, SIGTERM to the main process);
-  `on_poll(seconds since start)` is called every 50 ms. Returns (exit status, killed?)."""
+  (counted from when `kill_when()` first holds, if given) calls `before_signal` and sends
+  `sig` (SIGKILL to the group, SIGTERM to the main process); `on_poll(seconds since start)`
+  is called every 50 ms. Returns (exit status, killed?)."""
   with open(log_path, 'a') as log:
     log.write(f'\n$ {" ".join(command)}\n')
     log.flush()
@@ -114,7 +117,10 @@ def _run(command: list[str], log_path: str, kill_after: float | None, sig: int,
   try:
     while proc.poll() is None:
       on_poll(time.monotonic() - start)
-      if kill_after is not None and time.monotonic() - start >= kill_after:
+      if kill_when is not None and kill_when():
+        kill_after, kill_when = kill_after + time.monotonic() - start, None
+      if (kill_after is not None and kill_when is None and
+          time.monotonic() - start >= kill_after):
         before_signal()
         killed = True
         if sig == signal.SIGKILL:
@@ -132,11 +138,15 @@ def _run(command: list[str], log_path: str, kill_after: float | None, sig: int,
   return code, killed
 
 
+def _attempt_output(log_path: str) -> str:
+  """What the newest attempt in `log_path` has printed so far."""
+  with open(log_path, errors='replace') as f:
+    return f.read().rsplit('\n$ ', 1)[-1]
+
+
 def _restored_step(log_path: str) -> int:
   """The step the newest attempt in `log_path` resumed from (0: a fresh start)."""
-  with open(log_path, errors='replace') as f:
-    text = f.read().rsplit('\n$ ', 1)[-1]
-  m = re.findall(r'resumed from step (\d+)', text)
+  m = re.findall(r'resumed from step (\d+)', _attempt_output(log_path))
   return int(m[-1]) if m else 0
 
 
@@ -217,13 +227,15 @@ class PrepareJob:
     done = self.resume_point() / max(profile.get('chunks', 1), 1)
     return profile['startup'] + (profile['life'] - profile['startup']) * max(1.0 - done, 0.1)
 
+  def building(self, log_path: str) -> bool:
+    """Whether this attempt has started writing the ArrayRecord shards (tfds' 'Generating')."""
+    return 'Generating' in _attempt_output(log_path)
+
   def moment(self, log_path: str, lines_before: int) -> str:
     del lines_before
-    if self._files(r'array_record'):
+    if self._files(r'array_record') or self.building(log_path):
       return 'ArrayRecord build'
-    with open(log_path, errors='replace') as f:
-      attempt = f.read().rsplit('\n$ ', 1)[-1]  # This attempt's output.
-    if 'decoding' in attempt:  # Its progress bar has started.
+    if 'decoding' in _attempt_output(log_path):  # Its progress bar has started.
       return f'decode ({self.resume_point()} chunks on disk)'
     return 'start-up'
 
@@ -248,9 +260,13 @@ def chaos_run(name: str, job, profile: dict, sig: int, rng: random.Random,
       after = rng.uniform(0.0, min(0.95 * life, profile['startup'] + 2 * share))
     lines_before = _count_step_lines(log_path)
     job.begin()
-    moment = {}
+    moment, kill_when = {}, None
+    if kills < _BUILD_KILLS.value and isinstance(job, PrepareJob):
+      # The shard build lasts under a second of a build's life: random draws seldom land in
+      # it, so these kills wait for it and land within its first half second.
+      after, kill_when = rng.uniform(0.0, 0.5), lambda: job.building(log_path)
     code, killed = _run(job.command, log_path, after, sig, before_signal=lambda: moment.update(
-        at=job.moment(log_path, lines_before)))
+        at=job.moment(log_path, lines_before)), kill_when=kill_when)
     kills += killed
     rows.append({'attempt': len(rows), 'signal': signal.Signals(sig).name if killed else '-',
                  'after_s': round(after, 1) if killed else None,
