@@ -10,6 +10,7 @@ A SIGTERM saves a checkpoint and raises `Preempted`; too many non-finite steps i
 from collections.abc import Callable
 import json
 import os
+import time
 
 from absl import logging
 import jax
@@ -200,8 +201,10 @@ class _PhaseSteps:
     phase = steps.train_phase(config, step)  # Its a2v half too on bidirectional steps.
     if phase not in self._compiled:
       logging.info('compiling the %s train step', phase)
+      t0 = time.perf_counter()
       self._compiled[phase] = state_lib.jit_train_step(
           *self._args, phase, self._layout).lower(state, batch, rng).compile()
+      logging.info('compiled the %s train step in %.1f s', phase, time.perf_counter() - t0)
       sharding.sync_processes(f'compiled {phase} step')
     return self._compiled[phase](state, batch, rng)
 

@@ -87,6 +87,8 @@ def _moment(log_path: str, workdir: str, num_logged: int, stale: set[str]) -> st
     return 'evaluation'
   if 'compiling' in last:
     return 'compile'
+  if 'compiled' in last:  # Steps run unlogged until the first log line.
+    return 'training'
   if len([l for l in lines if chaos_runs.STEP_LINE.search(l)]) > num_logged:
     return 'training'
   return 'start-up'
@@ -367,7 +369,8 @@ def main(argv):
     kills = sum(r['signal'] != '-' for r in rows)
     report['runs'][sig.name] = {'rows': rows, 'verdicts': verdicts, 'kills': kills, 'equal': ok}
     summary = (f'{sig.name}: {kills} kills over {len(verdicts)} finished run(s); final outputs '
-               f'{"EQUAL to" if ok else "DIFFERENT from"} the uninterrupted run\'s: {verdicts}')
+               f'{"EQUAL to" if ok else "DIFFERENT from"} the uninterrupted run\'s' +
+               ('' if ok else f': {[v["differences"] for v in verdicts]}'))
     markdown += ['', f'## {sig.name}', '', _table(rows), '', summary]
     print(_table(rows), '\n', summary, sep='', flush=True)
   with open(os.path.join(_ROOT.value, 'chaos_report.json'), 'w') as f:
