@@ -25,6 +25,9 @@ _TOP_K = flags.DEFINE_integer('top_k', 5, 'Retrieved clips listed per direction.
 _OUTPUT_DIR = flags.DEFINE_string(
     'output_dir', None, "Where each request's WAV, PNG and mp4 go (default: a new temporary "
     'folder); the last few requests are kept.')
+_CACHE_SECONDS = flags.DEFINE_integer(
+    'cache_seconds', 600, 'Uploads and served files are deleted once this old (and when the '
+    'server stops), so that many users do not fill the disk.')
 _VOCODER = cli.define_vocoder_flag()
 _EVALUATOR_DIR = cli.define_evaluator_dir_flag()
 flags.mark_flag_as_required('workdir')
@@ -35,6 +38,8 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   if not _MAX_UPLOAD_MB.value > 0:
     raise app.UsageError(f'--max_upload_mb={_MAX_UPLOAD_MB.value}: expected a positive size')
+  if _CACHE_SECONDS.value < 1:
+    raise app.UsageError(f'--cache_seconds={_CACHE_SECONDS.value}: expected at least 1')
   cli.run_or_explain(cli.check_paths, dirs={'workdir': _WORKDIR.value},
                      write_dirs={'output_dir': _OUTPUT_DIR.value})
   cli.setup()
@@ -48,7 +53,7 @@ def main(argv):
   cli.run_or_explain(demo_page.serve, _WORKDIR.value, port=_PORT.value,
                      max_upload_mb=_MAX_UPLOAD_MB.value, top_k=_TOP_K.value,
                      output_dir=_OUTPUT_DIR.value, vocoder=_VOCODER.value,
-                     evaluator_dir=_EVALUATOR_DIR.value)
+                     evaluator_dir=_EVALUATOR_DIR.value, cache_seconds=_CACHE_SECONDS.value)
 
 
 if __name__ == '__main__':

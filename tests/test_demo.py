@@ -1,10 +1,11 @@
 """The demo page end to end: what `python -m gmscavp_jax.demo` serves, for a tiny trained
-workdir on a free loopback port, asked through gradio's own client and used in headless
-Chromium."""
+workdir on a free loopback port, asked through gradio's own client (one user, and several at
+once) and used in headless Chromium."""
 
 import os
 import socket
 import tempfile
+import time
 
 import av
 from gradio_client import Client
@@ -20,6 +21,7 @@ from gmscavp_jax.data import pipeline
 from gmscavp_jax.evaluators import retrieval
 from gmscavp_jax.inference import demo_page
 from gmscavp_jax.inference import retrieval_queries
+from gmscavp_jax.tools import demo_load
 from gmscavp_jax import train
 from tests import headless_chromium
 from tests.conftest import tiny_config
@@ -143,3 +145,43 @@ def test_the_page_renders_and_generates_in_headless_chromium(workdir, server, tm
       driver.quit()
   with Image.open(tmp_path / 'page.png') as page:
     assert page.width >= 1000 and page.height >= 900
+
+
+def test_users_at_once_get_right_answers_and_their_files_are_deleted(workdir, tmp_path,
+                                                                      monkeypatch):
+  # What `demo_bench --clients=N` runs, short: 3 users for 6 s, every good upload different,
+  # bad ones among them, each answer checked against one asked alone beforehand. The page
+  # keeps uploads and served files 6 s here, in a cache of its own.
+  cache = tmp_path / 'gradio'
+  monkeypatch.setenv('GRADIO_TEMP_DIR', str(cache))
+  sampler, steps, guidance, _ = _sampler_args(workdir)  # Compiled once, as the page's.
+  requests = demo_load.make_requests(workdir, str(tmp_path / 'uploads'),
+                                     max_upload_mb=MAX_UPLOAD_MB,
+                                     settings=[(sampler, steps, guidance)])
+  output_dir = tmp_path / 'requests'
+  app = demo_page.serve(workdir, port=_free_port(), max_upload_mb=MAX_UPLOAD_MB,
+                        output_dir=str(output_dir), block=False, cache_seconds=6)
+  try:
+    references = demo_load.reference_answers(app.local_url, requests, str(tmp_path / 'ref'))
+    summary = demo_load.run(app.local_url, requests, references, clients=3, seconds=6, seed=0,
+                            folder=str(tmp_path / 'clients'), dirs={'cache': str(cache)})
+    # Every file is older than 6 s within 6 s of the last answer; the sweep runs every 1 s.
+    deadline = time.monotonic() + 9
+    while demo_load.tree_size(str(cache))['files'] and time.monotonic() < deadline:
+      time.sleep(0.5)
+    left = demo_load.tree_size(str(cache))
+    hash_folders = [name for name in os.listdir(cache) if len(name) == 64]  # SHA-256 names.
+  finally:
+    app.close()
+  assert summary['wrong'] == 0 and summary['server_errors'] == 0, summary
+  assert summary['good']['requests'] >= 3 and summary['bad']['requests'] >= 3, summary
+  assert summary['bad']['latency_s']['p95'] > 0 and summary['rss_mb']['peak'] > 0
+  # Uploads and served files were in the cache and went while the server ran (demo_page's
+  # sweep: gradio's own dies under concurrent uploads); of the request folders only the
+  # newest 8 stay.
+  assert summary['dirs']['cache']['peak']['files'] > 0 and left['files'] == 0, left
+  assert not hash_folders  # The folders they were in went too.
+  served = 2 * 4 + summary['good']['requests']  # The 4 good references were asked twice.
+  assert sorted(os.listdir(output_dir)) == [f'request{i:06d}' for i in range(served - 7,
+                                                                              served + 1)]
+  assert not os.listdir(tmp_path / 'clients')  # The users' copies of their uploads.

@@ -7,10 +7,14 @@ the functions the CLIs run (`video_to_audio.Soundtracker` for generate,
 package never needs gradio (`pip install -e .[demo]`).
 """
 
+import asyncio
 from collections.abc import Callable
+import contextlib
+import functools
 import os
 import shutil
 import tempfile
+import time
 
 from absl import logging
 import gradio as gr
@@ -30,8 +34,13 @@ from gmscavp_jax.inference import video_to_audio
 from gmscavp_jax.infra import errors
 
 TITLE = 'GMS-CAVP: a soundtrack for your video'
-# Request folders kept on disk (gradio copies what it serves into its own cache).
+# Request folders kept on disk (gradio copies what it serves into its own cache, so only the
+# newest few are kept: their number, not time, bounds this folder).
 _KEEP_REQUESTS = 8
+# How long gradio keeps an upload or a served file before deleting it: long enough to play
+# the results and to generate again from the same upload, short enough that many users'
+# uploads do not fill the disk.
+DEFAULT_CACHE_SECONDS = 600
 # Progress fractions at which each stage of a request starts.
 _STAGES = {'decoding': 0.0, 'sampling': 0.1, 'vocoding': 0.6, 'writing': 0.65,
            'whole video': 0.7, 'retrieving': 0.9}
@@ -42,11 +51,13 @@ class Backend:
   """One workdir's generator and retriever, restored once; `answer` serves a request."""
 
   def __init__(self, workdir: str, output_dir: str, *, max_upload_mb: float, top_k: int = 5,
-               vocoder: str = 'auto', evaluator_dir: str | None = None):
+               vocoder: str = 'auto', evaluator_dir: str | None = None,
+               cache_seconds: int = DEFAULT_CACHE_SECONDS):
     self.soundtracker = video_to_audio.Soundtracker(workdir, vocoder, evaluator_dir)
     self.retriever = retrieval_queries.Retriever(workdir,
                                                  restored=self.soundtracker.restored)
     self.num_test_clips = len(self.retriever.embeddings['index'])
+    self.cache_seconds = cache_seconds  # How long uploads and served files are kept.
     self._output_dir, self._top_k = output_dir, top_k
     self._max_bytes = int(max_upload_mb * 2**20)
     self._requests = 0
@@ -57,6 +68,16 @@ class Backend:
     stale = os.path.join(self._output_dir, f'request{self._requests - _KEEP_REQUESTS:06d}')
     shutil.rmtree(stale, ignore_errors=True)
     return os.path.join(self._output_dir, f'request{self._requests:06d}')
+
+  def _keep_upload(self, video: str) -> None:
+    """Restarts the age of the upload (`sweep_cache` deletes by ctime), so that it stays
+    for the whole request; raises MediaError if it was swept while the request waited."""
+    try:
+      os.utime(video)
+    except FileNotFoundError:
+      raise media.MediaError(
+          video, f'is no longer on the server (uploads are deleted after '
+          f'{self.cache_seconds} s and this request waited longer): upload it again') from None
 
   def answer(self, *, video: str | None = None, test_index: int | None = None,
              start_seconds: float = 0.0, seed: int = 0,
@@ -70,6 +91,7 @@ class Backend:
     """
     progress('decoding')
     if video is not None:
+      self._keep_upload(video)
       media.check_size(video, self._max_bytes)  # Before any decoding.
     elif not (test_index is not None and 0 <= test_index < self.num_test_clips):
       raise errors.ConfigError(
@@ -84,6 +106,7 @@ class Backend:
       # Longer than a clip: the video and audio outputs cover all of it from the start time;
       # the spectrogram, onsets and retrieval stay those of the first window.
       progress('whole video')
+      self._keep_upload(video)  # Read again, maybe after a first compilation.
       name = os.path.join(out_dir, clip['name'] + '_whole')
       job = long_video.Job(video, name + '.wav', name + '.mp4', start_seconds)
       info = long_video.run_one(self.soundtracker, job, seed=seed, **sampler_args)
@@ -162,8 +185,7 @@ def build_app(backend: Backend) -> gr.Blocks:
   config = backend.soundtracker.config
   defaults = sampling.sampler_settings(config.eval)
   seconds = config.data.num_frames / config.data.fps
-  with gr.Blocks(title=TITLE, analytics_enabled=False,
-                 delete_cache=(3600, 3600)) as app:  # Hourly: drop served files over 1 h old.
+  with gr.Blocks(title=TITLE, analytics_enabled=False) as app:
     gr.Markdown(f'# {TITLE}\n'
                 f'Workdir `{backend.soundtracker.workdir}`: {config.experiment}, checkpoint '
                 f'{backend.soundtracker.step}. The model hears and sees {seconds:g} s clips '
@@ -220,32 +242,93 @@ def build_app(backend: Backend) -> gr.Blocks:
   return app
 
 
+def sweep_cache(app: gr.Blocks, age_seconds: float | None) -> int:
+  """Deletes the uploads and served files gradio cached for `app` that are older than
+  `age_seconds` (by ctime; all of them if None), and the content-hash folders they leave
+  empty. Returns how many files went.
+
+  gradio's own sweep (Blocks(delete_cache=...)) iterates over its sets of cached paths while
+  new uploads are added to them: under concurrent users it dies with 'Set changed size during
+  iteration' and never deletes again. This one iterates over copies (taken under the GIL).
+  """
+  keep = set()
+  for block in list(app.blocks.values()):
+    keep.update(getattr(block, 'keep_in_cache', ()))  # A component's own default files.
+  now, removed = time.time(), 0
+  for paths in list(app.temp_file_sets):
+    for path in paths.copy():
+      if path in keep:
+        continue
+      try:
+        if age_seconds is not None and now - os.lstat(path).st_ctime <= age_seconds:
+          continue
+        os.remove(path)
+        removed += 1
+      except FileNotFoundError:
+        pass
+      paths.discard(path)
+      with contextlib.suppress(OSError):  # Not empty: another file of the same content.
+        os.rmdir(os.path.dirname(path))
+  return removed
+
+
+@contextlib.asynccontextmanager
+async def _sweeping(unused_fastapi_app, *, app: gr.Blocks, age_seconds: int):
+  """While the server runs, `sweep_cache` every tenth of `age_seconds`; all at the end."""
+  async def loop():
+    while True:
+      await asyncio.sleep(max(1, age_seconds // 10))
+      try:
+        await asyncio.to_thread(sweep_cache, app, age_seconds)
+      except Exception:  # pylint: disable=broad-except  (the next sweep tries again)
+        logging.exception('sweeping the demo cache failed')
+
+  task = asyncio.create_task(loop())
+  try:
+    yield
+  finally:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+      await task
+    sweep_cache(app, None)
+
+
 def serve(workdir: str, *, port: int, max_upload_mb: float, top_k: int = 5,
           output_dir: str | None = None, block: bool = True, vocoder: str = 'auto',
-          evaluator_dir: str | None = None) -> gr.Blocks:
+          evaluator_dir: str | None = None,
+          cache_seconds: int = DEFAULT_CACHE_SECONDS) -> gr.Blocks:
   """Restores `workdir` and serves its page on http://127.0.0.1:`port` only (no share link,
   no telemetry: it works offline). Request files go to `output_dir` (default: a new
-  temporary folder). block=False returns the running app at once (`.close()` stops it).
-  `vocoder`/`evaluator_dir` choose how audio is made (evaluators/vocoders.py)."""
+  temporary folder; the newest few requests' are kept), uploads and served files to gradio's
+  cache (GRADIO_TEMP_DIR, default TMPDIR/gradio) for `cache_seconds`. block=False returns the
+  running app at once (`.close()` stops it and empties its cache). `vocoder`/`evaluator_dir`
+  choose how audio is made (evaluators/vocoders.py)."""
   output_dir = output_dir or tempfile.mkdtemp(prefix='gmscavp_demo_')
   backend = Backend(workdir, output_dir, max_upload_mb=max_upload_mb, top_k=top_k,
-                    vocoder=vocoder, evaluator_dir=evaluator_dir)
+                    vocoder=vocoder, evaluator_dir=evaluator_dir, cache_seconds=cache_seconds)
   app = build_app(backend)
+  # gradio copies every upload and every served file into its cache (one folder per content
+  # hash); _sweeping deletes them once `cache_seconds` old. A request must start within that
+  # age of its upload (Backend._keep_upload says so otherwise).
+  lifespan = functools.partial(_sweeping, app=app, age_seconds=cache_seconds)
   app.queue().launch(server_name='127.0.0.1', server_port=port, share=False,
-                     allowed_paths=[output_dir], footer_links=[], prevent_thread_lock=not block)
+                     allowed_paths=[output_dir], footer_links=[], prevent_thread_lock=not block,
+                     app_kwargs={'lifespan': lifespan})
   return app
 
 
-def clips_as_upload(workdir: str, seconds: float, path: str) -> str:
-  """Writes test clips 0, 1, ... back to back (frames, sound) to `path`, an mp4 of ~`seconds`.
+def clips_as_upload(workdir: str, seconds: float, path: str, *, first: int = 0,
+                    sound: bool = True) -> str:
+  """Writes test clips `first`, `first` + 1, ... back to back (frames, and their sound if
+  `sound`) to `path`, an mp4 of ~`seconds`.
 
   What the demo's benchmark and tests upload. Returns `path`.
   """
   config = config_io.load_config(workdir)
   clip_seconds = config.data.num_frames / config.data.fps
   source = pipeline.make_source(config, 'test')
-  clips = [source[i] for i in range(max(1, round(seconds / clip_seconds)))]
+  clips = [source[first + i] for i in range(max(1, round(seconds / clip_seconds)))]
+  waveform = np.concatenate([c['waveform'] for c in clips]) if sound else None
   media_writing.write_video(path, np.concatenate([c['frames'] for c in clips]), config.data.fps,
-                            np.concatenate([c['waveform'] for c in clips]),
-                            config.audio.sample_rate)
+                            waveform, config.audio.sample_rate if sound else None)
   return path
