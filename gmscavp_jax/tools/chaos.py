@@ -42,6 +42,7 @@ from absl import logging
 
 from gmscavp_jax import cli
 from gmscavp_jax.data.prepare import render
+from gmscavp_jax.infra import metrics_io
 from gmscavp_jax.tools import chaos_runs
 
 _JOB = flags.DEFINE_enum('job', 'train', ['train', 'prepare'], 'What to kill: training '
@@ -95,12 +96,10 @@ def _moment(log_path: str, workdir: str, num_logged: int, stale: set[str]) -> st
 
 
 def _newest_logged(workdir: str) -> int:
-  path = os.path.join(workdir, 'metrics.jsonl')
-  if not os.path.exists(path):
-    return 0
-  with open(path) as f:
-    steps = [json.loads(l).get('step', 0) for l in f if l.strip()]
-  return max(steps, default=0)
+  """The newest step in the run's metrics.jsonl (0 if none); a row cut off by the kill is
+  skipped, as the trainer skips it."""
+  rows = metrics_io.read_jsonl(os.path.join(workdir, 'metrics.jsonl'))
+  return max((row['step'] for row in rows), default=0)
 
 
 def _run(command: list[str], log_path: str, kill_after: float | None, sig: int,
