@@ -30,5 +30,6 @@ setuptools.setup(
     install_requires=_requirements('requirements.txt'),
     extras_require={'test': _requirements('requirements-test.txt'),
                     'demo': _requirements('requirements-demo.txt'),
-                    'onnx': _requirements('requirements-onnx.txt')},
+                    'onnx': _requirements('requirements-onnx.txt'),
+                    'torch': _requirements('requirements-torch.txt')},
 )
