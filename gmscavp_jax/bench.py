@@ -3,6 +3,7 @@
   python -m gmscavp_jax.bench --config=configs/msa_msd.py:runlocal
   python -m gmscavp_jax.bench --config=configs/msa_msd.py:runlocal --profile=/tmp/profile
   python -m gmscavp_jax.bench --workdir=/tmp/msa_msd --sampling
+  python -m gmscavp_jax.bench --suite=gpu --config=configs/msa_msd.py --out=report.json
 
 The first prints, for each training phase (on one batch already on the devices, so the step
 alone is timed): jit compile time, step time, steps/s, examples/s, the FLOPs of one step (XLA's
@@ -21,12 +22,15 @@ per step) with freshly initialised params: the timing does not depend on trainin
 workdir is needed. The persistent compilation cache is off in this mode, so compile times are
 real compilations.
 
+With --suite=gpu (and --out=REPORT.json), the GPU suite of tools/gpu_suite.py instead: the
+train step, the 10 s clip latency of each sampler and the best throughput of the config in
+bfloat16, within 8 minutes, into one JSON report; --dry_run runs it on a tiny config.
+
 The second takes a trained workdir and, for each sampler at 10/25/50/100 steps, generates
 audio for the first eval.num_generate_clips test videos: per-clip latency (after compiling)
 and onset F1 (with recall). It prints a table and writes WORKDIR/bench_sampling.{json,md}.
 """
 
-import functools
 import gc
 import itertools
 import json
@@ -41,7 +45,6 @@ import numpy as np
 
 from gmscavp_jax import cli
 from gmscavp_jax.core import config_validation
-from gmscavp_jax.core import feature_cache
 from gmscavp_jax.core import phases
 from gmscavp_jax.core import sampling
 from gmscavp_jax.core import state as state_lib
@@ -50,8 +53,9 @@ from gmscavp_jax.data import pipeline
 from gmscavp_jax.diffusion import samplers as samplers_lib
 from gmscavp_jax.evaluators import generation
 from gmscavp_jax.infra import perf
-from gmscavp_jax.infra import profiling
 from gmscavp_jax.infra import sharding
+from gmscavp_jax.tools import gpu_suite
+from gmscavp_jax.tools import step_timing
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file.',
                                           lock_config=True)
@@ -74,63 +78,10 @@ _LATENCY_REPEATS = flags.DEFINE_integer('latency_repeats', 5,
                                         'Timed samplings of one clip (after one warm-up).')
 _GUIDANCE = flags.DEFINE_list('guidance', [], 'Guidance scales to compare '
                               '(default: the config eval.guidance).')
-
-
-def time_train_step(config, mesh, num_steps: int, phase: phases.Phase, peak: float,
-                    profile_dir: str | None = None) -> dict:
-  """Compile time, steady-state speed, FLOPs and memory of the jitted train step of `phase`.
-
-  'flops' is the step's total over the mesh (XLA counts one device's partition). With
-  `profile_dir`, 'profile' is the profiling.Breakdown of _PROFILE_STEPS traced steps against
-  `peak` FLOP/s.
-  """
-  models, txs, state = state_lib.build(config, mesh)
-  step_fn = state_lib.jit_train_step(models, txs, config, mesh, phase,
-                                     state_lib.layout_of(state))
-  # One batch from an in-process loader: worker processes would compete with the step.
-  one_batch = config.copy_and_resolve_references()
-  one_batch.data.worker_count = 0
-  batch = sharding.global_batch(mesh, pipeline.select(next(iter(pipeline.train_loader(one_batch)))))
-  if phase == phases.GENERATOR and config.train.cache_video_features:
-    # The step as it runs on cached features (core/feature_cache.py): no video encoder.
-    features = feature_cache.FeatureCache(config, mesh, models).encode(
-        state.params['encoders'], batch.pop('frames'))
-    batch['video_features'] = jax.device_put(features, sharding.batch_sharded(mesh))
-  rng = jax.random.key(0)
-  t0 = time.perf_counter()
-  compiled = step_fn.lower(state, batch, rng).compile()
-  compile_s = time.perf_counter() - t0
-  try:
-    state, metrics = compiled(state, batch, rng)  # Warm-up.
-    jax.block_until_ready(metrics)
-  except jax.errors.JaxRuntimeError as e:
-    if 'RESOURCE_EXHAUSTED' not in str(e):
-      raise
-    raise MemoryError(
-        f'[{phase}] the train step at global batch {config.train.batch_size} needs about '
-        f"{_gib(perf.compiled_memory_bytes(compiled)).strip()} GiB per device (XLA's "
-        'estimate) and the device ran out: lower --config.train.batch_size, set '
-        '--config.train.remat=full, or shard params with --config.mesh.fsdp') from e
-  t0 = time.perf_counter()
-  for _ in range(num_steps):
-    state, metrics = compiled(state, batch, rng)
-  jax.block_until_ready(metrics)
-  step_s = (time.perf_counter() - t0) / num_steps
-  flops = perf.compiled_flops(compiled)
-  result = {'compile_s': compile_s, 'step_s': step_s, 'steps_per_sec': 1 / step_s,
-            'examples_per_sec': config.train.batch_size / step_s,
-            'flops': None if flops is None else flops * mesh.size,
-            'memory': perf.peak_memory(compiled, mesh.devices.flat[0])}
-  if profile_dir:
-    carry = [state]
-
-    def run_once():  # The state is donated: each step takes the last one's.
-      carry[0], step_metrics = compiled(carry[0], batch, rng)
-      return step_metrics
-
-    result['profile'] = profiling.profile(run_once, compiled.as_text(), _PROFILE_STEPS.value,
-                                          peak, os.path.join(profile_dir, phase))
-  return result
+_SUITE = flags.DEFINE_enum('suite', None, ['gpu'], 'Run a prepared suite instead: gpu = '
+                          'tools/gpu_suite.py, one JSON report (--out) within 8 minutes.')
+_OUT = flags.DEFINE_string('out', 'gpu_bench.json', 'Where --suite writes its JSON report.')
+_DRY_RUN = flags.DEFINE_bool('dry_run', False, '--suite on a tiny config (a CPU check).')
 
 
 def time_pipeline(config, num_batches: int) -> dict:
@@ -156,10 +107,6 @@ def _tflops(x: float | None) -> str:
   return '     n/a' if x is None else f'{x / 1e12:8.4g}'
 
 
-def _gib(x: int | None) -> str:
-  return '     n/a' if x is None else f'{x / 2**30:8.3f}'
-
-
 def _print_step(phase: phases.Phase, step: dict, peak: float) -> None:
   """Prints one phase's measurements from time_train_step."""
   use = perf.utilisation(step['flops'], step['step_s'], peak)
@@ -174,10 +121,10 @@ def _print_step(phase: phases.Phase, step: dict, peak: float) -> None:
         ('     n/a' if use['mfu'] is None else f"{100 * use['mfu']:7.2f}%"))
   if mem['source'] == 'device':
     note = (f"allocator peak since start, device 0; XLA's estimate for this step "
-            f"{_gib(mem['estimate_bytes']).strip()} GiB")
+            f"{step_timing.gib(mem['estimate_bytes']).strip()} GiB")
   else:
     note = "XLA's estimate for this step, per device: the device reports no peak"
-  print(f"[{phase}] peak device memory   {_gib(mem['bytes'])} GiB  ({note})", flush=True)
+  print(f"[{phase}] peak device memory   {step_timing.gib(mem['bytes'])} GiB  ({note})", flush=True)
   if 'profile' in step:
     print(f'[{phase}] profile of {_PROFILE_STEPS.value} traced steps (trace in '
           f'{os.path.join(_PROFILE.value, phase)}):')
@@ -205,8 +152,9 @@ def bench_training(config, parts=('train', 'pipeline', 'sampling')) -> None:
     # Every compiled step the run takes, bidirectional ('+a2v') steps included.
     for phase in sorted({steps.train_phase(config, s)
                          for s in range(1, config.train.num_steps + 1)}):
-      step = time_train_step(config, mesh, _STEPS.value, phase, peak.flops_per_sec,
-                             _PROFILE.value)
+      step = step_timing.time_train_step(config, mesh, _STEPS.value, phase,
+                                         peak.flops_per_sec, _PROFILE.value,
+                                         _PROFILE_STEPS.value)
       _print_step(phase, step, peak.flops_per_sec)
       slowest = min(slowest or np.inf, step['examples_per_sec'])
   # Each part runs alone: the pipeline's workers are stopped before anything else is timed.
@@ -217,7 +165,7 @@ def bench_training(config, parts=('train', 'pipeline', 'sampling')) -> None:
       print(f"pipeline / train ratio    {data['pipeline_examples_per_sec'] / slowest:8.2f}x "
             '(slowest phase)', flush=True)
   if 'sampling' in parts:
-    lat = time_sampling_latency(config, mesh, repeats=_LATENCY_REPEATS.value)
+    lat = step_timing.time_sampling_latency(config, mesh, repeats=_LATENCY_REPEATS.value)
     print(f"sampling one {lat['clip_s']:g} s clip ({config.data.num_frames} frames at "
           f"{config.data.fps:g} fps), batch 1, {lat['sampler']} {lat['num_steps']} steps, "
           f"guidance {lat['guidance']:g} ({lat['denoiser_calls']} denoiser calls), freshly "
@@ -225,47 +173,6 @@ def bench_training(config, parts=('train', 'pipeline', 'sampling')) -> None:
     print(f"sampling jit compile time {lat['compile_s']:8.2f} s")
     print(f"sampling latency per clip {lat['latency_s'] * 1e3:8.1f} ms  (median of "
           f"{lat['repeats']}; {lat['clip_s'] / lat['latency_s']:.2f}x real time)")
-
-
-# The sampling-latency setting the benchmark reports: DPM-Solver++(2M) at 25 steps (Euler,
-# also one UNet call a step, for a diffusion.objective 'flow' run).
-LATENCY_SAMPLER, LATENCY_STEPS, LATENCY_REPEATS = 'dpmpp2m', 25, 5
-LATENCY_FLOW_SAMPLER = 'euler'
-
-
-def time_sampling_latency(config, mesh, sampler: str | None = None,
-                          num_steps: int = LATENCY_STEPS,
-                          repeats: int = LATENCY_REPEATS) -> dict:
-  """Seconds to generate the log-mel of one clip (batch 1) with eval.guidance, after compiling.
-
-  Params are freshly initialised: the work per step does not depend on their values.
-  """
-  models, _, state = state_lib.build(config, mesh)
-  params = state.params
-  del state  # The optimizer state is not needed to sample.
-  guidance = config.eval.guidance
-  if sampler is None:
-    sampler = (LATENCY_FLOW_SAMPLER if config.diffusion.objective == 'flow'
-               else LATENCY_SAMPLER)
-  sample = jax.jit(functools.partial(steps.sample_step, models=models, config=config,
-                                     sampler=sampler, num_steps=num_steps, guidance=guidance))
-  frames, _ = steps.dummy_inputs(config, batch_size=1)
-  rng = jax.random.key(0)
-  t0 = time.perf_counter()
-  inputs = {'frames': frames}
-  compiled = sample.lower(params, inputs, rng).compile()
-  compile_s = time.perf_counter() - t0
-  jax.block_until_ready(compiled(params, inputs, rng))  # Warm-up.
-  times = []
-  for i in range(repeats):
-    key = jax.random.fold_in(rng, i)
-    t0 = time.perf_counter()
-    jax.block_until_ready(compiled(params, inputs, key))
-    times.append(time.perf_counter() - t0)
-  return {'sampler': sampler, 'num_steps': num_steps, 'guidance': guidance,
-          'denoiser_calls': num_steps * (1 if guidance in (0.0, 1.0) else 2),
-          'clip_s': config.data.num_frames / config.data.fps, 'compile_s': compile_s,
-          'latency_s': float(np.median(times)), 'repeats': repeats}
 
 
 def bench_sampling(workdir: str, step_counts: list[int], samplers: list[str],
@@ -311,8 +218,10 @@ def bench_sampling(workdir: str, step_counts: list[int], samplers: list[str],
 
 def main(argv):
   del argv
-  cli.run_or_explain(cli.check_paths, dirs={'workdir': _WORKDIR.value},
-                     write_dirs={'profile': _PROFILE.value})
+  out = _OUT.value if _SUITE.value else None  # The suite's report: checked before it runs.
+  cli.run_or_explain(cli.check_paths, dirs={'workdir': _WORKDIR.value}, files={'out': out},
+                     write_dirs={'profile': _PROFILE.value,
+                                 'out': out and os.path.dirname(os.path.abspath(out))})
   cli.setup()
   if _SAMPLING.value:
     if not _WORKDIR.value:
@@ -324,7 +233,10 @@ def main(argv):
       raise app.UsageError('give --config=configs/NAME.py[:VARIANT] (or --workdir --sampling)')
     # Compile times should be compilations, not loads from the persistent cache.
     jax.config.update('jax_enable_compilation_cache', False)
-    bench_training(_CONFIG.value, _PARTS.value)
+    if _SUITE.value == 'gpu':
+      cli.run_or_explain(gpu_suite.main, _CONFIG.value, _OUT.value, _DRY_RUN.value)
+    else:
+      bench_training(_CONFIG.value, _PARTS.value)
 
 
 if __name__ == '__main__':

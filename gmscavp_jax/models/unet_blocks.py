@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gmscavp_jax.models import attention
 from gmscavp_jax.models import clip_time
 from gmscavp_jax.models import layers
 
@@ -248,7 +249,7 @@ class SelfAttention(nn.Module):
     b, sx, sy, c = x.shape
     h = layers.group_norm(self.num_groups, self.dtype, 'norm')(x).reshape(b, sx * sy, c)
     q, k, v = jnp.split(dense(3 * c, self.dtype, 'qkv')(h), 3, axis=-1)
-    o = jax.nn.dot_product_attention(*(split_heads(a, self.num_heads) for a in (q, k, v)))
+    o = attention.attend(*(split_heads(a, self.num_heads) for a in (q, k, v)))
     o = dense(c, self.dtype, 'out', zero_init=True)(o.reshape(b, sx * sy, c))
     return x.astype(self.dtype) + o.reshape(x.shape)
 
@@ -288,7 +289,7 @@ class CrossAttention(nn.Module):
       v = split_heads(dense(c, self.dtype, 'v')(context), self.num_heads)
       k = select_null(drop, jnp.zeros((), self.dtype), k)
       v = select_null(drop, null_value, v)
-    o = jax.nn.dot_product_attention(q, k, v)
+    o = attention.attend(q, k, v)
     o = dense(c, self.dtype, 'out', zero_init=True)(o.reshape(b, sx * sy, c))
     return x.astype(self.dtype) + o.reshape(x.shape)
 
