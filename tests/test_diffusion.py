@@ -194,6 +194,26 @@ class SamplersTest(parameterized.TestCase):
     # With equal variances, w = 2 is exactly the denoiser of mean 2 * 0.7 - (-0.3) = 1.7.
     self.assertAlmostEqual(float(run(pair, 2.0).mean()), 1.7, delta=0.05)
 
+    # A BatchedDenoiser: w = 0 and 1 call only `single` (the same programs, bit for bit);
+    # any other w one masked call on both halves stacked, equal to the two calls.
+    batches = []
+
+    def masked(x, t, conditional):
+      batches.append(conditional)
+      keep = conditional.reshape((-1,) + (1,) * (x.ndim - 1))
+      return jnp.where(keep, cond(x, t), uncond(x, t))
+
+    batched = samplers.BatchedDenoiser(pair, masked)
+    np.testing.assert_array_equal(run(batched, 1.0), run(cond, 1.0))
+    np.testing.assert_array_equal(run(batched, 0.0), run(uncond, 1.0))
+    self.assertEqual(batches, [])
+    np.testing.assert_allclose(run(batched, 2.0), run(pair, 2.0), atol=1e-6)
+    self.assertLen(batches, 1)  # Traced once: one call per step.
+    x, t = terminal_noise(ab)[:3], jnp.full((3,), N - 1)
+    np.testing.assert_allclose(samplers.guided_output(batched, x, t, 2.0),
+                               samplers.guided_output(pair, x, t, 2.0), atol=1e-6)
+    np.testing.assert_array_equal(batches[-1], [False] * 3 + [True] * 3)  # Unconditional first.
+
   @parameterized.named_parameters(('ddpm', 'ddpm', None), ('ddim', 'ddim', None),
                                   ('ddim_eta', 'ddim', 0.5), ('dpmpp2m', 'dpmpp2m', None))
   def test_dtype_stable_under_x64(self, sampler, eta):

@@ -157,6 +157,19 @@ def test_flow_guidance(sampler):
   w = 2.5
   extrapolated = run(lambda x, t, c: uncond(x, t) + w * (cond(x, t) - uncond(x, t)))
   np.testing.assert_allclose(run(guided, guidance_scale=w), extrapolated, rtol=1e-6, atol=1e-6)
+  # A BatchedDenoiser: one call on both halves stacked (unconditional first), same result.
+  halves = []
+
+  def masked(x, t, conditional):
+    halves.append(x.shape[0])
+    keep = conditional[:, None]
+    return jnp.where(keep, cond(x, t), uncond(x, t))
+
+  batched = samplers.BatchedDenoiser(guided, masked)
+  np.testing.assert_array_equal(run(batched, guidance_scale=1.0), alone)
+  assert halves == []
+  np.testing.assert_allclose(run(batched, guidance_scale=w), extrapolated, rtol=1e-6, atol=1e-6)
+  assert halves and set(halves) == {2 * len(x_1)}
 
 
 def test_flow_samplers_keep_float32_under_x64():

@@ -89,10 +89,17 @@ def sample_frames(params, waveform: jax.Array, rng: jax.Array, *, models: Any,
     return models.video_denoiser.apply({'params': params['video_denoiser']}, x, t,
                                        aud if conditional else None)
 
+  def denoise_masked(x, t, conditional):  # x: the batch stacked n times, one call.
+    n = x.shape[0] // waveform.shape[0]
+    return models.video_denoiser.apply({'params': params['video_denoiser']}, x, t,
+                                       [jnp.tile(a, (n,) + (1,) * (a.ndim - 1)) for a in aud],
+                                       drop_condition=~conditional)
+
   size, d = config.a2v.image_size, config.diffusion
   noise_rng, sample_rng = jax.random.split(rng)
   x_T = jax.random.normal(noise_rng, (waveform.shape[0], config.data.num_frames, size, size, 3))
-  return samplers.sample_objective(denoise, x_T, sample_rng,
+  return samplers.sample_objective(samplers.BatchedDenoiser(denoise, denoise_masked), x_T,
+                                   sample_rng,
                                    schedules.alpha_bar(d.schedule, d.num_timesteps),
                                    objective=d.objective, sampler=sampler, num_steps=num_steps,
                                    prediction=d.prediction, guidance_scale=guidance, eta=eta,

@@ -331,26 +331,46 @@ def sample_step(params, inputs: dict, rng: jax.Array, *, models: Models,
                 config: ml_collections.ConfigDict, sampler: str, num_steps: int,
                 guidance: float, eta: float = 0.0, align_guidance: float = 0.0) -> jax.Array:
   """Log-mels (B,Ta,F) generated for videos inputs['frames'] (B,T,H,W,3) by the MSD
-  denoiser (inputs['labels'] (B,K) too for the label oracle, see `oracle_labels`).
+  denoiser (inputs['labels'] (B,K) too for the label oracle, see `oracle_labels`): the video
+  encoded once (`encode_video`), then every sampler step on its scales (`sample_from_video`).
 
   With inputs['known_mel'] (B,Ta,F) log-mel and inputs['known_mask'] (B,Ta) in [0, 1], the
   mel frames where the mask is 1 are inpainted: kept as given, the rest generated knowing
   them (samplers.Known); a long video's windows continue each other this way.
-
   align_guidance > 0 adds double guidance: the gradient of the alignment guide's (`build_guide`,
   params['guide']) log-probability that x_t is aligned with the video, times align_guidance.
-
   `sampler`, `num_steps` and `guidance` are static (one compiled program per setting);
-  guidance 1 runs the conditional model alone.
+  guidance 1 runs the conditional model alone, other guidance both halves in one UNet call.
   """
-  frames, labels = inputs['frames'], msd.oracle_labels(inputs, config)
+  video = encode_video(params, inputs['frames'], models=models)
+  return sample_from_video(params, video, inputs, rng, models=models, config=config,
+                           sampler=sampler, num_steps=num_steps, guidance=guidance, eta=eta,
+                           align_guidance=align_guidance)
+
+
+def encode_video(params, frames: jax.Array, *, models: Models) -> list[jax.Array]:
+  """The video scales [(B,T_l,S_l,D)] of frames (B,T,H,W,3) uint8 (encoder and pyramid)."""
   chex.assert_rank(frames, 5)
-  video = models.encoders.apply({'params': params['encoders']}, frames,
-                                method=gmscavp.GMSCAVP.embed_video)
+  return models.encoders.apply({'params': params['encoders']}, frames,
+                               method=gmscavp.GMSCAVP.embed_video)
+
+
+def sample_from_video(params, video: list[jax.Array], inputs: dict, rng: jax.Array, *,
+                      models: Models, config: ml_collections.ConfigDict, sampler: str,
+                      num_steps: int, guidance: float, eta: float = 0.0,
+                      align_guidance: float = 0.0) -> jax.Array:
+  """`sample_step` given the video scales [(B,T_l,S_l,D)] of inputs['frames']: all steps."""
+  frames, labels = inputs['frames'], msd.oracle_labels(inputs, config)
 
   def denoise(x, t, conditional):
     return models.denoiser.apply({'params': params['denoiser']}, x, t,
                                  video if conditional else None, labels=labels)
+
+  def denoise_masked(x, t, conditional):  # x: the batch stacked n times, one UNet call.
+    tile = lambda a: None if a is None else jnp.tile(a, (x.shape[0] // frames.shape[0],)
+                                                        + (1,) * (a.ndim - 1))
+    return models.denoiser.apply({'params': params['denoiser']}, x, t, [tile(v) for v in video],
+                                 drop_condition=~conditional, labels=tile(labels))
 
   noise_rng, sample_rng = jax.random.split(rng)
   x_T = jax.random.normal(noise_rng, (frames.shape[0], num_mel_frames(config),
@@ -370,7 +390,8 @@ def sample_step(params, inputs: dict, rng: jax.Array, *, models: Models,
       return jnp.sum(jax.nn.log_sigmoid(logits))
 
     gradient_guide = lambda x, t: align_guidance * jax.grad(log_aligned)(x, t)
-  x0 = samplers.sample_objective(denoise, x_T, sample_rng, msd.alpha_bar(config),
+  x0 = samplers.sample_objective(samplers.BatchedDenoiser(denoise, denoise_masked), x_T,
+                                 sample_rng, msd.alpha_bar(config),
                                  objective=config.diffusion.objective, sampler=sampler,
                                  num_steps=num_steps, prediction=config.diffusion.prediction,
                                  guidance_scale=guidance, eta=eta, known=known,

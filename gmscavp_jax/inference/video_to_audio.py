@@ -70,9 +70,13 @@ class Soundtracker:
   guide are kept under.
   """
 
-  def __init__(self, workdir: str, vocoder: str = 'auto', evaluator_dir: str | None = None):
+  def __init__(self, workdir: str | None, vocoder: str = 'auto',
+               evaluator_dir: str | None = None, restored: state_lib.Restored | None = None):
+    """Restores `workdir`'s generator, or runs `restored`'s params when given (workdir None:
+    the clip breakdown's freshly initialised params, tools/clip_breakdown.py)."""
     self.workdir = workdir
-    self.restored = state_lib.restore_workdir(workdir, restore=state_lib.restore_generator)
+    self.restored = restored or state_lib.restore_workdir(workdir,
+                                                          restore=state_lib.restore_generator)
     self.config, self.mesh, self.models, self.params, self.step = self.restored
     self._generator = sampling.Generator(self.config, self.mesh, self.models)
     self._guide_params, self._evaluator_dir = None, evaluator_dir
@@ -113,7 +117,7 @@ class Soundtracker:
     'step', 'detected_onsets' (seconds) and, for a clip with true onsets, 'true_onsets' and
     'onset_hit@100ms' (percent).
     """
-    config, report = self.config, progress or (lambda stage: None)
+    report = progress or (lambda stage: None)
     report('sampling')
     mel = self._generator.generate(self.params, clip['frames'][None], seed=seed,
                                    **self._with_guide(sampler_args))
@@ -121,6 +125,13 @@ class Soundtracker:
     wave = self.vocode(mel, seed)[0]
 
     report('writing')
+    return self.write_outputs(clip, mel, wave, output_dir)
+
+  def write_outputs(self, clip: dict, mel: np.ndarray, wave: np.ndarray,
+                    output_dir: str) -> dict:
+    """`write`'s last stage: the files and onsets of `clip` given its generated log-mel mel
+    (1,Ta,F) and waveform wave (S,)."""
+    config = self.config
     os.makedirs(output_dir, exist_ok=True)
     base = os.path.join(output_dir, clip['name'])
     rate = generation.frame_rate(config)
