@@ -242,13 +242,19 @@ def table(result: dict) -> str:
   return '\n'.join(lines) + '\n'
 
 
+def _missing(path: str):
+  raise errors.InputError(f'--video={path}: does not exist; expected a video file')
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   if _REPEATS.value < 1:
     raise app.UsageError(f'--repeats={_REPEATS.value}: expected >= 1')
-  cli.check_paths(write_dirs={'out': _OUT.value})
-  cli.check_paths(files={'video': _VIDEO.value})
+  cli.run_or_explain(cli.check_paths, write_dirs={'out': _OUT.value},
+                     files={'video': _VIDEO.value})
+  if _VIDEO.value and not os.path.exists(_VIDEO.value):
+    cli.run_or_explain(_missing, _VIDEO.value)
   result = cli.run_or_explain(breakdown, _CONFIG.value, _OUT.value, video=_VIDEO.value, repeats=_REPEATS.value,
                      end_to_end=_END_TO_END.value,
                      sampler_args=cli.sampler_args(_SAMPLER_FLAGS), vocoder=_VOCODER.value,
