@@ -10,6 +10,15 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
 
+# Tests check what the code computes, not how fast: XLA:CPU's backend optimisation level 0
+# compiles the tiny train step in about half the time (init 36-47 s -> 7-22 s, step 40-83 s
+# -> 27-51 s on 2 busy cores, interleaved runs), and compiling is most of the suite's time.
+# Set before jax starts its backend; every subprocess a test starts inherits it, and
+# `xla_flags` gives it to those that set XLA_FLAGS themselves.
+TEST_XLA_FLAGS = '--xla_backend_optimization_level=0'
+if TEST_XLA_FLAGS not in os.environ.get('XLA_FLAGS', ''):
+  os.environ['XLA_FLAGS'] = f"{os.environ.get('XLA_FLAGS', '')} {TEST_XLA_FLAGS}".strip()
+
 from configs import common  # pylint: disable=g-import-not-at-top
 import jax  # pylint: disable=g-import-not-at-top
 
@@ -19,6 +28,11 @@ CACHE = os.environ.setdefault('GMSCAVP_COMPILATION_CACHE',
                               os.path.join(ROOT, '.pytest_cache', 'xla'))
 jax.config.update('jax_compilation_cache_dir', CACHE)
 jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
+
+
+def xla_flags(*flags: str) -> str:
+  """XLA_FLAGS for a subprocess: `flags` and the suite's TEST_XLA_FLAGS."""
+  return ' '.join(flags + (TEST_XLA_FLAGS,))
 
 
 def fake_cpu_devices_env(num_devices: int) -> dict:
@@ -32,8 +46,8 @@ def fake_cpu_devices_env(num_devices: int) -> dict:
   time, while the same program freshly compiled runs (see cli.setup).
   """
   return dict(os.environ, JAX_PLATFORMS='cpu', JAX_ENABLE_COMPILATION_CACHE='false',
-              XLA_FLAGS=(f'--xla_force_host_platform_device_count={num_devices} '
-                         '--xla_cpu_collective_call_terminate_timeout_seconds=600'))
+              XLA_FLAGS=xla_flags(f'--xla_force_host_platform_device_count={num_devices}',
+                                  '--xla_cpu_collective_call_terminate_timeout_seconds=600'))
 
 
 def init_state(config, models, txs, seed: int = 0):

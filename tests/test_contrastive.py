@@ -143,7 +143,8 @@ class MsaLossTest(chex.TestCase, parameterized.TestCase):
     """Negatives span the global batch when inputs are sharded over 4 (fake) devices."""
     code = textwrap.dedent("""
         import os
-        os.environ['XLA_FLAGS'] = '--xla_force_host_platform_device_count=4'
+        os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
+                                   ' --xla_force_host_platform_device_count=4')
         import jax, jax.numpy as jnp, numpy as np
         from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
         from gmscavp_jax.losses import contrastive

@@ -18,6 +18,7 @@ import sys
 import numpy as np
 
 from tests.conftest import ROOT
+from tests.conftest import xla_flags
 
 NUM_STEPS = 2
 
@@ -84,7 +85,7 @@ def _free_port() -> int:
 
 
 def _start(process_id, num_processes, port, out_dir):
-  env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS='')
+  env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS=xla_flags())
   return subprocess.Popen(
       [sys.executable, '-m', 'tests.test_multiprocess', str(process_id), str(num_processes),
        str(port), str(out_dir)], cwd=ROOT, env=env, stdout=subprocess.PIPE,

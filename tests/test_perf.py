@@ -11,6 +11,7 @@ import pytest
 
 from gmscavp_jax.infra import perf
 from tests.conftest import ROOT
+from tests.conftest import xla_flags
 
 M, K, N = 64, 32, 16
 
@@ -54,7 +55,7 @@ def test_flops_are_counted_per_device_on_a_mesh():
           'NamedSharding(mesh, P())))\n'
           f'print(perf.compiled_flops(fn.lower(jnp.ones(({M}, {K})), '
           f'jnp.ones(({K}, {N}))).compile()))\n')
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4',
+  env = dict(os.environ, XLA_FLAGS=xla_flags('--xla_force_host_platform_device_count=4'),
              JAX_PLATFORMS='cpu')
   out = subprocess.run([sys.executable, '-c', code], cwd=ROOT, env=env, check=True,
                        capture_output=True, text=True, timeout=60).stdout
