@@ -76,7 +76,10 @@ def test_eight_device_meshes_match_one_device():
   assert result['losses_one'][1] < result['losses_one'][0]  # The first step changed params.
   for name in ('8x1', '4x2', '2x4'):
     run = result[name]
-    np.testing.assert_allclose(result['losses_one'], run['losses'], rtol=1e-5, err_msg=name)
+    # Sharded sums add in another order: the first loss differs by ~3e-6 relative, and one
+    # Adam step (which divides small gradients by their own size) takes the second to ~1.5e-5
+    # (measured); a wrong reduction would be off by percents.
+    np.testing.assert_allclose(result['losses_one'], run['losses'], rtol=5e-5, err_msg=name)
     assert run['max_param_diff'] < 1e-4, (name, run)
     assert run['layout_kept'], name
   assert result['8x1']['sharded_leaves'] == 0

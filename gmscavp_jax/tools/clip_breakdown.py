@@ -50,18 +50,29 @@ from gmscavp_jax.infra import sharding
 from gmscavp_jax.models import gmscavp
 from gmscavp_jax.models import unet as unet_lib
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file.',
-                                          lock_config=True)
-_VIDEO = flags.DEFINE_string('video', None, 'A video to decode (default: synthetic test '
-                             'clip 0 of the config, rendered to OUT/synthetic_clip.mp4).')
-_OUT = flags.DEFINE_string('out', None, 'Output folder (created if needed).')
-_REPEATS = flags.DEFINE_integer('repeats', 3, 'Timed runs of each stage (after one warm-up).')
-_END_TO_END = flags.DEFINE_bool('end_to_end', True, 'Also time whole requests (one more '
-                                'warm-up and --repeats runs of the sampler).')
-_SAMPLER_FLAGS = cli.define_sampler_flags()
-_VOCODER = cli.define_vocoder_flag()
-_EVALUATOR_DIR = cli.define_evaluator_dir_flag()
-flags.mark_flags_as_required(['config', 'out'])
+
+
+def _define_flags() -> dict:
+  """The command's flags, defined only when this module runs as a command: the tests import
+  it beside tools that define flags of the same names (--out, --sampler)."""
+  defined = {
+      'config': config_flags.DEFINE_config_file('config', None, 'Experiment config file.',
+                                                lock_config=True),
+      'video': flags.DEFINE_string('video', None, 'A video to decode (default: synthetic '
+                                   'test clip 0 of the config, rendered to '
+                                   'OUT/synthetic_clip.mp4).'),
+      'out': flags.DEFINE_string('out', None, 'Output folder (created if needed).'),
+      'repeats': flags.DEFINE_integer('repeats', 3,
+                                      'Timed runs of each stage (after one warm-up).'),
+      'end_to_end': flags.DEFINE_bool('end_to_end', True, 'Also time whole requests (one '
+                                      'more warm-up and --repeats runs of the sampler).'),
+      'sampler': cli.define_sampler_flags(),
+      'vocoder': cli.define_vocoder_flag(),
+      'evaluator_dir': cli.define_evaluator_dir_flag(),
+  }
+  flags.mark_flags_as_required(['config', 'out'])
+  return defined
+
 
 STAGES = ('decode', 'encoder', 'sampler', 'vocoder', 'write')
 
@@ -247,27 +258,29 @@ def _missing(path: str):
   raise errors.InputError(f'--video={path}: does not exist; expected a video file')
 
 
-def main(argv):
+def main(argv, f: dict):
+  """The command: `f` are the flags of `_define_flags`."""
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  if _REPEATS.value < 1:
-    raise app.UsageError(f'--repeats={_REPEATS.value}: expected >= 1')
-  cli.run_or_explain(cli.check_paths, write_dirs={'out': _OUT.value},
-                     files={'video': _VIDEO.value})
-  if _VIDEO.value and not os.path.exists(_VIDEO.value):
-    cli.run_or_explain(_missing, _VIDEO.value)
-  result = cli.run_or_explain(breakdown, _CONFIG.value, _OUT.value, video=_VIDEO.value, repeats=_REPEATS.value,
-                     end_to_end=_END_TO_END.value,
-                     sampler_args=cli.sampler_args(_SAMPLER_FLAGS), vocoder=_VOCODER.value,
-                     evaluator_dir=_EVALUATOR_DIR.value)
-  with open(os.path.join(_OUT.value, 'breakdown.json'), 'w') as f:
-    json.dump(result, f, indent=1)
+  out, video, repeats = f['out'].value, f['video'].value, f['repeats'].value
+  if repeats < 1:
+    raise app.UsageError(f'--repeats={repeats}: expected >= 1')
+  cli.run_or_explain(cli.check_paths, write_dirs={'out': out}, files={'video': video})
+  if video and not os.path.exists(video):
+    cli.run_or_explain(_missing, video)
+  result = cli.run_or_explain(breakdown, f['config'].value, out, video=video, repeats=repeats,
+                              end_to_end=f['end_to_end'].value,
+                              sampler_args=cli.sampler_args(f['sampler']),
+                              vocoder=f['vocoder'].value,
+                              evaluator_dir=f['evaluator_dir'].value)
+  with open(os.path.join(out, 'breakdown.json'), 'w') as fp:
+    json.dump(result, fp, indent=1)
   text = table(result)
-  with open(os.path.join(_OUT.value, 'breakdown.md'), 'w') as f:
-    f.write(text)
+  with open(os.path.join(out, 'breakdown.md'), 'w') as fp:
+    fp.write(text)
   print(text, flush=True)
   check(result)
 
 
 if __name__ == '__main__':
-  cli.run(main)
+  cli.run(functools.partial(main, f=_define_flags()))
