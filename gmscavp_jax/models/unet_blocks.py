@@ -14,6 +14,7 @@ import numpy as np
 
 from gmscavp_jax.models import attention
 from gmscavp_jax.models import clip_time
+from gmscavp_jax.models import conv
 from gmscavp_jax.models import layers
 
 Dtype = Any
@@ -29,10 +30,9 @@ def unpatchify(x: jnp.ndarray, patch: tuple[int, int]) -> jnp.ndarray:
   return x.reshape(b, sx * p, sy * q)
 
 
-def conv3x3(features: int, dtype: Dtype, name: str, zero_init: bool = False) -> nn.Conv:
+def conv3x3(features: int, dtype: Dtype, name: str, zero_init: bool = False) -> conv.Conv3x3:
   kernel_init = nn.initializers.zeros_init() if zero_init else nn.initializers.lecun_normal()
-  return nn.Conv(features, (3, 3), dtype=dtype, param_dtype=jnp.float32,
-                 kernel_init=kernel_init, name=name)
+  return conv.Conv3x3(features, dtype=dtype, kernel_init=kernel_init, name=name)
 
 
 def dense(features: int, dtype: Dtype, name: str, zero_init: bool = False,
