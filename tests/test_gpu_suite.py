@@ -1,7 +1,7 @@
 """The GPU benchmark suite (tools/gpu_suite.py) end to end on a CPU in --dry_run mode, its
 budget and out-of-memory paths, and the attention implementation choice (models/attention.py).
 
-The end-to-end test compiles a tiny train step and six sampler programs: minutes on a busy
+The end-to-end test compiles a tiny train step and two sampler programs: minutes on a busy
 2-core CPU the first time, seconds with the persistent compilation cache that conftest sets.
 """
 
@@ -80,13 +80,14 @@ def test_dry_run_suite_writes_a_sane_documented_report(tmp_path):
   else:
     assert 0 < train['mfu'] <= 1
 
-  assert [r['sampler'] for r in report['latency']] == ['dpmpp2m', 'ddpm', 'ddim']
+  # The dry run times the default sampler alone (Settings.other_samplers).
+  assert [r['sampler'] for r in report['latency']] == ['dpmpp2m']
   for r in report['latency']:
     assert set(r) == LATENCY_FIELDS
     assert r['batch_size'] == 1 and r['num_steps'] == report['sample_steps'] == 2
     assert r['latency_s'] > 0 and r['compile_s'] > 0 and r['clip_s'] == report['clip_s']
     assert r['real_time_factor'] == pytest.approx(r['clip_s'] / r['latency_s'])
-  assert [r['sampler'] for r in report['throughput']] == ['dpmpp2m', 'ddpm', 'ddim']
+  assert [r['sampler'] for r in report['throughput']] == ['dpmpp2m']
   best = report['throughput'][0]['batch_size']  # The default sampler's, at batch 1 or 2.
   for i, r in enumerate(report['throughput']):
     assert set(r) == THROUGHPUT_FIELDS
@@ -190,3 +191,30 @@ def test_suite_falls_back_to_xla_where_cudnn_fails(monkeypatch):
   assert report['setting'] == 'auto' and report['fallback'] == 'xla'
   assert report['by_head_dim'] == {'16': 'xla'} and 'error' in report['cudnn_check']['16']
   assert attention.IMPLEMENTATION == 'xla'
+
+
+def test_sampling_times_every_sampler_and_the_others_at_the_best_batch(monkeypatch):
+  """The full suite's sampler plan (the dry run times the default sampler alone), with
+  time_sampling_latency replaced by a model of it: clips/s grow with the batch."""
+  calls = []
+
+  def fake_latency(config, mesh, sampler, num_steps, repeats, batch_size, built):
+    del config, mesh, repeats, built
+    calls.append((sampler, batch_size))
+    latency = 0.1 * batch_size ** 0.5
+    return {'sampler': sampler, 'num_steps': num_steps, 'batch_size': batch_size,
+            'clip_s': 2.0, 'compile_s': 1.0, 'latency_s': latency,
+            'clips_per_sec': batch_size / latency}
+
+  monkeypatch.setattr(step_timing, 'time_sampling_latency', fake_latency)
+  monkeypatch.setattr(step_timing, 'sampling_params', lambda config, mesh: None)
+  config = _full_config()
+  report = {'latency': [], 'throughput': [], 'skipped': []}
+  settings = gpu_suite.Settings(repeats=1, throughput_batches=(4, 16))
+  gpu_suite._sampling(config, None, settings, gpu_suite.Budget(1e6), report, lambda: None)  # pylint: disable=protected-access
+  assert calls == [('dpmpp2m', 1), ('ddpm', 1), ('ddim', 1), ('dpmpp2m', 4), ('dpmpp2m', 16),
+                   ('ddpm', 16), ('ddim', 16)]
+  assert [r['sampler'] for r in report['latency']] == ['dpmpp2m', 'ddpm', 'ddim']
+  assert [(r['sampler'], r['batch_size']) for r in report['throughput']] == [
+      ('dpmpp2m', 16), ('ddpm', 16), ('ddim', 16)]
+  assert report['skipped'] == []

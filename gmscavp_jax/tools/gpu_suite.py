@@ -57,17 +57,20 @@ class Settings:
   throughput_batches: the batch sizes (> 1, ascending) tried for the default sampler.
   budget_s: seconds the suite may take, start-up excluded (8 minutes less a margin).
   first_estimate_s: the time assumed for an item with nothing like it measured before.
+  other_samplers: also time the objective's samplers other than eval.sampler (the dry run
+    times only the default: the others run the same code, and each costs a compile).
   """
   train_steps: int = 10
   repeats: int = 3
   throughput_batches: tuple = (4, 16, 64)
   budget_s: float = 420.0
   first_estimate_s: float = 30.0
+  other_samplers: bool = True
 
 
 # A budget no dry run reaches, even compiling cold on a busy CPU (275 s on 2 shared cores).
 DRY_RUN_SETTINGS = Settings(train_steps=2, repeats=1, throughput_batches=(2,), budget_s=900.0,
-                            first_estimate_s=0.0)
+                            first_estimate_s=0.0, other_samplers=False)
 
 # The tiny model of --dry_run, on top of the config's :runlocal variant: 8 frames of 32x32,
 # two narrow levels per network, two sampler steps, a global batch of 2.
@@ -279,7 +282,7 @@ def _sampling(config, mesh, settings: Settings, budget: Budget, report: dict, sa
   `save()` after each measurement."""
   default = config.eval.sampler
   samplers = [default] + [s for s in samplers_lib.OBJECTIVE_SAMPLERS[
-      config.diffusion.objective] if s != default]
+      config.diffusion.objective] if s != default and settings.other_samplers]
   built = step_timing.sampling_params(config, mesh)
   latency, estimate = {}, settings.first_estimate_s
   for sampler in samplers:
