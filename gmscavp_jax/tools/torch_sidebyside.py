@@ -4,9 +4,9 @@
   python -m gmscavp_jax.tools.torch_sidebyside --config=configs/msa_msd.py:runlocal --out=DIR
 
 1. Verification (in this process): the Flax UNet (models/unet.py) and tools/torch_unet.py,
-   built from the same config, get the same params (a Flax init with every leaf redrawn, so
-   the zero-initialised output projections carry signal; copied into torch by
-   `torch_unet.load_flax_params`). Parameter counts must be equal, the forward outputs on a
+   built from the same config, get the same params (random for every leaf, so the output
+   projections that an init zeroes carry signal; sidebyside_lib.randomised_params, copied
+   into torch by `torch_unet.load_flax_params`). Parameter counts must be equal, the forward outputs on a
    fixed batch equal within --fwd_tol (max |diff| / max |JAX|) and the gradients of the loss
    below within --grad_tol (the same ratio per leaf, worst leaf reported); else it raises.
 2. Timing in child processes, alternating JAX, torch, JAX, torch ... for --rounds rounds,
@@ -14,7 +14,7 @@
    whose pool has one thread per core): forward at batch 1, 2 and 32, one training step at
    batch 32, and the peak (the best of --peak_repeats warm 2048^3 float32 matmuls). Each
    child reports the median call time of each; the report is the median over rounds and the
-   ratio torch / JAX (above 1: JAX is faster).
+   ratio torch / JAX (above 1: JAX is faster). --rounds=0 runs the verification alone.
 
 The training step is the UNet's alone, the same in both frameworks (not the project's
 steps.train_step: msa_msd trains 'joint', whose step also runs both encoders, log-mel and
