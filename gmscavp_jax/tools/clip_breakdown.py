@@ -258,8 +258,12 @@ def _missing(path: str):
   raise errors.InputError(f'--video={path}: does not exist; expected a video file')
 
 
-def main(argv, f: dict):
-  """The command: `f` are the flags of `_define_flags`."""
+# The command's flags, filled by `_define_flags` when this module runs as a command.
+_FLAGS = {}
+
+
+def main(argv):
+  f = _FLAGS
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   out, video, repeats = f['out'].value, f['video'].value, f['repeats'].value
@@ -283,4 +287,5 @@ def main(argv, f: dict):
 
 
 if __name__ == '__main__':
-  cli.run(functools.partial(main, f=_define_flags()))
+  _FLAGS.update(_define_flags())
+  cli.run(main)

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gmscavp_jax import cli
 from gmscavp_jax.core import steps
 from gmscavp_jax.models import conv
 from gmscavp_jax.models import unet
@@ -115,4 +116,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)
