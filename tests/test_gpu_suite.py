@@ -17,6 +17,7 @@ import pytest
 
 from gmscavp_jax.infra import sharding
 from gmscavp_jax.models import attention
+from gmscavp_jax.tools import gpu_environment
 from gmscavp_jax.tools import gpu_suite
 from gmscavp_jax.tools import step_timing
 from tests.conftest import ROOT
@@ -187,7 +188,8 @@ def test_suite_falls_back_to_xla_where_cudnn_fails(monkeypatch):
   # with XLA's and says so.
   monkeypatch.setattr(attention, '_cudnn_capable_device', lambda backend: True)
   monkeypatch.setattr(attention, 'IMPLEMENTATION', 'auto')
-  report = gpu_suite.attention_report(gpu_suite.suite_config(_full_config(), dry_run=True))
+  report = gpu_environment.attention_report(
+      gpu_suite.suite_config(_full_config(), dry_run=True))
   assert report['setting'] == 'auto' and report['fallback'] == 'xla'
   assert report['by_head_dim'] == {'16': 'xla'} and 'error' in report['cudnn_check']['16']
   assert attention.IMPLEMENTATION == 'xla'

@@ -26,13 +26,9 @@ import datetime
 import gc
 import json
 import os
-import platform
-import subprocess
 import time
 
 import jax
-import jax.numpy as jnp
-import jaxlib
 import ml_collections
 
 from configs import common
@@ -41,7 +37,7 @@ from gmscavp_jax.core import steps
 from gmscavp_jax.diffusion import samplers as samplers_lib
 from gmscavp_jax.infra import perf
 from gmscavp_jax.infra import sharding
-from gmscavp_jax.models import attention
+from gmscavp_jax.tools import gpu_environment
 from gmscavp_jax.tools import step_timing
 
 REPORT_VERSION = 1
@@ -126,78 +122,6 @@ def out_of_memory(error: BaseException) -> bool:
           or 'Out of memory' in text)
 
 
-def _short(error: BaseException) -> str:
-  return f"{type(error).__name__}: {' '.join(str(error).split())[:300]}"
-
-
-def _commit() -> dict:
-  """{'commit': HEAD's hash, 'dirty': uncommitted changes} of the package's checkout, or
-  Nones outside a git checkout."""
-  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  try:
-    head = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=root, capture_output=True,
-                          text=True, timeout=10, check=True).stdout.strip()
-    status = subprocess.run(['git', 'status', '--porcelain', '--untracked-files=no'],
-                            cwd=root, capture_output=True, text=True, timeout=10,
-                            check=True).stdout
-  except (OSError, subprocess.SubprocessError):
-    return {'commit': None, 'dirty': None}
-  return {'commit': head, 'dirty': bool(status.strip())}
-
-
-def environment(mesh) -> dict:
-  """The report's 'device' and version fields for the devices of `mesh`."""
-  device = mesh.devices.flat[0]
-  stats = device.memory_stats() or {}
-  return {
-      'device': {'platform': device.platform, 'kind': device.device_kind,
-                 'count': int(mesh.size), 'memory_limit_bytes': stats.get('bytes_limit')},
-      'jax_version': jax.__version__, 'jaxlib_version': jaxlib.__version__,
-      'python_version': platform.python_version(), **_commit(),
-  }
-
-
-def _cudnn_check(num_heads: int, head_dim: int, dtype: str) -> dict:
-  """{'max_abs_diff'} of cuDNN's attention and its gradient against XLA's on random (2, 256,
-  num_heads, head_dim) inputs, or {'error'} where cuDNN refuses them."""
-  q, k, v = jax.random.normal(jax.random.key(0), (3, 2, 256, num_heads, head_dim), dtype)
-
-  def value_and_grad(fn):
-    return jax.jit(jax.value_and_grad(lambda q: fn(q, k, v).astype('float32').sum()))(q)
-
-  try:
-    cudnn = value_and_grad(attention.attend)
-    xla = value_and_grad(jax.nn.dot_product_attention)
-  except Exception as e:  # pylint: disable=broad-except
-    return {'error': _short(e)}
-  diff = max(float(abs(jnp.asarray(a, 'float32') - jnp.asarray(b, 'float32')).max())
-             for a, b in zip(jax.tree.leaves(cudnn), jax.tree.leaves(xla)))
-  return {'max_abs_diff': diff}
-
-
-def attention_report(config: ml_collections.ConfigDict) -> dict:
-  """Which attention implementation the MSD UNet's blocks take here, per head dim.
-
-  Where that is cuDNN, it is first checked against XLA's (outputs and gradients); if cuDNN
-  fails, attention.IMPLEMENTATION is set to 'xla' for the rest of the process ('fallback').
-  """
-  u = config.unet
-  levels = sorted(set(u.attention_levels) | {len(u.widths) - 1})  # The middle is the last.
-  dtype = config.train.compute_dtype
-  setting, choice, check, fallback = attention.IMPLEMENTATION, {}, {}, None
-  for level in levels:
-    head_dim = u.widths[level] // u.num_heads
-    q = jax.ShapeDtypeStruct((1, 16, u.num_heads, head_dim), dtype)
-    choice[str(head_dim)] = attention.implementation(q, q, q)
-    if choice[str(head_dim)] == 'cudnn':
-      check[str(head_dim)] = _cudnn_check(u.num_heads, head_dim, dtype)
-  if any('error' in c for c in check.values()):
-    attention.IMPLEMENTATION = fallback = 'xla'
-    choice = {head_dim: 'xla' for head_dim in choice}
-  return {'setting': setting, 'backend': jax.default_backend(),
-          'by_head_dim': choice, 'cudnn_check': check, 'fallback': fallback}
-
-
 def _train(config, mesh, phase, peak: float | None, settings: Settings, budget: Budget,
            report: dict) -> None:
   """Appends the train step of `phase` at the largest global batch that fits (halving from
@@ -214,7 +138,7 @@ def _train(config, mesh, phase, peak: float | None, settings: Settings, budget: 
     except Exception as e:  # pylint: disable=broad-except
       if not out_of_memory(e):
         raise
-      tried.append({'global_batch': batch, 'error': _short(e)})
+      tried.append({'global_batch': batch, 'error': gpu_environment.short_error(e)})
     gc.collect()
     jax.clear_caches()
     batch //= 2
@@ -255,7 +179,7 @@ def _sample(config, mesh, built, sampler: str, batch_size: int, settings: Settin
     except Exception as e:  # pylint: disable=broad-except
       if not out_of_memory(e):
         raise
-      why = f'out of memory at batch {batch_size}: {_short(e)}'
+      why = f'out of memory at batch {batch_size}: {gpu_environment.short_error(e)}'
       gc.collect()
   report['skipped'].append({'item': item, 'reason': why})
   return None
@@ -337,7 +261,8 @@ def run_suite(config: ml_collections.ConfigDict, *, dry_run: bool = False,
   report = {
       'suite': 'gpu', 'version': REPORT_VERSION, 'dry_run': dry_run,
       'created': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
-      **environment(mesh), 'attention': attention_report(config),
+      **gpu_environment.environment(mesh),
+      'attention': gpu_environment.attention_report(config),
       'settings': dataclasses.asdict(settings),
       'config': json.loads(config.to_json_best_effort()),
       'experiment': config.experiment, 'compute_dtype': config.train.compute_dtype,
