@@ -90,9 +90,8 @@ def sample_frames(params, waveform: jax.Array, rng: jax.Array, *, models: Any,
                                        aud if conditional else None)
 
   def denoise_masked(x, t, conditional):  # x: the batch stacked n times, one call.
-    n = x.shape[0] // waveform.shape[0]
     return models.video_denoiser.apply({'params': params['video_denoiser']}, x, t,
-                                       [jnp.tile(a, (n,) + (1,) * (a.ndim - 1)) for a in aud],
+                                       samplers.tile_batch(aud, x.shape[0] // waveform.shape[0]),
                                        drop_condition=~conditional)
 
   size, d = config.a2v.image_size, config.diffusion

@@ -367,10 +367,10 @@ def sample_from_video(params, video: list[jax.Array], inputs: dict, rng: jax.Arr
                                  video if conditional else None, labels=labels)
 
   def denoise_masked(x, t, conditional):  # x: the batch stacked n times, one UNet call.
-    tile = lambda a: None if a is None else jnp.tile(a, (x.shape[0] // frames.shape[0],)
-                                                        + (1,) * (a.ndim - 1))
-    return models.denoiser.apply({'params': params['denoiser']}, x, t, [tile(v) for v in video],
-                                 drop_condition=~conditional, labels=tile(labels))
+    tiled_video, tiled_labels = samplers.tile_batch((video, labels),
+                                                    x.shape[0] // frames.shape[0])
+    return models.denoiser.apply({'params': params['denoiser']}, x, t, tiled_video,
+                                 drop_condition=~conditional, labels=tiled_labels)
 
   noise_rng, sample_rng = jax.random.split(rng)
   x_T = jax.random.normal(noise_rng, (frames.shape[0], num_mel_frames(config),

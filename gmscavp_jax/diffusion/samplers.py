@@ -74,6 +74,12 @@ def timesteps(num_train_steps: int, num_steps: int) -> np.ndarray:
   return np.floor(grid + 0.5).astype(np.int32)
 
 
+def tile_batch(tree, times: int):
+  """Every array (B, ...) of `tree` repeated `times` times along the batch: (times*B, ...),
+  the condition of a `BatchedDenoiser.masked` call on x stacked `times` times (None stays)."""
+  return jax.tree.map(lambda a: jnp.tile(a, (times,) + (1,) * (a.ndim - 1)), tree)
+
+
 class BatchedDenoiser(NamedTuple):
   """A denoiser that can run guided and unguided examples in one call.
 
