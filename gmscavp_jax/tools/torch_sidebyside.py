@@ -40,6 +40,7 @@ import numpy as np
 import optax
 
 from gmscavp_jax.core import steps
+from gmscavp_jax.infra import perf
 from gmscavp_jax.tools import sidebyside_lib as lib
 from gmscavp_jax.tools import torch_layout
 
@@ -160,10 +161,7 @@ def time_jax(config, params: dict, opts: Options) -> dict:
     jax.block_until_ready((p, o, value))
 
   out[f'train_b{lib.TRAIN_BATCH}'] = lib.timed(step, opts.min_seconds)
-  a, b = jax.random.normal(jax.random.key(opts.seed), (2, lib.MATMUL, lib.MATMUL))
-  matmul = jax.jit(jnp.matmul)
-  out['peak_gflops'] = lib.best_gflops(lambda: matmul(a, b).block_until_ready(),
-                                       opts.peak_repeats)
+  out['peak_gflops'] = perf.measure_matmul_flops(lib.MATMUL, repeats=opts.peak_repeats) / 1e9
   out['version'] = jax.__version__
   return out
 
