@@ -6,10 +6,15 @@ inpainted (samplers.Known) with a mask that holds the first half of the overlap 
 over the second, so the new window continues the old one and the join is blended. Each
 window is vocoded on its own and the waveforms are cross-faded (equal power) over the
 overlap. Frames are decoded as windows need them and audio is written as it is made, so
-memory is that of one window per video, whatever the length.
+memory is that of one window per video, whatever the length (two_pass also keeps a video's
+log-mels, Ta x F floats a window, until it is vocoded).
 
-Videos are processed in lockstep: window k of up to `batch` videos goes through the sampler
-in one call, and a finished video's slot takes the next one, so a folder keeps the batch full.
+Two schedules (`SCHEDULES`). 'sequential': videos are processed in lockstep, window k of up
+to `batch` videos in one sampler call, a finished video's slot taking the next one, so a
+folder keeps the batch full; a video of N windows costs N calls. 'two_pass' (two_pass.py):
+every even window in one batched pass, told nothing of its neighbours, then every odd one
+inpainting both its head and its tail from them; up to `batch` windows share a call, so a
+video costs 2 calls per 2 * `batch` windows.
 """
 
 from collections.abc import Callable, Iterator
@@ -21,6 +26,7 @@ import numpy as np
 
 from gmscavp_jax.data import media
 from gmscavp_jax.data import media_stream
+from gmscavp_jax.inference import two_pass
 from gmscavp_jax.infra import errors
 
 
@@ -53,6 +59,21 @@ class Windows:
     fade = n - held
     mask[held:n] = 0.5 * (1.0 + np.cos(np.pi * (np.arange(fade) + 1) / (fade + 1)))
     return mask
+
+
+SCHEDULES = ('sequential', 'two_pass')
+
+
+def check_schedule(schedule: str, geometry: Windows) -> None:
+  """Raises errors.ConfigError unless `schedule` is one of SCHEDULES that `geometry` allows
+  ('two_pass' samples even windows together, so they must not overlap: overlap <= T / 2)."""
+  if schedule not in SCHEDULES:
+    raise errors.ConfigError(f'--schedule={schedule}: expected one of {", ".join(SCHEDULES)}')
+  if schedule == 'two_pass' and 2 * geometry.overlap > geometry.frames:
+    raise errors.ConfigError(
+        f'--schedule=two_pass: windows overlap by {geometry.overlap} of {geometry.frames} '
+        f'frames; two_pass samples every other window at once and needs at most half a clip '
+        f'(lower --overlap_seconds)')
 
 
 def windows(config, overlap_seconds: float | None = None) -> Windows:
@@ -123,33 +144,42 @@ class Track:
       length = media_stream.probe_duration(job.video)
     if length <= job.start_seconds:
       raise media.TooShortError(job.video, f'lasts {length:.3f} s, '
-                                f'less than --start_seconds={job.start_seconds:g}')
+                                f'less than --start_seconds={job.start_seconds:g}',
+                                available_seconds=length, needed_seconds=job.start_seconds)
     self.total_frames = span_frames(d.fps, length - job.start_seconds, job.duration)
     self.num_windows = geometry.count(self.total_frames)
     self.end_seconds = job.start_seconds + self.total_frames / d.fps
-    self._frames: Iterator[np.ndarray] = media_stream.iter_frames(
-        job.video, fps=d.fps, image_size=d.image_size, start_seconds=job.start_seconds,
-        end_seconds=self.end_seconds)
-    self._buffer: list[np.ndarray] = []
-    self._last_frame = None
+    self._image_size = d.image_size
+    self._windows = self.iter_windows()
     self.index, self.prev_mel, self._tail = 0, None, np.zeros((0,), np.float32)
+    self.mels: list[np.ndarray | None] = []  # The two-pass schedule's log-mels (Ta,F).
     self._wav = media_stream.WavWriter(job.wav + '.partial', config.audio.sample_rate)
 
-  def next_window(self) -> np.ndarray:
-    """(T, H, W, 3) uint8 frames of the current window (past the video's end: its last
-    frame repeated). Raises media.MediaError if the video turns out corrupt."""
+  def iter_windows(self, parity: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
+    """Yields (k, (T, H, W, 3) uint8 frames) of every window k (or of those with k % 2 ==
+    `parity`) in one new decode pass; past the video's end its last frame is repeated.
+    Raises media.MediaError if the video turns out corrupt."""
     g = self.geometry
-    keep = self._buffer[g.hop:] if self.index else []
-    while len(keep) < g.frames:
-      frame = next(self._frames, None)
-      if frame is None:
-        if self._last_frame is None:
-          raise media.NoVideoStreamError(self.job.video, 'has no decodable video frames')
-        frame = self._last_frame
-      self._last_frame = frame
-      keep.append(frame)
-    self._buffer = keep
-    return np.stack(keep)
+    frames = media_stream.iter_frames(
+        self.job.video, fps=g.fps, image_size=self._image_size,
+        start_seconds=self.job.start_seconds, end_seconds=self.end_seconds)
+    keep, last = [], None
+    for k in range(self.num_windows):
+      keep = keep[g.hop:]
+      while len(keep) < g.frames:
+        frame = next(frames, None)
+        if frame is None:
+          if last is None:
+            raise media.NoVideoStreamError(self.job.video, 'has no decodable video frames')
+          frame = last
+        last = frame
+        keep.append(frame)
+      if parity is None or k % 2 == parity:
+        yield k, np.stack(keep)
+
+  def next_window(self) -> np.ndarray:
+    """(T, H, W, 3) uint8 frames of the current window (`iter_windows`' next)."""
+    return next(self._windows)[1]
 
   def known(self) -> tuple[np.ndarray | None, np.ndarray]:
     """(known_mel (Ta,F) or None, mask (Ta,)) for the current window: the previous window's
@@ -207,23 +237,47 @@ class Track:
 
 
 def run(soundtracker, jobs: list[Job], *, batch: int, overlap_seconds: float | None = None,
-        seed: int = 0, on_window: Callable[[int], None] | None = None,
+        schedule: str = 'sequential', seed: int = 0,
+        on_window: Callable[[int], None] | None = None,
         on_done: Callable[[Job, dict], None] | None = None,
         on_failed: Callable[[Job, media.MediaError], None] | None = None, **sampler_args) -> None:
   """Gives every job's video a whole soundtrack with `soundtracker`'s generator.
 
-  Up to `batch` videos share each sampler call (window k of each; the batch keeps one
-  shape, idle rows padded, so one program serves the whole run). `on_window(n)` is called
-  after each call with the n windows it made, `on_done(job, info)` when a video's files are
-  in place (info: 'windows', 'seconds' of audio, 'clipped' samples), `on_failed(job, error)`
-  for a video that cannot be read (its partial files removed; the others go on).
-  `sampler_args` are `sampling.Generator.generate`'s.
+  `schedule` (SCHEDULES, see the module docstring): 'sequential' samples window k of up to
+  `batch` videos per call; 'two_pass' up to `batch` windows per call, even ones, then odd
+  ones. Calls keep one shape (idle rows padded; two_pass: one per group of videos, `batch`
+  but for a last small group), so one program serves the run. `on_window(n)` is called after each sampler call with the n windows it made,
+  `on_done(job, info)` when a video's files are in place (info: 'windows', 'seconds' of
+  audio, 'clipped' samples), `on_failed(job, error)` for a video that cannot be read (its
+  partial files removed; the others go on). `sampler_args` are
+  `sampling.Generator.generate`'s. Raises errors.ConfigError for a bad overlap or schedule.
   """
+  geometry = windows(soundtracker.config, overlap_seconds)
+  check_schedule(schedule, geometry)
+  run_schedule = _run_two_pass if schedule == 'two_pass' else _run_sequential
+  run_schedule(soundtracker, jobs, batch=batch, geometry=geometry, seed=seed,
+               on_window=on_window or (lambda n: None),
+               on_done=on_done or (lambda job, info: None),
+               on_failed=on_failed or (lambda job, error: None), sampler_args=sampler_args)
+
+
+def _finish(track: Track, config, on_done, on_failed) -> None:
+  """Puts a complete video's files in place and reports it (or its failed mux)."""
+  try:
+    track.finish(config)
+  except media.MediaError as e:  # Its frames failed on the second pass (the mux).
+    track.abandon()
+    on_failed(track.job, e)
+    return
+  on_done(track.job, {'windows': track.num_windows,
+                      'seconds': track.total_frames / track.geometry.fps,
+                      'clipped': track.clipped})
+
+
+def _run_sequential(soundtracker, jobs, *, batch, geometry, seed, on_window, on_done,
+                    on_failed, sampler_args) -> None:
+  """`run`'s 'sequential' schedule: window k of up to `batch` videos per sampler call."""
   config = soundtracker.config
-  geometry = windows(config, overlap_seconds)
-  on_window = on_window or (lambda n: None)
-  on_done = on_done or (lambda job, info: None)
-  on_failed = on_failed or (lambda job, error: None)
   ta, f = geometry.frames * geometry.mel_per_frame, config.audio.n_mels
   pending, slots = list(reversed(jobs)), [None] * batch
   round_index = 0
@@ -265,24 +319,31 @@ def run(soundtracker, jobs: list[Job], *, batch: int, overlap_seconds: float | N
       track = slots[i]
       if track.add(mels[row], waves[row]):
         slots[i] = None
-        try:
-          track.finish(config)
-        except media.MediaError as e:  # Its frames failed on the second pass (the mux).
-          track.abandon()
-          on_failed(track.job, e)
-          continue
-        on_done(track.job, {'windows': track.num_windows,
-                            'seconds': track.total_frames / geometry.fps,
-                            'clipped': track.clipped})
+        _finish(track, config, on_done, on_failed)
     on_window(len(inputs))
 
 
-def run_one(soundtracker, job: Job, *, overlap_seconds: float | None = None, seed: int = 0,
+def _run_two_pass(soundtracker, jobs, *, batch, geometry, seed, on_window, on_done,
+                  on_failed, sampler_args) -> None:
+  """`run`'s 'two_pass' schedule (two_pass.run) with this module's `Track`s."""
+  config = soundtracker.config
+  two_pass.run(soundtracker, jobs, batch=batch, geometry=geometry, seed=seed,
+               start=lambda job: Track(job, config, geometry),
+               finish=lambda track: _finish(track, config, on_done, on_failed),
+               on_window=on_window, on_failed=on_failed, sampler_args=sampler_args)
+
+
+def run_one(soundtracker, job: Job, *, overlap_seconds: float | None = None,
+            schedule: str = 'sequential', batch: int | None = None, seed: int = 0,
             on_window: Callable[[int], None] | None = None, **sampler_args) -> dict:
   """`run` for one job: its on_done info ('windows', 'seconds', 'clipped'); raises the
-  media.MediaError of a video that cannot be read (its partial files removed)."""
+  media.MediaError of a video that cannot be read (its partial files removed). `batch`:
+  windows per call of the 'two_pass' schedule (None: the config's eval.batch_size)."""
   info, failures = {}, []
-  run(soundtracker, [job], batch=1, overlap_seconds=overlap_seconds, seed=seed,
+  if schedule != 'two_pass':
+    batch = 1  # One video: window k is the only row.
+  run(soundtracker, [job], batch=batch or soundtracker.config.eval.batch_size,
+      overlap_seconds=overlap_seconds, schedule=schedule, seed=seed,
       on_window=on_window, on_done=lambda _, i: info.update(i),
       on_failed=lambda _, error: failures.append(error), **sampler_args)
   if failures:
