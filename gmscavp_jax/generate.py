@@ -14,11 +14,13 @@ evaluators/vocoders.py), NAME_spectrogram.png (generated beside the real log-mel
 has audio) and NAME.mp4 (the video with the generated soundtrack). Any other length, however
 long, gets a whole soundtrack, NAME.wav and NAME.mp4, from overlapping windows that each
 continue the previous one (inference/long_video.py), streamed: memory does not grow with the
-length. --videos=DIR does that for every video under DIR (recursively), windows of up to
---batch videos sampled together, resumable (finished files are skipped), unreadable files
-listed with their reason in OUTPUT_DIR/report.json. a2v: writes NAME_frames.mp4 (generated
-low-resolution frames, upscaled, beside the real ones when known, with the audio) and
-NAME_strip.png. Sampler flags default to the config's eval.* settings (a2v: a2v.guidance).
+length (--schedule=two_pass samples the windows in two batched passes instead of one after
+another; docs/generation.md). --videos=DIR does that for every video under DIR
+(recursively), windows of up to --batch videos sampled together, resumable (finished files
+are skipped), unreadable files listed with their reason in OUTPUT_DIR/report.json. a2v:
+writes NAME_frames.mp4 (generated low-resolution frames, upscaled, beside the real ones when
+known, with the audio) and NAME_strip.png. Sampler flags default to the config's eval.*
+settings (a2v: a2v.guidance).
 """
 
 import os
@@ -49,8 +51,13 @@ _DURATION = flags.DEFINE_float('duration', None, 'Seconds of --video (or each of
                                'to give a soundtrack (default: to the end).', lower_bound=0.0)
 _OVERLAP = flags.DEFINE_float('overlap_seconds', None, 'Overlap of consecutive windows of a '
                               'long video (default: a quarter of the clip).')
-_BATCH = flags.DEFINE_integer('batch', None, 'Videos whose windows share a sampler call '
-                              '(default: the config eval.batch_size).', lower_bound=1)
+_SCHEDULE = flags.DEFINE_enum(
+    'schedule', 'sequential', ['sequential', 'two_pass'], 'How the windows of a long video '
+    'are sampled: sequential (each continues the previous, one call per window) or two_pass '
+    '(even windows in one batched call, then odd ones inpainted from both neighbours).')
+_BATCH = flags.DEFINE_integer('batch', None, 'Sampler rows: videos whose windows share a call '
+                              '(--schedule=two_pass: windows per call; default: the config '
+                              'eval.batch_size).', lower_bound=1)
 _SEED = flags.DEFINE_integer('seed', 0, 'Seed of the sampling noise.')
 _ALIGN_GUIDANCE = flags.DEFINE_float(
     'align_guidance', 0.0, 'v2a: double guidance, the scale of the alignment guide\'s gradient '
@@ -90,7 +97,8 @@ def main(argv):
     if 'psnr' in out:
       print(f"PSNR against the real frames: {out['psnr']:.2f} dB")
     return
-  long_args = dict(overlap_seconds=_OVERLAP.value, start_seconds=_START.value,
+  long_args = dict(overlap_seconds=_OVERLAP.value, schedule=_SCHEDULE.value,
+                   start_seconds=_START.value,
                    duration=_DURATION.value, seed=_SEED.value, **v2a_args)
   if _VIDEOS.value is not None:
     _folder(long_args)
@@ -99,7 +107,7 @@ def main(argv):
       soundtrack_folder.is_one_clip, cli.run_or_explain(config_io.load_config, _WORKDIR.value),
       _VIDEO.value, _START.value, _DURATION.value):
     out = cli.run_or_explain(soundtrack_folder.soundtrack_video, _WORKDIR.value, _VIDEO.value,
-                             _OUTPUT_DIR.value, **long_args)
+                             _OUTPUT_DIR.value, batch=_BATCH.value, **long_args)
     print(f"wrote {out['wav']} and {out['mp4']}: {out['seconds']:.1f} s of audio from "
           f"{out['windows']} windows ({out['vocoder']} vocoder)")
     return

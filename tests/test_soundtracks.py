@@ -59,10 +59,12 @@ def test_generate_cli_on_an_mp4_and_its_errors(msa_workdir, tmp_path):
   assert r.returncode == 0, r.stderr[-3000:]
   assert sorted(os.listdir(out_dir)) == ['long.mp4', 'long.wav', 'long_spectrogram.png']
   # The whole video: overlapping windows (8 frames, hop 6: 3 of them) give one soundtrack,
-  # here with double guidance and the neural vocoder (each trained on first use).
+  # here with double guidance and the neural vocoder (each trained on first use), windows
+  # 0 and 2 in one call, then 1 (--schedule=two_pass; the folder test runs sequential).
   whole = tmp_path / 'whole'
   r = _generate(workdir, f'--video={video}', f'--output_dir={whole}', '--align_guidance=2',
-                '--vocoder=neural', f'--evaluator_dir={tmp_path / "evaluators"}')
+                '--vocoder=neural', f'--evaluator_dir={tmp_path / "evaluators"}',
+                '--schedule=two_pass')
   assert r.returncode == 0, r.stderr[-3000:]
   assert '2.0 s of audio from 3 windows (neural vocoder)' in r.stdout
   rate, wave = scipy.io.wavfile.read(whole / 'long.wav')

@@ -58,12 +58,14 @@ def _job(video: str, folder: str, output_dir: str, start: float, duration) -> lo
 
 def soundtrack_videos(workdir: str, videos: list[str], folder: str, output_dir: str, *,
                       batch: int, overlap_seconds: float | None = None,
-                      start_seconds: float = 0.0, duration: float | None = None,
-                      seed: int = 0, vocoder: str = 'auto', evaluator_dir: str | None = None,
-                      **sampler_args) -> dict:
+                      schedule: str = 'sequential', start_seconds: float = 0.0,
+                      duration: float | None = None, seed: int = 0, vocoder: str = 'auto',
+                      evaluator_dir: str | None = None, **sampler_args) -> dict:
   """Soundtracks for `videos` (paths under `folder`) into `output_dir`; returns the report.
 
-  `vocoder` and `evaluator_dir` choose the vocoder (video_to_audio.Soundtracker).
+  `vocoder` and `evaluator_dir` choose the vocoder (video_to_audio.Soundtracker); `schedule`
+  is long_video.run's ('sequential': `batch` videos a sampler call; 'two_pass': `batch`
+  windows a call).
 
   Report: 'done' (videos finished now), 'skipped' (finished before, or failed before with
   the same size and mtime), 'failed' ([{'video', 'reason', 'signature'}]), 'windows',
@@ -75,6 +77,7 @@ def soundtrack_videos(workdir: str, videos: list[str], folder: str, output_dir: 
   failed_before = _previous_failures(output_dir)
   config = config_io.load_config(workdir)
   geometry = long_video.windows(config, overlap_seconds)
+  long_video.check_schedule(schedule, geometry)
   report = {'done': [], 'skipped': [], 'failed': [], 'windows': 0, 'audio_seconds': 0.0}
 
   def fail(job, error):
@@ -109,8 +112,9 @@ def soundtrack_videos(workdir: str, videos: list[str], folder: str, output_dir: 
         report['audio_seconds'] += info['seconds']
         bar.set_postfix(videos=f"{len(report['done'])}/{len(jobs)}")
 
-      long_video.run(soundtracker, jobs, batch=min(batch, len(jobs)),
-                     overlap_seconds=overlap_seconds, seed=seed, on_window=bar.update,
+      rows = batch if schedule == 'two_pass' else min(batch, len(jobs))
+      long_video.run(soundtracker, jobs, batch=rows, overlap_seconds=overlap_seconds,
+                     schedule=schedule, seed=seed, on_window=bar.update,
                      on_done=done, on_failed=fail, **sampler_args)
   report['seconds'] = time.perf_counter() - t0
   report['windows_per_second'] = report['windows'] / report['seconds']
@@ -128,22 +132,26 @@ def is_one_clip(config, video: str, start_seconds: float, duration: float | None
 
 
 def soundtrack_video(workdir: str, video: str, output_dir: str, *,
-                     overlap_seconds: float | None = None, start_seconds: float = 0.0,
+                     overlap_seconds: float | None = None, schedule: str = 'sequential',
+                     batch: int | None = None, start_seconds: float = 0.0,
                      duration: float | None = None, seed: int = 0, vocoder: str = 'auto',
                      evaluator_dir: str | None = None, **sampler_args) -> dict:
   """A whole soundtrack for one video of any length: OUT/name.wav and OUT/name.mp4 (made
   anew, even if they exist). Returns {'wav', 'mp4', 'windows', 'seconds' (of audio),
-  'vocoder'}; `vocoder` and `evaluator_dir` choose it (video_to_audio.Soundtracker).
+  'vocoder'}; `vocoder` and `evaluator_dir` choose it (video_to_audio.Soundtracker);
+  `schedule` and `batch` are long_video.run_one's.
 
   Raises media.MediaError if the video cannot be read.
   """
   job = _job(video, os.path.dirname(video), output_dir, start_seconds, duration)
   config = config_io.load_config(workdir)
   geometry = long_video.windows(config, overlap_seconds)  # Checked before the restore.
+  long_video.check_schedule(schedule, geometry)
   job.video_seconds = media_stream.probe_duration(video)
   total = long_video.num_windows(geometry, job)
   soundtracker = video_to_audio.Soundtracker(workdir, vocoder, evaluator_dir)
   with tqdm.tqdm(total=total, unit='window', desc=os.path.basename(video)) as bar:
-    info = long_video.run_one(soundtracker, job, overlap_seconds=overlap_seconds, seed=seed,
+    info = long_video.run_one(soundtracker, job, overlap_seconds=overlap_seconds,
+                              schedule=schedule, batch=batch, seed=seed,
                               on_window=bar.update, **sampler_args)
   return {'wav': job.wav, 'mp4': job.mp4, 'vocoder': soundtracker.vocoder.name, **info}
