@@ -165,6 +165,12 @@ def test_two_pass_chunks_by_batch_and_drops_a_video_that_breaks(tmp_path, monkey
   # 3 even windows in 2 calls of 2 rows, then the 2 odd ones in 1: ceil(3/2) + ceil(2/2).
   assert calls_made == [2, 1, 2] and {c[0].shape[0] for c in recorder.calls} == {2}
   assert not recorder.calls[1][2].any() and recorder.calls[2][2][:, :5].all()
+  # The short video, then the long one: 4 even windows at batch 3 go as 2 + 2, not 3 + 3.
+  recorder, calls_made = _Recorder(config), []
+  jobs = _jobs(paths, str(tmp_path / 'c'))[::-1]
+  long_video.run(recorder, jobs, batch=3, schedule='two_pass',
+                 on_window=calls_made.append)
+  assert calls_made == [2, 2, 2] and {c[0].shape[0] for c in recorder.calls} == {2}
   # A video whose frames fail on the second pass is reported; the other one is written.
   iter_windows = long_video.Track.iter_windows
 

@@ -10,9 +10,10 @@ instead of the sequential schedule's N.
 
 Videos go in groups: whole videos are taken until the group has `batch` even windows (or the
 jobs run out), so short videos of a folder share calls and a long one is a group of its own.
-A group's log-mels (Ta x F floats a window) are kept until it is vocoded, in window order,
-`batch` windows a call, and its audio written; frames are decoded once per pass, `batch`
-windows held at a time.
+A group's calls all have R rows, the fewest that cover its even windows in ceil(evens /
+batch) calls (idle rows padded). Its log-mels (Ta x F floats a window) are kept until it is
+vocoded, in window order, R windows a call, and its audio written; frames are decoded once
+per pass, R windows held at a time.
 """
 
 from collections.abc import Callable
@@ -61,9 +62,10 @@ def run(soundtracker, jobs: list, *, batch: int, geometry, seed: int,
         group.append(start(job))
       except media.MediaError as e:
         on_failed(job, e)
-    if group:
-      _group(soundtracker, group, min(batch, evens(group)), geometry, seed, counts,
-             finish, on_window, on_failed, sampler_args)
+    if group:  # Calls of equal rows: 100 even windows at batch 64 go as 50 + 50, not 64 + 64.
+      rows = -(-evens(group) // -(-evens(group) // batch))
+      _group(soundtracker, group, rows, geometry, seed, counts, finish, on_window, on_failed,
+             sampler_args)
 
 
 def _group(soundtracker, group: list, rows: int, g, seed: int, counts: list, finish,
