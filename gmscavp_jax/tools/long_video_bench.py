@@ -12,6 +12,15 @@ everywhere else; the same for windows sampled independently and concatenated. On
 +-100 ms against the clips' true onsets, for the long soundtrack and for each clip sampled on
 its own, with a bootstrap 95% interval over clips. Peak memory: `--memory_probe` reruns the
 soundtrack for 1/5, all and twice the clips in child processes (ru_maxrss).
+
+`--compare_schedules` measures only long_video's two schedules on that video, one restored
+model for both: a first (compiling) run of each, then `--repeats` runs of each interleaved
+(sequential, two_pass, sequential, ...) so that a loaded machine slows both alike. Per
+schedule: windows, sampler calls and rows, seconds (median and best of the repeats; the
+sampler's and the vocoder's share), and the joins as above. Writes OUT/schedules.json.
+
+  python -m gmscavp_jax.tools.long_video_bench --workdir=/tmp/msa_msd --out=/tmp/sched \
+      --num_clips=20 --compare_schedules --repeats=2
 """
 
 import json
@@ -44,6 +53,10 @@ _NUM_CLIPS = flags.DEFINE_integer('num_clips', 150, 'Test clips put back to back
 _SCENE = flags.DEFINE_enum('scene', 'clips', ['clips', 'continuous'],
                            "'clips': test clips back to back; 'continuous': one long scene.")
 _MEMORY = flags.DEFINE_bool('memory_probe', True, 'Measure peak memory at three lengths.')
+_COMPARE = flags.DEFINE_bool('compare_schedules', False, 'Only time the sequential and '
+                             'two_pass schedules against each other (OUT/schedules.json).')
+_REPEATS = flags.DEFINE_integer('repeats', 2, '--compare_schedules: timed runs of each.',
+                                lower_bound=1)
 _VOCODER = cli.define_vocoder_flag()
 _EVALUATOR_DIR = cli.define_evaluator_dir_flag()
 _ONLY_SOUNDTRACK = flags.DEFINE_string('only_soundtrack', None,
@@ -133,6 +146,91 @@ class _Uninformed:
     return self._soundtracker.vocode(mel, seed)
 
 
+class _Counting:
+  """A Soundtracker that counts its sampler and vocoder calls, rows and seconds."""
+
+  def __init__(self, soundtracker):
+    self.config, self._soundtracker = soundtracker.config, soundtracker
+    self.reset()
+
+  def reset(self):
+    self.counts = {'sampler_calls': 0, 'sampler_rows': 0, 'sampler_seconds': 0.0,
+                   'vocoder_calls': 0, 'vocoder_seconds': 0.0}
+
+  def generate_batch(self, frames, **kwargs):
+    t0 = time.perf_counter()
+    mels = self._soundtracker.generate_batch(frames, **kwargs)
+    self.counts['sampler_seconds'] += time.perf_counter() - t0
+    self.counts['sampler_calls'] += 1
+    self.counts['sampler_rows'] += len(frames)
+    return mels
+
+  def vocode(self, mel, seed=0):
+    t0 = time.perf_counter()
+    waves = self._soundtracker.vocode(mel, seed)
+    self.counts['vocoder_seconds'] += time.perf_counter() - t0
+    self.counts['vocoder_calls'] += 1
+    return waves
+
+
+def seam_changes(change: np.ndarray, starts: np.ndarray, overlap: int) -> np.ndarray:
+  """(J,) mean of `jumps`' change (Ta-1,) at each join's two ends (+-1 frame): the overlaps
+  that begin at log-mel frames `starts` (J,) and last `overlap` frames."""
+  return np.asarray([change[[j for j in (s - 1, s, s + overlap - 1, s + overlap)
+                             if j < len(change)]].mean() for s in starts])
+
+
+def compare_schedules(soundtracker, video: str, out: str, repeats: int,
+                      mel_true: np.ndarray) -> dict:
+  """Times long_video.run_one's schedules on `video` (see the module docstring); the true
+  log-mel (Ta,F) of the video gives the joins' reference. Returns schedules.json's dict."""
+  config, counting = soundtracker.config, _Counting(soundtracker)
+  geometry = long_video.windows(config)
+  result = {'clip_frames': geometry.frames, 'hop_frames': geometry.hop,
+            'batch': config.eval.batch_size}
+  runs, seams = {name: [] for name in long_video.SCHEDULES}, {}
+  for i in range(1 + repeats):  # Run 0 of each compiles.
+    for name in long_video.SCHEDULES:
+      folder = os.path.join(out, name)
+      os.makedirs(folder, exist_ok=True)
+      job = long_video.Job(video, os.path.join(folder, 'long.wav'),
+                           os.path.join(folder, 'long.mp4'))
+      counting.reset()
+      t0 = time.perf_counter()
+      info = long_video.run_one(counting, job, schedule=name)
+      runs[name].append({'seconds': time.perf_counter() - t0, **counting.counts})
+      print(f'run {i} {name}: {runs[name][-1]}', flush=True)
+      if i == 0:  # Every run of a schedule draws the same noise: one measure of its joins.
+        change, mpf = jumps(reanalyse(config, job.wav)), geometry.mel_per_frame
+        starts = np.arange(1, info['windows']) * geometry.hop * mpf
+        joins = np.concatenate([starts, starts + geometry.overlap * mpf])
+        joins = joins[joins < len(change)]
+        seams[name] = seam_changes(change, starts, geometry.overlap * mpf)
+        result[name] = {'windows': info['windows'], 'audio_seconds': info['seconds'],
+                        'joins': join_stats(change, joins),  # and by the window before:
+                        'join_change_after_even_odd': [float(seams[name][p::2].mean())
+                                                       for p in (0, 1)]}
+        result['joins_of_ground_truth'] = join_stats(jumps(mel_true[:len(change) + 1]), joins)
+  for name, timed in runs.items():
+    first, rest = timed[0], timed[1:]
+    result[name].update(
+        {k: first[k] for k in ('sampler_calls', 'sampler_rows', 'vocoder_calls')},
+        first_run_seconds=first['seconds'], runs=rest,
+        **{f'{k}_median': float(np.median([r[k] for r in rest]))
+           for k in ('seconds', 'sampler_seconds', 'vocoder_seconds')},
+        seconds_best=min(r['seconds'] for r in rest))
+  # Per join (both ends of an overlap, +-1 frame), two_pass's change minus sequential's, with
+  # a bootstrap 95% interval over joins: 0 inside it = joins as smooth as sequential's.
+  diff, rng = seams['two_pass'] - seams['sequential'], np.random.default_rng(0)
+  boots = [diff[rng.integers(0, diff.size, diff.size)].mean() for _ in range(2000)]
+  result['join_change_two_pass_minus_sequential'] = {
+      'mean': float(diff.mean()), 'ci95': [float(np.percentile(boots, q)) for q in (2.5, 97.5)],
+      'joins': int(diff.size)}
+  result['speedup_median'] = (result['sequential']['seconds_median']
+                              / result['two_pass']['seconds_median'])
+  return result
+
+
 def peak_rss_mb() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -155,6 +253,15 @@ def main(argv):
   mel_true = np.asarray(audio.log_mel_from_config(true_wave[None], config.audio))[0]
   rate = generation.frame_rate(config)
   report = {'num_clips': n, 'video_seconds': n * length, 'scene': _SCENE.value}
+  if _COMPARE.value:
+    soundtracker = video_to_audio.Soundtracker(workdir, _VOCODER.value, _EVALUATOR_DIR.value)
+    report.update(vocoder=soundtracker.vocoder.name, load_start=os.getloadavg(),
+                  **compare_schedules(soundtracker, video, out, _REPEATS.value, mel_true))
+    report['load_end'] = os.getloadavg()
+    with open(os.path.join(out, 'schedules.json'), 'w') as f:
+      json.dump(report, f, indent=1)
+    print(json.dumps(report, indent=1))
+    return
 
   t0 = time.perf_counter()
   info = soundtrack_folder.soundtrack_video(workdir, video, os.path.join(out, 'soundtrack'),
