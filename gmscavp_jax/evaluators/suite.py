@@ -266,8 +266,9 @@ def results_markdown(results: dict, experiment: str) -> str:
   if 'gen/fad_ci95_low' in r:
     lines += ['In brackets: 95% bootstrap intervals over the generated clips (1000 resamples '
               f"of the clips with replacement). FAD-inf {_cell(r, 'gen/fad_inf', 2)} (FAD "
-              'extrapolated to infinitely many generated clips from random subsets of '
-              'several sizes; FAD itself grows as the number of clips shrinks).', '']
+              f'extrapolated to infinitely many generated clips from {intervals.DRAWS_PER_SIZE} '
+              'random subsets of each of 15 sizes, N/4 to N; FAD itself grows as the number '
+              'of clips shrinks).', '']
   if 'gen/fad_onnx' in r:
     lines += [f"FAD in the user's embedding ({r.get('evaluate/fad_embedding')}): generated "
               f"{_cell(r, 'gen/fad_onnx', 2)}, ground truth {_cell(r, 'ref/gt/fad_onnx', 2)} "
