@@ -5,8 +5,8 @@ overlap each other: pass 1 samples them all, up to `batch` per sampler call, tol
 their neighbours. Pass 2 samples every odd window k knowing both of its neighbours: its head
 is inpainted from window k - 1 with `Windows.known_mask` (held over the first half of the
 overlap, fading over the second) and its tail from window k + 1 with that mask reversed
-(fading in, then held). A video of N windows costs about 2 * ceil(N / 2 / batch) calls
-instead of the sequential schedule's N.
+(fading in, then held), less window k + 1's first frames (`SKIP_START`). A video of N
+windows costs about 2 * ceil(N / 2 / batch) calls instead of the sequential schedule's N.
 
 Videos go in groups: whole videos are taken until the group has `batch` even windows (or the
 jobs run out), so short videos of a folder share calls and a long one is a group of its own.
@@ -24,12 +24,19 @@ import numpy as np
 from gmscavp_jax.data import media
 
 
+# Log-mel frames at the start of a generated window that its successor's tail does not
+# inpaint: a window sampled alone starts quieter (at msa_msd:runlocal its frames 0 and 1 are
+# 2.3 and 0.6 below the rest), as a training clip's first STFT frames are padded.
+SKIP_START = 2
+
+
 def known(geometry, before: np.ndarray,
           after: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
   """(known_mel (Ta,F), mask (Ta,)) of an odd window of `geometry` (long_video.Windows): its
   head is window k - 1's log-mel `before` (Ta,F) from its hop on, masked by
   `geometry.known_mask()`; its tail is window k + 1's `after` (Ta,F; None for a video's last
-  window) up to the overlap, masked by the same mask reversed."""
+  window) up to the overlap, masked by the same mask reversed but 0 over its first
+  SKIP_START frames."""
   n, hop = geometry.overlap * geometry.mel_per_frame, geometry.hop * geometry.mel_per_frame
   if 2 * n > before.shape[0]:
     raise ValueError(f'two_pass needs an overlap of at most half a window: {n} of '
@@ -39,6 +46,7 @@ def known(geometry, before: np.ndarray,
   mel[:n], mask[:n] = before[hop:], head
   if after is not None:
     mel[-n:], mask[-n:] = after[:n], head[::-1]
+    mask[-n:-n + SKIP_START] = 0.0
   return mel, mask
 
 
