@@ -46,7 +46,7 @@ def known(geometry, before: np.ndarray,
   mel[:n], mask[:n] = before[hop:], head
   if after is not None:
     mel[-n:], mask[-n:] = after[:n], head[::-1]
-    mask[-n:-n + SKIP_START] = 0.0
+    mask[mask.size - n:][:SKIP_START] = 0.0  # (A view: also right when n <= SKIP_START.)
   return mel, mask
 
 
