@@ -16,9 +16,9 @@ the time per op category (matmul/conv, elementwise, layout, ...), per model path
 ops, and the MFU split into its factors (see profiling.py). Then the grain pipeline's
 examples/s alone (with the configured worker processes) and its ratio to the slowest phase:
 the pipeline should deliver several times what the step consumes. `--parts` picks which.
-Last, the latency of sampling one clip of the configured length (batch 1, DPM-Solver++(2M)
-at 25 steps, the config's eval.guidance: guidance other than 0 and 1 makes two denoiser calls
-per step) with freshly initialised params: the timing does not depend on training, so no
+Last, the latency of sampling one clip of the configured length (batch 1, the config's
+eval.sampler, eval.sample_steps and eval.guidance, as generate samples: guidance other than
+0 and 1 makes two denoiser calls per step) with freshly initialised params: the timing does not depend on training, so no
 workdir is needed. The persistent compilation cache is off in this mode, so compile times are
 real compilations.
 

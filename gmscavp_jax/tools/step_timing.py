@@ -21,10 +21,8 @@ from gmscavp_jax.infra import perf
 from gmscavp_jax.infra import profiling
 from gmscavp_jax.infra import sharding
 
-# The sampling-latency setting `bench` reports: DPM-Solver++(2M) at 25 steps (Euler, also
-# one UNet call a step, for a diffusion.objective 'flow' run).
-LATENCY_SAMPLER, LATENCY_STEPS, LATENCY_REPEATS = 'dpmpp2m', 25, 5
-LATENCY_FLOW_SAMPLER = 'euler'
+# Timed calls of the sampling latency `bench` reports (after one warm-up; the median).
+LATENCY_REPEATS = 5
 
 
 def gib(x: int | None) -> str:
@@ -103,7 +101,7 @@ def sampling_params(config, mesh) -> tuple:
 
 
 def time_sampling_latency(config, mesh, sampler: str | None = None,
-                          num_steps: int = LATENCY_STEPS,
+                          num_steps: int | None = None,
                           repeats: int = LATENCY_REPEATS, *, batch_size: int = 1,
                           built: tuple | None = None) -> dict:
   """Seconds to generate the log-mels of `batch_size` clips with eval.guidance, after compiling.
@@ -111,8 +109,9 @@ def time_sampling_latency(config, mesh, sampler: str | None = None,
   Args:
     config: the experiment config (its data.num_frames / data.fps give the clip length).
     mesh: the device mesh the params are initialised on.
-    sampler: a sampler name; None: LATENCY_SAMPLER (LATENCY_FLOW_SAMPLER for a 'flow' run).
-    num_steps: sampler steps; one denoiser call each (two with guidance other than 0 and 1).
+    sampler: a sampler name; None: the config's eval.sampler (what generate uses).
+    num_steps: sampler steps, one denoiser call each (two with guidance other than 0 and
+      1); None: eval.sample_steps.
     repeats: timed calls after one warm-up; the median is reported.
     batch_size: clips per call (zero frames (B,T,H,W,3)).
     built: (models, params) from `sampling_params`, to share one initialisation between
@@ -124,9 +123,8 @@ def time_sampling_latency(config, mesh, sampler: str | None = None,
   """
   models, params = built or sampling_params(config, mesh)
   guidance = config.eval.guidance
-  if sampler is None:
-    sampler = (LATENCY_FLOW_SAMPLER if config.diffusion.objective == 'flow'
-               else LATENCY_SAMPLER)
+  sampler = sampler or config.eval.sampler
+  num_steps = num_steps or config.eval.sample_steps
   sample = jax.jit(functools.partial(steps.sample_step, models=models, config=config,
                                      sampler=sampler, num_steps=num_steps, guidance=guidance))
   frames, _ = steps.dummy_inputs(config, batch_size=batch_size)
