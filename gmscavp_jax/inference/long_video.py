@@ -246,11 +246,11 @@ def run(soundtracker, jobs: list[Job], *, batch: int, overlap_seconds: float | N
   `schedule` (SCHEDULES, see the module docstring): 'sequential' samples window k of up to
   `batch` videos per call; 'two_pass' up to `batch` windows per call, even ones, then odd
   ones. Calls keep one shape (idle rows padded; two_pass: one per group of videos, `batch`
-  but for a last small group), so one program serves the run. `on_window(n)` is called after each sampler call with the n windows it made,
-  `on_done(job, info)` when a video's files are in place (info: 'windows', 'seconds' of
-  audio, 'clipped' samples), `on_failed(job, error)` for a video that cannot be read (its
-  partial files removed; the others go on). `sampler_args` are
-  `sampling.Generator.generate`'s. Raises errors.ConfigError for a bad overlap or schedule.
+  but for a last small group), so one program serves the run. `on_window(n)` is called
+  after each sampler call with the n windows it made, `on_done(job, info)` when a video's
+  files are in place (info: 'windows', 'seconds' of audio, 'clipped' samples),
+  `on_failed(job, error)` for a video that cannot be read (its partial files removed; the
+  others go on). `sampler_args` are `sampling.Generator.generate`'s. Raises errors.ConfigError for a bad overlap or schedule.
   """
   geometry = windows(soundtracker.config, overlap_seconds)
   check_schedule(schedule, geometry)
