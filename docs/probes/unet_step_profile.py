@@ -11,13 +11,11 @@ category (the step's against the forward's tells where the backward pass spends 
 per module and the slowest ops, against a peak measured in the same process.
 """
 
-import functools
 import importlib
 import sys
 
 import jax
 import jax.numpy as jnp
-import optax
 
 from gmscavp_jax.core import steps
 from gmscavp_jax.infra import perf
@@ -33,12 +31,7 @@ def main(config_name='msa_msd', batch_size=32, logdir=None):
   forward, loss, tx = sxs.jax_functions(config)
   batch = jax.device_put(lib.make_batch(config, batch_size, 0, mel_frames))
 
-  @functools.partial(jax.jit, donate_argnums=(0, 1))
-  def train_step(p, opt_state, b):
-    value, grads = jax.value_and_grad(loss)(p, b)
-    updates, opt_state = tx.update(grads, opt_state, p)
-    return optax.apply_updates(p, updates), opt_state, value
-
+  train_step = sxs.jax_train_step(loss, tx)
   state = [jax.tree.map(jnp.copy, params)]
   state.append(tx.init(state[0]))
   step_hlo = train_step.lower(state[0], state[1], batch).compile().as_text()

@@ -78,6 +78,19 @@ def jax_functions(config):
   return forward, loss, tx
 
 
+def jax_train_step(loss, tx):
+  """The jitted training step of `jax_functions`' `loss` and `tx`: (params, opt_state,
+  batch) -> (params, opt_state, loss value), params and optimizer state donated."""
+
+  @functools.partial(jax.jit, donate_argnums=(0, 1))
+  def train_step(p, opt_state, batch):
+    value, grads = jax.value_and_grad(loss)(p, batch)
+    updates, opt_state = tx.update(grads, opt_state, p)
+    return optax.apply_updates(p, updates), opt_state, value
+
+  return train_step
+
+
 def torch_functions(config, params: dict, threads: int):
   """(model, forward, loss, to_torch): the torch UNet with the Flax `params` copied in, on
   `threads` threads; forward(batch) -> (B,Ta,F), loss(batch) -> scalar (as `jax_functions`),
@@ -145,12 +158,7 @@ def time_jax(config, params: dict, opts: Options) -> dict:
     out[f'forward_b{b}'] = lib.timed(lambda: fwd(params, batch).block_until_ready(),
                                      opts.min_seconds)
 
-  @functools.partial(jax.jit, donate_argnums=(0, 1))
-  def train_step(p, opt_state, batch):
-    value, grads = jax.value_and_grad(loss)(p, batch)
-    updates, opt_state = tx.update(grads, opt_state, p)
-    return optax.apply_updates(p, updates), opt_state, value
-
+  train_step = jax_train_step(loss, tx)
   batch = jax.device_put(lib.make_batch(config, lib.TRAIN_BATCH, opts.seed, mel_frames))
   p = jax.tree.map(jnp.copy, params)
   state = [p, tx.init(p)]
