@@ -166,6 +166,30 @@ def test_attention_on_cpu_is_xlas_bit_for_bit(dtype):
                                            np.float32))
 
 
+@pytest.mark.parametrize('dtype', [jnp.float32, jnp.bfloat16])
+def test_chunked_attention_is_xlas_row_for_row(monkeypatch, dtype):
+  # Small chunks over an odd number of queries: 13 queries x 12 keys in chunks of 5 (the
+  # last padded); values and gradients as XLA's one-shot attention.
+  monkeypatch.setattr(attention, 'CHUNK_LOGITS', 5 * 12)
+  q, k, v = jax.random.normal(jax.random.key(1), (3, 2, 13, 2, 16), jnp.float32)
+  k, v = k[:, :12], v[:, :12]
+  q, k, v = q.astype(dtype), k.astype(dtype), v.astype(dtype)
+  assert attention.implementation(q, k, v, backend='cpu') == 'chunked'
+  assert attention.implementation(q[:, :5], k, v, backend='cpu') == 'xla'  # One chunk.
+  loss = lambda f: lambda *a: jnp.sum(jnp.sin(f(*a).astype(jnp.float32)))
+  out, grads = jax.jit(jax.value_and_grad(loss(attention.chunked), argnums=(0, 1, 2)))(q, k, v)
+  ref, ref_grads = jax.jit(jax.value_and_grad(loss(jax.nn.dot_product_attention),
+                                              argnums=(0, 1, 2)))(q, k, v)
+  tol = 1e-6 if dtype == jnp.float32 else 2e-2
+  np.testing.assert_allclose(float(out), float(ref), rtol=tol)
+  for g, r in zip(grads, ref_grads):
+    np.testing.assert_allclose(np.asarray(g, np.float32), np.asarray(r, np.float32),
+                               rtol=tol, atol=tol)
+  if dtype == jnp.float32:  # Each row computed as XLA's: equal bit for bit on this CPU.
+    np.testing.assert_array_equal(np.asarray(jax.jit(attention.attend)(q, k, v)),
+                                  np.asarray(jax.jit(jax.nn.dot_product_attention)(q, k, v)))
+
+
 def test_attention_picks_cudnn_only_for_16_bit_on_a_capable_gpu(monkeypatch):
   monkeypatch.setattr(attention, '_cudnn_capable_device', lambda backend: backend == 'gpu')
   assert attention.implementation(*_qkv(jnp.bfloat16), backend='gpu') == 'cudnn'
@@ -174,6 +198,9 @@ def test_attention_picks_cudnn_only_for_16_bit_on_a_capable_gpu(monkeypatch):
   assert attention.implementation(*_qkv(jnp.bfloat16, head_dim=12), backend='gpu') == 'xla'
   assert attention.implementation(*_qkv(jnp.bfloat16, head_dim=256), backend='gpu') == 'xla'
   assert attention.implementation(*_qkv(jnp.bfloat16), backend='cpu') == 'xla'
+  big = jax.ShapeDtypeStruct((1, 3200, 4, 64), jnp.float32)  # The full-size level 1.
+  assert attention.implementation(big, big, big, backend='cpu') == 'chunked'
+  assert attention.implementation(big, big, big, backend='gpu') == 'xla'
   q, k, v = _qkv(jnp.bfloat16)
   assert attention.implementation(q, k[:, :1], v[:, :1], backend='gpu') == 'xla'  # One key.
   monkeypatch.setattr(attention, 'IMPLEMENTATION', 'xla')
