@@ -26,6 +26,11 @@ from gmscavp_jax import train
 from tests.conftest import tiny_config
 
 DECAY = 0.9
+# The models at their smallest (two scales, one encoder stage, a one-level UNet): what this
+# file checks holds at any size, and each train step compiles in about half the time.
+SMALL = {'model.scale_pools': (1, 8), 'model.scale_grids': (1, 1),
+         'model.video_widths': (8,), 'model.audio_widths': (8,),
+         'unet.widths': (16,), 'unet.attention_levels': (0,), 'unet.level_scales': (0,)}
 
 
 def _leaves_equal(a, b) -> bool:
@@ -99,17 +104,21 @@ def test_off_keeps_the_state_tree_and_on_leaves_training_unchanged():
 
   (The contrastive step, the cheapest to compile: the joint run below and test_resume.py
   train the other stages with the EMA on.)"""
-  states, outs = {}, {}
+  built = {}
   for decay in (0.0, DECAY):
-    config = tiny_config('msa', **{'train.ema_decay': decay})
-    models, txs = steps.build_models(config), steps.make_optimizers(config)
-    state = jax.jit(functools.partial(steps.init_state, config, models, txs))(
-        jax.random.key(0))
+    config = tiny_config('msa', **SMALL, **{'train.ema_decay': decay})
+    built[decay] = config, steps.build_models(config), steps.make_optimizers(config)
+  # Both inits in one program (one compile): the same key, each decay's own init_state.
+  states = jax.jit(lambda key: {decay: steps.init_state(config, models, txs, key)
+                                for decay, (config, models, txs) in built.items()})(
+                                    jax.random.key(0))
+  outs = {}
+  for decay, (config, models, txs) in built.items():
+    state = states[decay]
     frames, _ = steps.dummy_inputs(config, batch_size=4)
     batch = {'frames': frames + 7, 'waveform': jax.random.normal(jax.random.key(2), (4, 8000))}
     step = jax.jit(functools.partial(steps.train_step, models=models, txs=txs, config=config,
                                      phase=phases.CONTRASTIVE))
-    states[decay] = state
     # Two steps: the warmup gives the first a learning rate of 0.
     once = step(state, batch, jax.random.key(1))[0]
     outs[decay] = (once, *step(once, batch, jax.random.key(1)))
@@ -157,8 +166,10 @@ def test_an_old_checkpoint_restores_into_the_new_state(tmp_path):
 @pytest.fixture(scope='module')
 def joint_ema_workdir(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp('ema_joint'))
-  config = tiny_config('msa_msd', **{'train.ema_decay': DECAY, 'eval.num_generate_clips': 2,
-                                     'eval.num_summary_clips': 1})
+  # No generation at the evaluations: the test reads the retrieval embeddings, which are
+  # what the trainer's evaluation computed with the EMA (sampling compiles a program more).
+  config = tiny_config('msa_msd', **SMALL, **{
+      'train.ema_decay': DECAY, 'eval.num_generate_clips': 0, 'eval.num_summary_clips': 0})
   return workdir, train.train_and_evaluate(config, workdir)
 
 
@@ -191,8 +202,8 @@ def test_training_keeps_an_ema_that_inference_restores(joint_ema_workdir):
 @pytest.mark.parametrize('phase', [phases.JOINT, phases.JOINT.with_a2v()])
 def test_a_bidirectional_step_with_ema_keeps_the_state_tree(phase):
   """Traced only: every group of a bidirectional run has an EMA leaf for each param leaf."""
-  config = tiny_config('msa_msd', **{'train.ema_decay': DECAY,
-                                     'train.bidirectional_interval': 1})
+  config = tiny_config('msa_msd', **SMALL, **{'train.ema_decay': DECAY,
+                                               'train.bidirectional_interval': 1})
   models, txs = steps.build_models(config), steps.make_optimizers(config)
   state = jax.eval_shape(functools.partial(steps.init_state, config, models, txs),
                          jax.random.key(0))
