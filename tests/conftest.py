@@ -1,8 +1,13 @@
 """Shared test fixtures: tiny configs that train in seconds on a CPU."""
 
+import contextlib
+import fcntl
 import functools
 import importlib
+import json
 import os
+import pathlib
+import shutil
 import sys
 
 # Tests import configs/ and the package from the repository root.
@@ -21,6 +26,7 @@ if TEST_XLA_FLAGS not in os.environ.get('XLA_FLAGS', ''):
 
 from configs import common  # pylint: disable=g-import-not-at-top
 import jax  # pylint: disable=g-import-not-at-top
+import pytest  # pylint: disable=g-import-not-at-top
 
 # One persistent compilation cache for every test process (xdist workers and the CLIs the
 # tests start): tests that build the same tiny programs compile them once per run.
@@ -115,3 +121,60 @@ def tiny_config(name: str = 'msa', **overrides):
     group, field = key.split('.')
     config[group][field] = value
   return config
+
+
+def run_dir(tmp_path_factory) -> pathlib.Path:
+  """A folder of this test run shared by all its processes: with pytest-xdist each worker's
+  basetemp is a subfolder of the run's (xdist's documented recipe for session data); without
+  it, the run's basetemp. Never shared with another run, so nothing outlives a code change."""
+  base = tmp_path_factory.getbasetemp()
+  return base.parent if os.environ.get('PYTEST_XDIST_WORKER') else base
+
+
+@contextlib.contextmanager
+def _file_lock(path: pathlib.Path):
+  """An exclusive lock between processes, held while the block runs (flock: released by the
+  kernel if the process dies)."""
+  with open(path, 'a') as f:
+    fcntl.flock(f, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def trained_workdir(tmp_path_factory, name: str) -> tuple[str, dict]:
+  """(workdir, results) of `train.train_and_evaluate(tiny_config(name), workdir)`, trained
+  once per test run whichever test file or xdist worker asks first; the others wait for it
+  and share it. It is READ-ONLY: a test that writes into a workdir works on `copy_workdir`.
+  `results` is the trainer's return value, as JSON (what results.json is written from)."""
+  shared = run_dir(tmp_path_factory) / 'trained_workdirs'
+  shared.mkdir(exist_ok=True)
+  workdir, done = shared / name, shared / f'{name}.results.json'
+  with _file_lock(shared / f'{name}.lock'):
+    if not done.exists():
+      from gmscavp_jax import train  # pylint: disable=g-import-not-at-top
+      shutil.rmtree(workdir, ignore_errors=True)  # Left by a build that failed.
+      results = train.train_and_evaluate(tiny_config(name), str(workdir))
+      partial = shared / f'{name}.results.json.tmp'
+      partial.write_text(json.dumps(results))
+      os.replace(partial, done)
+  return str(workdir), json.loads(done.read_text())
+
+
+def copy_workdir(workdir: str, dest) -> str:
+  """A private copy of a shared trained workdir, for a test that writes into it."""
+  shutil.copytree(workdir, dest)
+  return str(dest)
+
+
+@pytest.fixture(scope='session')
+def msa_workdir(tmp_path_factory):
+  """The tiny msa run (two-stage: encoders for 2 steps, then the denoiser), shared, read-only."""
+  return trained_workdir(tmp_path_factory, 'msa')
+
+
+@pytest.fixture(scope='session')
+def msa_msd_workdir(tmp_path_factory):
+  """The tiny joint msa_msd run, shared, read-only."""
+  return trained_workdir(tmp_path_factory, 'msa_msd')

@@ -22,19 +22,16 @@ from gmscavp_jax.evaluators import retrieval
 from gmscavp_jax.inference import demo_page
 from gmscavp_jax.inference import retrieval_queries
 from gmscavp_jax.tools import demo_load
-from gmscavp_jax import train
 from tests import headless_chromium
-from tests.conftest import tiny_config
 
 MAX_UPLOAD_MB = 1
 
 
 @pytest.fixture(scope='module')
-def workdir(tmp_path_factory):
-  workdir = str(tmp_path_factory.mktemp('msa_msd'))
-  # test_train trains the same config: in one test run the programs compile once.
-  train.train_and_evaluate(tiny_config('msa_msd'), workdir)
-  return workdir
+def workdir(msa_msd_workdir):
+  # conftest's tiny msa_msd run, trained once per test run for this file, test_train and
+  # test_evaluate; the demo only reads it.
+  return msa_msd_workdir[0]
 
 
 def _free_port() -> int:

@@ -30,24 +30,15 @@ from gmscavp_jax.infra import checkpointing
 from gmscavp_jax.infra import metrics_io
 from gmscavp_jax.infra import sharding
 from gmscavp_jax import train
-from tests.conftest import ROOT, tiny_config
-
-
-@pytest.fixture(scope='module')
-def msa_workdir(tmp_path_factory):
-  workdir = str(tmp_path_factory.mktemp('msa'))
-  return workdir, train.train_and_evaluate(tiny_config('msa'), workdir)
+from tests.conftest import ROOT, copy_workdir, tiny_config
 
 
 # One two-stage (msa) and one joint (msa_msd) config run end to end; cavp and msd differ from
 # them only in config values (fewer scales), checked abstractly below at no compile cost.
+# Both runs are conftest's, trained once per test run for every file that uses them.
 @pytest.mark.parametrize('name', ['msa', 'msa_msd'])
-def test_train_and_evaluate_fills_the_workdir(name, tmp_path, msa_workdir):
-  if name == 'msa':
-    workdir, results = msa_workdir
-  else:
-    workdir = str(tmp_path)
-    results = train.train_and_evaluate(tiny_config(name), workdir)
+def test_train_and_evaluate_fills_the_workdir(name, request):
+  workdir, results = request.getfixturevalue(f'{name}_workdir')
   for f in ('config.json', 'metrics.jsonl', 'results.json', 'test_embeddings.npz',
             'plots/similarity.png', 'plots/loss.png', 'plots/generated.png'):
     assert os.path.exists(os.path.join(workdir, f)), f
@@ -158,7 +149,7 @@ def test_params_only_restore_equals_the_full_restore(msa_workdir):
 
 
 def test_retrieve_from_cache_and_from_checkpoint(msa_workdir, tmp_path):
-  workdir, _ = msa_workdir
+  workdir = copy_workdir(msa_workdir[0], tmp_path / 'msa')  # Its cache is moved away below.
   cached = retrieval_queries.test_embeddings(workdir)
   assert int(cached['step']) == 4
   os.rename(os.path.join(workdir, 'test_embeddings.npz'), str(tmp_path / 'saved.npz'))
