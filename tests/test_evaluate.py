@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -23,9 +24,9 @@ from gmscavp_jax.evaluators import guide_training
 from gmscavp_jax.evaluators import suite
 from gmscavp_jax.evaluators import vocoder_training
 from gmscavp_jax.infra import errors
-from gmscavp_jax import train
 from tests import onnx_models
 from tests.conftest import ROOT
+from tests.conftest import copy_workdir
 from tests.conftest import tiny_config
 
 REQUIRED = ('gen/kld', 'gen/fad', 'gen/align_acc', 'gen/onset_f1@50ms', 'gen/onset_f1@100ms',
@@ -45,10 +46,10 @@ REQUIRED = ('gen/kld', 'gen/fad', 'gen/align_acc', 'gen/onset_f1@50ms', 'gen/ons
 
 
 @pytest.fixture(scope='module')
-def trained(tmp_path_factory):
-  """A tiny joint (msa_msd) workdir trained for 4 steps, and an evaluator root."""
-  workdir = str(tmp_path_factory.mktemp('msa_msd'))
-  train.train_and_evaluate(tiny_config('msa_msd'), workdir)
+def trained(msa_msd_workdir, tmp_path_factory):
+  """A tiny joint (msa_msd) workdir trained for 4 steps (a copy of conftest's: evaluating
+  writes into it), and an evaluator root."""
+  workdir = copy_workdir(msa_msd_workdir[0], tmp_path_factory.mktemp('trained') / 'msa_msd')
   return workdir, str(tmp_path_factory.mktemp('evaluators'))
 
 
@@ -205,8 +206,9 @@ def test_split_train_scores_training_clips(trained, tmp_path):
   card and in results.md, and names a split too small for the clips asked."""
   workdir, root = trained
   out = str(tmp_path / 'train_split')
+  # The sampler of test_evaluate_writes_results (ddim, 3 steps): compiled once for both.
   results = checkpoint_evaluation.evaluate_checkpoint(workdir, evaluator_dir=root, sampler='ddim',
-                                                      num_steps=2, output_dir=out, split='train')
+                                                      num_steps=3, output_dir=out, split='train')
   assert results['evaluate/split'] == 'train' and np.isfinite(results['gen/class_acc'])
   with open(os.path.join(out, 'results.md')) as f:
     assert f"{int(results['gen/num_clips'])} train videos" in f.read()
@@ -220,21 +222,28 @@ def test_split_train_scores_training_clips(trained, tmp_path):
 
 
 def test_double_guidance_has_a_guide_of_its_own_that_steers_sampling(trained, tmp_path):
-  workdir, _ = trained
+  workdir, fixture_root = trained
+  config = config_io.load_config(workdir)
+  # The module's evaluators (trained by the first test that needs them), copied into a root
+  # of this test's own, where the guide is trained beside them.
+  classifier_training.load_or_train(config, fixture_root)
   root = str(tmp_path / 'evaluators')
+  evaluators_path = classifier_training.evaluator_dir(config, root)
+  shutil.copytree(classifier_training.evaluator_dir(config, fixture_root), evaluators_path)
   out = checkpoint_evaluation.evaluate_checkpoint(
       workdir, evaluator_dir=root, sampler='ddim', num_steps=3, align_guidance=10.0,
       output_dir=str(tmp_path / 'guided'))
   assert out['evaluate/align_guidance'] == 10.0 and 0 <= out['gen/align_acc'] <= 100
   evaluators, guide_dir = sorted(os.listdir(root))
   assert guide_dir == evaluators + '-guide'  # Beside the evaluators, never the same network.
-  config = config_io.load_config(workdir)
+  assert evaluators == os.path.basename(evaluators_path)
   stamp = os.path.getmtime(os.path.join(root, guide_dir, guide_training.SUMMARY_FILE))
   guide = guide_training.load_or_train(config, root)  # Kept: not trained again.
   assert os.path.getmtime(os.path.join(root, guide_dir, guide_training.SUMMARY_FILE)) == stamp
   restored = state_lib.restore_workdir(workdir, config, state_lib.restore_generator)
   generator = sampling.Generator(config, restored.mesh, restored.models)
-  frames = generation.test_clips(config, 2)['frames']
+  # As many clips as the evaluation above generated for: both samplers are its programs.
+  frames = generation.test_clips(config, config.eval.num_metric_clips)['frames']
   plain = generator.generate(restored.params, frames, sampler='ddim', num_steps=3)
   guided = generator.generate(restored.params, frames, sampler='ddim', num_steps=3,
                               align_guidance=10.0, guide_params=guide)
