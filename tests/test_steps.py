@@ -25,6 +25,21 @@ def setup():
   return config, models, txs, state, jax.tree.map(jnp.asarray, batch)
 
 
+@pytest.fixture(scope='module')
+def phase_step(setup):
+  """phase -> the fixture's train step of that phase, jitted once for the module (a test
+  that runs a phase's step again reuses its trace and compiled program)."""
+  config, models, txs, _, _ = setup
+  jitted = {}
+
+  def step(phase):
+    if phase not in jitted:
+      jitted[phase] = jax.jit(functools.partial(steps.train_step, models=models, txs=txs,
+                                                config=config, phase=phase))
+    return jitted[phase]
+  return step
+
+
 def _changed(before, after) -> bool:
   return any(not np.array_equal(a, b)
              for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(after)))
@@ -32,11 +47,9 @@ def _changed(before, after) -> bool:
 
 @pytest.mark.parametrize('phase', [phases.CONTRASTIVE, phases.GENERATOR, phases.JOINT],
                          ids=str)
-def test_phase_updates_only_its_groups(setup, phase):
-  config, models, txs, state, batch = setup
-  step = jax.jit(functools.partial(steps.train_step, models=models, txs=txs, config=config,
-                                   phase=phase))
-  new, metrics = step(state, batch, jax.random.key(1))
+def test_phase_updates_only_its_groups(setup, phase_step, phase):
+  state, batch = setup[3:]
+  new, metrics = phase_step(phase)(state, batch, jax.random.key(1))
   assert int(new.step) == 1
   for group in ('encoders', 'denoiser'):
     assert _changed(state.params[group], new.params[group]) == (group in phase.groups)
@@ -88,11 +101,10 @@ def test_mel_normalisation_round_trips(setup):
       steps.denormalise_mel(steps.normalise_mel(mel, config), config), mel, atol=1e-5)
 
 
-def test_a_non_finite_batch_is_skipped_and_counted(setup):
-  # The fixture's optimizers and phase: the step compiled above comes from the cache.
-  config, models, txs, state, batch = setup
-  step = jax.jit(functools.partial(steps.train_step, models=models, txs=txs, config=config,
-                                   phase=phases.CONTRASTIVE))
+def test_a_non_finite_batch_is_skipped_and_counted(setup, phase_step):
+  # The fixture's optimizers and phase: the step compiled above, not traced again.
+  state, batch = setup[3:]
+  step = phase_step(phases.CONTRASTIVE)
   bad = dict(batch, waveform=batch['waveform'].at[0, 10].set(jnp.nan))
   skipped, metrics = step(state, bad, jax.random.key(1))
   assert float(metrics['train/skipped']) == 1.0 and not np.isfinite(metrics['train/loss'])
