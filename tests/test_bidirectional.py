@@ -38,7 +38,8 @@ from tests.conftest import ROOT, tiny_config
 
 INTERVAL = 2
 # The models at their smallest (two scales, one encoder stage, one-level UNets): what this
-# file checks holds at any size, and each train step compiles in about half the time.
+# file checks holds at any size, and the init and train steps compile with a third less CPU
+# (msa_msd: init 8.4 -> 5.8 s, joint step 23.7 -> 16.4 s, interleaved in one process).
 SMALL = {'a2v.widths': (16,), 'a2v.attention_levels': (0,),
          'model.scale_pools': (1, 8), 'model.scale_grids': (1, 1),
          'model.video_widths': (8,), 'model.audio_widths': (8,),
