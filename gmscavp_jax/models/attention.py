@@ -59,14 +59,14 @@ def implementation(q: jax.Array, k: jax.Array, v: jax.Array,
   if IMPLEMENTATION != 'auto':
     return IMPLEMENTATION
   backend = backend or jax.default_backend()
-  if backend == 'cpu':
-    return 'chunked' if q.shape[1] * k.shape[1] > CHUNK_LOGITS else 'xla'
   head_dim = q.shape[-1]
   fits = (all(jnp.dtype(a.dtype) == jnp.dtype(q.dtype) for a in (k, v))
           and jnp.dtype(q.dtype) in _CUDNN_DTYPES
           and head_dim % 8 == 0 and head_dim <= CUDNN_MAX_HEAD_DIM
           and k.shape[1] > 1)  # One key (the null context): its value, nothing to fuse.
-  return 'cudnn' if fits and _cudnn_capable_device(backend) else 'xla'
+  if fits and _cudnn_capable_device(backend):
+    return 'cudnn'
+  return 'chunked' if backend == 'cpu' and q.shape[1] * k.shape[1] > CHUNK_LOGITS else 'xla'
 
 
 def chunked(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
