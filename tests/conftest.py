@@ -123,6 +123,15 @@ def tiny_config(name: str = 'msa', **overrides):
   return config
 
 
+
+# `tiny_config` overrides for the models at their smallest (two scales, one encoder stage, a
+# one-level UNet), for tests whose checks hold at any size: the init and train steps compile
+# with a third less CPU (msa_msd: init 8.4 -> 5.8 s, joint step 23.7 -> 16.4 s, interleaved in
+# one process).
+SMALLEST = {'model.scale_pools': (1, 8), 'model.scale_grids': (1, 1),
+            'model.video_widths': (8,), 'model.audio_widths': (8,),
+            'unet.widths': (16,), 'unet.attention_levels': (0,), 'unet.level_scales': (0,)}
+
 def run_dir(tmp_path_factory) -> pathlib.Path:
   """A folder of this test run shared by all its processes: with pytest-xdist each worker's
   basetemp is a subfolder of the run's (xdist's documented recipe for session data); without

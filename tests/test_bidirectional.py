@@ -34,16 +34,11 @@ from gmscavp_jax.infra import errors
 from gmscavp_jax.infra import metrics_io
 from gmscavp_jax.infra import sharding
 from gmscavp_jax.losses import contrastive
-from tests.conftest import ROOT, tiny_config
+from tests.conftest import ROOT, SMALLEST, tiny_config
 
 INTERVAL = 2
-# The models at their smallest (two scales, one encoder stage, one-level UNets): what this
-# file checks holds at any size, and the init and train steps compile with a third less CPU
-# (msa_msd: init 8.4 -> 5.8 s, joint step 23.7 -> 16.4 s, interleaved in one process).
-SMALL = {'a2v.widths': (16,), 'a2v.attention_levels': (0,),
-         'model.scale_pools': (1, 8), 'model.scale_grids': (1, 1),
-         'model.video_widths': (8,), 'model.audio_widths': (8,),
-         'unet.widths': (16,), 'unet.attention_levels': (0,), 'unet.level_scales': (0,)}
+# The models at their smallest, the a2v net's too (conftest.SMALLEST).
+SMALL = {**SMALLEST, 'a2v.widths': (16,), 'a2v.attention_levels': (0,)}
 
 
 def _config(interval: int = INTERVAL):

@@ -23,15 +23,9 @@ from gmscavp_jax.infra import checkpointing
 from gmscavp_jax.infra import errors
 from gmscavp_jax.infra import sharding
 from gmscavp_jax import train
-from tests.conftest import tiny_config
+from tests.conftest import SMALLEST, tiny_config
 
 DECAY = 0.9
-# The models at their smallest (two scales, one encoder stage, a one-level UNet): what this
-# file checks holds at any size, and the init and train steps compile with a third less CPU
-# (msa_msd: init 8.4 -> 5.8 s, joint step 23.7 -> 16.4 s, interleaved in one process).
-SMALL = {'model.scale_pools': (1, 8), 'model.scale_grids': (1, 1),
-         'model.video_widths': (8,), 'model.audio_widths': (8,),
-         'unet.widths': (16,), 'unet.attention_levels': (0,), 'unet.level_scales': (0,)}
 
 
 def _leaves_equal(a, b) -> bool:
@@ -107,7 +101,7 @@ def test_off_keeps_the_state_tree_and_on_leaves_training_unchanged():
   train the other stages with the EMA on.)"""
   built = {}
   for decay in (0.0, DECAY):
-    config = tiny_config('msa', **SMALL, **{'train.ema_decay': decay})
+    config = tiny_config('msa', **SMALLEST, **{'train.ema_decay': decay})
     built[decay] = config, steps.build_models(config), steps.make_optimizers(config)
   # Both inits in one program (one compile): the same key, each decay's own init_state.
   states = jax.jit(lambda key: {decay: steps.init_state(config, models, txs, key)
@@ -169,7 +163,7 @@ def joint_ema_workdir(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp('ema_joint'))
   # No generation at the evaluations: the test reads the retrieval embeddings, which are
   # what the trainer's evaluation computed with the EMA (sampling compiles a program more).
-  config = tiny_config('msa_msd', **SMALL, **{
+  config = tiny_config('msa_msd', **SMALLEST, **{
       'train.ema_decay': DECAY, 'eval.num_generate_clips': 0, 'eval.num_summary_clips': 0})
   return workdir, train.train_and_evaluate(config, workdir)
 
@@ -203,7 +197,7 @@ def test_training_keeps_an_ema_that_inference_restores(joint_ema_workdir):
 @pytest.mark.parametrize('phase', [phases.JOINT, phases.JOINT.with_a2v()])
 def test_a_bidirectional_step_with_ema_keeps_the_state_tree(phase):
   """Traced only: every group of a bidirectional run has an EMA leaf for each param leaf."""
-  config = tiny_config('msa_msd', **SMALL, **{'train.ema_decay': DECAY,
+  config = tiny_config('msa_msd', **SMALLEST, **{'train.ema_decay': DECAY,
                                                'train.bidirectional_interval': 1})
   models, txs = steps.build_models(config), steps.make_optimizers(config)
   state = jax.eval_shape(functools.partial(steps.init_state, config, models, txs),

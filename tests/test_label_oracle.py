@@ -12,14 +12,7 @@ from gmscavp_jax.evaluators import generation
 from gmscavp_jax.infra import errors
 from gmscavp_jax.infra import sharding
 from gmscavp_jax import train
-from tests.conftest import tiny_config
-
-# The models at their smallest (two scales, one encoder stage, a one-level UNet): what this
-# file checks holds at any size, and the init and train steps compile with a third less CPU
-# (msa_msd: init 8.4 -> 5.8 s, joint step 23.7 -> 16.4 s, interleaved in one process).
-SMALL = {'model.scale_pools': (1, 8), 'model.scale_grids': (1, 1),
-         'model.video_widths': (8,), 'model.audio_widths': (8,),
-         'unet.widths': (16,), 'unet.attention_levels': (0,), 'unet.level_scales': (0,)}
+from tests.conftest import SMALLEST, tiny_config
 
 
 def test_field_is_filled_for_old_workdirs():
@@ -29,7 +22,7 @@ def test_field_is_filled_for_old_workdirs():
 
 
 def test_oracle_trains_and_its_samples_follow_the_labels(tmp_path):
-  config = tiny_config('msa_msd', **SMALL, **{
+  config = tiny_config('msa_msd', **SMALLEST, **{
       'unet.label_condition': True, 'eval.num_generate_clips': 2, 'eval.num_summary_clips': 1})
   results = train.train_and_evaluate(config, str(tmp_path))
   assert np.isfinite(results['gen/onset_f1@100ms'])

@@ -18,15 +18,10 @@ import sys
 import numpy as np
 
 from tests.conftest import ROOT
+from tests.conftest import SMALLEST
 from tests.conftest import xla_flags
 
 NUM_STEPS = 2
-# The models at their smallest (two scales, one encoder stage, a one-level UNet): what this
-# file checks holds at any size, and the init and train steps compile with a third less CPU
-# (msa_msd: init 8.4 -> 5.8 s, joint step 23.7 -> 16.4 s, interleaved in one process).
-SMALL = {'model.scale_pools': (1, 8), 'model.scale_grids': (1, 1),
-         'model.video_widths': (8,), 'model.audio_widths': (8,),
-         'unet.widths': (16,), 'unet.attention_levels': (0,), 'unet.level_scales': (0,)}
 
 
 def _worker(process_id: int, num_processes: int, port: int, out_dir: str) -> None:
@@ -44,7 +39,7 @@ def _worker(process_id: int, num_processes: int, port: int, out_dir: str) -> Non
   from gmscavp_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   from tests.conftest import tiny_config  # pylint: disable=g-import-not-at-top
 
-  config = tiny_config('msa', **SMALL, **{'train.batch_size': 8, 'mesh.fsdp_min_size': 0})
+  config = tiny_config('msa', **SMALLEST, **{'train.batch_size': 8, 'mesh.fsdp_min_size': 0})
   mesh = sharding.make_mesh(data=1, fsdp=-1)
   models = steps.build_models(config)
   txs = {'encoders': optax.sgd(0.05), 'denoiser': optax.sgd(0.05)}
