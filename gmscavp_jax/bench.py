@@ -18,9 +18,9 @@ examples/s alone (with the configured worker processes) and its ratio to the slo
 the pipeline should deliver several times what the step consumes. `--parts` picks which.
 Last, the latency of sampling one clip of the configured length (batch 1, the config's
 eval.sampler, eval.sample_steps and eval.guidance, as generate samples: guidance other than
-0 and 1 makes two denoiser calls per step) with freshly initialised params: the timing does
-not depend on training, so no workdir is needed. The persistent compilation cache is off in
-this mode, so compile times are real compilations.
+0 and 1 makes one denoiser call a step at twice the batch) with freshly initialised params:
+the timing does not depend on training, so no workdir is needed. The persistent compilation
+cache is off in this mode, so compile times are real compilations.
 
 With --suite=gpu (and --out=REPORT.json), the GPU suite of tools/gpu_suite.py instead: the
 train step, the 10 s clip latency of each sampler and the best throughput of the config in

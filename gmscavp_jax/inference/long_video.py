@@ -250,7 +250,8 @@ def run(soundtracker, jobs: list[Job], *, batch: int, overlap_seconds: float | N
   after each sampler call with the n windows it made, `on_done(job, info)` when a video's
   files are in place (info: 'windows', 'seconds' of audio, 'clipped' samples),
   `on_failed(job, error)` for a video that cannot be read (its partial files removed; the
-  others go on). `sampler_args` are `sampling.Generator.generate`'s. Raises errors.ConfigError for a bad overlap or schedule.
+  others go on). `sampler_args` are `sampling.Generator.generate`'s. Raises
+  errors.ConfigError for a bad overlap or schedule.
   """
   geometry = windows(soundtracker.config, overlap_seconds)
   check_schedule(schedule, geometry)

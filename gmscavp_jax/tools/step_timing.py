@@ -110,8 +110,8 @@ def time_sampling_latency(config, mesh, sampler: str | None = None,
     config: the experiment config (its data.num_frames / data.fps give the clip length).
     mesh: the device mesh the params are initialised on.
     sampler: a sampler name; None: the config's eval.sampler (what generate uses).
-    num_steps: sampler steps, one denoiser call each (two with guidance other than 0 and
-      1); None: eval.sample_steps.
+    num_steps: sampler steps, one denoiser call each (at twice the batch with guidance
+      other than 0 and 1: samplers.BatchedDenoiser); None: eval.sample_steps.
     repeats: timed calls after one warm-up; the median is reported.
     batch_size: clips per call (zero frames (B,T,H,W,3)).
     built: (models, params) from `sampling_params`, to share one initialisation between
