@@ -236,6 +236,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.num_test_clips = 1_024  # Synthetic test clips (a prepared set: its whole test split).
   c.eval.batch_size = 64
   c.eval.retrieval_scale = -1  # -1: concatenate every scale; else the index of one scale.
+  # 'segments': mean cosine of time-aligned segments (what MSA trains); 'clip': of clip means.
+  c.eval.retrieval_pooling = 'segments'
   c.eval.top_k = (1, 5, 10)
   # Generation (DESIGN §5): audio for the first `num_generate_clips` test videos, scored by
   # onset hit-rate; the generate CLI takes the same sampler settings as its defaults.

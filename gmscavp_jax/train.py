@@ -224,10 +224,13 @@ def _log(step: int, fetched: list[dict], progress: metrics_io.Progress, skips: S
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains `config` in `workdir` (resuming if it holds checkpoints); returns the last results."""
   mesh = _open_workdir(config, workdir)
+  ckpt = checkpointing.Checkpointer(workdir, keep=config.train.keep_checkpoints)
+  if config.train.init_from and not ckpt.all_steps():
+    # A source that does not fit fails before anything is built or compiled.
+    state_lib.check_init_from(config.train.init_from, config)
   models, txs, state = state_lib.build(config, mesh)
   logging.info('%d parameters', sum(x.size for x in jax.tree.leaves(state.params)))
   train_iter = iter(pipeline.train_loader(config))
-  ckpt = checkpointing.Checkpointer(workdir, keep=config.train.keep_checkpoints)
   state, start = _resume(ckpt, state, train_iter, workdir, config)
   if start == 0 and config.train.init_from:  # A resumed run keeps its own params.
     state = state_lib.initialise_from(config.train.init_from, config, state)

@@ -79,6 +79,7 @@ def test_unknown_variant_is_rejected():
     ('diffusion.encoder_steps', 0, 'contrastive stage'),
     ('train.bidirectional_interval', 2, 'the frames'),  # With the cache on (below).
     ('eval.sampler', 'euler', 'one of'),
+    ('eval.retrieval_pooling', 'frames', 'segments.*clip'),
     ('eval.num_generate_clips', 32, 'eval.num_test_clips'),
     ('loss.cdiff_weight', -0.5, 'weight >= 0'),
     ('loss.cdiff_temperature', 0.0, 'positive tau'),

@@ -177,16 +177,43 @@ def test_retrieval_embedding():
   rng = np.random.default_rng(0)
   scales = [jnp.asarray(rng.normal(size=(3, T // p, g * g, D)), jnp.float32)
             for p, g in zip(POOLS, GRIDS)]
-  e = pyramid.retrieval_embedding(scales)
+  e = pyramid.retrieval_embedding(scales, pooling='clip')
   chex.assert_shape(e, (3, len(POOLS) * D))
   np.testing.assert_allclose(jnp.linalg.norm(e, axis=-1), 1.0, rtol=1e-5)
-  e1 = pyramid.retrieval_embedding(scales, scale_index=1)
+  e1 = pyramid.retrieval_embedding(scales, scale_index=1, pooling='clip')
   chex.assert_shape(e1, (3, D))
   mean1 = np.asarray(scales[1]).mean(axis=(1, 2))
   np.testing.assert_allclose(e1, mean1 / np.linalg.norm(mean1, axis=-1, keepdims=True),
                              rtol=1e-5)
   # The concatenation holds every scale's unit vector, scaled by 1/sqrt(L).
   np.testing.assert_allclose(e[:, D:2 * D] * math.sqrt(len(POOLS)), e1, rtol=1e-5)
+
+
+def test_segment_retrieval_scores_time_aligned_segments():
+  """pooling 'segments': a dot product of two embeddings is the mean over scales of the mean
+  over time of the cosines of time-aligned segments (each the mean over space)."""
+  rng = np.random.default_rng(1)
+  make = lambda: [jnp.asarray(rng.normal(size=(3, T // p, g * g, D)), jnp.float32)
+                  for p, g in zip(POOLS, GRIDS)]
+  video, audio = make(), make()
+  ev, ea = (pyramid.retrieval_embedding(x) for x in (video, audio))
+  chex.assert_shape(ev, (3, sum(T // p for p in POOLS) * D))
+  np.testing.assert_allclose(jnp.linalg.norm(ev, axis=-1), 1.0, rtol=1e-5)
+  unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)
+  want = np.mean([np.einsum('itd,jtd->ijt', unit(np.asarray(v).mean(2)),
+                            unit(np.asarray(a).mean(2))).mean(-1)
+                  for v, a in zip(video, audio)], axis=0)
+  np.testing.assert_allclose(ev @ ea.T, want, rtol=1e-5, atol=1e-6)
+  # Timing counts: the same segments in another order score lower than in their own.
+  rolled = [jnp.roll(v, 1, axis=1) for v in video]
+  er = pyramid.retrieval_embedding(rolled)
+  assert float(ev[0] @ ev[0]) > float(er[0] @ ev[0])
+  # One segment (T_l = 1): the same as the clip mean.
+  coarse = [jnp.asarray(rng.normal(size=(3, 1, 4, D)), jnp.float32)]
+  np.testing.assert_allclose(pyramid.retrieval_embedding(coarse),
+                             pyramid.retrieval_embedding(coarse, pooling='clip'), rtol=1e-6)
+  with pytest.raises(ValueError, match='pooling'):
+    pyramid.retrieval_embedding(coarse, pooling='frames')
 
 
 def test_build_model_full_and_runlocal_sizes_and_bf16():

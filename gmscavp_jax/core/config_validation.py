@@ -15,6 +15,7 @@ from gmscavp_jax.data import negatives
 from gmscavp_jax.diffusion import objectives
 from gmscavp_jax.diffusion import samplers
 from gmscavp_jax.infra import errors
+from gmscavp_jax.models import pyramid
 
 COMPUTE_DTYPES = ('float32', 'bfloat16')
 REMAT_POLICIES = ('none', 'full', 'save_dots')
@@ -160,6 +161,8 @@ def _validate_eval(config: ml_collections.ConfigDict, num_scales: int) -> None:
   require(e.batch_size > 0, 'eval.batch_size', 'a positive global batch', e.batch_size)
   require(-1 <= e.retrieval_scale < num_scales, 'eval.retrieval_scale',
            f'-1 (all scales) or a scale index below {num_scales}', e.retrieval_scale)
+  require(e.retrieval_pooling in pyramid.POOLINGS, 'eval.retrieval_pooling',
+          f'one of {pyramid.POOLINGS}', e.retrieval_pooling)
 
   require(0 <= e.num_generate_clips <= e.num_test_clips, 'eval.num_generate_clips',
            f'in [0, eval.num_test_clips={e.num_test_clips}]', e.num_generate_clips)

@@ -161,6 +161,34 @@ def _shape_differences(a: ml_collections.ConfigDict, b: ml_collections.ConfigDic
   return out
 
 
+def _abstract_params(config: ml_collections.ConfigDict):
+  """The shapes and dtypes of `config`'s params, without computing any."""
+  return jax.eval_shape(functools.partial(steps.init_params, config, steps.build_models(config)),
+                        _init_key(config))
+
+
+def check_init_from(source: str, config: ml_collections.ConfigDict, params=None):
+  """The config of `source`, the workdir `config.train.init_from` names, once it is known to
+  be a trained run whose params fit `config`'s models (`params`: this run's, concrete or
+  abstract; None derives them abstractly, so the trainer checks before it builds anything).
+
+  Raises errors.ConfigError naming the config fields that differ, or what is missing.
+  """
+  if not os.path.isfile(os.path.join(source, 'config.json')):
+    raise errors.ConfigError(f'config.train.init_from={source!r}: expected the workdir of a '
+                             'training run (with config.json)')
+  source_config = config_io.load_config(source)
+  # Compared before any read: a mismatch is the config's fault, not a damaged checkpoint.
+  shapes = lambda tree: jax.tree.map(lambda x: (x.shape, x.dtype), tree)
+  ours = _abstract_params(config) if params is None else params
+  if shapes(_abstract_params(source_config)) != shapes(ours):
+    differing = _shape_differences(source_config, config) or ['none of the model fields']
+    raise errors.ConfigError(
+        f'config.train.init_from={source!r}: its params do not fit this config\'s models; '
+        f'differing fields (source vs this run): {"; ".join(differing)}')
+  return source_config
+
+
 def initialise_from(source: str, config: ml_collections.ConfigDict, state):
   """`state` (a fresh train state) with its params, and their EMA if it keeps one, replaced
   by the newest params of the workdir `source` (its EMA if it kept one); optimizer state and
@@ -169,20 +197,7 @@ def initialise_from(source: str, config: ml_collections.ConfigDict, state):
   Raises errors.ConfigError if `source` is not a trained workdir or its params do not fit
   this config's models (naming the config fields that differ).
   """
-  if not os.path.isfile(os.path.join(source, 'config.json')):
-    raise errors.ConfigError(f'config.train.init_from={source!r}: expected the workdir of a '
-                             'training run (with config.json)')
-  source_config = config_io.load_config(source)
-  # Compared before any read: a mismatch is the config's fault, not a damaged checkpoint.
-  theirs = jax.eval_shape(functools.partial(steps.init_params, source_config,
-                                            steps.build_models(source_config)),
-                          _init_key(source_config))
-  shapes = lambda tree: jax.tree.map(lambda x: (x.shape, x.dtype), tree)
-  if shapes(theirs) != shapes(state.params):
-    differing = _shape_differences(source_config, config) or ['none of the model fields']
-    raise errors.ConfigError(
-        f'config.train.init_from={source!r}: its params do not fit this config\'s models; '
-        f'differing fields (source vs this run): {"; ".join(differing)}')
+  source_config = check_init_from(source, config, state.params)
   ckpt = checkpointing.Checkpointer(source, keep=source_config.train.keep_checkpoints)
   restored = ckpt.restore_latest_params(checkpointing.abstract_like(state.params),
                                         field=train_state.inference_field(source_config))

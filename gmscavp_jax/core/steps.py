@@ -323,8 +323,9 @@ def embed_step(params, batch: dict, *, models: Models,
   enc = {'params': params['encoders']}
   video = models.encoders.apply(enc, batch['frames'], method=gmscavp.GMSCAVP.embed_video)
   aud = models.encoders.apply(enc, log_mel(batch, config), method=gmscavp.GMSCAVP.embed_audio)
-  scale = config.eval.retrieval_scale
-  return (pyramid.retrieval_embedding(video, scale), pyramid.retrieval_embedding(aud, scale))
+  e = config.eval
+  return tuple(pyramid.retrieval_embedding(x, e.retrieval_scale, e.retrieval_pooling)
+               for x in (video, aud))
 
 
 def sample_step(params, inputs: dict, rng: jax.Array, *, models: Models,

@@ -136,19 +136,39 @@ class Pyramid(nn.Module):
     return self.video(video), self.audio(audio)
 
 
-def retrieval_embedding(scales: Sequence[jnp.ndarray], scale_index: int = -1) -> jnp.ndarray:
-  """Per-clip retrieval embedding from one modality's scales [(B,T_l,S_l,D)] -> (B,E).
+POOLINGS = ('segments', 'clip')
 
-  Per scale: the clip mean over T_l and S_l, L2-normalised. scale_index < 0 concatenates all
-  L scales and divides by sqrt(L), so the result is unit norm (E = L*D) and a dot product is
-  the average of the per-scale cosines; scale_index >= 0 returns that scale alone (E = D).
+
+def _unit(x: jnp.ndarray) -> jnp.ndarray:
+  return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+def retrieval_embedding(scales: Sequence[jnp.ndarray], scale_index: int = -1,
+                        pooling: str = 'segments') -> jnp.ndarray:
+  """Per-clip retrieval embedding from one modality's scales [(B,T_l,S_l,D)] -> (B,E), unit
+  norm, so that a dot product of two is the similarity retrieval ranks by.
+
+  pooling 'segments': per scale, each of the T_l segments' mean over S_l, L2-normalised, laid
+  end to end and divided by sqrt(T_l) (E_l = T_l*D): a dot product is the mean over time of
+  the cosines of time-aligned segments, the similarity the MSA loss trains (eq. 3), so the
+  score sees when things happen. 'clip': the clip mean over T_l and S_l, L2-normalised
+  (E_l = D): timing-blind (DESIGN §3's first choice; it discards what the fine scales learn).
+  The two agree for a scale with T_l = 1.
+  scale_index < 0 concatenates all L scales and divides by sqrt(L) (a dot product is the
+  average of the per-scale similarities); scale_index >= 0 returns that scale alone.
   """
   if scale_index >= len(scales):
     raise ValueError(f'scale_index {scale_index} >= number of scales {len(scales)}')
+  if pooling not in POOLINGS:
+    raise ValueError(f'pooling {pooling!r}: expected one of {POOLINGS}')
   chosen = scales if scale_index < 0 else [scales[scale_index]]
   embs = []
   for s in chosen:
     chex.assert_rank(s, 4)
-    m = s.astype(jnp.float32).mean(axis=(1, 2))
-    embs.append(m / jnp.maximum(jnp.linalg.norm(m, axis=-1, keepdims=True), 1e-12))
+    s = s.astype(jnp.float32)
+    if pooling == 'clip':
+      embs.append(_unit(s.mean(axis=(1, 2))))
+    else:
+      b, t = s.shape[:2]
+      embs.append(_unit(s.mean(axis=2)).reshape(b, -1) / jnp.sqrt(float(t)))
   return jnp.concatenate(embs, axis=-1) / jnp.sqrt(float(len(chosen)))
