@@ -47,6 +47,10 @@ _FAD_WINDOW = flags.DEFINE_float('fad_window_seconds', 0.96,
                                  "--fad_embedding's input window in seconds.")
 _FAD_HOP = flags.DEFINE_float('fad_hop_seconds', None,
                               'Hop between --fad_embedding windows (default: the window).')
+_RETRIEVAL_POOLING = flags.DEFINE_enum(
+    'retrieval_pooling', None, ['segments', 'clip'], 'How retrieval scores a pair (default: '
+    "the run's eval.retrieval_pooling): segments, the mean cosine of time-aligned segments; "
+    'clip, the cosine of clip means (timing-blind).')
 flags.mark_flags_as_required(['workdir'])
 
 
@@ -63,7 +67,8 @@ def main(argv):
       output_dir=_OUTPUT_DIR.value, split=_SPLIT.value, align_guidance=_ALIGN_GUIDANCE.value,
       vocoder=_VOCODER.value, fad_embedding=_FAD_EMBEDDING.value,
       fad_sample_rate=_FAD_SAMPLE_RATE.value, fad_window_seconds=_FAD_WINDOW.value,
-      fad_hop_seconds=_FAD_HOP.value, **cli.sampler_args(_SAMPLER_FLAGS))
+      fad_hop_seconds=_FAD_HOP.value, retrieval_pooling=_RETRIEVAL_POOLING.value,
+      **cli.sampler_args(_SAMPLER_FLAGS))
   print(f"checkpoint {r['evaluate/step']}: KLD {r['gen/kld']:.3f}  FAD {r['gen/fad']:.3f} "
         f"[{r['gen/fad_ci95_low']:.2f}, {r['gen/fad_ci95_high']:.2f}] (FAD-inf "
         f"{r['gen/fad_inf']:.2f})  "

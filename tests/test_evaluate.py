@@ -93,7 +93,8 @@ def test_evaluate_writes_results_and_reuses_the_evaluators(trained, tmp_path):
       str(tmp_path / 'user.onnx'), np.random.default_rng(3).normal(size=(1000, 4)))
   results = checkpoint_evaluation.evaluate_checkpoint(
       workdir, evaluator_dir=root, sampler='ddim', num_steps=3, vocoder='neural',
-      fad_embedding=onnx_model, fad_sample_rate=4000, fad_window_seconds=0.25)
+      fad_embedding=onnx_model, fad_sample_rate=4000, fad_window_seconds=0.25,
+      retrieval_pooling='clip')
   with open(os.path.join(workdir, 'results.json')) as f:
     saved = json.load(f)
   for key in REQUIRED:
@@ -125,6 +126,9 @@ def test_evaluate_writes_results_and_reuses_the_evaluators(trained, tmp_path):
   assert saved['evaluate/embedding_dim'] == config_io.load_config(workdir).evaluator.embed_dim
   assert re.fullmatch(r'[0-9a-f]{40}(\+dirty)?|unknown', saved['evaluate/code_commit'])
   assert saved['evaluate/reference_split'] == 'test clips 4-7'
+  # The run was trained with the default 'segments'; this evaluation asked for 'clip'.
+  assert config_io.load_config(workdir).eval.retrieval_pooling == 'segments'
+  assert '| retrieval_pooling | clip |' in text and saved['evaluate/retrieval_scale'] == -1
   assert f"{saved['gen/align_acc']:.1f} [{saved['gen/align_acc_ci95_low']:.1f}, " in text
   assert os.path.exists(os.path.join(workdir, 'plots', 'evaluate.png'))
   assert os.path.exists(os.path.join(workdir, 'plots', 'memorisation.png'))

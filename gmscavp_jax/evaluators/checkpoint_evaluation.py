@@ -72,7 +72,8 @@ def evaluate_checkpoint(workdir: str, *, evaluator_dir: str | None = None,
                         align_guidance: float = 0.0, vocoder: str = 'auto',
                         fad_embedding: str | None = None, fad_sample_rate: int = 16000,
                         fad_window_seconds: float = 0.96,
-                        fad_hop_seconds: float | None = None) -> dict:
+                        fad_hop_seconds: float | None = None,
+                        retrieval_pooling: str | None = None) -> dict:
   """Scores the newest checkpoint of `workdir`; returns the merged results.json dict.
 
   `split` 'train' generates for (and takes the FAD reference from) training clips instead of
@@ -84,7 +85,9 @@ def evaluate_checkpoint(workdir: str, *, evaluator_dir: str | None = None,
   several settings of one checkpoint each keep their own directory. `vocoder` ('auto',
   'neural' or 'griffin_lim') makes the listening outputs and the ref/vocoded row.
   `fad_embedding`, an ONNX audio embedding network (onnx_embedding.OnnxEmbedding, with its
-  input rate, window and hop), adds gen/fad_onnx and ref/gt/fad_onnx.
+  input rate, window and hop), adds gen/fad_onnx and ref/gt/fad_onnx. `retrieval_pooling`
+  ('segments' or 'clip', models/pyramid.py) scores retrieval another way than the run's
+  eval.retrieval_pooling (e.g. a workdir trained before 'segments' existed).
   """
   output_dir = output_dir or workdir
   t0 = time.perf_counter()
@@ -95,6 +98,8 @@ def evaluate_checkpoint(workdir: str, *, evaluator_dir: str | None = None,
   config = config_io.load_config(workdir)
   if num_clips is not None:
     config.eval.num_metric_clips = num_clips
+  if retrieval_pooling is not None:
+    config.eval.retrieval_pooling = retrieval_pooling
   config_validation.validate_evaluation(config)
   _, mesh, models, params, step = state_lib.restore_workdir(workdir, config,
                                                             state_lib.restore_generator)
@@ -209,6 +214,8 @@ def protocol_card(config: ml_collections.ConfigDict, num_clips: int, split: str)
       'evaluate/sample_rate': config.audio.sample_rate,
       'evaluate/clip_seconds': config.data.num_frames / config.data.fps,
       'evaluate/reference_split': f'{split} clips {num_clips}-{2 * num_clips - 1}',
+      'evaluate/retrieval_pooling': config.eval.retrieval_pooling,
+      'evaluate/retrieval_scale': config.eval.retrieval_scale,
       'evaluate/train_seed': config.seed,
       'evaluate/code_commit': provenance.code_commit(),
   }

@@ -207,7 +207,8 @@ TABLE3_FLAGS = {'cavp': (False, False), 'msa': (True, False), 'msd': (False, Tru
 # numbers were made, in results.md's Protocol table.
 PROTOCOL_KEYS = tuple(f'evaluate/{k}' for k in (
     'dataset', 'evaluator_id', 'embedding', 'embedding_dim', 'sample_rate', 'clip_seconds',
-    'split', 'reference_split', 'sampler', 'sample_steps', 'guidance', 'align_guidance',
+    'split', 'reference_split', 'retrieval_pooling', 'retrieval_scale', 'sampler',
+    'sample_steps', 'guidance', 'align_guidance',
     'vocoder', 'griffin_lim_iters', 'step', 'train_seed', 'seed', 'code_commit',
     'fad_embedding', 'fad_embedding_dim', 'fad_embedding_sample_rate',
     'fad_embedding_window_s', 'fad_embedding_hop_s'))
