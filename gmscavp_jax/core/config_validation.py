@@ -162,7 +162,7 @@ def _validate_eval(config: ml_collections.ConfigDict, num_scales: int) -> None:
   require(-1 <= e.retrieval_scale < num_scales, 'eval.retrieval_scale',
            f'-1 (all scales) or a scale index below {num_scales}', e.retrieval_scale)
   require(e.retrieval_pooling in pyramid.POOLINGS, 'eval.retrieval_pooling',
-          f'one of {pyramid.POOLINGS}', e.retrieval_pooling)
+           f'one of {pyramid.POOLINGS}', e.retrieval_pooling)
 
   require(0 <= e.num_generate_clips <= e.num_test_clips, 'eval.num_generate_clips',
            f'in [0, eval.num_test_clips={e.num_test_clips}]', e.num_generate_clips)
