@@ -185,6 +185,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.num_steps = 100_000
   c.train.batch_size = 64  # Global batch, split over the mesh's 'data' axis.
   c.train.learning_rate = 1e-4
+  c.train.encoder_lr_scale = 1.0  # The encoders' optimizer peaks at learning_rate times this.
   c.train.lr_schedule = 'cosine'  # 'cosine' (warmup then cosine decay) or 'constant'.
   c.train.warmup_steps = 1_000
   c.train.decay_steps = config_dict.placeholder(int)  # Defaults to num_steps.

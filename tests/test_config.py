@@ -68,6 +68,7 @@ def test_unknown_variant_is_rejected():
     ('model.video_stem', 'pixels', "'patchify' or 'conv'"),
     ('train.batch_size', 0, 'positive'),
     ('train.lr_schedule', 'linear', "'cosine' or 'constant'"),
+    ('train.encoder_lr_scale', 0.0, 'a positive factor'),
     ('eval.batch_size', 0, 'a positive global batch'),  # Any other: the last batch is padded.
     ('loss.temperature_init', 5.0, 'temperature_max'),
     ('audio.fmax', 9000.0, 'sample_rate/2'),

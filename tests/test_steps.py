@@ -94,6 +94,18 @@ def test_phase_schedule_of_the_table3_configs():
   assert not steps.generator_trained(none, 4)
 
 
+def test_encoder_lr_scale_scales_only_the_encoders_rate():
+  config = tiny_config('msa_msd', **{'train.encoder_lr_scale': 3.0, 'train.lr_schedule':
+                                     'constant', 'train.warmup_steps': 0,
+                                     'train.learning_rate': 1e-3})
+  txs = steps.make_optimizers(config)
+  grad = {'w': jnp.ones(3)}
+  # Adam's first update is -rate * sign(gradient).
+  first = {k: txs[k].update(grad, txs[k].init(grad), grad)[0]['w'] for k in txs}
+  np.testing.assert_allclose(first['encoders'], -3e-3, rtol=1e-4)
+  np.testing.assert_allclose(first['denoiser'], -1e-3, rtol=1e-4)
+
+
 def test_mel_normalisation_round_trips(setup):
   config = setup[0]
   mel = jnp.linspace(-11.5, 3.0, 24).reshape(2, 3, 4)

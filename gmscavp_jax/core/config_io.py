@@ -43,6 +43,7 @@ _ADDED = {
     'train.remat': 'none',
     'train.bidirectional_interval': 0,
     'train.ema_decay': 0.0,
+    'train.encoder_lr_scale': 1.0,
     'train.init_from': '',
     'train.cache_video_features': False,
     'eval.num_memorisation_clips': 1024,

@@ -124,6 +124,8 @@ def _validate_train(t: ml_collections.ConfigDict) -> None:
   require(t.num_steps > 0, 'train.num_steps', 'a positive step count', t.num_steps)
   require(t.batch_size > 0, 'train.batch_size', 'a positive global batch', t.batch_size)
   require(t.learning_rate > 0, 'train.learning_rate', 'a positive rate', t.learning_rate)
+  require(t.encoder_lr_scale > 0, 'train.encoder_lr_scale', 'a positive factor',
+           t.encoder_lr_scale)
   require(t.lr_schedule in ('cosine', 'constant'), 'train.lr_schedule',
            "'cosine' or 'constant'", t.lr_schedule)
   require(t.warmup_steps >= 0, 'train.warmup_steps', 'an integer >= 0', t.warmup_steps)

@@ -133,6 +133,10 @@ def make_optimizers(config: ml_collections.ConfigDict) -> dict:
   else:
     steps = {'encoders': total, 'denoiser': total}
   txs = {k: make_optimizer(config.train, n) for k, n in steps.items()}
+  if config.train.encoder_lr_scale != 1.0:  # The encoders' own peak (and end) rate.
+    enc_train = config.train.copy_and_resolve_references()
+    enc_train.learning_rate *= config.train.encoder_lr_scale
+    txs['encoders'] = make_optimizer(enc_train, steps['encoders'])
   every = bidirectional.interval(config)
   if every:
     # One a2v update every `every` steps of the denoiser's phase: its warmup and decay are
