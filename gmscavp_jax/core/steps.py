@@ -98,23 +98,23 @@ def a2v_trained(config: ml_collections.ConfigDict, step: int) -> bool:
   return step >= first
 
 
-def make_optimizer(train_cfg: ml_collections.ConfigDict,
-                   num_steps: int) -> optax.GradientTransformation:
-  """Adam (AdamW if weight_decay > 0), warmup + cosine decay over `num_steps`, clipping.
+def make_optimizer(train_cfg: ml_collections.ConfigDict, num_steps: int,
+                   lr_scale: float = 1.0) -> optax.GradientTransformation:
+  """Adam (AdamW if weight_decay > 0), warmup + cosine decay over `num_steps` to a peak of
+  learning_rate * lr_scale, clipping.
 
   The schedule counts the updates of this optimizer, so a group trained only in a later
   phase starts its warmup when that phase starts.
   """
+  peak = train_cfg.learning_rate * lr_scale
   if train_cfg.lr_schedule == 'cosine':
     lr = optax.warmup_cosine_decay_schedule(
-        init_value=0.0, peak_value=train_cfg.learning_rate,
-        warmup_steps=train_cfg.warmup_steps,
+        init_value=0.0, peak_value=peak, warmup_steps=train_cfg.warmup_steps,
         decay_steps=max(train_cfg.decay_steps or num_steps, train_cfg.warmup_steps + 1),
-        end_value=train_cfg.learning_rate * train_cfg.end_lr_fraction)
+        end_value=peak * train_cfg.end_lr_fraction)
   else:
-    lr = optax.join_schedules(
-        [optax.linear_schedule(0.0, train_cfg.learning_rate, max(train_cfg.warmup_steps, 1)),
-         optax.constant_schedule(train_cfg.learning_rate)], [train_cfg.warmup_steps])
+    lr = optax.join_schedules([optax.linear_schedule(0.0, peak, max(train_cfg.warmup_steps, 1)),
+                               optax.constant_schedule(peak)], [train_cfg.warmup_steps])
   if train_cfg.weight_decay > 0:
     opt = optax.adamw(lr, weight_decay=train_cfg.weight_decay)
   else:
@@ -132,11 +132,8 @@ def make_optimizers(config: ml_collections.ConfigDict) -> dict:
     steps = {'encoders': end, 'denoiser': total - end}
   else:
     steps = {'encoders': total, 'denoiser': total}
-  txs = {k: make_optimizer(config.train, n) for k, n in steps.items()}
-  if config.train.encoder_lr_scale != 1.0:  # The encoders' own peak (and end) rate.
-    enc_train = config.train.copy_and_resolve_references()
-    enc_train.learning_rate *= config.train.encoder_lr_scale
-    txs['encoders'] = make_optimizer(enc_train, steps['encoders'])
+  scale = {'encoders': config.train.encoder_lr_scale}
+  txs = {k: make_optimizer(config.train, n, scale.get(k, 1.0)) for k, n in steps.items()}
   every = bidirectional.interval(config)
   if every:
     # One a2v update every `every` steps of the denoiser's phase: its warmup and decay are
