@@ -4,11 +4,14 @@ Experiment files (`configs/cavp.py`, `configs/msa.py`, ...) start from `base_con
 change what makes the experiment, and call `apply_variant(config, arg)` so that
 `--config=configs/msa.py:runlocal` gives the small CPU-sized variant of the same experiment.
 A resolved config is checked by `gmscavp_jax/core/config_validation.py` before any work; the
-measurements behind the values chosen here are in docs/config_notes.md.
+measurements behind the values chosen here are in docs/config_notes.md. The neural
+vocoder's section is built in `configs/vocoder.py`.
 """
 
 import ml_collections
 from ml_collections import config_dict
+
+from configs import vocoder
 
 # Sizes of the `runlocal` variant: a 2-core CPU trains it in minutes (DESIGN §4).
 RUNLOCAL = dict(num_frames=16, fps=8.0, image_size=64)
@@ -280,42 +283,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.evaluator.max_shift_seconds = 1.0
   c.evaluator.num_check_clips = 512  # Test clips that measure the evaluators' own accuracy.
 
-  # The neural vocoder (HiFi-GAN family, models/vocoder_gan.py), trained once per dataset and
-  # kept beside the evaluators; `generate`, the demo and `evaluate` use it with
-  # --vocoder=neural (or 'auto' once it is trained). Griffin-Lim stays the fallback.
-  c.vocoder = ml_collections.ConfigDict()
-  c.vocoder.seed = 0
-  c.vocoder.width = 512  # ConvNeXt blocks at the log-mel frame rate (Vocos' sizes).
-  c.vocoder.num_blocks = 8
-  # Griffin-Lim projections of the predicted STFT (its magnitude kept) before the inverse
-  # STFT, trained through: 0 is the network alone. 4 took the log-mel L1 of whole test clips
-  # from 0.245 to 0.187 at :runlocal (docs/generation.md).
-  c.vocoder.projections = 4
-  # Projections when the commands vocode (not part of the trained network's identity): the
-  # network's phase is a better start than Griffin-Lim's random one. With 32, the :runlocal
-  # vocoder's log-mel L1 is 0.139 against Griffin-Lim's 0.155 in 32 iterations, at about
-  # its time; Griffin-Lim catches up at 64 (docs/generation.md).
-  c.vocoder.inference_projections = 32
-  c.vocoder.periods = (2, 3, 5, 7, 11)
-  c.vocoder.num_scales = 3
-  c.vocoder.disc_channels = (32, 64, 128, 256)
-  # Training crops of log-mel frames: whole clips (10 s at 8 kHz), the length the commands
-  # vocode. Trained on 16-frame crops, the phase needs the crop's edge as its time reference
-  # and whole clips came out worse (docs/generation.md).
-  c.vocoder.segment_frames = 400
-  c.vocoder.batch_size = 16
-  c.vocoder.num_steps = 50_000
-  c.vocoder.learning_rate = 2e-4
-  # Steps of reconstruction loss alone before the discriminator joins: a generator that
-  # already follows the log-mel gives the GAN something to refine.
-  c.vocoder.gan_start_step = 5_000
-  c.vocoder.mel_weight = 45.0  # HiFi-GAN's weights: log-mel L1 45, feature matching 2.
-  c.vocoder.feature_weight = 2.0
-  # Log-magnitude STFT L1 at these (n_fft, hop) besides the front end's log-mel (sharper
-  # transients than the 25 ms mel frames alone teach).
-  c.vocoder.stft_sizes = ((128, 32), (1024, 256))
-  c.vocoder.stft_weight = 15.0
-  c.vocoder.num_check_clips = 512  # Test clips of its self-check against Griffin-Lim.
+  c.vocoder = vocoder.base_config()
   return c
 
 
@@ -343,9 +311,7 @@ def apply_variant(c: ml_collections.ConfigDict, arg: str | None) -> ml_collectio
     c.train.batch_size = 32
     # 1.2k steps instead of the paper's ~100k: a 10x larger peak rate (full size keeps 1e-4).
     c.train.learning_rate = 1e-3
-    # The encoders still climb at 1.2k steps: at 4x their rate all seeds retrieve ~18 R@1
-    # points better and agree within clip noise (docs/results.md, "What holds the encoders").
-    c.train.encoder_lr_scale = 4.0
+    c.train.encoder_lr_scale = 4.0  # Still climbing at 1.2k steps (docs/config_notes.md).
     c.train.warmup_steps = 100
     c.train.checkpoint_every_steps = 400
     c.train.eval_every_steps = 400
@@ -357,17 +323,7 @@ def apply_variant(c: ml_collections.ConfigDict, arg: str | None) -> ml_collectio
     c.evaluator.num_steps = 1_500
     c.evaluator.batch_size = 32
     c.evaluator.num_check_clips = 256
-    c.vocoder.width = 128
-    c.vocoder.num_blocks = 4
-    c.vocoder.num_scales = 1
-    c.vocoder.disc_channels = (16, 32, 64)
-    c.vocoder.segment_frames = 80  # Whole 2 s clips.
-    c.vocoder.num_steps = 3_000
-    c.vocoder.learning_rate = 1e-3
-    # No GAN steps at :runlocal: on 2 cores a discriminator step costs ~15x a generator step
-    # and did not lower the log-mel distance (docs/generation.md); full size keeps them.
-    c.vocoder.gan_start_step = 3_000
-    c.vocoder.num_check_clips = 256
+    vocoder.apply_runlocal(c.vocoder)
     # 2x16 stem patches (50 ms x 16 mels) and attention at the coarsest level only keep a
     # UNet update at batch 32 affordable on 2 cores (docs/config_notes.md).
     c.unet.widths = (32, 48, 64)
