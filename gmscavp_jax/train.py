@@ -225,15 +225,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains `config` in `workdir` (resuming if it holds checkpoints); returns the last results."""
   mesh = _open_workdir(config, workdir)
   ckpt = checkpointing.Checkpointer(workdir, keep=config.train.keep_checkpoints)
+  source_config = None  # Of train.init_from, for a run with no checkpoint of its own yet.
   if config.train.init_from and not ckpt.all_steps():
     # A source that does not fit fails before anything is built or compiled.
-    state_lib.check_init_from(config.train.init_from, config)
+    source_config = state_lib.check_init_from(config.train.init_from, config)
   models, txs, state = state_lib.build(config, mesh)
   logging.info('%d parameters', sum(x.size for x in jax.tree.leaves(state.params)))
   train_iter = iter(pipeline.train_loader(config))
   state, start = _resume(ckpt, state, train_iter, workdir, config)
-  if start == 0 and config.train.init_from:  # A resumed run keeps its own params.
-    state = state_lib.initialise_from(config.train.init_from, config, state)
+  if source_config is not None:  # A resumed run keeps its own params.
+    state = state_lib.initialise_from(config.train.init_from, source_config, state)
 
   train_step = _PhaseSteps(models, txs, config, mesh, state_lib.layout_of(state))
   evaluators = _evaluators(config, mesh, models)

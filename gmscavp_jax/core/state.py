@@ -167,10 +167,10 @@ def _abstract_params(config: ml_collections.ConfigDict):
                         _init_key(config))
 
 
-def check_init_from(source: str, config: ml_collections.ConfigDict, params=None):
+def check_init_from(source: str, config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """The config of `source`, the workdir `config.train.init_from` names, once it is known to
-  be a trained run whose params fit `config`'s models (`params`: this run's, concrete or
-  abstract; None derives them abstractly, so the trainer checks before it builds anything).
+  be a trained run whose params fit `config`'s models. Compares abstract params only, so the
+  trainer checks before it builds or compiles anything.
 
   Raises errors.ConfigError naming the config fields that differ, or what is missing.
   """
@@ -180,8 +180,7 @@ def check_init_from(source: str, config: ml_collections.ConfigDict, params=None)
   source_config = config_io.load_config(source)
   # Compared before any read: a mismatch is the config's fault, not a damaged checkpoint.
   shapes = lambda tree: jax.tree.map(lambda x: (x.shape, x.dtype), tree)
-  ours = _abstract_params(config) if params is None else params
-  if shapes(_abstract_params(source_config)) != shapes(ours):
+  if shapes(_abstract_params(source_config)) != shapes(_abstract_params(config)):
     differing = _shape_differences(source_config, config) or ['none of the model fields']
     raise errors.ConfigError(
         f'config.train.init_from={source!r}: its params do not fit this config\'s models; '
@@ -189,15 +188,14 @@ def check_init_from(source: str, config: ml_collections.ConfigDict, params=None)
   return source_config
 
 
-def initialise_from(source: str, config: ml_collections.ConfigDict, state):
+def initialise_from(source: str, source_config: ml_collections.ConfigDict, state):
   """`state` (a fresh train state) with its params, and their EMA if it keeps one, replaced
   by the newest params of the workdir `source` (its EMA if it kept one); optimizer state and
-  step stay fresh, so the run has a schedule of its own (fine-tuning).
+  step stay fresh, so the run has a schedule of its own (fine-tuning). `source_config` is
+  what `check_init_from` returned for `source`.
 
-  Raises errors.ConfigError if `source` is not a trained workdir or its params do not fit
-  this config's models (naming the config fields that differ).
+  Raises errors.ConfigError if no checkpoint of `source` can be restored.
   """
-  source_config = check_init_from(source, config, state.params)
   ckpt = checkpointing.Checkpointer(source, keep=source_config.train.keep_checkpoints)
   restored = ckpt.restore_latest_params(checkpointing.abstract_like(state.params),
                                         field=train_state.inference_field(source_config))
