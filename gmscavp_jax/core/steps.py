@@ -101,11 +101,8 @@ def a2v_trained(config: ml_collections.ConfigDict, step: int) -> bool:
 def make_optimizer(train_cfg: ml_collections.ConfigDict, num_steps: int,
                    lr_scale: float = 1.0) -> optax.GradientTransformation:
   """Adam (AdamW if weight_decay > 0), warmup + cosine decay over `num_steps` to a peak of
-  learning_rate * lr_scale, clipping.
-
-  The schedule counts the updates of this optimizer, so a group trained only in a later
-  phase starts its warmup when that phase starts.
-  """
+  learning_rate * lr_scale, clipping. The schedule counts this optimizer's updates, so a group
+  trained only in a later phase starts its warmup when that phase starts."""
   peak = train_cfg.learning_rate * lr_scale
   if train_cfg.lr_schedule == 'cosine':
     lr = optax.warmup_cosine_decay_schedule(
