@@ -7,8 +7,9 @@ concatenated scales, 'label' (N,) the first sounding class), fits a logistic reg
 the first 3/4 of the clips and prints its accuracy on the rest for the class, its shape
 (class % 4 in the synthetic world) and its colour (class // 4). Chance: 1/16, ~1/4, ~1/4.
 An embedding of time-aligned segments (eval.retrieval_pooling='segments', WORKDIR/config.json)
-is first averaged over time within each scale, so the probe reads the same per-scale clip
-features whichever pooling the workdir retrieves with (and fits in seconds, not minutes).
+is first averaged over time within each scale (the mean of its unit segment vectors, where
+'clip' pooling normalises the mean of the raw ones), so the probe reads per-scale clip
+features whichever pooling the workdir retrieves with, and fits in seconds, not minutes.
 """
 
 import json
