@@ -187,3 +187,15 @@ def msa_workdir(tmp_path_factory):
 def msa_msd_workdir(tmp_path_factory):
   """The tiny joint msa_msd run, shared, read-only."""
   return trained_workdir(tmp_path_factory, 'msa_msd')
+
+
+# The files that take longest (summed test time of one run) go first: `--dist loadfile` hands
+# whole files to the two xdist workers in collection order, and in alphabetical order files
+# of 2-3 minutes came last, one worker running them while the other had finished.
+LONGEST_FIRST = ('test_evaluate', 'test_bidirectional', 'test_soundtracks', 'test_resume',
+                 'test_train', 'test_steps', 'test_gpu_suite', 'test_multidevice')
+
+
+def pytest_collection_modifyitems(items):
+  rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+  items.sort(key=lambda item: rank.get(item.path.stem, len(LONGEST_FIRST)))  # Stable.
