@@ -11,12 +11,13 @@ import pytest
 from gmscavp_jax.core import phases
 from gmscavp_jax.core import steps
 from gmscavp_jax.data import pipeline
-from tests.conftest import init_state, tiny_config
+from tests.conftest import SMALLEST, init_state, tiny_config
 
 
 @pytest.fixture(scope='module')
 def setup():
-  config = tiny_config('msa_msd')
+  # The smallest models: what these tests check holds at any size.
+  config = tiny_config('msa_msd', **SMALLEST)
   models = steps.build_models(config)
   # Constant-rate Adam: the configured warmup gives the very first update a rate of 0.
   txs = {'encoders': optax.adam(1e-2), 'denoiser': optax.adam(1e-2)}
@@ -175,7 +176,7 @@ def test_contrastive_diffusion_term_on_the_same_noise(setup):
 
 def test_video_class_loss_trains_a_head_on_the_clip_embedding():
   """loss.video_class_weight > 0 adds a (D,K) head whose BCE on data.labels joins the loss."""
-  config = tiny_config('msa', **{'loss.video_class_weight': 1.0})
+  config = tiny_config('msa', **SMALLEST, **{'loss.video_class_weight': 1.0})
   models = steps.build_models(config)
   txs = {'encoders': optax.adam(1e-2), 'denoiser': optax.adam(1e-2)}
   state = init_state(config, models, txs)
