@@ -15,12 +15,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
 
-# Tests check what the code computes, not how fast: XLA:CPU's backend optimisation level 0
-# compiles the tiny train step in about half the time (init 36-47 s -> 7-22 s, step 40-83 s
-# -> 27-51 s on 2 busy cores, interleaved runs), and compiling is most of the suite's time.
-# Set before jax starts its backend; every subprocess a test starts inherits it, and
-# `xla_flags` gives it to those that set XLA_FLAGS themselves.
-TEST_XLA_FLAGS = '--xla_backend_optimization_level=0'
+# Tests check what the code computes, not how fast, and compiling is most of the suite's
+# time: XLA:CPU's backend optimisation level 0 compiles the tiny train step in about half the
+# time (init 36-47 s -> 7-22 s, step 40-83 s -> 27-51 s on 2 busy cores, interleaved runs),
+# and its older loop emitters instead of the fusion emitters take a quarter off what is left
+# (test_steps, test_flow and test_gpu_suite: 82 -> 60 s, cold cache, idle cores). Set before
+# jax starts its backend; every subprocess a test starts inherits it, and `xla_flags` gives
+# it to those that set XLA_FLAGS themselves.
+TEST_XLA_FLAGS = '--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false'
 if TEST_XLA_FLAGS not in os.environ.get('XLA_FLAGS', ''):
   os.environ['XLA_FLAGS'] = f"{os.environ.get('XLA_FLAGS', '')} {TEST_XLA_FLAGS}".strip()
 
