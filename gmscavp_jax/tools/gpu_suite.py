@@ -69,9 +69,9 @@ DRY_RUN_SETTINGS = Settings(train_steps=2, repeats=1, throughput_batches=(2,), b
                             first_estimate_s=0.0, other_samplers=False)
 
 # The tiny model of --dry_run, on top of the config's :runlocal variant: 8 frames of 32x32,
-# two scales, one stage per encoder and a one-level UNet (head dim 16, as the full size's
-# smallest), two sampler steps, a global batch of 2. Smallest, as the test suite's checks
-# that hold at any size: the dry run checks the suite's code, not a model.
+# two scales, one stage per encoder and a one-level UNet with one attention head of 16,
+# two sampler steps, a global batch of 2: the smallest models, as in the test suite's
+# checks that hold at any size, since the dry run checks the suite's code, not a model.
 DRY_RUN_OVERRIDES = {
     'data': dict(num_frames=8, image_size=32, worker_count=0),
     'model': dict(video_widths=(8,), audio_widths=(8,), embed_dim=16, scale_pools=(1, 8),
