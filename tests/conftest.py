@@ -133,6 +133,8 @@ def tiny_config(name: str = 'msa', **overrides):
 SMALLEST = {'model.scale_pools': (1, 8), 'model.scale_grids': (1, 1),
             'model.video_widths': (8,), 'model.audio_widths': (8,),
             'unet.widths': (16,), 'unet.attention_levels': (0,), 'unet.level_scales': (0,)}
+# The same, with bidirectional diffusion's a2v denoiser at its smallest too.
+SMALLEST_A2V = {**SMALLEST, 'a2v.widths': (16,), 'a2v.attention_levels': (0,)}
 
 def run_dir(tmp_path_factory) -> pathlib.Path:
   """A folder of this test run shared by all its processes: with pytest-xdist each worker's

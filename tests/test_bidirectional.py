@@ -34,17 +34,15 @@ from gmscavp_jax.infra import errors
 from gmscavp_jax.infra import metrics_io
 from gmscavp_jax.infra import sharding
 from gmscavp_jax.losses import contrastive
-from tests.conftest import ROOT, SMALLEST, tiny_config
+from tests.conftest import ROOT, SMALLEST_A2V, tiny_config
 
 INTERVAL = 2
-# The models at their smallest, the a2v net's too (conftest.SMALLEST).
-SMALL = {**SMALLEST, 'a2v.widths': (16,), 'a2v.attention_levels': (0,)}
 
 
 def _config(interval: int = INTERVAL):
   # Two steps: step 1 is a plain joint step, step 2 (2 % 2 == 0) also trains the a2v
   # denoiser. No v2a generation (tests/test_train.py covers it) to keep the compile count low.
-  return tiny_config('msa_msd', **SMALL, **{
+  return tiny_config('msa_msd', **SMALLEST_A2V, **{
       'train.bidirectional_interval': interval, 'train.num_steps': 2,
       'train.checkpoint_every_steps': 1, 'train.eval_every_steps': 2, 'train.keep_checkpoints': 2,
       'eval.num_generate_clips': 0, 'eval.num_summary_clips': 0})

@@ -20,7 +20,7 @@ from gmscavp_jax.diffusion import samplers
 from gmscavp_jax.diffusion import schedules
 from gmscavp_jax.infra import errors
 from gmscavp_jax.models import gmscavp
-from tests.conftest import SMALLEST, init_state, tiny_config
+from tests.conftest import SMALLEST_A2V, init_state, tiny_config
 
 N = 1000  # diffusion.num_timesteps: the model time's scale.
 
@@ -196,9 +196,9 @@ def test_sample_objective_refuses_mismatched_samplers():
 
 def _flow_config(**overrides):
   # The smallest models (the a2v net's too): the flow path's checks hold at any size.
-  return tiny_config('msa_msd', **SMALLEST, **{
-      'a2v.widths': (16,), 'a2v.attention_levels': (0,), 'diffusion.objective': 'flow',
-      'eval.sampler': 'euler', 'diffusion.terminal_weight': 0.0, **overrides})
+  return tiny_config('msa_msd', **SMALLEST_A2V, **{
+      'diffusion.objective': 'flow', 'eval.sampler': 'euler', 'diffusion.terminal_weight': 0.0,
+      **overrides})
 
 
 @pytest.mark.parametrize('fields,message', [

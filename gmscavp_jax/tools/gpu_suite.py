@@ -104,16 +104,13 @@ class Budget:
 def suite_config(config: ml_collections.ConfigDict,
                  dry_run: bool = False) -> ml_collections.ConfigDict:
   """A resolved copy of `config` in COMPUTE_DTYPE; with `dry_run`, its :runlocal variant
-  shrunk by DRY_RUN_OVERRIDES (scale pools remapped onto the fewer frames)."""
+  shrunk by DRY_RUN_OVERRIDES."""
   config = config.copy_and_resolve_references()
   with config.unlocked():
     if dry_run:
       config = common.apply_variant(config, 'runlocal')
       for group, fields in DRY_RUN_OVERRIDES.items():
         config[group].update(fields)
-      pools = common.remap_pools(config.model.scale_pools, config.data.num_frames)
-      config.model.scale_pools = pools
-      config.model.scale_grids = tuple(config.model.scale_grids)[:len(pools)]
     config.train.compute_dtype = COMPUTE_DTYPE
   return config
 
