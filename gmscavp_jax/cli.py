@@ -310,7 +310,8 @@ def check_paths(*, dirs: dict | None = None, write_dirs: dict | None = None,
 
 
 def define_sampler_flags() -> dict:
-  """--sampler/--steps/--guidance/--eta (DESIGN §7); their values feed `sampler_args`."""
+  """--sampler/--steps/--guidance/--eta (DESIGN §7) and --guidance_interval; their values
+  feed `sampler_args`."""
   return {
       'sampler': flags.DEFINE_enum('sampler', None, list(samplers.SAMPLERS),
                                    'Sampler (default: config eval.sampler): ddpm, ddim or '
@@ -321,11 +322,33 @@ def define_sampler_flags() -> dict:
       'guidance': flags.DEFINE_float('guidance', None,
                                      'Guidance scale (default: eval.guidance).'),
       'eta': flags.DEFINE_float('eta', None, 'DDIM eta (default: eval.eta).'),
+      'guidance_interval': flags.DEFINE(
+          GuidanceIntervalParser(), 'guidance_interval', None, "Guide only the steps whose "
+          "noise level sigma = sqrt((1 - alpha_bar) / alpha_bar) is in (LO, HI]: 'LO,HI', or "
+          "'all' for every step (default: eval.guidance_interval)."),
   }
 
 
+class GuidanceIntervalParser(flags.ArgumentParser):
+  """--guidance_interval's text as a tuple: 'all' -> (), 'LO,HI' -> (LO, HI)."""
+
+  def parse(self, argument):
+    if isinstance(argument, tuple):
+      return argument
+    if argument.strip().lower() == 'all':
+      return ()
+    try:
+      return samplers.check_guidance_interval(float(v) for v in argument.split(','))
+    except ValueError:
+      raise ValueError("expected 'all' or 'LO,HI' noise levels with 0 <= LO < HI") from None
+
+  def flag_type(self):
+    return 'guidance interval'
+
+
 def sampler_args(defined: dict) -> dict:
-  """{'sampler', 'num_steps', 'guidance', 'eta'} from `define_sampler_flags`' holders."""
+  """{'sampler', 'num_steps', 'guidance', 'eta', 'guidance_interval'} from
+  `define_sampler_flags`' holders."""
   return {name: holder.value for name, holder in defined.items()}
 
 

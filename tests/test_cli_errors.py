@@ -118,6 +118,8 @@ def _parse(argv: list[str], capsys) -> tuple[int, list[str]]:
   flags.DEFINE_string('workdir', None, 'Workdir.', flag_values=fv)
   flags.DEFINE_integer('steps', None, 'Steps.', lower_bound=1, flag_values=fv)
   flags.DEFINE_enum('direction', 'v2a', ['v2a', 'a2v'], 'Direction.', flag_values=fv)
+  flags.DEFINE(cli.GuidanceIntervalParser(), 'guidance_interval', None, 'Interval.',
+               flag_values=fv)
   flags.mark_flags_as_required(['config', 'workdir'], flag_values=fv)
   capsys.readouterr()
   with pytest.raises(SystemExit) as e:
@@ -144,6 +146,10 @@ def _parse(argv: list[str], capsys) -> tuple[int, list[str]]:
     (['--steps=0'], '--steps=0: 0 is not a positive integer'),
     (['--steps=ten'], '--steps=ten: expected an integer'),
     (['--direction=up'], '--direction=up: expected one of v2a, a2v'),
+    (['--guidance_interval=5,1'],
+     "--guidance_interval=5,1: expected 'all' or 'LO,HI' noise levels with 0 <= LO < HI"),
+    (['--guidance_interval=low'],
+     "--guidance_interval=low: expected 'all' or 'LO,HI' noise levels with 0 <= LO < HI"),
 ])
 def test_bad_flags_are_one_line(args, line, capsys, monkeypatch):
   monkeypatch.chdir(ROOT)

@@ -39,8 +39,8 @@ def _frames(config, seed=0):
 def _two_calls(monkeypatch):
   """From here on the samplers guide with two calls: a BatchedDenoiser's `single` alone."""
   guided = samplers.guided_output
-  monkeypatch.setattr(samplers, 'guided_output', lambda fn, x, t, w: guided(
-      getattr(fn, 'single', fn), x, t, w))
+  monkeypatch.setattr(samplers, 'guided_output', lambda fn, x, t, w, *interval: guided(
+      getattr(fn, 'single', fn), x, t, w, *interval))
 
 
 def test_batched_guidance_equals_two_unet_calls():

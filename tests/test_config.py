@@ -81,6 +81,8 @@ def test_unknown_variant_is_rejected():
     ('train.bidirectional_interval', 2, 'the frames'),  # With the cache on (below).
     ('eval.sampler', 'euler', 'one of'),
     ('eval.retrieval_pooling', 'frames', 'segments.*clip'),
+    ('eval.guidance_interval', (5.0, 1.0), r'\(lo, hi\) with 0 <= lo < hi'),
+    ('eval.guidance_interval', (1.0,), r'\(lo, hi\) with 0 <= lo < hi'),
     ('eval.num_generate_clips', 32, 'eval.num_test_clips'),
     ('loss.cdiff_weight', -0.5, 'weight >= 0'),
     ('loss.cdiff_temperature', 0.0, 'positive tau'),

@@ -217,6 +217,54 @@ class SamplersTest(parameterized.TestCase):
                                samplers.guided_output(pair, x, t, 2.0), atol=1e-6)
     np.testing.assert_array_equal(batches[-1], [False] * 3 + [True] * 3)  # Unconditional first.
 
+  def test_guidance_interval(self):
+    """Guidance only where the noise level is in (lo, hi]: those steps make one guided call
+    (batch 2B), the others one conditional call (batch B), and only the branch taken runs."""
+    ab = schedules.alpha_bar('linear', N)
+    cond, uncond = gaussian_denoiser(ab, 'v', mu=MU), gaussian_denoiser(ab, 'v', mu=-0.3)
+    ran = []  # 'guided' / 'single' per model query, in order, as it runs.
+
+    def single(x, t, conditional):
+      jax.debug.callback(lambda: ran.append('single'), ordered=True)
+      return cond(x, t) if conditional else uncond(x, t)
+
+    def masked(x, t, conditional):
+      jax.debug.callback(lambda: ran.append('guided'), ordered=True)
+      keep = conditional.reshape((-1,) + (1,) * (x.ndim - 1))
+      return jnp.where(keep, cond(x, t), uncond(x, t))
+
+    interval, w, steps = (0.28, 5.42), 3.0, 10
+    sigmas = np.sqrt((1 - np.asarray(ab)) / np.asarray(ab))[samplers.timesteps(N, steps)]
+    want = ['guided' if 0.28 < s <= 5.42 else 'single' for s in sigmas]
+    self.assertEqual(want.count('guided'), 7)  # sigma 14.6, 7.8 and 0.03 fall outside.
+    x_t = terminal_noise(ab)[:64]
+
+    def run(fn, guidance, guidance_interval=()):
+      return np.asarray(jax.jit(functools.partial(
+          samplers.sample, fn, sampler='dpmpp2m', num_steps=steps, prediction='v',
+          guidance_scale=guidance, guidance_interval=guidance_interval))(x_t, key(0), ab))
+
+    got = run(samplers.BatchedDenoiser(single, masked), w, interval)
+    jax.effects_barrier()
+    self.assertEqual(ran, want)
+    self.assertEqual(samplers.denoiser_calls(ab, objective='diffusion', sampler='dpmpp2m',
+                                             num_steps=steps, guidance_scale=w,
+                                             guidance_interval=interval), 17)
+
+    # The same as a denoiser that guides itself on exactly those steps, run unguided.
+    def reference(x, t, conditional):
+      del conditional
+      s = samplers.noise_level(ab[t[0]])
+      guided = uncond(x, t) + w * (cond(x, t) - uncond(x, t))
+      return jnp.where((s > 0.28) & (s <= 5.42), guided, cond(x, t))
+
+    np.testing.assert_allclose(got, run(reference, 1.0), atol=1e-5)
+    # An interval that holds every step is plain guidance; one that holds none, w = 1.
+    np.testing.assert_allclose(run(single, w, (0.0, 1e6)), run(single, w), atol=1e-6)
+    np.testing.assert_allclose(run(single, w, (1e5, 1e6)), run(cond, 1.0), atol=1e-6)
+    with self.assertRaisesRegex(ValueError, 'guidance_interval'):
+      run(single, w, (2.0, 1.0))
+
   @parameterized.named_parameters(('ddpm', 'ddpm', None), ('ddim', 'ddim', None),
                                   ('ddim_eta', 'ddim', 0.5), ('dpmpp2m', 'dpmpp2m', None))
   def test_dtype_stable_under_x64(self, sampler, eta):

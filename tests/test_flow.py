@@ -170,6 +170,22 @@ def test_flow_guidance(sampler):
   assert halves == []
   np.testing.assert_allclose(run(batched, guidance_scale=w), extrapolated, rtol=1e-6, atol=1e-6)
   assert halves and set(halves) == {2 * len(x_1)}
+  # A guidance interval on the flow's noise level t / (1 - t): 4 steps query t = 1, 0.75,
+  # 0.5, 0.25 (noise levels inf, 3, 1, 1/3; heun also 0.75, 0.5, 0.25 at the ends).
+  interval = (0.5, 2.0)  # Holds the level 1 (t = 0.5) alone.
+
+  def self_guided(x, t, c):  # Guides itself on those steps; run unguided.
+    del c
+    level = schedules.flow_model_time(0.5, N)
+    return jnp.where(jnp.isclose(t, level)[:, None], uncond(x, t) + w * (cond(x, t) - uncond(x, t)),
+                     cond(x, t))
+
+  np.testing.assert_allclose(run(batched, guidance_scale=w, guidance_interval=interval),
+                             run(self_guided, guidance_scale=1.0), rtol=1e-6, atol=1e-6)
+  queries = 4 if sampler == 'euler' else 7
+  assert samplers.denoiser_calls(None, objective='flow', sampler=sampler, num_steps=4,
+                                 guidance_scale=w, guidance_interval=interval) == (
+                                     queries + (1 if sampler == 'euler' else 2))
 
 
 def test_flow_samplers_keep_float32_under_x64():

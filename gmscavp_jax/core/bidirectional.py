@@ -74,7 +74,8 @@ def a2v_loss(params, audio_scales: list, frames: jax.Array, rng: jax.Array, *,
 
 def sample_frames(params, waveform: jax.Array, rng: jax.Array, *, models: Any,
                   config: ml_collections.ConfigDict, sampler: str, num_steps: int,
-                  guidance: float, eta: float = 0.0) -> jax.Array:
+                  guidance: float, eta: float = 0.0,
+                  guidance_interval: tuple[float, ...] = ()) -> jax.Array:
   """Frames (B,T,s,s,3) in [-1, 1] generated for waveforms (B,S) by the a2v denoiser.
 
   `models` is a steps.Models with a video_denoiser; `params` holds its 'encoders' and
@@ -102,4 +103,4 @@ def sample_frames(params, waveform: jax.Array, rng: jax.Array, *, models: Any,
                                    schedules.alpha_bar(d.schedule, d.num_timesteps),
                                    objective=d.objective, sampler=sampler, num_steps=num_steps,
                                    prediction=d.prediction, guidance_scale=guidance, eta=eta,
-                                   clip_x0=1.0)
+                                   clip_x0=1.0, guidance_interval=guidance_interval)

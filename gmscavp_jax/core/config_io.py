@@ -48,6 +48,7 @@ _ADDED = {
     'train.cache_video_features': False,
     'eval.num_memorisation_clips': 1024,
     'eval.retrieval_pooling': 'clip',
+    'eval.guidance_interval': (),
     # Read only before training starts (core/preflight.py): the :runlocal values older runs
     # had. Under eval, with what a continued run may change: it decides no trained state.
     'eval.synthetic_defaults': {'num_classes': 16, 'num_test_clips': 512},

@@ -175,6 +175,9 @@ def _validate_eval(config: ml_collections.ConfigDict, num_scales: int) -> None:
   require(0 < e.sample_steps <= config.diffusion.num_timesteps, 'eval.sample_steps',
            f'in [1, diffusion.num_timesteps={config.diffusion.num_timesteps}]', e.sample_steps)
   require(e.guidance >= 0, 'eval.guidance', 'a guidance scale >= 0', e.guidance)
+  interval = tuple(e.guidance_interval)
+  require(not interval or (len(interval) == 2 and 0 <= interval[0] < interval[1]),
+          'eval.guidance_interval', '() (every step) or (lo, hi) with 0 <= lo < hi', interval)
   require(e.eta >= 0, 'eval.eta', 'a DDIM eta >= 0', e.eta)
   require(e.griffin_lim_iters > 0, 'eval.griffin_lim_iters', 'a positive integer',
            e.griffin_lim_iters)

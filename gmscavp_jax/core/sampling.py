@@ -18,18 +18,23 @@ from jax.sharding import Mesh
 from gmscavp_jax.core import bidirectional
 from gmscavp_jax.core import steps
 from gmscavp_jax.data import audio
+from gmscavp_jax.diffusion import samplers
 from gmscavp_jax.infra import errors
 from gmscavp_jax.infra import sharding
 
 
 def sampler_settings(eval_cfg: ml_collections.ConfigDict, sampler: str | None = None,
                      num_steps: int | None = None, guidance: float | None = None,
-                     eta: float | None = None) -> dict:
-  """{'sampler', 'num_steps', 'guidance', 'eta'}, each None replaced by its eval.* default."""
+                     eta: float | None = None,
+                     guidance_interval: tuple[float, ...] | None = None) -> dict:
+  """{'sampler', 'num_steps', 'guidance', 'eta', 'guidance_interval'}, each None replaced by
+  its eval.* default (the interval as a tuple, () for every step)."""
+  interval = eval_cfg.guidance_interval if guidance_interval is None else guidance_interval
   return {'sampler': sampler or eval_cfg.sampler,
           'num_steps': num_steps or eval_cfg.sample_steps,
           'guidance': eval_cfg.guidance if guidance is None else guidance,
-          'eta': eval_cfg.eta if eta is None else eta}
+          'eta': eval_cfg.eta if eta is None else eta,
+          'guidance_interval': samplers.check_guidance_interval(interval)}
 
 
 def jit_sampler(sample_fn, mesh: Mesh, **static):
@@ -107,7 +112,9 @@ class Generator:
                      known_mask: np.ndarray | None = None, sampler: str | None = None,
                      num_steps: int | None = None, guidance: float | None = None,
                      eta: float | None = None, seed: int = 0, align_guidance: float = 0.0,
-                     guide_params=None) -> tuple[np.ndarray, dict]:
+                     guide_params=None,
+                     guidance_interval: tuple[float, ...] | None = None
+                     ) -> tuple[np.ndarray, dict]:
     """Log-mels (N,Ta,F) generated for videos (N,T,H,W,3); None = the eval.* defaults.
 
     `labels` (N,K), the clips' true classes, are what the label oracle (unet.label_condition)
@@ -122,7 +129,7 @@ class Generator:
     every chunk, without the compile}.
     """
     e = self._config.eval
-    settings = sampler_settings(e, sampler, num_steps, guidance, eta)
+    settings = sampler_settings(e, sampler, num_steps, guidance, eta, guidance_interval)
     if align_guidance:
       if guide_params is None:
         raise ValueError('align_guidance > 0 needs the alignment guide\'s params')
@@ -158,12 +165,13 @@ class FrameGenerator:
 
   def generate(self, params, waveform: np.ndarray, *, sampler: str | None = None,
                num_steps: int | None = None, guidance: float | None = None,
-               eta: float | None = None, seed: int = 0) -> np.ndarray:
+               eta: float | None = None, seed: int = 0,
+               guidance_interval: tuple[float, ...] | None = None) -> np.ndarray:
     """Frames (N,T,s,s,3) uint8 generated for waveforms (N,S); None = eval.* defaults and
     a2v.guidance."""
     c = self._config
     guidance = c.a2v.guidance if guidance is None else guidance
-    settings = sampler_settings(c.eval, sampler, num_steps, guidance, eta)
+    settings = sampler_settings(c.eval, sampler, num_steps, guidance, eta, guidance_interval)
     key = tuple(sorted(settings.items()))
     if key not in self._compiled:
       self._compiled[key] = ChunkedSampler(jit_sampler(

@@ -328,7 +328,8 @@ def embed_step(params, batch: dict, *, models: Models,
 
 def sample_step(params, inputs: dict, rng: jax.Array, *, models: Models,
                 config: ml_collections.ConfigDict, sampler: str, num_steps: int,
-                guidance: float, eta: float = 0.0, align_guidance: float = 0.0) -> jax.Array:
+                guidance: float, eta: float = 0.0, align_guidance: float = 0.0,
+                guidance_interval: tuple[float, ...] = ()) -> jax.Array:
   """Log-mels (B,Ta,F) generated for videos inputs['frames'] (B,T,H,W,3) by the MSD
   denoiser (inputs['labels'] (B,K) too for the label oracle, see `oracle_labels`): the video
   encoded once (`encode_video`), then every sampler step on its scales (`sample_from_video`).
@@ -344,7 +345,7 @@ def sample_step(params, inputs: dict, rng: jax.Array, *, models: Models,
   video = encode_video(params, inputs['frames'], models=models)
   return sample_from_video(params, video, inputs, rng, models=models, config=config,
                            sampler=sampler, num_steps=num_steps, guidance=guidance, eta=eta,
-                           align_guidance=align_guidance)
+                           align_guidance=align_guidance, guidance_interval=guidance_interval)
 
 
 def encode_video(params, frames: jax.Array, *, models: Models) -> list[jax.Array]:
@@ -357,7 +358,8 @@ def encode_video(params, frames: jax.Array, *, models: Models) -> list[jax.Array
 def sample_from_video(params, video: list[jax.Array], inputs: dict, rng: jax.Array, *,
                       models: Models, config: ml_collections.ConfigDict, sampler: str,
                       num_steps: int, guidance: float, eta: float = 0.0,
-                      align_guidance: float = 0.0) -> jax.Array:
+                      align_guidance: float = 0.0,
+                      guidance_interval: tuple[float, ...] = ()) -> jax.Array:
   """`sample_step` given the video scales [(B,T_l,S_l,D)] of inputs['frames']: all steps."""
   frames, labels = inputs['frames'], msd.oracle_labels(inputs, config)
 
@@ -394,5 +396,6 @@ def sample_from_video(params, video: list[jax.Array], inputs: dict, rng: jax.Arr
                                  objective=config.diffusion.objective, sampler=sampler,
                                  num_steps=num_steps, prediction=config.diffusion.prediction,
                                  guidance_scale=guidance, eta=eta, known=known,
-                                 gradient_guide=gradient_guide)
+                                 gradient_guide=gradient_guide,
+                                 guidance_interval=guidance_interval)
   return denormalise_mel(x0, config)

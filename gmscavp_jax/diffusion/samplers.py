@@ -98,7 +98,8 @@ class BatchedDenoiser(NamedTuple):
 
 
 def guided_output(denoise_fn: GuidedDenoiseFn | BatchedDenoiser, x: jnp.ndarray,
-                  t: jnp.ndarray, guidance_scale: float) -> jnp.ndarray:
+                  t: jnp.ndarray, guidance_scale: float,
+                  guided: jnp.ndarray | None = None) -> jnp.ndarray:
   """Classifier-free guidance on the raw model output: uncond + w (cond - uncond).
 
   Combined in the model's own output space (eps or v). For a fixed x_t, x0 and eps are
@@ -107,11 +108,18 @@ def guided_output(denoise_fn: GuidedDenoiseFn | BatchedDenoiser, x: jnp.ndarray,
   unconditional one (w is a static Python float), which saves a call and makes w = 1
   bit-identical to conditional-only sampling. Any other w calls a `BatchedDenoiser` once on
   x (B, ...) stacked twice (unconditional first), a plain denoise_fn twice.
+
+  `guided`, a traced scalar bool (a step of a guidance interval, `guided_steps`), picks at
+  run time between that guided output and the conditional model alone (w = 1, one call at
+  batch B): only the branch taken runs. None guides.
   """
   if guidance_scale == 1.0:
     return denoise_fn(x, t, True)
   if guidance_scale == 0.0:
     return denoise_fn(x, t, False)
+  if guided is not None:
+    return jax.lax.cond(guided, lambda x: guided_output(denoise_fn, x, t, guidance_scale),
+                        lambda x: denoise_fn(x, t, True), x)
   if isinstance(denoise_fn, BatchedDenoiser):
     b = x.shape[0]
     both = denoise_fn.masked(jnp.concatenate([x, x]), jnp.concatenate([t, t]),
@@ -121,6 +129,54 @@ def guided_output(denoise_fn: GuidedDenoiseFn | BatchedDenoiser, x: jnp.ndarray,
     uncond = denoise_fn(x, t, False)
     cond = denoise_fn(x, t, True)
   return uncond + guidance_scale * (cond - uncond)
+
+
+def noise_level(alpha_bar: jnp.ndarray) -> jnp.ndarray:
+  """sigma = s / a = sqrt((1 - alpha_bar) / alpha_bar): the noise-to-signal ratio of x_t =
+  a x0 + s eps, the noise level of Karras et al. 2022 (EDM) on the data's own scale."""
+  return jnp.sqrt((1.0 - alpha_bar) / alpha_bar)
+
+
+def check_guidance_interval(interval) -> tuple[float, ...]:
+  """`interval` as () (guidance at every step) or (lo, hi) with 0 <= lo < hi; ValueError
+  otherwise."""
+  interval = tuple(float(v) for v in interval)
+  if interval and not (len(interval) == 2 and 0.0 <= interval[0] < interval[1]):
+    raise ValueError(f'guidance_interval must be () (every step) or (lo, hi) noise levels '
+                     f'with 0 <= lo < hi, got {interval}')
+  return interval
+
+
+def guided_steps(sigmas: jnp.ndarray, interval: tuple[float, ...]) -> jnp.ndarray | None:
+  """Which model evaluations get classifier-free guidance: (K,) bool, True where the noise
+  level sigma (K,) lies in (lo, hi]; None for interval () (every step).
+
+  Guidance in a limited interval (Kynkaenniemi et al. 2024): at high noise it pulls samples
+  towards a few modes, and at low noise the conditional model alone already agrees with it,
+  so outside the interval the step calls the conditional model alone, at half the cost.
+  """
+  interval = check_guidance_interval(interval)
+  if not interval:
+    return None
+  lo, hi = interval
+  return (sigmas > lo) & (sigmas <= hi)
+
+
+def denoiser_calls(alpha_bar: jnp.ndarray, *, objective: str, sampler: str, num_steps: int,
+                   guidance_scale: float, guidance_interval: tuple[float, ...] = ()) -> int:
+  """Denoiser evaluations per clip: one per model query, two for a guided one (guidance
+  other than 0 and 1, inside `guidance_interval`), whether they run as one UNet call of twice
+  the batch (`BatchedDenoiser`) or two."""
+  if objective == 'flow':  # The noise levels as sample_flow computes them, in float32.
+    ts = jnp.asarray(flow_times(num_steps))
+    queried = jnp.concatenate([ts[:-1], ts[1:-1]]) if sampler == 'heun' else ts[:-1]
+    sigmas = queried / (1.0 - queried)
+  else:
+    sigmas = noise_level(_visits(alpha_bar, num_steps).ab_cur)
+  if guidance_scale in (0.0, 1.0):
+    return int(sigmas.shape[0])
+  guided = guided_steps(sigmas, guidance_interval)
+  return int(sigmas.shape[0]) + int(sigmas.shape[0] if guided is None else jnp.sum(guided))
 
 
 def check_objective(sampler: str, objective: str) -> None:
@@ -157,7 +213,8 @@ def sample(denoise_fn: GuidedDenoiseFn, x_T: jnp.ndarray,  # pylint: disable=inv
            rng: jax.Array, alpha_bar: jnp.ndarray, *, sampler: str, num_steps: int,
            prediction: str = 'eps', guidance_scale: float = 1.0, eta: float | None = None,
            clip_x0: float | None = None, known: Known | None = None,
-           gradient_guide: GradientGuide | None = None) -> jnp.ndarray:
+           gradient_guide: GradientGuide | None = None,
+           guidance_interval: tuple[float, ...] = ()) -> jnp.ndarray:
   """Draws x0 from x_T by integrating the reverse process over `timesteps(N, num_steps)`.
 
   Args:
@@ -177,6 +234,9 @@ def sample(denoise_fn: GuidedDenoiseFn, x_T: jnp.ndarray,  # pylint: disable=inv
     num_steps: K visited timesteps (static), 1 <= K <= N; K guided model evaluations.
     prediction: 'eps' or 'v': what denoise_fn outputs.
     guidance_scale: static w of classifier-free guidance (see `guided_output`).
+    guidance_interval: () guides every step; (lo, hi) only the steps whose noise level
+      `noise_level(alpha_bar_t)` is in (lo, hi], the others run the conditional model alone
+      (`guided_steps`).
     eta: DDIM stochasticity, only read by 'ddim'; the others accept None or 0.0 (unset),
       and 'ddpm' also 1.0, and raise ValueError on any other value.
     clip_x0: if set, predicted x0 is clipped to [-clip_x0, clip_x0] before each update (and
@@ -196,7 +256,8 @@ def sample(denoise_fn: GuidedDenoiseFn, x_T: jnp.ndarray,  # pylint: disable=inv
   eta = _resolve_eta(sampler, eta)
   visits = _visits(alpha_bar, num_steps)
   predict = _predictor(denoise_fn, visits, x_T.shape[0], prediction, guidance_scale, clip_x0,
-                       gradient_guide)
+                       gradient_guide, guided_steps(noise_level(visits.ab_cur),
+                                                    guidance_interval))
   project = _projector(known, x_T)
   x = project(x_T.astype(jnp.float32), jnp.sqrt(visits.ab_cur[0]),
               jnp.sqrt(1.0 - visits.ab_cur[0]))
@@ -225,12 +286,15 @@ def _visits(alpha_bar: jnp.ndarray, num_steps: int) -> _Visits:
 
 def _predictor(denoise_fn: GuidedDenoiseFn, visits: _Visits, batch: int, prediction: str,
                guidance_scale: float, clip_x0: float | None,
-               gradient_guide: GradientGuide | None = None) -> Callable:
-  """predict(x (B, ...) float32, i) -> the guided (x0, eps) at visited step i, float32."""
+               gradient_guide: GradientGuide | None = None,
+               guided: jnp.ndarray | None = None) -> Callable:
+  """predict(x (B, ...) float32, i) -> the guided (x0, eps) at visited step i, float32
+  (guided[i] says whether step i is guided; None: every step)."""
 
   def predict(x, i):
     t = jnp.full((batch,), visits.ts[i], jnp.int32)
-    out = guided_output(denoise_fn, x, t, guidance_scale).astype(jnp.float32)
+    out = guided_output(denoise_fn, x, t, guidance_scale,
+                        None if guided is None else guided[i]).astype(jnp.float32)
     a, s = jnp.sqrt(visits.ab_cur[i]), jnp.sqrt(1.0 - visits.ab_cur[i])
     x0, eps = schedules.to_x0_eps(x, out, a, s, prediction)
     if gradient_guide is not None:
@@ -306,7 +370,8 @@ def flow_times(num_steps: int) -> np.ndarray:
 
 def sample_flow(denoise_fn: GuidedDenoiseFn, x_1: jnp.ndarray, *, sampler: str,
                 num_steps: int, num_timesteps: int, guidance_scale: float = 1.0,
-                clip_x0: float | None = None, known: Known | None = None) -> jnp.ndarray:
+                clip_x0: float | None = None, known: Known | None = None,
+                guidance_interval: tuple[float, ...] = ()) -> jnp.ndarray:
   """Draws x0 from noise x_1 by integrating a rectified-flow velocity from t = 1 to t = 0.
 
   Args:
@@ -324,6 +389,8 @@ def sample_flow(denoise_fn: GuidedDenoiseFn, x_1: jnp.ndarray, *, sampler: str,
       at a fixed x_t, x0 and eps are affine in it, so this is the same guidance on them).
     clip_x0: if set, the predicted x0 = x - t v is clipped to [-clip_x0, clip_x0] and the
       velocity recomputed from it, (x - x0) / t (t > 0 wherever the model is queried).
+    guidance_interval: as in `sample`, on the flow's noise level t / (1 - t) (x_t =
+      (1 - t) x0 + t x_1).
     known: if set, inpainting (`Known`; x_t = (1 - t) x0 + t x_1 on the flow's path).
 
   Returns:
@@ -337,7 +404,9 @@ def sample_flow(denoise_fn: GuidedDenoiseFn, x_1: jnp.ndarray, *, sampler: str,
 
   def velocity(x, t):
     model_t = jnp.full((batch,), schedules.flow_model_time(t, num_timesteps), jnp.float32)
-    v = guided_output(denoise_fn, x, model_t, guidance_scale).astype(jnp.float32)
+    # t / (1 - t) is inf at t = 1, outside every finite interval.
+    guided = guided_steps(t / (1.0 - t), guidance_interval)
+    v = guided_output(denoise_fn, x, model_t, guidance_scale, guided).astype(jnp.float32)
     if clip_x0 is not None:
       x0 = jnp.clip(x - t * v, -clip_x0, clip_x0)
       v = (x - x0) / t
@@ -363,7 +432,8 @@ def sample_objective(denoise_fn: GuidedDenoiseFn, x_T: jnp.ndarray,  # pylint: d
                      num_steps: int, prediction: str = 'eps', guidance_scale: float = 1.0,
                      eta: float | None = None, clip_x0: float | None = None,
                      known: Known | None = None,
-                     gradient_guide: GradientGuide | None = None) -> jnp.ndarray:
+                     gradient_guide: GradientGuide | None = None,
+                     guidance_interval: tuple[float, ...] = ()) -> jnp.ndarray:
   """`sample` for objective 'diffusion', `sample_flow` for 'flow' (N = alpha_bar's length).
 
   Raises errors.ConfigError if `sampler` does not belong to `objective` (`check_objective`),
@@ -373,7 +443,8 @@ def sample_objective(denoise_fn: GuidedDenoiseFn, x_T: jnp.ndarray,  # pylint: d
   if objective == 'diffusion':
     return sample(denoise_fn, x_T, rng, alpha_bar, sampler=sampler, num_steps=num_steps,
                   prediction=prediction, guidance_scale=guidance_scale, eta=eta,
-                  clip_x0=clip_x0, known=known, gradient_guide=gradient_guide)
+                  clip_x0=clip_x0, known=known, gradient_guide=gradient_guide,
+                  guidance_interval=guidance_interval)
   if gradient_guide is not None:
     raise errors.ConfigError('gradient (alignment) guidance is written for the diffusion '
                              "samplers; diffusion.objective='flow' has none")
@@ -381,4 +452,4 @@ def sample_objective(denoise_fn: GuidedDenoiseFn, x_T: jnp.ndarray,  # pylint: d
     raise ValueError(f'eta={eta} is only used by the ddim sampler; {sampler!r} is deterministic')
   return sample_flow(denoise_fn, x_T, sampler=sampler, num_steps=num_steps,
                      num_timesteps=alpha_bar.shape[0], guidance_scale=guidance_scale,
-                     clip_x0=clip_x0, known=known)
+                     clip_x0=clip_x0, known=known, guidance_interval=guidance_interval)

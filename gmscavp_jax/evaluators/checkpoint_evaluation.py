@@ -73,7 +73,8 @@ def evaluate_checkpoint(workdir: str, *, evaluator_dir: str | None = None,
                         fad_embedding: str | None = None, fad_sample_rate: int = 16000,
                         fad_window_seconds: float = 0.96,
                         fad_hop_seconds: float | None = None,
-                        retrieval_pooling: str | None = None) -> dict:
+                        retrieval_pooling: str | None = None,
+                        guidance_interval: tuple[float, ...] | None = None) -> dict:
   """Scores the newest checkpoint of `workdir`; returns the merged results.json dict.
 
   `split` 'train' generates for (and takes the FAD reference from) training clips instead of
@@ -107,7 +108,8 @@ def evaluate_checkpoint(workdir: str, *, evaluator_dir: str | None = None,
   vocode = vocoders.make(config, vocoder, evaluator_dir, mesh)
 
   results, emb = retrieval.RetrievalEvaluator(config, mesh, models).run(params)
-  sampler_args = sampling.sampler_settings(config.eval, sampler, num_steps, guidance, eta)
+  sampler_args = sampling.sampler_settings(config.eval, sampler, num_steps, guidance, eta,
+                                          guidance_interval)
   generator = sampling.Generator(config, mesh, models)
   n = config.eval.num_metric_clips
   clips = clips_with_log_mel(config, generator, n, 0, split)
@@ -142,6 +144,7 @@ def evaluate_checkpoint(workdir: str, *, evaluator_dir: str | None = None,
       'evaluate/vocoder': vocode.name,
       'evaluate/sample_steps': sampler_args['num_steps'],
       'evaluate/guidance': sampler_args['guidance'], 'evaluate/seed': seed,
+      'evaluate/guidance_interval': list(sampler_args['guidance_interval']),
       'evaluate/align_guidance': float(align_guidance),
       'evaluate/evaluator_dir': classifier_training.evaluator_dir(config, evaluator_dir),
       'evaluate/seconds': time.perf_counter() - t0})

@@ -208,10 +208,16 @@ TABLE3_FLAGS = {'cavp': (False, False), 'msa': (True, False), 'msd': (False, Tru
 PROTOCOL_KEYS = tuple(f'evaluate/{k}' for k in (
     'dataset', 'evaluator_id', 'embedding', 'embedding_dim', 'sample_rate', 'clip_seconds',
     'split', 'reference_split', 'retrieval_pooling', 'retrieval_scale', 'sampler',
-    'sample_steps', 'guidance', 'align_guidance',
+    'sample_steps', 'guidance', 'guidance_interval', 'align_guidance',
     'vocoder', 'griffin_lim_iters', 'step', 'train_seed', 'seed', 'code_commit',
     'fad_embedding', 'fad_embedding_dim', 'fad_embedding_sample_rate',
     'fad_embedding_window_s', 'fad_embedding_hop_s'))
+
+
+def _interval_text(results: dict) -> str:
+  """' at noise levels in (lo, hi]' for a guidance interval; '' for guidance at every step."""
+  interval = results.get('evaluate/guidance_interval') or ()
+  return f' at noise levels in ({interval[0]:g}, {interval[1]:g}]' if interval else ''
 
 
 def _cell(results: dict, key: str, digits: int) -> str:
@@ -243,7 +249,8 @@ def results_markdown(results: dict, experiment: str) -> str:
               ('onset_recall@100ms', 'recall@100ms', 1), ('class_acc', 'class acc ↑', 1)]
   lines = [f"# Evaluation of {experiment}, checkpoint {r.get('evaluate/step')}", '',
            f"Sampler {r.get('evaluate/sampler')}, {r.get('evaluate/sample_steps')} steps, "
-           f"guidance {r.get('evaluate/guidance')}; {int(r.get('gen/num_clips', 0))} "
+           f"guidance {r.get('evaluate/guidance')}{_interval_text(r)}; "
+           f"{int(r.get('gen/num_clips', 0))} "
            f"{r.get('evaluate/split', 'test')} videos, FAD against the real audio of the next "
            f"{int(r.get('gen/num_reference_clips', 0))}.", '',
            '## Video-to-audio generation (Table 1 layout)', '',

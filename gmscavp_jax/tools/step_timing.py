@@ -13,10 +13,12 @@ import jax
 import numpy as np
 
 from gmscavp_jax.core import feature_cache
+from gmscavp_jax.core import msd
 from gmscavp_jax.core import phases
 from gmscavp_jax.core import state as state_lib
 from gmscavp_jax.core import steps
 from gmscavp_jax.data import pipeline
+from gmscavp_jax.diffusion import samplers
 from gmscavp_jax.infra import perf
 from gmscavp_jax.infra import profiling
 from gmscavp_jax.infra import sharding
@@ -104,29 +106,33 @@ def time_sampling_latency(config, mesh, sampler: str | None = None,
                           num_steps: int | None = None,
                           repeats: int = LATENCY_REPEATS, *, batch_size: int = 1,
                           built: tuple | None = None) -> dict:
-  """Seconds to generate the log-mels of `batch_size` clips with eval.guidance, after compiling.
+  """Seconds to generate the log-mels of `batch_size` clips with eval.guidance (and
+  eval.guidance_interval), after compiling.
 
   Args:
     config: the experiment config (its data.num_frames / data.fps give the clip length).
     mesh: the device mesh the params are initialised on.
     sampler: a sampler name; None: the config's eval.sampler (what generate uses).
     num_steps: sampler steps, one denoiser call each (at twice the batch with guidance
-      other than 0 and 1: samplers.BatchedDenoiser); None: eval.sample_steps.
+      other than 0 and 1 inside eval.guidance_interval: samplers.BatchedDenoiser); None:
+      eval.sample_steps.
     repeats: timed calls after one warm-up; the median is reported.
     batch_size: clips per call (zero frames (B,T,H,W,3)).
     built: (models, params) from `sampling_params`, to share one initialisation between
       calls; None: initialised here.
 
   Returns:
-    {'sampler', 'num_steps', 'guidance', 'denoiser_calls', 'batch_size', 'clip_s',
+    {'sampler', 'num_steps', 'guidance', 'guidance_interval', 'denoiser_calls' (model
+    evaluations per clip, samplers.denoiser_calls), 'batch_size', 'clip_s',
     'compile_s', 'latency_s' (the median seconds per call), 'clips_per_sec', 'repeats'}.
   """
   models, params = built or sampling_params(config, mesh)
-  guidance = config.eval.guidance
+  guidance, interval = config.eval.guidance, tuple(config.eval.guidance_interval)
   sampler = sampler or config.eval.sampler
   num_steps = num_steps or config.eval.sample_steps
   sample = jax.jit(functools.partial(steps.sample_step, models=models, config=config,
-                                     sampler=sampler, num_steps=num_steps, guidance=guidance))
+                                     sampler=sampler, num_steps=num_steps, guidance=guidance,
+                                     guidance_interval=interval))
   frames, _ = steps.dummy_inputs(config, batch_size=batch_size)
   rng = jax.random.key(0)
   t0 = time.perf_counter()
@@ -141,8 +147,11 @@ def time_sampling_latency(config, mesh, sampler: str | None = None,
     jax.block_until_ready(compiled(params, inputs, key))
     times.append(time.perf_counter() - t0)
   latency_s = float(np.median(times))
+  calls = samplers.denoiser_calls(msd.alpha_bar(config), objective=config.diffusion.objective,
+                                  sampler=sampler, num_steps=num_steps,
+                                  guidance_scale=guidance, guidance_interval=interval)
   return {'sampler': sampler, 'num_steps': num_steps, 'guidance': guidance,
-          'denoiser_calls': num_steps * (1 if guidance in (0.0, 1.0) else 2),
+          'guidance_interval': list(interval), 'denoiser_calls': calls,
           'batch_size': batch_size, 'clip_s': config.data.num_frames / config.data.fps,
           'compile_s': compile_s, 'latency_s': latency_s,
           'clips_per_sec': batch_size / latency_s, 'repeats': repeats}
