@@ -167,10 +167,12 @@ class FrameGenerator:
                num_steps: int | None = None, guidance: float | None = None,
                eta: float | None = None, seed: int = 0,
                guidance_interval: tuple[float, ...] | None = None) -> np.ndarray:
-    """Frames (N,T,s,s,3) uint8 generated for waveforms (N,S); None = eval.* defaults and
-    a2v.guidance."""
+    """Frames (N,T,s,s,3) uint8 generated for waveforms (N,S); None = eval.* defaults,
+    a2v.guidance and guidance at every step (eval.guidance_interval was measured for the
+    audio denoiser only)."""
     c = self._config
     guidance = c.a2v.guidance if guidance is None else guidance
+    guidance_interval = () if guidance_interval is None else guidance_interval
     settings = sampler_settings(c.eval, sampler, num_steps, guidance, eta, guidance_interval)
     key = tuple(sorted(settings.items()))
     if key not in self._compiled:

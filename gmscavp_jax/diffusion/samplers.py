@@ -147,6 +147,13 @@ def check_guidance_interval(interval) -> tuple[float, ...]:
   return interval
 
 
+def interval_text(interval) -> str:
+  """' at noise levels in (lo, hi]' for a guidance interval, '' for () (every step): the
+  words tables put after a guidance scale."""
+  interval = tuple(interval or ())
+  return f' at noise levels in ({interval[0]:g}, {interval[1]:g}]' if interval else ''
+
+
 def guided_steps(sigmas: jnp.ndarray, interval: tuple[float, ...]) -> jnp.ndarray | None:
   """Which model evaluations get classifier-free guidance: (K,) bool, True where the noise
   level sigma (K,) lies in (lo, hi]; None for interval () (every step).

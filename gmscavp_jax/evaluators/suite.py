@@ -21,6 +21,7 @@ The generated audio's metrics also get 95% bootstrap intervals over the clips
 
 import numpy as np
 
+from gmscavp_jax.diffusion import samplers
 from gmscavp_jax.evaluators import classifiers
 from gmscavp_jax.evaluators import generation
 from gmscavp_jax.evaluators import intervals
@@ -214,12 +215,6 @@ PROTOCOL_KEYS = tuple(f'evaluate/{k}' for k in (
     'fad_embedding_window_s', 'fad_embedding_hop_s'))
 
 
-def _interval_text(results: dict) -> str:
-  """' at noise levels in (lo, hi]' for a guidance interval; '' for guidance at every step."""
-  interval = results.get('evaluate/guidance_interval') or ()
-  return f' at noise levels in ({interval[0]:g}, {interval[1]:g}]' if interval else ''
-
-
 def _cell(results: dict, key: str, digits: int) -> str:
   value = results.get(key)
   return '—' if value is None else f'{value:.{digits}f}'
@@ -247,10 +242,10 @@ def results_markdown(results: dict, experiment: str) -> str:
               ('onset_f1@50ms', 'onset F1@50ms ↑', 1), ('onset_f1@100ms', 'onset F1@100ms ↑', 1),
               ('onset_precision@100ms', 'precision@100ms', 1),
               ('onset_recall@100ms', 'recall@100ms', 1), ('class_acc', 'class acc ↑', 1)]
+  interval = samplers.interval_text(r.get('evaluate/guidance_interval'))
   lines = [f"# Evaluation of {experiment}, checkpoint {r.get('evaluate/step')}", '',
            f"Sampler {r.get('evaluate/sampler')}, {r.get('evaluate/sample_steps')} steps, "
-           f"guidance {r.get('evaluate/guidance')}{_interval_text(r)}; "
-           f"{int(r.get('gen/num_clips', 0))} "
+           f"guidance {r.get('evaluate/guidance')}{interval}; {int(r.get('gen/num_clips', 0))} "
            f"{r.get('evaluate/split', 'test')} videos, FAD against the real audio of the next "
            f"{int(r.get('gen/num_reference_clips', 0))}.", '',
            '## Video-to-audio generation (Table 1 layout)', '',

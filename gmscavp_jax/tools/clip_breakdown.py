@@ -10,9 +10,9 @@ not depend on training), through the real inference path (`video_to_audio.Soundt
 `steps.sample_step`'s two halves): the video decoded with PyAV (`video_to_audio.load_clip`;
 a synthetic test clip rendered to mp4 when --video is not given), the video encoder and
 pyramid (`steps.encode_video`), the sampler's steps on its scales (`steps.sample_from_video`,
-the config's eval.* settings unless --sampler/--steps/--guidance), the vocoder (--vocoder,
-'auto': Griffin-Lim unless the dataset's neural vocoder is trained) and the files
-(`Soundtracker.write_outputs`: spectrogram PNG, WAV, mp4). Each stage is compiled (jitted
+the config's eval.* settings unless --sampler/--steps/--guidance/--guidance_interval), the
+vocoder (--vocoder, 'auto': Griffin-Lim unless the dataset's neural vocoder is trained) and
+the files (`Soundtracker.write_outputs`: spectrogram PNG, WAV, mp4). Each stage is compiled (jitted
 stages ahead of time, so compiling is timed apart), run once to warm, then timed --repeats
 times (best and median). --end_to_end also times whole requests (`Soundtracker.write` after
 the decode), warmed once, against the sum of the stages.
@@ -39,11 +39,13 @@ from ml_collections import config_flags
 import numpy as np
 
 from gmscavp_jax import cli
+from gmscavp_jax.core import msd
 from gmscavp_jax.core import sampling
 from gmscavp_jax.core import state as state_lib
 from gmscavp_jax.core import steps
 from gmscavp_jax.data import media_writing
 from gmscavp_jax.data import synthetic
+from gmscavp_jax.diffusion import samplers
 from gmscavp_jax.inference import video_to_audio
 from gmscavp_jax.infra import errors
 from gmscavp_jax.infra import sharding
@@ -175,7 +177,11 @@ def breakdown(config, out_dir: str, *, video: str | None, repeats: int, end_to_e
       None, vocoder, evaluator_dir,
       restored=state_lib.Restored(config, mesh, models, params, 0))
   settings = sampling.sampler_settings(config.eval, **sampler_args)
-  result['settings'] = {**settings, 'vocoder': tracker.vocoder.name,
+  calls = samplers.denoiser_calls(
+      msd.alpha_bar(config), objective=config.diffusion.objective,
+      sampler=settings['sampler'], num_steps=settings['num_steps'],
+      guidance_scale=settings['guidance'], guidance_interval=settings['guidance_interval'])
+  result['settings'] = {**settings, 'denoiser_calls': calls, 'vocoder': tracker.vocoder.name,
                         'griffin_lim_iters': config.eval.griffin_lim_iters}
   stages = {}
   stages['decode'], clip = time_stage(
@@ -230,7 +236,9 @@ def table(result: dict) -> str:
   s = result['settings']
   lines = [f"One {result['clip_s']:g} s clip of {result['config']} at batch 1 on "
            f"{result['num_devices']} {result['device']} device(s): {s['sampler']} "
-           f"{s['num_steps']} steps, guidance {s['guidance']:g}, vocoder {s['vocoder']} "
+           f"{s['num_steps']} steps, guidance {s['guidance']:g}"
+           f"{samplers.interval_text(s['guidance_interval'])} ({s['denoiser_calls']} denoiser "
+           f"evaluations), vocoder {s['vocoder']} "
            f"({s['griffin_lim_iters']} Griffin-Lim iterations if used); load average "
            f"{result['load_start']:.2f} at the start, {result['load_end']:.2f} at the end.",
            '', '| stage | compile s | first run s | best s | median s | share of median |',
