@@ -138,19 +138,24 @@ def noise_level(alpha_bar: jnp.ndarray) -> jnp.ndarray:
 
 
 def check_guidance_interval(interval) -> tuple[float, ...]:
-  """`interval` as () (guidance at every step) or (lo, hi) with 0 <= lo < hi; ValueError
-  otherwise."""
-  interval = tuple(float(v) for v in interval)
+  """`interval` as () (guidance at every step) or (lo, hi) with 0 <= lo < hi, where hi may
+  be inf (given as None too: JSON's form, `interval_json`); ValueError otherwise."""
+  interval = tuple(float('inf') if v is None else float(v) for v in interval)
   if interval and not (len(interval) == 2 and 0.0 <= interval[0] < interval[1]):
     raise ValueError(f'guidance_interval must be () (every step) or (lo, hi) noise levels '
-                     f'with 0 <= lo < hi, got {interval}')
+                     f'with 0 <= lo < hi (hi may be inf), got {interval}')
   return interval
+
+
+def interval_json(interval) -> list:
+  """A guidance interval as JSON can hold it: [] or [lo, hi], an infinite hi as None."""
+  return [None if v == float('inf') else v for v in check_guidance_interval(interval)]
 
 
 def interval_text(interval) -> str:
   """' at noise levels in (lo, hi]' for a guidance interval, '' for () (every step): the
   words tables put after a guidance scale."""
-  interval = tuple(interval or ())
+  interval = check_guidance_interval(interval or ())
   return f' at noise levels in ({interval[0]:g}, {interval[1]:g}]' if interval else ''
 
 

@@ -268,7 +268,7 @@ def run_suite(config: ml_collections.ConfigDict, *, dry_run: bool = False,
       'experiment': config.experiment, 'compute_dtype': config.train.compute_dtype,
       'clip_s': config.data.num_frames / config.data.fps, 'sample_steps':
       config.eval.sample_steps, 'guidance': config.eval.guidance,
-      'guidance_interval': list(config.eval.guidance_interval),
+      'guidance_interval': samplers_lib.interval_json(config.eval.guidance_interval),
       'train': [], 'latency': [], 'throughput': [], 'skipped': [], 'complete': False,
       'elapsed_s': 0.0,
   }

@@ -151,7 +151,7 @@ def time_sampling_latency(config, mesh, sampler: str | None = None,
                                   sampler=sampler, num_steps=num_steps,
                                   guidance_scale=guidance, guidance_interval=interval)
   return {'sampler': sampler, 'num_steps': num_steps, 'guidance': guidance,
-          'guidance_interval': list(interval), 'denoiser_calls': calls,
+          'guidance_interval': samplers.interval_json(interval), 'denoiser_calls': calls,
           'batch_size': batch_size, 'clip_s': config.data.num_frames / config.data.fps,
           'compile_s': compile_s, 'latency_s': latency_s,
           'clips_per_sec': batch_size / latency_s, 'repeats': repeats}
