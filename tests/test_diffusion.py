@@ -273,7 +273,8 @@ class SamplersTest(parameterized.TestCase):
     ab = schedules.alpha_bar('cosine', 50)
     x_t = terminal_noise(ab)[:8]
     fn = functools.partial(samplers.sample, gaussian_denoiser(ab, 'v'), sampler=sampler,
-                           num_steps=6, prediction='v', guidance_scale=2.0, eta=eta)
+                           num_steps=6, prediction='v', guidance_scale=2.0, eta=eta,
+                           guidance_interval=(0.5, float('inf')))  # Its lax.cond too.
     want = fn(x_t, key(0), ab)
     with jax.enable_x64(True):
       # No float64 anywhere in the program (only the loop index widens to int64).

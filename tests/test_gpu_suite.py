@@ -26,15 +26,15 @@ TRAIN_FIELDS = {'phase', 'global_batch', 'configured_batch', 'oom_tried', 'compi
                 'step_ms', 'steps_per_sec', 'examples_per_sec', 'flops_per_step',
                 'flops_per_sec', 'peak_flops_per_sec', 'mfu', 'mfu_note', 'memory_bytes',
                 'memory_source', 'memory_estimate_bytes', 'timed_steps'}
-LATENCY_FIELDS = {'sampler', 'num_steps', 'guidance', 'denoiser_calls', 'batch_size', 'clip_s',
-                  'compile_s', 'latency_s', 'clips_per_sec', 'repeats', 'wall_s',
-                  'real_time_factor'}
+LATENCY_FIELDS = {'sampler', 'num_steps', 'guidance', 'guidance_interval', 'denoiser_calls',
+                  'batch_size', 'clip_s', 'compile_s', 'latency_s', 'clips_per_sec', 'repeats',
+                  'wall_s', 'real_time_factor'}
 THROUGHPUT_FIELDS = {'sampler', 'num_steps', 'batch_size', 'clips_per_sec', 'latency_s',
                      'compile_s', 'tried'}
 TOP_FIELDS = {'suite', 'version', 'dry_run', 'created', 'device', 'jax_version',
               'jaxlib_version', 'python_version', 'commit', 'dirty', 'attention', 'settings',
               'config', 'experiment', 'compute_dtype', 'clip_s', 'sample_steps', 'guidance',
-              'train', 'latency', 'throughput', 'skipped', 'complete', 'elapsed_s'}
+              'guidance_interval', 'train', 'latency', 'throughput', 'skipped', 'complete', 'elapsed_s'}
 
 # Fields of entries that the dry run leaves empty: skipped items, OOM tries, cuDNN checks.
 NESTED_FIELDS = {'item', 'reason', 'global_batch', 'error', 'max_abs_diff'}
