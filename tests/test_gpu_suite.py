@@ -34,7 +34,8 @@ THROUGHPUT_FIELDS = {'sampler', 'num_steps', 'batch_size', 'clips_per_sec', 'lat
 TOP_FIELDS = {'suite', 'version', 'dry_run', 'created', 'device', 'jax_version',
               'jaxlib_version', 'python_version', 'commit', 'dirty', 'attention', 'settings',
               'config', 'experiment', 'compute_dtype', 'clip_s', 'sample_steps', 'guidance',
-              'guidance_interval', 'train', 'latency', 'throughput', 'skipped', 'complete', 'elapsed_s'}
+              'guidance_interval', 'train', 'latency', 'throughput', 'skipped', 'complete',
+              'elapsed_s'}
 
 # Fields of entries that the dry run leaves empty: skipped items, OOM tries, cuDNN checks.
 NESTED_FIELDS = {'item', 'reason', 'global_batch', 'error', 'max_abs_diff'}
