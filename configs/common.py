@@ -253,7 +253,7 @@ def base_config() -> ml_collections.ConfigDict:
   # 5 from a guidance sweep of onset hit-rate against shuffled videos (docs/config_notes.md).
   c.eval.guidance = 5.0
   # () guides every step; (lo, hi) only steps with noise level sigma = sqrt((1-ab)/ab) in
-  # (lo, hi], the rest run the conditional model alone (samplers.guided_steps).
+  # (lo, hi], the rest run the conditional model alone (guidance.guided_steps).
   c.eval.guidance_interval = ()
   c.eval.eta = 0.0  # DDIM noise (0 = deterministic).
   c.eval.griffin_lim_iters = 32

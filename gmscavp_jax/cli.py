@@ -20,6 +20,7 @@ from absl import logging
 from ml_collections import config_flags
 import jax
 
+from gmscavp_jax.diffusion import guidance as guidance_lib
 from gmscavp_jax.diffusion import samplers
 from gmscavp_jax.data import media
 from gmscavp_jax.infra import errors
@@ -338,7 +339,7 @@ class GuidanceIntervalParser(flags.ArgumentParser):
     if argument.strip().lower() == 'all':
       return ()
     try:
-      return samplers.check_guidance_interval(float(v) for v in argument.split(','))
+      return guidance_lib.check_guidance_interval(float(v) for v in argument.split(','))
     except ValueError:
       raise ValueError("expected 'all' or 'LO,HI' noise levels with 0 <= LO < HI") from None
 

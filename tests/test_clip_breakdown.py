@@ -13,7 +13,7 @@ import pytest
 
 from gmscavp_jax.core import bidirectional
 from gmscavp_jax.core import steps
-from gmscavp_jax.diffusion import samplers
+from gmscavp_jax.diffusion import guidance as guidance_lib
 from gmscavp_jax.models import unet
 from gmscavp_jax.tools import clip_breakdown
 from tests.conftest import tiny_config
@@ -38,8 +38,8 @@ def _frames(config, seed=0):
 
 def _two_calls(monkeypatch):
   """From here on the samplers guide with two calls: a BatchedDenoiser's `single` alone."""
-  guided = samplers.guided_output
-  monkeypatch.setattr(samplers, 'guided_output', lambda fn, x, t, w, *interval: guided(
+  guided = guidance_lib.guided_output
+  monkeypatch.setattr(guidance_lib, 'guided_output', lambda fn, x, t, w, *interval: guided(
       getattr(fn, 'single', fn), x, t, w, *interval))
 
 
@@ -64,8 +64,8 @@ def test_batched_guidance_equals_two_unet_calls():
     return model.apply(params, x, t, [jnp.concatenate([v, v]) for v in video],
                        drop_condition=~conditional)
 
-  batched = samplers.BatchedDenoiser(single, masked)
-  guided = jax.jit(samplers.guided_output, static_argnums=(0, 3))
+  batched = guidance_lib.BatchedDenoiser(single, masked)
+  guided = jax.jit(guidance_lib.guided_output, static_argnums=(0, 3))
   for w in (0.0, 1.0):
     np.testing.assert_array_equal(guided(batched, x, t, w), guided(single, x, t, w))
   one, two = guided(batched, x, t, 5.0), guided(single, x, t, 5.0)

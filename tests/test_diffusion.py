@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gmscavp_jax.diffusion import objectives
+from gmscavp_jax.diffusion import guidance as guidance_lib
 from gmscavp_jax.diffusion import samplers
 from gmscavp_jax.diffusion import schedules
 
@@ -206,15 +207,15 @@ class SamplersTest(parameterized.TestCase):
       keep = conditional.reshape((-1,) + (1,) * (x.ndim - 1))
       return jnp.where(keep, cond(x, t), uncond(x, t))
 
-    batched = samplers.BatchedDenoiser(pair, masked)
+    batched = guidance_lib.BatchedDenoiser(pair, masked)
     np.testing.assert_array_equal(run(batched, 1.0), run(cond, 1.0))
     np.testing.assert_array_equal(run(batched, 0.0), run(uncond, 1.0))
     self.assertEqual(batches, [])
     np.testing.assert_allclose(run(batched, 2.0), run(pair, 2.0), atol=1e-6)
     self.assertLen(batches, 1)  # Traced once: one call per step.
     x, t = terminal_noise(ab)[:3], jnp.full((3,), N - 1)
-    np.testing.assert_allclose(samplers.guided_output(batched, x, t, 2.0),
-                               samplers.guided_output(pair, x, t, 2.0), atol=1e-6)
+    np.testing.assert_allclose(guidance_lib.guided_output(batched, x, t, 2.0),
+                               guidance_lib.guided_output(pair, x, t, 2.0), atol=1e-6)
     np.testing.assert_array_equal(batches[-1], [False] * 3 + [True] * 3)  # Unconditional first.
 
   def test_guidance_interval(self):
@@ -244,7 +245,7 @@ class SamplersTest(parameterized.TestCase):
           samplers.sample, fn, sampler='dpmpp2m', num_steps=steps, prediction='v',
           guidance_scale=guidance, guidance_interval=guidance_interval))(x_t, key(0), ab))
 
-    got = run(samplers.BatchedDenoiser(single, masked), w, interval)
+    got = run(guidance_lib.BatchedDenoiser(single, masked), w, interval)
     jax.effects_barrier()
     self.assertEqual(ran, want)
     self.assertEqual(samplers.denoiser_calls(ab, objective='diffusion', sampler='dpmpp2m',
@@ -254,7 +255,7 @@ class SamplersTest(parameterized.TestCase):
     # The same as a denoiser that guides itself on exactly those steps, run unguided.
     def reference(x, t, conditional):
       del conditional
-      s = samplers.noise_level(ab[t[0]])
+      s = guidance_lib.noise_level(ab[t[0]])
       guided = uncond(x, t) + w * (cond(x, t) - uncond(x, t))
       return jnp.where((s > 0.28) & (s <= 5.42), guided, cond(x, t))
 

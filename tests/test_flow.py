@@ -16,6 +16,7 @@ from gmscavp_jax.core import steps
 from gmscavp_jax.data import media
 from gmscavp_jax.data import pipeline
 from gmscavp_jax.diffusion import objectives
+from gmscavp_jax.diffusion import guidance as guidance_lib
 from gmscavp_jax.diffusion import samplers
 from gmscavp_jax.diffusion import schedules
 from gmscavp_jax.infra import errors
@@ -165,7 +166,7 @@ def test_flow_guidance(sampler):
     keep = conditional[:, None]
     return jnp.where(keep, cond(x, t), uncond(x, t))
 
-  batched = samplers.BatchedDenoiser(guided, masked)
+  batched = guidance_lib.BatchedDenoiser(guided, masked)
   np.testing.assert_array_equal(run(batched, guidance_scale=1.0), alone)
   assert halves == []
   np.testing.assert_allclose(run(batched, guidance_scale=w), extrapolated, rtol=1e-6, atol=1e-6)

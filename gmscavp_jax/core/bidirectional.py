@@ -17,6 +17,7 @@ import numpy as np
 
 from gmscavp_jax.data import audio
 from gmscavp_jax.diffusion import objectives
+from gmscavp_jax.diffusion import guidance as guidance_lib
 from gmscavp_jax.diffusion import samplers
 from gmscavp_jax.diffusion import schedules
 from gmscavp_jax.models import encoders
@@ -92,13 +93,13 @@ def sample_frames(params, waveform: jax.Array, rng: jax.Array, *, models: Any,
 
   def denoise_masked(x, t, conditional):  # x: the batch stacked n times, one call.
     return models.video_denoiser.apply({'params': params['video_denoiser']}, x, t,
-                                       samplers.tile_batch(aud, x.shape[0] // waveform.shape[0]),
+                                       guidance_lib.tile_batch(aud, x.shape[0] // waveform.shape[0]),
                                        drop_condition=~conditional)
 
   size, d = config.a2v.image_size, config.diffusion
   noise_rng, sample_rng = jax.random.split(rng)
   x_T = jax.random.normal(noise_rng, (waveform.shape[0], config.data.num_frames, size, size, 3))
-  return samplers.sample_objective(samplers.BatchedDenoiser(denoise, denoise_masked), x_T,
+  return samplers.sample_objective(guidance_lib.BatchedDenoiser(denoise, denoise_masked), x_T,
                                    sample_rng,
                                    schedules.alpha_bar(d.schedule, d.num_timesteps),
                                    objective=d.objective, sampler=sampler, num_steps=num_steps,

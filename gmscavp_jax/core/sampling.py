@@ -18,7 +18,7 @@ from jax.sharding import Mesh
 from gmscavp_jax.core import bidirectional
 from gmscavp_jax.core import steps
 from gmscavp_jax.data import audio
-from gmscavp_jax.diffusion import samplers
+from gmscavp_jax.diffusion import guidance as guidance_lib
 from gmscavp_jax.infra import errors
 from gmscavp_jax.infra import sharding
 
@@ -34,7 +34,7 @@ def sampler_settings(eval_cfg: ml_collections.ConfigDict, sampler: str | None = 
           'num_steps': num_steps or eval_cfg.sample_steps,
           'guidance': eval_cfg.guidance if guidance is None else guidance,
           'eta': eval_cfg.eta if eta is None else eta,
-          'guidance_interval': samplers.check_guidance_interval(interval)}
+          'guidance_interval': guidance_lib.check_guidance_interval(interval)}
 
 
 def jit_sampler(sample_fn, mesh: Mesh, **static):

@@ -26,6 +26,7 @@ from gmscavp_jax.core import phases
 from gmscavp_jax.core import train_state
 from gmscavp_jax.data import audio
 from gmscavp_jax.data import media
+from gmscavp_jax.diffusion import guidance as guidance_lib
 from gmscavp_jax.diffusion import samplers
 from gmscavp_jax.losses import contrastive
 from gmscavp_jax.models import alignment
@@ -368,7 +369,7 @@ def sample_from_video(params, video: list[jax.Array], inputs: dict, rng: jax.Arr
                                  video if conditional else None, labels=labels)
 
   def denoise_masked(x, t, conditional):  # x: the batch stacked n times, one UNet call.
-    tiled_video, tiled_labels = samplers.tile_batch((video, labels),
+    tiled_video, tiled_labels = guidance_lib.tile_batch((video, labels),
                                                     x.shape[0] // frames.shape[0])
     return models.denoiser.apply({'params': params['denoiser']}, x, t, tiled_video,
                                  drop_condition=~conditional, labels=tiled_labels)
@@ -391,7 +392,7 @@ def sample_from_video(params, video: list[jax.Array], inputs: dict, rng: jax.Arr
       return jnp.sum(jax.nn.log_sigmoid(logits))
 
     gradient_guide = lambda x, t: align_guidance * jax.grad(log_aligned)(x, t)
-  x0 = samplers.sample_objective(samplers.BatchedDenoiser(denoise, denoise_masked), x_T,
+  x0 = samplers.sample_objective(guidance_lib.BatchedDenoiser(denoise, denoise_masked), x_T,
                                  sample_rng, msd.alpha_bar(config),
                                  objective=config.diffusion.objective, sampler=sampler,
                                  num_steps=num_steps, prediction=config.diffusion.prediction,

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gmscavp_jax.diffusion import guidance
 from gmscavp_jax.diffusion import schedules
 from gmscavp_jax.infra import errors
 
@@ -30,7 +31,6 @@ FLOW_SAMPLERS = ('euler', 'heun')
 SAMPLERS = DIFFUSION_SAMPLERS + FLOW_SAMPLERS
 OBJECTIVE_SAMPLERS = {'diffusion': DIFFUSION_SAMPLERS, 'flow': FLOW_SAMPLERS}
 
-GuidedDenoiseFn = Callable[[jnp.ndarray, jnp.ndarray, bool], jnp.ndarray]
 
 
 class Known(NamedTuple):
@@ -74,120 +74,20 @@ def timesteps(num_train_steps: int, num_steps: int) -> np.ndarray:
   return np.floor(grid + 0.5).astype(np.int32)
 
 
-def tile_batch(tree, times: int):
-  """Every array (B, ...) of `tree` repeated `times` times along the batch: (times*B, ...),
-  the condition of a `BatchedDenoiser.masked` call on x stacked `times` times (None stays)."""
-  return jax.tree.map(lambda a: jnp.tile(a, (times,) + (1,) * (a.ndim - 1)), tree)
-
-
-class BatchedDenoiser(NamedTuple):
-  """A denoiser that can run guided and unguided examples in one call.
-
-  single: the GuidedDenoiseFn (x (B, ...), t (B,), conditional: static bool) -> (B, ...),
-    called for guidance 0 and 1 (and by any code that treats this as a plain denoise_fn).
-  masked: (x (B, ...), t (B,), conditional (B,) bool array) -> (B, ...): example b sees its
-    condition where conditional[b] and the learned null where not (the UNet's
-    drop_condition = ~conditional), so `guided_output` stacks the unconditional and the
-    conditional halves into one call of twice the batch.
-  """
-  single: GuidedDenoiseFn
-  masked: Callable[[jnp.ndarray, jnp.ndarray, jnp.ndarray], jnp.ndarray]
-
-  def __call__(self, x: jnp.ndarray, t: jnp.ndarray, conditional: bool) -> jnp.ndarray:
-    return self.single(x, t, conditional)
-
-
-def guided_output(denoise_fn: GuidedDenoiseFn | BatchedDenoiser, x: jnp.ndarray,
-                  t: jnp.ndarray, guidance_scale: float,
-                  guided: jnp.ndarray | None = None) -> jnp.ndarray:
-  """Classifier-free guidance on the raw model output: uncond + w (cond - uncond).
-
-  Combined in the model's own output space (eps or v). For a fixed x_t, x0 and eps are
-  affine in that output and the weights (1 - w, w) sum to 1, so this is the same guidance
-  in eps, v or x0 space. w = 1 calls only the conditional model and w = 0 only the
-  unconditional one (w is a static Python float), which saves a call and makes w = 1
-  bit-identical to conditional-only sampling. Any other w calls a `BatchedDenoiser` once on
-  x (B, ...) stacked twice (unconditional first), a plain denoise_fn twice.
-
-  `guided`, a traced scalar bool (a step of a guidance interval, `guided_steps`), picks at
-  run time between that guided output and the conditional model alone (w = 1, one call at
-  batch B): only the branch taken runs. None guides.
-  """
-  if guidance_scale == 1.0:
-    return denoise_fn(x, t, True)
-  if guidance_scale == 0.0:
-    return denoise_fn(x, t, False)
-  if guided is not None:
-    return jax.lax.cond(guided, lambda x: guided_output(denoise_fn, x, t, guidance_scale),
-                        lambda x: denoise_fn(x, t, True), x)
-  if isinstance(denoise_fn, BatchedDenoiser):
-    b = x.shape[0]
-    both = denoise_fn.masked(jnp.concatenate([x, x]), jnp.concatenate([t, t]),
-                             jnp.arange(2 * b) >= b)
-    uncond, cond = both[:b], both[b:]
-  else:
-    uncond = denoise_fn(x, t, False)
-    cond = denoise_fn(x, t, True)
-  return uncond + guidance_scale * (cond - uncond)
-
-
-def noise_level(alpha_bar: jnp.ndarray) -> jnp.ndarray:
-  """sigma = s / a = sqrt((1 - alpha_bar) / alpha_bar): the noise-to-signal ratio of x_t =
-  a x0 + s eps, the noise level of Karras et al. 2022 (EDM) on the data's own scale."""
-  return jnp.sqrt((1.0 - alpha_bar) / alpha_bar)
-
-
-def check_guidance_interval(interval) -> tuple[float, ...]:
-  """`interval` as () (guidance at every step) or (lo, hi) with 0 <= lo < hi, where hi may
-  be inf (given as None too: JSON's form, `interval_json`); ValueError otherwise."""
-  interval = tuple(float('inf') if v is None else float(v) for v in interval)
-  if interval and not (len(interval) == 2 and 0.0 <= interval[0] < interval[1]):
-    raise ValueError(f'guidance_interval must be () (every step) or (lo, hi) noise levels '
-                     f'with 0 <= lo < hi (hi may be inf), got {interval}')
-  return interval
-
-
-def interval_json(interval) -> list:
-  """A guidance interval as JSON can hold it: [] or [lo, hi], an infinite hi as None."""
-  return [None if v == float('inf') else v for v in check_guidance_interval(interval)]
-
-
-def interval_text(interval) -> str:
-  """' at noise levels in (lo, hi]' for a guidance interval, '' for () (every step): the
-  words tables put after a guidance scale."""
-  interval = check_guidance_interval(interval or ())
-  return f' at noise levels in ({interval[0]:g}, {interval[1]:g}]' if interval else ''
-
-
-def guided_steps(sigmas: jnp.ndarray, interval: tuple[float, ...]) -> jnp.ndarray | None:
-  """Which model evaluations get classifier-free guidance: (K,) bool, True where the noise
-  level sigma (K,) lies in (lo, hi]; None for interval () (every step).
-
-  Guidance in a limited interval (Kynkaenniemi et al. 2024): at high noise it pulls samples
-  towards a few modes, and at low noise the conditional model alone already agrees with it,
-  so outside the interval the step calls the conditional model alone, at half the cost.
-  """
-  interval = check_guidance_interval(interval)
-  if not interval:
-    return None
-  lo, hi = interval
-  return (sigmas > lo) & (sigmas <= hi)
-
-
 def denoiser_calls(alpha_bar: jnp.ndarray, *, objective: str, sampler: str, num_steps: int,
                    guidance_scale: float, guidance_interval: tuple[float, ...] = ()) -> int:
   """Denoiser evaluations per clip: one per model query, two for a guided one (guidance
   other than 0 and 1, inside `guidance_interval`), whether they run as one UNet call of twice
-  the batch (`BatchedDenoiser`) or two."""
+  the batch (`guidance.BatchedDenoiser`) or two."""
   if objective == 'flow':  # The noise levels as sample_flow computes them, in float32.
     ts = jnp.asarray(flow_times(num_steps))
     queried = jnp.concatenate([ts[:-1], ts[1:-1]]) if sampler == 'heun' else ts[:-1]
     sigmas = queried / (1.0 - queried)
   else:
-    sigmas = noise_level(_visits(alpha_bar, num_steps).ab_cur)
+    sigmas = guidance.noise_level(_visits(alpha_bar, num_steps).ab_cur)
   if guidance_scale in (0.0, 1.0):
     return int(sigmas.shape[0])
-  guided = guided_steps(sigmas, guidance_interval)
+  guided = guidance.guided_steps(sigmas, guidance_interval)
   return int(sigmas.shape[0]) + int(sigmas.shape[0] if guided is None else jnp.sum(guided))
 
 
@@ -221,7 +121,7 @@ def _resolve_eta(sampler: str, eta: float | None) -> float:
 
 
 # x_T keeps the papers' name for the terminal sample.
-def sample(denoise_fn: GuidedDenoiseFn, x_T: jnp.ndarray,  # pylint: disable=invalid-name
+def sample(denoise_fn: guidance.GuidedDenoiseFn, x_T: jnp.ndarray,  # pylint: disable=invalid-name
            rng: jax.Array, alpha_bar: jnp.ndarray, *, sampler: str, num_steps: int,
            prediction: str = 'eps', guidance_scale: float = 1.0, eta: float | None = None,
            clip_x0: float | None = None, known: Known | None = None,
@@ -232,7 +132,8 @@ def sample(denoise_fn: GuidedDenoiseFn, x_T: jnp.ndarray,  # pylint: disable=inv
   Args:
     denoise_fn: (x (B, ...), t (B,) int32, conditional: static bool) -> model output
       (B, ...) under `prediction`; conditional=False means the learned null condition. A
-      `BatchedDenoiser` makes each guided step one call at batch 2B (`guided_output`).
+      `guidance.BatchedDenoiser` makes each guided step one call at batch 2B
+      (`guidance.guided_output`).
     x_T: (B, ...) start noise at step N-1 (normally N(0, I)).
     rng: key for the noise that 'ddpm' and 'ddim' with eta > 0 add; the key of step i is
       fold_in(rng, i), and draws cover the full global shape, so with jax's default
@@ -245,10 +146,10 @@ def sample(denoise_fn: GuidedDenoiseFn, x_T: jnp.ndarray,  # pylint: disable=inv
       on x0 predictions in lambda = log(a/s); the first and last steps are first order).
     num_steps: K visited timesteps (static), 1 <= K <= N; K guided model evaluations.
     prediction: 'eps' or 'v': what denoise_fn outputs.
-    guidance_scale: static w of classifier-free guidance (see `guided_output`).
+    guidance_scale: static w of classifier-free guidance (see `guidance.guided_output`).
     guidance_interval: () guides every step; (lo, hi) only the steps whose noise level
-      `noise_level(alpha_bar_t)` is in (lo, hi], the others run the conditional model alone
-      (`guided_steps`).
+      `guidance.noise_level(alpha_bar_t)` is in (lo, hi], the others run the conditional
+      model alone (`guidance.guided_steps`).
     eta: DDIM stochasticity, only read by 'ddim'; the others accept None or 0.0 (unset),
       and 'ddpm' also 1.0, and raise ValueError on any other value.
     clip_x0: if set, predicted x0 is clipped to [-clip_x0, clip_x0] before each update (and
@@ -268,8 +169,9 @@ def sample(denoise_fn: GuidedDenoiseFn, x_T: jnp.ndarray,  # pylint: disable=inv
   eta = _resolve_eta(sampler, eta)
   visits = _visits(alpha_bar, num_steps)
   predict = _predictor(denoise_fn, visits, x_T.shape[0], prediction, guidance_scale, clip_x0,
-                       gradient_guide, guided_steps(noise_level(visits.ab_cur),
-                                                    guidance_interval))
+                       gradient_guide,
+                       guidance.guided_steps(guidance.noise_level(visits.ab_cur),
+                                             guidance_interval))
   project = _projector(known, x_T)
   x = project(x_T.astype(jnp.float32), jnp.sqrt(visits.ab_cur[0]),
               jnp.sqrt(1.0 - visits.ab_cur[0]))
@@ -296,8 +198,8 @@ def _visits(alpha_bar: jnp.ndarray, num_steps: int) -> _Visits:
   return _Visits(ts, ab[ts], jnp.concatenate([ab[ts[1:]], jnp.ones((1,), jnp.float32)]))
 
 
-def _predictor(denoise_fn: GuidedDenoiseFn, visits: _Visits, batch: int, prediction: str,
-               guidance_scale: float, clip_x0: float | None,
+def _predictor(denoise_fn: guidance.GuidedDenoiseFn, visits: _Visits, batch: int,
+               prediction: str, guidance_scale: float, clip_x0: float | None,
                gradient_guide: GradientGuide | None = None,
                guided: jnp.ndarray | None = None) -> Callable:
   """predict(x (B, ...) float32, i) -> the guided (x0, eps) at visited step i, float32
@@ -305,7 +207,7 @@ def _predictor(denoise_fn: GuidedDenoiseFn, visits: _Visits, batch: int, predict
 
   def predict(x, i):
     t = jnp.full((batch,), visits.ts[i], jnp.int32)
-    out = guided_output(denoise_fn, x, t, guidance_scale,
+    out = guidance.guided_output(denoise_fn, x, t, guidance_scale,
                         None if guided is None else guided[i]).astype(jnp.float32)
     a, s = jnp.sqrt(visits.ab_cur[i]), jnp.sqrt(1.0 - visits.ab_cur[i])
     x0, eps = schedules.to_x0_eps(x, out, a, s, prediction)
@@ -380,7 +282,7 @@ def flow_times(num_steps: int) -> np.ndarray:
   return np.linspace(1.0, 0.0, num_steps + 1, dtype=np.float64).astype(np.float32)
 
 
-def sample_flow(denoise_fn: GuidedDenoiseFn, x_1: jnp.ndarray, *, sampler: str,
+def sample_flow(denoise_fn: guidance.GuidedDenoiseFn, x_1: jnp.ndarray, *, sampler: str,
                 num_steps: int, num_timesteps: int, guidance_scale: float = 1.0,
                 clip_x0: float | None = None, known: Known | None = None,
                 guidance_interval: tuple[float, ...] = ()) -> jnp.ndarray:
@@ -397,8 +299,9 @@ def sample_flow(denoise_fn: GuidedDenoiseFn, x_1: jnp.ndarray, *, sampler: str,
       where logit-normal training put almost no weight: 2K - 1 evaluations).
     num_steps: K >= 1 steps on the even grid `flow_times(K)` (static).
     num_timesteps: N (diffusion.num_timesteps), the scale of the model time.
-    guidance_scale: static w of classifier-free guidance on the velocity (`guided_output`;
-      at a fixed x_t, x0 and eps are affine in it, so this is the same guidance on them).
+    guidance_scale: static w of classifier-free guidance on the velocity
+      (`guidance.guided_output`; at a fixed x_t, x0 and eps are affine in it, so this is the
+      same guidance on them).
     clip_x0: if set, the predicted x0 = x - t v is clipped to [-clip_x0, clip_x0] and the
       velocity recomputed from it, (x - x0) / t (t > 0 wherever the model is queried).
     guidance_interval: as in `sample`, on the flow's noise level t / (1 - t) (x_t =
@@ -417,8 +320,9 @@ def sample_flow(denoise_fn: GuidedDenoiseFn, x_1: jnp.ndarray, *, sampler: str,
   def velocity(x, t):
     model_t = jnp.full((batch,), schedules.flow_model_time(t, num_timesteps), jnp.float32)
     # t / (1 - t) is inf at t = 1, outside every finite interval.
-    guided = guided_steps(t / (1.0 - t), guidance_interval)
-    v = guided_output(denoise_fn, x, model_t, guidance_scale, guided).astype(jnp.float32)
+    guided = guidance.guided_steps(t / (1.0 - t), guidance_interval)
+    v = guidance.guided_output(denoise_fn, x, model_t, guidance_scale,
+                               guided).astype(jnp.float32)
     if clip_x0 is not None:
       x0 = jnp.clip(x - t * v, -clip_x0, clip_x0)
       v = (x - x0) / t
@@ -439,7 +343,8 @@ def sample_flow(denoise_fn: GuidedDenoiseFn, x_1: jnp.ndarray, *, sampler: str,
   return project(x, 1.0, 0.0).astype(x_1.dtype)
 
 
-def sample_objective(denoise_fn: GuidedDenoiseFn, x_T: jnp.ndarray,  # pylint: disable=invalid-name
+def sample_objective(denoise_fn: guidance.GuidedDenoiseFn,
+                     x_T: jnp.ndarray,  # pylint: disable=invalid-name
                      rng: jax.Array, alpha_bar: jnp.ndarray, *, objective: str, sampler: str,
                      num_steps: int, prediction: str = 'eps', guidance_scale: float = 1.0,
                      eta: float | None = None, clip_x0: float | None = None,

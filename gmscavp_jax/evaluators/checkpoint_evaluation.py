@@ -26,7 +26,7 @@ from gmscavp_jax.core import sampling
 from gmscavp_jax.core import state as state_lib
 from gmscavp_jax.data import media_writing
 from gmscavp_jax.data import pipeline
-from gmscavp_jax.diffusion import samplers
+from gmscavp_jax.diffusion import guidance as guidance_lib
 from gmscavp_jax.evaluators import classifier_training
 from gmscavp_jax.evaluators import classifiers
 from gmscavp_jax.evaluators import generation
@@ -145,7 +145,7 @@ def evaluate_checkpoint(workdir: str, *, evaluator_dir: str | None = None,
       'evaluate/vocoder': vocode.name,
       'evaluate/sample_steps': sampler_args['num_steps'],
       'evaluate/guidance': sampler_args['guidance'], 'evaluate/seed': seed,
-      'evaluate/guidance_interval': samplers.interval_json(sampler_args['guidance_interval']),
+      'evaluate/guidance_interval': guidance_lib.interval_json(sampler_args['guidance_interval']),
       'evaluate/align_guidance': float(align_guidance),
       'evaluate/evaluator_dir': classifier_training.evaluator_dir(config, evaluator_dir),
       'evaluate/seconds': time.perf_counter() - t0})

@@ -21,7 +21,7 @@ The generated audio's metrics also get 95% bootstrap intervals over the clips
 
 import numpy as np
 
-from gmscavp_jax.diffusion import samplers
+from gmscavp_jax.diffusion import guidance as guidance_lib
 from gmscavp_jax.evaluators import classifiers
 from gmscavp_jax.evaluators import generation
 from gmscavp_jax.evaluators import intervals
@@ -242,7 +242,7 @@ def results_markdown(results: dict, experiment: str) -> str:
               ('onset_f1@50ms', 'onset F1@50ms ↑', 1), ('onset_f1@100ms', 'onset F1@100ms ↑', 1),
               ('onset_precision@100ms', 'precision@100ms', 1),
               ('onset_recall@100ms', 'recall@100ms', 1), ('class_acc', 'class acc ↑', 1)]
-  interval = samplers.interval_text(r.get('evaluate/guidance_interval'))
+  interval = guidance_lib.interval_text(r.get('evaluate/guidance_interval'))
   lines = [f"# Evaluation of {experiment}, checkpoint {r.get('evaluate/step')}", '',
            f"Sampler {r.get('evaluate/sampler')}, {r.get('evaluate/sample_steps')} steps, "
            f"guidance {r.get('evaluate/guidance')}{interval}; {int(r.get('gen/num_clips', 0))} "

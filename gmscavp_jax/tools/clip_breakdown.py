@@ -45,6 +45,7 @@ from gmscavp_jax.core import state as state_lib
 from gmscavp_jax.core import steps
 from gmscavp_jax.data import media_writing
 from gmscavp_jax.data import synthetic
+from gmscavp_jax.diffusion import guidance as guidance_lib
 from gmscavp_jax.diffusion import samplers
 from gmscavp_jax.inference import video_to_audio
 from gmscavp_jax.infra import errors
@@ -237,7 +238,7 @@ def table(result: dict) -> str:
   lines = [f"One {result['clip_s']:g} s clip of {result['config']} at batch 1 on "
            f"{result['num_devices']} {result['device']} device(s): {s['sampler']} "
            f"{s['num_steps']} steps, guidance {s['guidance']:g}"
-           f"{samplers.interval_text(s['guidance_interval'])} ({s['denoiser_calls']} denoiser "
+           f"{guidance_lib.interval_text(s['guidance_interval'])} ({s['denoiser_calls']} denoiser "
            f"evaluations), vocoder {s['vocoder']} "
            f"({s['griffin_lim_iters']} Griffin-Lim iterations if used); load average "
            f"{result['load_start']:.2f} at the start, {result['load_end']:.2f} at the end.",

@@ -34,6 +34,7 @@ import ml_collections
 from configs import common
 from gmscavp_jax.core import config_validation
 from gmscavp_jax.core import steps
+from gmscavp_jax.diffusion import guidance as guidance_lib
 from gmscavp_jax.diffusion import samplers as samplers_lib
 from gmscavp_jax.infra import perf
 from gmscavp_jax.infra import sharding
@@ -268,7 +269,7 @@ def run_suite(config: ml_collections.ConfigDict, *, dry_run: bool = False,
       'experiment': config.experiment, 'compute_dtype': config.train.compute_dtype,
       'clip_s': config.data.num_frames / config.data.fps, 'sample_steps':
       config.eval.sample_steps, 'guidance': config.eval.guidance,
-      'guidance_interval': samplers_lib.interval_json(config.eval.guidance_interval),
+      'guidance_interval': guidance_lib.interval_json(config.eval.guidance_interval),
       'train': [], 'latency': [], 'throughput': [], 'skipped': [], 'complete': False,
       'elapsed_s': 0.0,
   }

@@ -18,6 +18,7 @@ from gmscavp_jax.core import phases
 from gmscavp_jax.core import state as state_lib
 from gmscavp_jax.core import steps
 from gmscavp_jax.data import pipeline
+from gmscavp_jax.diffusion import guidance as guidance_lib
 from gmscavp_jax.diffusion import samplers
 from gmscavp_jax.infra import perf
 from gmscavp_jax.infra import profiling
@@ -114,7 +115,7 @@ def time_sampling_latency(config, mesh, sampler: str | None = None,
     mesh: the device mesh the params are initialised on.
     sampler: a sampler name; None: the config's eval.sampler (what generate uses).
     num_steps: sampler steps, one denoiser call each (at twice the batch with guidance
-      other than 0 and 1 inside eval.guidance_interval: samplers.BatchedDenoiser); None:
+      other than 0 and 1 inside eval.guidance_interval: guidance_lib.BatchedDenoiser); None:
       eval.sample_steps.
     repeats: timed calls after one warm-up; the median is reported.
     batch_size: clips per call (zero frames (B,T,H,W,3)).
@@ -151,7 +152,7 @@ def time_sampling_latency(config, mesh, sampler: str | None = None,
                                   sampler=sampler, num_steps=num_steps,
                                   guidance_scale=guidance, guidance_interval=interval)
   return {'sampler': sampler, 'num_steps': num_steps, 'guidance': guidance,
-          'guidance_interval': samplers.interval_json(interval), 'denoiser_calls': calls,
+          'guidance_interval': guidance_lib.interval_json(interval), 'denoiser_calls': calls,
           'batch_size': batch_size, 'clip_s': config.data.num_frames / config.data.fps,
           'compile_s': compile_s, 'latency_s': latency_s,
           'clips_per_sec': batch_size / latency_s, 'repeats': repeats}
