@@ -102,10 +102,12 @@ def test_a2v_sampling_batched_guidance_equals_the_two_call_path(monkeypatch):
   np.testing.assert_allclose(one, run(), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize('guidance,calls', [(5.0, [2 * B]), (1.0, [B])])
-def test_the_video_encoder_runs_once_per_request(guidance, calls):
+@pytest.mark.parametrize('guidance,interval,calls', [(5.0, (), [2 * B]), (1.0, (), [B]),
+                                                     (5.0, (1.0, float('inf')), [B, 2 * B])])
+def test_the_video_encoder_runs_once_per_request(guidance, interval, calls):
   """Traced (no compile): one encoder call outside the sampler's loop, and one UNet call per
-  step (at twice the batch when guided)."""
+  step (at twice the batch when guided; with a guidance interval the step's lax.cond traces
+  both, of which one runs)."""
   config = tiny_config('msa_msd')
   models = steps.build_models(config)
   params = jax.eval_shape(functools.partial(steps.init_params, config, models),
@@ -113,7 +115,8 @@ def test_the_video_encoder_runs_once_per_request(guidance, calls):
   frames = jax.ShapeDtypeStruct((B,) + _frames(config).shape[1:], jnp.uint8)
   counts = clip_breakdown.trace_counts(
       params, {'frames': frames}, jax.random.key(0), models=models, config=config,
-      settings=dict(sampler='dpmpp2m', num_steps=4, guidance=guidance, eta=0.0))
+      settings=dict(sampler='dpmpp2m', num_steps=4, guidance=guidance, eta=0.0,
+                    guidance_interval=interval))
   assert counts == {'encoder_calls': 1, 'unet_calls_per_step': len(calls),
                     'unet_batch': calls, 'loops_taking_frames': 0}
   clip_breakdown.check({'trace': counts})
@@ -131,7 +134,8 @@ def test_breakdown_times_every_stage_of_one_clip(tmp_path):
   config = tiny_config('msa_msd')
   result = clip_breakdown.breakdown(
       config, str(tmp_path), video=None, repeats=1, end_to_end=True,
-      sampler_args=dict(sampler=None, num_steps=2, guidance=None, eta=None),
+      sampler_args=dict(sampler=None, num_steps=2, guidance=None, eta=None,
+                        guidance_interval=(1.0, float('inf'))),
       vocoder='griffin_lim', evaluator_dir=str(tmp_path / 'evaluators'))
   clip_breakdown.check(result)
   assert set(result['stages']) == set(clip_breakdown.STAGES)
@@ -139,7 +143,10 @@ def test_breakdown_times_every_stage_of_one_clip(tmp_path):
     assert 0 < stage['best_s'] <= stage['median_s'] and len(stage['runs_s']) == 1
   assert result['stages']['sampler']['compile_s'] > 0
   assert result['settings']['num_steps'] == 2 and result['settings']['vocoder'] == 'griffin_lim'
-  assert result['trace']['unet_batch'] == [2]  # eval.guidance 5 at batch 1: one call of 2.
+  # eval.guidance 5 at batch 1 where the noise level is above 1 (the first of the two steps):
+  # one call of 2; the conditional model alone (one call of 1) at the last.
+  assert result['trace']['unet_batch'] == [1, 2]
+  assert result['settings']['denoiser_calls'] == 3
   assert result['end_to_end']['median_s'] > 0
   assert {'synthetic_clip.mp4', 'clip'} <= set(os.listdir(tmp_path))
   assert set(os.listdir(tmp_path / 'clip')) == {

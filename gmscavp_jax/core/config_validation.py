@@ -12,6 +12,7 @@ import ml_collections
 
 from gmscavp_jax.data import mixture
 from gmscavp_jax.data import negatives
+from gmscavp_jax.diffusion import guidance
 from gmscavp_jax.diffusion import objectives
 from gmscavp_jax.diffusion import samplers
 from gmscavp_jax.infra import errors
@@ -175,9 +176,14 @@ def _validate_eval(config: ml_collections.ConfigDict, num_scales: int) -> None:
   require(0 < e.sample_steps <= config.diffusion.num_timesteps, 'eval.sample_steps',
            f'in [1, diffusion.num_timesteps={config.diffusion.num_timesteps}]', e.sample_steps)
   require(e.guidance >= 0, 'eval.guidance', 'a guidance scale >= 0', e.guidance)
-  interval = tuple(e.guidance_interval)
-  require(not interval or (len(interval) == 2 and 0 <= interval[0] < interval[1]),
-          'eval.guidance_interval', '() (every step) or (lo, hi) with 0 <= lo < hi', interval)
+  try:
+    guidance.check_guidance_interval(e.guidance_interval)
+    interval_ok = True
+  except (TypeError, ValueError):
+    interval_ok = False
+  require(interval_ok, 'eval.guidance_interval',
+          '() (every step) or (lo, hi) with 0 <= lo < hi, hi None or inf for no upper bound',
+          e.guidance_interval)
   require(e.eta >= 0, 'eval.eta', 'a DDIM eta >= 0', e.eta)
   require(e.griffin_lim_iters > 0, 'eval.griffin_lim_iters', 'a positive integer',
            e.griffin_lim_iters)

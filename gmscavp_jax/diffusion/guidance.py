@@ -103,9 +103,10 @@ def guided_steps(sigmas: jnp.ndarray, interval: tuple[float, ...]) -> jnp.ndarra
   """Which model evaluations get classifier-free guidance: (K,) bool, True where the noise
   level sigma (K,) lies in (lo, hi]; None for interval () (every step).
 
-  Guidance in a limited interval (Kynkaenniemi et al. 2024): at high noise it pulls samples
-  towards a few modes, and at low noise the conditional model alone already agrees with it,
-  so outside the interval the step calls the conditional model alone, at half the cost.
+  Guidance in a limited interval (Kynkaenniemi et al. 2024, who guide the middle noise
+  levels of image models): outside the interval a step calls the conditional model alone, at
+  half the cost. On the synthetic benchmark it is the noisiest steps, where the onsets are
+  placed, that need guidance (docs/generation.md).
   """
   interval = check_guidance_interval(interval)
   if not interval:

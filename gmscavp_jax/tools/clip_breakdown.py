@@ -125,8 +125,9 @@ def trace_counts(params, inputs: dict, rng, *, models, config, settings: dict) -
   """How `steps.sample_step` of `settings` runs the networks, read while tracing it.
 
   {'encoder_calls': GMSCAVP.embed_video calls in the program, 'unet_calls_per_step': UNet
-  calls in the sampler's step (the loop body is traced once), 'unet_batch': the batch of
-  each, 'loops_taking_frames': loops (scan/while) whose inputs include the frames (B,T,H,W,3)
+  calls traced in the sampler's step (the loop body is traced once; with a guidance interval
+  its lax.cond traces the guided call and the conditional one, of which each step runs one),
+  'unet_batch': the batch of each, 'loops_taking_frames': loops (scan/while) whose inputs include the frames (B,T,H,W,3)
   uint8 (0: the encoder cannot run inside the sampler's loop)}.
   """
   encoder, unet = [], []
@@ -257,8 +258,9 @@ def table(result: dict) -> str:
                  f"{e['best_s']:.3f} | {e['median_s']:.3f} | |")
   t = result['trace']
   lines += ['', f"Traced `sample_step`: video encoder calls {t['encoder_calls']} (loops taking "
-            f"the frames: {t['loops_taking_frames']}); UNet calls per sampler step "
-            f"{t['unet_calls_per_step']} at batch {t['unet_batch']}. First-run seconds of "
+            f"the frames: {t['loops_taking_frames']}); UNet calls traced in a sampler step "
+            f"{t['unet_calls_per_step']} at batch {t['unet_batch']} (with a guidance interval, "
+            'the guided and the conditional call, one of which runs). First-run seconds of '
             'the unjitted-ahead stages (decode, vocoder, write) include their compiling.']
   return '\n'.join(lines) + '\n'
 
