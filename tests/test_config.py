@@ -83,6 +83,7 @@ def test_unknown_variant_is_rejected():
     ('eval.retrieval_pooling', 'frames', 'segments.*clip'),
     ('eval.guidance_interval', (5.0, 1.0), r'\(lo, hi\) with 0 <= lo < hi'),
     ('eval.guidance_interval', (1.0,), r'\(lo, hi\) with 0 <= lo < hi'),
+    ('unet.batch_chunk', -2, r'-1 \(auto\)'),
     ('eval.num_generate_clips', 32, 'eval.num_test_clips'),
     ('loss.cdiff_weight', -0.5, 'weight >= 0'),
     ('loss.cdiff_temperature', 0.0, 'positive tau'),

@@ -1,5 +1,6 @@
 """Shapes, classifier-free-guidance nulls and gradients of the MSD UNet (tiny sizes)."""
 
+import functools
 import chex
 import jax
 import jax.numpy as jnp
@@ -251,3 +252,33 @@ def test_label_oracle_changes_only_kept_conditions():
     model.apply(params, x, t, video)
   chex.assert_trees_all_close(model.apply(params, x, t, None),
                               model.apply(params, x, t, None, labels=labels))
+
+
+def test_apply_in_chunks_is_the_same_function_and_gradient(tiny, monkeypatch):
+  """Chunks of 2 of a batch of 3 (the last shorter), the condition dropped for one example:
+  the same output and parameter gradient as one call; -1 resolves by the device."""
+  model, params, (x, t, video), _ = tiny
+  drop = jnp.array([False, True, False])
+
+  def loss(p, chunk):
+    out = unet.apply_in_chunks(functools.partial(model.apply, p), chunk, x, t, video,
+                               drop_condition=drop, labels=None)
+    return 0.5 * jnp.sum(out**2), out
+
+  (whole, out1), g1 = jax.jit(jax.value_and_grad(lambda p: loss(p, 0), has_aux=True))(params)
+  (parts, out2), g2 = jax.jit(jax.value_and_grad(lambda p: loss(p, 2), has_aux=True))(params)
+  np.testing.assert_allclose(out2, out1, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(parts, whole, rtol=1e-5)
+  # Each leaf against its own largest entry, or a thousandth of the tree's largest for a leaf
+  # that is zero in exact arithmetic (a key bias: softmax ignores a shift of every key).
+  largest = max(float(jnp.max(jnp.abs(b))) for b in jax.tree.leaves(g1))
+  worst = max(float(jnp.max(jnp.abs(a - b))) / max(float(jnp.max(jnp.abs(b))), 1e-3 * largest)
+              for a, b in zip(jax.tree.leaves(g2), jax.tree.leaves(g1)))
+  assert worst < 1e-4
+  # The unconditional model (video None) goes through the same split.
+  none = unet.apply_in_chunks(functools.partial(model.apply, params), 2, x, t, None)
+  np.testing.assert_allclose(none, model.apply(params, x, t, None), rtol=1e-5, atol=1e-5)
+  monkeypatch.setattr(jax, 'device_count', lambda: 1)
+  assert unet.batch_chunk(-1) == unet.AUTO_CPU_CHUNK and unet.batch_chunk(0) == 0
+  monkeypatch.setattr(jax, 'device_count', lambda: 8)
+  assert unet.batch_chunk(-1) == 0 and unet.batch_chunk(4) == 4

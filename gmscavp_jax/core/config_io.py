@@ -53,6 +53,7 @@ _ADDED = {
     # had. Under eval, with what a continued run may change: it decides no trained state.
     'eval.synthetic_defaults': {'num_classes': 16, 'num_test_clips': 512},
     'unet.label_condition': False,
+    'unet.batch_chunk': 0,
     'model.video_stem': 'patchify',
     'loss.video_class_weight': 0.0,
     'mesh.data': -1,
@@ -118,8 +119,8 @@ def upgrade(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 # Fields a run continued in the same workdir may change: they fix neither the checkpointed
 # state nor the training it continues. How long and how often (a longer num_steps extends the
-# run), when to stop on non-finite steps, init_from (read only without checkpoints), remat (the
-# same math, less memory), evaluation and sampling, the separately trained evaluator networks
+# run), when to stop on non-finite steps, init_from (read only without checkpoints), remat and
+# unet.batch_chunk (the same math, another program), evaluation and sampling, the separately trained evaluator networks
 # and vocoder, the device layout (a restore reshards), the prefetch depth and where the same
 # data lives. Not data.worker_count: grain's saved iterator state holds it and refuses another
 # ("Worker count in checkpoint does not match", grain 0.2), so it is named here first.
@@ -127,8 +128,8 @@ def upgrade(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 RESUME_MAY_CHANGE = (
     'train.num_steps', 'train.log_every_steps', 'train.checkpoint_every_steps',
     'train.eval_every_steps', 'train.keep_checkpoints', 'train.max_skipped_steps',
-    'train.init_from', 'train.remat', 'eval.*', 'evaluator.*', 'vocoder.*', 'mesh.*',
-    'a2v.num_eval_clips', 'a2v.guidance', 'data.prefetch_buffer_size', 'data.data_dir')
+    'train.init_from', 'train.remat', 'unet.batch_chunk', 'eval.*', 'evaluator.*', 'vocoder.*',
+    'mesh.*', 'a2v.num_eval_clips', 'a2v.guidance', 'data.prefetch_buffer_size', 'data.data_dir')
 
 
 def resume_differences(saved: dict, config: ml_collections.ConfigDict) -> list[tuple]:

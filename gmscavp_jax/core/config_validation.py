@@ -257,6 +257,8 @@ def _validate_generator(config: ml_collections.ConfigDict, num_scales: int) -> N
            u.blocks_per_level)
   require(isinstance(u.label_condition, bool), 'unet.label_condition', 'True or False',
            u.label_condition)
+  require(u.batch_chunk >= -1, 'unet.batch_chunk',
+          '0 (the whole batch), a chunk size N > 0, or -1 (auto)', u.batch_chunk)
   require(d.training in ('joint', 'frozen', 'none'), 'diffusion.training',
            "'joint', 'frozen' or 'none'", d.training)
   if d.training == 'frozen':

@@ -5,6 +5,7 @@ With loss.cdiff_weight > 0, L_MSD includes CMMD's contrastive diffusion term (eq
 bounded form, `msd_loss`). `models` is core/steps.py's Models (encoders, denoiser).
 """
 
+import functools
 from typing import Any
 
 import jax
@@ -14,6 +15,7 @@ from gmscavp_jax.data import negatives
 from gmscavp_jax.diffusion import objectives
 from gmscavp_jax.diffusion import schedules
 from gmscavp_jax.models import gmscavp
+from gmscavp_jax.models import unet
 
 
 def alpha_bar(config: ml_collections.ConfigDict) -> jax.Array:
@@ -46,9 +48,12 @@ def msd_loss(denoiser_params, video_scales: list, x0: jax.Array, rng: jax.Array,
   drop_rng, loss_rng = jax.random.split(rng)
   drop = jax.random.bernoulli(drop_rng, d.condition_dropout, (x0.shape[0],))
 
+  apply = functools.partial(models.denoiser.apply, {'params': denoiser_params})
+  chunk = unet.batch_chunk(config.unet.batch_chunk)
+
   def denoiser(scales):
-    return lambda x_t, t: models.denoiser.apply({'params': denoiser_params}, x_t, t, scales,
-                                                drop_condition=drop, labels=labels)
+    return lambda x_t, t: unet.apply_in_chunks(apply, chunk, x_t, t, scales,
+                                               drop_condition=drop, labels=labels)
 
   contrast = None
   if negative_scales is not None:

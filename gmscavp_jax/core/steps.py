@@ -370,7 +370,7 @@ def sample_from_video(params, video: list[jax.Array], inputs: dict, rng: jax.Arr
 
   def denoise_masked(x, t, conditional):  # x: the batch stacked n times, one UNet call.
     tiled_video, tiled_labels = guidance_lib.tile_batch((video, labels),
-                                                    x.shape[0] // frames.shape[0])
+                                                        x.shape[0] // frames.shape[0])
     return models.denoiser.apply({'params': params['denoiser']}, x, t, tiled_video,
                                  drop_condition=~conditional, labels=tiled_labels)
 

@@ -61,17 +61,22 @@ class Options:
 
 def jax_functions(config):
   """(forward, loss, tx) of the Flax UNet: jittable forward(params, batch) -> (B,Ta,F) on
-  batch['x0'], the training loss(params, batch) -> scalar, and the step's optimizer."""
+  batch['x0'], the training loss(params, batch) -> scalar, and the step's optimizer.
+
+  As the project runs them: the forward in one call at any batch (the samplers'), the loss
+  in chunks of unet.batch_chunk examples (msd.msd_loss's, `unet.apply_in_chunks`)."""
   from gmscavp_jax.models import unet as unet_lib
   unet = unet_lib.build_unet(config)
+  train_chunk = unet_lib.batch_chunk(config.unet.batch_chunk)
 
-  def forward(params, b, x=None):
-    return unet.apply({'params': params}, b['x0'] if x is None else x, b['t'],
-                      lib.scales_of(b), drop_condition=b['drop'])
+  def forward(params, b, x=None, chunk=0):
+    return unet_lib.apply_in_chunks(functools.partial(unet.apply, {'params': params}), chunk,
+                                    b['x0'] if x is None else x, b['t'], lib.scales_of(b),
+                                    drop_condition=b['drop'])
 
   def loss(params, b):
     a, s = b['a'][:, None, None], b['s'][:, None, None]
-    pred = forward(params, b, a * b['x0'] + s * b['eps'])
+    pred = forward(params, b, a * b['x0'] + s * b['eps'], train_chunk)
     return jnp.mean(jnp.square(pred - (a * b['eps'] - s * b['x0'])))
 
   tx = optax.chain(optax.clip_by_global_norm(CLIP_NORM), optax.adam(LEARNING_RATE))
