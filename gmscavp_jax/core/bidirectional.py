@@ -16,8 +16,8 @@ import ml_collections
 import numpy as np
 
 from gmscavp_jax.data import audio
-from gmscavp_jax.diffusion import objectives
 from gmscavp_jax.diffusion import guidance as guidance_lib
+from gmscavp_jax.diffusion import objectives
 from gmscavp_jax.diffusion import samplers
 from gmscavp_jax.diffusion import schedules
 from gmscavp_jax.models import encoders
@@ -92,8 +92,8 @@ def sample_frames(params, waveform: jax.Array, rng: jax.Array, *, models: Any,
                                        aud if conditional else None)
 
   def denoise_masked(x, t, conditional):  # x: the batch stacked n times, one call.
-    return models.video_denoiser.apply({'params': params['video_denoiser']}, x, t,
-                                       guidance_lib.tile_batch(aud, x.shape[0] // waveform.shape[0]),
+    tiled = guidance_lib.tile_batch(aud, x.shape[0] // waveform.shape[0])
+    return models.video_denoiser.apply({'params': params['video_denoiser']}, x, t, tiled,
                                        drop_condition=~conditional)
 
   size, d = config.a2v.image_size, config.diffusion

@@ -120,10 +120,11 @@ def upgrade(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 # Fields a run continued in the same workdir may change: they fix neither the checkpointed
 # state nor the training it continues. How long and how often (a longer num_steps extends the
 # run), when to stop on non-finite steps, init_from (read only without checkpoints), remat and
-# unet.batch_chunk (the same math, another program), evaluation and sampling, the separately trained evaluator networks
-# and vocoder, the device layout (a restore reshards), the prefetch depth and where the same
-# data lives. Not data.worker_count: grain's saved iterator state holds it and refuses another
-# ("Worker count in checkpoint does not match", grain 0.2), so it is named here first.
+# unet.batch_chunk (the same math, another program), evaluation and sampling, the separately
+# trained evaluator networks and vocoder, the device layout (a restore reshards), the prefetch
+# depth and where the same data lives. Not data.worker_count: grain's saved iterator state
+# holds it and refuses another ("Worker count in checkpoint does not match", grain 0.2), so it
+# is named here first.
 # Any other field that differs from the checkpoints' config stops the resume (train._resume).
 RESUME_MAY_CHANGE = (
     'train.num_steps', 'train.log_every_steps', 'train.checkpoint_every_steps',

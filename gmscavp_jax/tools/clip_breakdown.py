@@ -127,8 +127,8 @@ def trace_counts(params, inputs: dict, rng, *, models, config, settings: dict) -
   {'encoder_calls': GMSCAVP.embed_video calls in the program, 'unet_calls_per_step': UNet
   calls traced in the sampler's step (the loop body is traced once; with a guidance interval
   its lax.cond traces the guided call and the conditional one, of which each step runs one),
-  'unet_batch': the batch of each, 'loops_taking_frames': loops (scan/while) whose inputs include the frames (B,T,H,W,3)
-  uint8 (0: the encoder cannot run inside the sampler's loop)}.
+  'unet_batch': the batch of each, 'loops_taking_frames': loops (scan/while) whose inputs
+  include the frames (B,T,H,W,3) uint8 (0: the encoder cannot run inside the sampler's loop)}.
   """
   encoder, unet = [], []
 
