@@ -3,42 +3,60 @@ over seeds and the paired difference per checkpoint.
 
   python docs/ablation_runs/guidance_interval_d8c4197/compare.py   # from the repository root
 """
-import json, os, sys
+import json
+import os
+import sys
+
 import numpy as np
+
 sys.path.insert(0, os.getcwd())
-from gmscavp_jax.tools import runs
+from gmscavp_jax.tools import runs  # pylint: disable=wrong-import-position
+
 ROOT = os.path.dirname(os.path.abspath(__file__))
 ARMS = {'A': 'steps10_all', 'B': 'steps10_0.28-5.42', 'C': 'steps5_0.28-5.42',
         'D': 'steps5_all', 'E': 'steps10_1-inf', 'F': 'steps5_1-inf'}
 KEYS = [('gen/class_acc', 'class acc %', 1), ('gen/kld', 'KLD', 2), ('gen/fad', 'FAD', 2),
         ('gen/fad_inf', 'FAD-inf', 2), ('gen/align_acc', 'Align Acc %', 1),
-        ('gen/onset_f1@100ms', 'onset F1@100ms %', 1), ('gen/sync_offset_abs_s', 'sync offset, mean abs s', 3)]
+        ('gen/onset_f1@100ms', 'onset F1@100ms %', 1),
+        ('gen/sync_offset_abs_s', 'sync offset, mean abs s', 3)]
+
+
 def load(arm):
+  """{metric: {seed: value}} of one arm's per-seed results.json."""
   out = {}
   for s in range(3):
     p = os.path.join(ROOT, f'seed{s}_{ARMS[arm]}', 'results.json')
-    if not os.path.exists(p): continue
-    r = json.load(open(p))
-    for k, _, _ in KEYS:
-      out.setdefault(k, {})[s] = float(r[k])
+    if os.path.exists(p):
+      r = json.load(open(p))
+      for k, _, _ in KEYS:
+        out.setdefault(k, {})[s] = float(r[k])
   return out
-data = {a: load(a) for a in ARMS}
-print('| metric | ' + ' | '.join(f'{a}: {ARMS[a]}' for a in ARMS) + ' | ' + ' | '.join(f'{a} − A [95% Welch]; paired' for a in 'BCDEF') + ' |')
-print('| --- ' * (2 * len(ARMS)) + '|')
-for k, label, d in KEYS:
-  cells = []
-  for a in ARMS:
-    v = list(data[a].get(k, {}).values())
-    cells.append(f'{np.mean(v):.{d}f}' + (f' ± {np.std(v, ddof=1):.{d}f}' if len(v) > 1 else '') if v else '—')
-  for a in 'BCDEF':
-    x, y = data[a].get(k, {}), data['A'].get(k, {})
-    seeds = sorted(set(x) & set(y))
-    if len(seeds) < 2: cells.append('—'); continue
-    xa, ya = [x[s] for s in seeds], [y[s] for s in seeds]
-    lo, hi = runs.difference_interval(xa, ya)
-    diff = np.mean(xa) - np.mean(ya)
-    pd = np.array(xa) - np.array(ya)
-    c = f'{diff:+.{d}f} [{lo:+.{d}f}, {hi:+.{d}f}]'
-    cells.append((f'**{c}**' if lo > 0 or hi < 0 else c) + f'; {pd.mean():+.{d}f} ± {pd.std(ddof=1):.{d}f}')
-  print(f'| {label} | ' + ' | '.join(cells) + ' |')
-print('seeds per arm:', {a: len(data[a].get('gen/kld', {})) for a in ARMS})
+
+
+def main():
+  data = {a: load(a) for a in ARMS}
+  print('| metric | ' + ' | '.join(f'{a}: {ARMS[a]}' for a in ARMS) + ' | '
+        + ' | '.join(f'{a} − A [95% Welch]; paired' for a in 'BCDEF') + ' |')
+  print('| --- ' * (2 * len(ARMS)) + '|')
+  for k, label, d in KEYS:
+    cells = []
+    for a in ARMS:
+      v = list(data[a].get(k, {}).values())
+      cells.append(f'{np.mean(v):.{d}f} ± {np.std(v, ddof=1):.{d}f}' if len(v) > 1 else '—')
+    for a in 'BCDEF':
+      x, y = data[a].get(k, {}), data['A'].get(k, {})
+      seeds = sorted(set(x) & set(y))
+      if len(seeds) < 2:
+        cells.append('—')
+        continue
+      xa, ya = [x[s] for s in seeds], [y[s] for s in seeds]
+      lo, hi = runs.difference_interval(xa, ya)
+      paired = np.array(xa) - np.array(ya)
+      c = f'{np.mean(xa) - np.mean(ya):+.{d}f} [{lo:+.{d}f}, {hi:+.{d}f}]'
+      cells.append((f'**{c}**' if lo > 0 or hi < 0 else c)
+                   + f'; {paired.mean():+.{d}f} ± {paired.std(ddof=1):.{d}f}')
+    print(f'| {label} | ' + ' | '.join(cells) + ' |')
+
+
+if __name__ == '__main__':
+  main()
