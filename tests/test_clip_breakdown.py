@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from gmscavp_jax.core import bidirectional
+from gmscavp_jax.core import sampling
 from gmscavp_jax.core import steps
 from gmscavp_jax.diffusion import guidance as guidance_lib
 from gmscavp_jax.models import unet
@@ -79,7 +80,7 @@ def test_sample_step_batched_guidance_equals_the_two_call_path(monkeypatch):
   models = steps.build_models(config)
   params, inputs = _random_params(config, models), {'frames': _frames(config)}
   run = lambda: np.asarray(jax.jit(functools.partial(
-      steps.sample_step, models=models, config=config, sampler='dpmpp2m', num_steps=3,
+      sampling.sample_step, models=models, config=config, sampler='dpmpp2m', num_steps=3,
       guidance=3.0))(params, inputs, jax.random.key(4)))
   one = run()
   _two_calls(monkeypatch)

@@ -12,6 +12,7 @@ from gmscavp_jax.core import bidirectional
 from gmscavp_jax.core import config_io
 from gmscavp_jax.core import config_validation
 from gmscavp_jax.core import phases
+from gmscavp_jax.core import sampling
 from gmscavp_jax.core import steps
 from gmscavp_jax.data import media
 from gmscavp_jax.data import pipeline
@@ -261,13 +262,13 @@ def test_tiny_flow_training_and_sampling_end_to_end():
   assert 'train/loss/msd_mse_terminal' not in metrics
   frames = {'frames': batch['frames'][:2]}
   for sampler, guidance in (('euler', 1.0), ('heun', 2.0)):
-    mel = jax.jit(functools.partial(steps.sample_step, models=models, config=config,
+    mel = jax.jit(functools.partial(sampling.sample_step, models=models, config=config,
                                     sampler=sampler, num_steps=2, guidance=guidance))(
                                         state.params, frames, jax.random.key(5))
     assert mel.shape == (2, steps.num_mel_frames(config), config.audio.n_mels)
     assert np.all(np.isfinite(np.asarray(mel)))
   with pytest.raises(errors.ConfigError, match='dpmpp2m'):
-    steps.sample_step(state.params, frames, jax.random.key(5), models=models, config=config,
+    sampling.sample_step(state.params, frames, jax.random.key(5), models=models, config=config,
                       sampler='dpmpp2m', num_steps=3, guidance=1.0)
 
 

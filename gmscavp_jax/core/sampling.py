@@ -1,5 +1,6 @@
-"""Sampling from the trained denoisers: one compiled program per sampler setting, mapped over
-host inputs in chunks laid out on the mesh.
+"""Sampling from the trained denoisers: the sampling step (`sample_step`: the video encoded once,
+then every sampler step), one compiled program per sampler setting, mapped over host inputs in
+chunks laid out on the mesh.
 
 `Generator` (the MSD video->audio path) is what evaluators, commands and the demo compose;
 `FrameGenerator` is its audio->video counterpart for bidirectional runs. Both sample with the
@@ -10,17 +11,100 @@ EMA with train.ema_decay > 0), which `state.restore_params` restores.
 import functools
 import time
 
+import chex
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from jax.sharding import Mesh
 
 from gmscavp_jax.core import bidirectional
+from gmscavp_jax.core import msd
 from gmscavp_jax.core import steps
 from gmscavp_jax.data import audio
 from gmscavp_jax.diffusion import guidance as guidance_lib
+from gmscavp_jax.diffusion import samplers
 from gmscavp_jax.infra import errors
 from gmscavp_jax.infra import sharding
+from gmscavp_jax.models import gmscavp
+
+
+def sample_step(params, inputs: dict, rng: jax.Array, *, models: steps.Models,
+                config: ml_collections.ConfigDict, sampler: str, num_steps: int,
+                guidance: float, eta: float = 0.0, align_guidance: float = 0.0,
+                guidance_interval: tuple[float, ...] = ()) -> jax.Array:
+  """Log-mels (B,Ta,F) generated for videos inputs['frames'] (B,T,H,W,3) by the MSD
+  denoiser (inputs['labels'] (B,K) too for the label oracle, see `msd.oracle_labels`): the
+  video encoded once (`encode_video`), then every sampler step on its scales
+  (`sample_from_video`).
+
+  With inputs['known_mel'] (B,Ta,F) log-mel and inputs['known_mask'] (B,Ta) in [0, 1], the
+  mel frames where the mask is 1 are inpainted: kept as given, the rest generated knowing
+  them (samplers.Known); a long video's windows continue each other this way.
+  align_guidance > 0 adds double guidance: the gradient of the alignment guide's
+  (`steps.build_guide`, params['guide']) log-probability that x_t is aligned with the video,
+  times align_guidance.
+  `sampler`, `num_steps`, `guidance` and `guidance_interval` are static (one compiled program
+  per setting); guidance 1 runs the conditional model alone, other guidance both halves in one
+  UNet call (outside `guidance_interval`, the conditional model alone).
+  """
+  video = encode_video(params, inputs['frames'], models=models)
+  return sample_from_video(params, video, inputs, rng, models=models, config=config,
+                           sampler=sampler, num_steps=num_steps, guidance=guidance, eta=eta,
+                           align_guidance=align_guidance, guidance_interval=guidance_interval)
+
+
+def encode_video(params, frames: jax.Array, *, models: steps.Models) -> list[jax.Array]:
+  """The video scales [(B,T_l,S_l,D)] of frames (B,T,H,W,3) uint8 (encoder and pyramid)."""
+  chex.assert_rank(frames, 5)
+  return models.encoders.apply({'params': params['encoders']}, frames,
+                               method=gmscavp.GMSCAVP.embed_video)
+
+
+def sample_from_video(params, video: list[jax.Array], inputs: dict, rng: jax.Array, *,
+                      models: steps.Models, config: ml_collections.ConfigDict, sampler: str,
+                      num_steps: int, guidance: float, eta: float = 0.0,
+                      align_guidance: float = 0.0,
+                      guidance_interval: tuple[float, ...] = ()) -> jax.Array:
+  """`sample_step` given the video scales [(B,T_l,S_l,D)] of inputs['frames']: all steps."""
+  frames, labels = inputs['frames'], msd.oracle_labels(inputs, config)
+
+  def denoise(x, t, conditional):
+    return models.denoiser.apply({'params': params['denoiser']}, x, t,
+                                 video if conditional else None, labels=labels)
+
+  def denoise_masked(x, t, conditional):  # x: the batch stacked n times, one UNet call.
+    tiled_video, tiled_labels = guidance_lib.tile_batch((video, labels),
+                                                        x.shape[0] // frames.shape[0])
+    return models.denoiser.apply({'params': params['denoiser']}, x, t, tiled_video,
+                                 drop_condition=~conditional, labels=tiled_labels)
+
+  noise_rng, sample_rng = jax.random.split(rng)
+  x_T = jax.random.normal(noise_rng, (frames.shape[0], steps.num_mel_frames(config),
+                                      config.audio.n_mels))
+  known = None
+  if 'known_mel' in inputs:
+    chex.assert_equal_shape([inputs['known_mel'], x_T])
+    chex.assert_shape(inputs['known_mask'], x_T.shape[:2])
+    known = samplers.Known(steps.normalise_mel(inputs['known_mel'], config),
+                           jnp.broadcast_to(inputs['known_mask'][..., None], x_T.shape))
+  gradient_guide = None
+  if align_guidance:
+    guide = steps.build_guide(config)
+
+    def log_aligned(x, t):
+      logits = guide.apply({'params': params['guide']}, frames, x, t)
+      return jnp.sum(jax.nn.log_sigmoid(logits))
+
+    gradient_guide = lambda x, t: align_guidance * jax.grad(log_aligned)(x, t)
+  x0 = samplers.sample_objective(guidance_lib.BatchedDenoiser(denoise, denoise_masked), x_T,
+                                 sample_rng, msd.alpha_bar(config),
+                                 objective=config.diffusion.objective, sampler=sampler,
+                                 num_steps=num_steps, prediction=config.diffusion.prediction,
+                                 guidance_scale=guidance, eta=eta, known=known,
+                                 gradient_guide=gradient_guide,
+                                 guidance_interval=guidance_interval)
+  return steps.denormalise_mel(x0, config)
 
 
 def sampler_settings(eval_cfg: ml_collections.ConfigDict, sampler: str | None = None,
@@ -83,7 +167,7 @@ class ChunkedSampler:
 class Generator:
   """The MSD denoiser's video->audio sampling: log-mels for videos, on `mesh`.
 
-  One compiled `steps.sample_step` per (sampler, num_steps, guidance, eta) setting, kept for
+  One compiled `sample_step` per (sampler, num_steps, guidance, eta) setting, kept for
   the Generator's life (the demo reuses them across requests); videos go in chunks of
   eval.batch_size laid out on the mesh (see `ChunkedSampler`).
   """
@@ -99,7 +183,7 @@ class Generator:
     key = tuple(sorted(settings.items()))
     if key not in self._compiled:
       self._compiled[key] = ChunkedSampler(jit_sampler(
-          steps.sample_step, self._mesh, models=self._models, config=self._config,
+          sample_step, self._mesh, models=self._models, config=self._config,
           **settings), self._mesh)
     return self._compiled[key]
 
@@ -120,7 +204,7 @@ class Generator:
     `labels` (N,K), the clips' true classes, are what the label oracle (unet.label_condition)
     conditions on besides the video; a run without the oracle ignores them. `known_mel`
     (N,Ta,F) log-mel with `known_mask` (N,Ta) in [0, 1] inpaints: the mel frames where the
-    mask is 1 come out as given (see `steps.sample_step`). `align_guidance` > 0 adds double
+    mask is 1 come out as given (see `sample_step`). `align_guidance` > 0 adds double
     guidance with the alignment guide's params `guide_params` (evaluators/guide_training.py).
 
     Videos go in chunks of eval.batch_size (fewer, rounded up to the device count, when N is

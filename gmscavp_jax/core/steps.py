@@ -1,4 +1,4 @@
-"""Pure steps: train state, optimizers, the joint loss, train / embedding / sampling steps.
+"""Pure steps: train state, optimizers, the joint loss, train and embedding steps.
 
 Everything here is a function of arrays and config; `train.py` jits these with shardings.
 The params are {'encoders': GMSCAVP params, 'denoiser': UNet params} (and 'video_denoiser',
@@ -7,7 +7,8 @@ its own optimizer, so a training phase (core/phases.py) updates exactly the grou
 (Table 3). Every k-th step of the 'joint' or 'generator' stage also trains the a2v denoiser
 (`train_phase`), which in 'joint' reaches the audio encoder unless a2v.stop_gradient.
 
-L_MSD itself (eq. 7, the label oracle, CMMD's contrastive term) is in core/msd.py.
+L_MSD itself (eq. 7, the label oracle, CMMD's contrastive term) is in core/msd.py; the
+sampling step, in core/sampling.py.
 """
 
 from collections.abc import Callable
@@ -26,8 +27,6 @@ from gmscavp_jax.core import phases
 from gmscavp_jax.core import train_state
 from gmscavp_jax.data import audio
 from gmscavp_jax.data import media
-from gmscavp_jax.diffusion import guidance as guidance_lib
-from gmscavp_jax.diffusion import samplers
 from gmscavp_jax.losses import contrastive
 from gmscavp_jax.models import alignment
 from gmscavp_jax.models import gmscavp
@@ -325,78 +324,3 @@ def embed_step(params, batch: dict, *, models: Models,
   e = config.eval
   return tuple(pyramid.retrieval_embedding(x, e.retrieval_scale, e.retrieval_pooling)
                for x in (video, aud))
-
-
-def sample_step(params, inputs: dict, rng: jax.Array, *, models: Models,
-                config: ml_collections.ConfigDict, sampler: str, num_steps: int,
-                guidance: float, eta: float = 0.0, align_guidance: float = 0.0,
-                guidance_interval: tuple[float, ...] = ()) -> jax.Array:
-  """Log-mels (B,Ta,F) generated for videos inputs['frames'] (B,T,H,W,3) by the MSD
-  denoiser (inputs['labels'] (B,K) too for the label oracle, see `oracle_labels`): the video
-  encoded once (`encode_video`), then every sampler step on its scales (`sample_from_video`).
-
-  With inputs['known_mel'] (B,Ta,F) log-mel and inputs['known_mask'] (B,Ta) in [0, 1], the
-  mel frames where the mask is 1 are inpainted: kept as given, the rest generated knowing
-  them (samplers.Known); a long video's windows continue each other this way.
-  align_guidance > 0 adds double guidance: the gradient of the alignment guide's (`build_guide`,
-  params['guide']) log-probability that x_t is aligned with the video, times align_guidance.
-  `sampler`, `num_steps` and `guidance` are static (one compiled program per setting);
-  guidance 1 runs the conditional model alone, other guidance both halves in one UNet call.
-  """
-  video = encode_video(params, inputs['frames'], models=models)
-  return sample_from_video(params, video, inputs, rng, models=models, config=config,
-                           sampler=sampler, num_steps=num_steps, guidance=guidance, eta=eta,
-                           align_guidance=align_guidance, guidance_interval=guidance_interval)
-
-
-def encode_video(params, frames: jax.Array, *, models: Models) -> list[jax.Array]:
-  """The video scales [(B,T_l,S_l,D)] of frames (B,T,H,W,3) uint8 (encoder and pyramid)."""
-  chex.assert_rank(frames, 5)
-  return models.encoders.apply({'params': params['encoders']}, frames,
-                               method=gmscavp.GMSCAVP.embed_video)
-
-
-def sample_from_video(params, video: list[jax.Array], inputs: dict, rng: jax.Array, *,
-                      models: Models, config: ml_collections.ConfigDict, sampler: str,
-                      num_steps: int, guidance: float, eta: float = 0.0,
-                      align_guidance: float = 0.0,
-                      guidance_interval: tuple[float, ...] = ()) -> jax.Array:
-  """`sample_step` given the video scales [(B,T_l,S_l,D)] of inputs['frames']: all steps."""
-  frames, labels = inputs['frames'], msd.oracle_labels(inputs, config)
-
-  def denoise(x, t, conditional):
-    return models.denoiser.apply({'params': params['denoiser']}, x, t,
-                                 video if conditional else None, labels=labels)
-
-  def denoise_masked(x, t, conditional):  # x: the batch stacked n times, one UNet call.
-    tiled_video, tiled_labels = guidance_lib.tile_batch((video, labels),
-                                                        x.shape[0] // frames.shape[0])
-    return models.denoiser.apply({'params': params['denoiser']}, x, t, tiled_video,
-                                 drop_condition=~conditional, labels=tiled_labels)
-
-  noise_rng, sample_rng = jax.random.split(rng)
-  x_T = jax.random.normal(noise_rng, (frames.shape[0], num_mel_frames(config),
-                                      config.audio.n_mels))
-  known = None
-  if 'known_mel' in inputs:
-    chex.assert_equal_shape([inputs['known_mel'], x_T])
-    chex.assert_shape(inputs['known_mask'], x_T.shape[:2])
-    known = samplers.Known(normalise_mel(inputs['known_mel'], config),
-                           jnp.broadcast_to(inputs['known_mask'][..., None], x_T.shape))
-  gradient_guide = None
-  if align_guidance:
-    guide = build_guide(config)
-
-    def log_aligned(x, t):
-      logits = guide.apply({'params': params['guide']}, frames, x, t)
-      return jnp.sum(jax.nn.log_sigmoid(logits))
-
-    gradient_guide = lambda x, t: align_guidance * jax.grad(log_aligned)(x, t)
-  x0 = samplers.sample_objective(guidance_lib.BatchedDenoiser(denoise, denoise_masked), x_T,
-                                 sample_rng, msd.alpha_bar(config),
-                                 objective=config.diffusion.objective, sampler=sampler,
-                                 num_steps=num_steps, prediction=config.diffusion.prediction,
-                                 guidance_scale=guidance, eta=eta, known=known,
-                                 gradient_guide=gradient_guide,
-                                 guidance_interval=guidance_interval)
-  return denormalise_mel(x0, config)

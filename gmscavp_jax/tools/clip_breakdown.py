@@ -7,9 +7,9 @@ vocoder, write.
 
 One clip of the config's length at batch 1, with freshly initialised params (the work does
 not depend on training), through the real inference path (`video_to_audio.Soundtracker` and
-`steps.sample_step`'s two halves): the video decoded with PyAV (`video_to_audio.load_clip`;
+`sampling.sample_step`'s two halves): the video decoded with PyAV (`video_to_audio.load_clip`;
 a synthetic test clip rendered to mp4 when --video is not given), the video encoder and
-pyramid (`steps.encode_video`), the sampler's steps on its scales (`steps.sample_from_video`,
+pyramid (`sampling.encode_video`), the sampler's steps on its scales (`sampling.sample_from_video`,
 the config's eval.* settings unless --sampler/--steps/--guidance/--guidance_interval), the
 vocoder (--vocoder, 'auto': Griffin-Lim unless the dataset's neural vocoder is trained) and
 the files (`Soundtracker.write_outputs`: spectrogram PNG, WAV, mp4). Each stage is compiled (jitted
@@ -17,7 +17,7 @@ stages ahead of time, so compiling is timed apart), run once to warm, then timed
 times (best and median). --end_to_end also times whole requests (`Soundtracker.write` after
 the decode), warmed once, against the sum of the stages.
 
-It checks the program as well: tracing `steps.sample_step` counts the video encoder's calls
+It checks the program as well: tracing `sampling.sample_step` counts the video encoder's calls
 (intercepted at trace time; it must be one) and the UNet's calls per sampler step with
 their batch, and the jaxpr shows that no loop of the program takes the frames, so the
 encoder runs once per request, never per step. Writes OUT/breakdown.json and .md; prints
@@ -42,7 +42,6 @@ from gmscavp_jax import cli
 from gmscavp_jax.core import msd
 from gmscavp_jax.core import sampling
 from gmscavp_jax.core import state as state_lib
-from gmscavp_jax.core import steps
 from gmscavp_jax.data import media_writing
 from gmscavp_jax.data import synthetic
 from gmscavp_jax.diffusion import guidance as guidance_lib
@@ -122,7 +121,7 @@ def synthetic_video(config, path: str) -> str:
 
 
 def trace_counts(params, inputs: dict, rng, *, models, config, settings: dict) -> dict:
-  """How `steps.sample_step` of `settings` runs the networks, read while tracing it.
+  """How `sampling.sample_step` of `settings` runs the networks, read while tracing it.
 
   {'encoder_calls': GMSCAVP.embed_video calls in the program, 'unet_calls_per_step': UNet
   calls traced in the sampler's step (the loop body is traced once; with a guidance interval
@@ -139,7 +138,7 @@ def trace_counts(params, inputs: dict, rng, *, models, config, settings: dict) -
       unet.append(args[0].shape[0])
     return next_fun(*args, **kwargs)
 
-  fn = functools.partial(steps.sample_step, models=models, config=config, **settings)
+  fn = functools.partial(sampling.sample_step, models=models, config=config, **settings)
   with nn.intercept_methods(count):
     jaxpr = jax.make_jaxpr(fn)(params, inputs, rng)
   frames = inputs['frames']
@@ -192,9 +191,9 @@ def breakdown(config, out_dir: str, *, video: str | None, repeats: int, end_to_e
   inputs, rng = {'frames': frames}, jax.random.key(0)
 
   stages['encoder'], scales = time_jitted(
-      jax.jit(functools.partial(steps.encode_video, models=models)), (params, frames), repeats)
+      jax.jit(functools.partial(sampling.encode_video, models=models)), (params, frames), repeats)
   stages['sampler'], mel = time_jitted(
-      jax.jit(functools.partial(steps.sample_from_video, models=models, config=config,
+      jax.jit(functools.partial(sampling.sample_from_video, models=models, config=config,
                                 **settings)), (params, scales, inputs, rng), repeats)
   mel = np.asarray(mel)
   stages['vocoder'], wave = time_stage(lambda: tracker.vocode(mel, 0), repeats)

@@ -15,6 +15,7 @@ import numpy as np
 from gmscavp_jax.core import feature_cache
 from gmscavp_jax.core import msd
 from gmscavp_jax.core import phases
+from gmscavp_jax.core import sampling
 from gmscavp_jax.core import state as state_lib
 from gmscavp_jax.core import steps
 from gmscavp_jax.data import pipeline
@@ -131,7 +132,7 @@ def time_sampling_latency(config, mesh, sampler: str | None = None,
   guidance, interval = config.eval.guidance, tuple(config.eval.guidance_interval)
   sampler = sampler or config.eval.sampler
   num_steps = num_steps or config.eval.sample_steps
-  sample = jax.jit(functools.partial(steps.sample_step, models=models, config=config,
+  sample = jax.jit(functools.partial(sampling.sample_step, models=models, config=config,
                                      sampler=sampler, num_steps=num_steps, guidance=guidance,
                                      guidance_interval=interval))
   frames, _ = steps.dummy_inputs(config, batch_size=batch_size)
