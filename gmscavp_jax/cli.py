@@ -334,8 +334,6 @@ class GuidanceIntervalParser(flags.ArgumentParser):
   """--guidance_interval's text as a tuple: 'all' -> (), 'LO,HI' -> (LO, HI)."""
 
   def parse(self, argument):
-    if isinstance(argument, tuple):
-      return argument
     if argument.strip().lower() == 'all':
       return ()
     try:
