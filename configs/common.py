@@ -126,6 +126,10 @@ def base_config() -> ml_collections.ConfigDict:
   # chunks of 8 on one CPU device (1.14x faster runlocal step there), the whole batch on
   # accelerators. Sampling calls the UNet on the whole batch.
   c.unet.batch_chunk = -1
+  # Add g * x_t to the prediction, g (B, n_mels) projected from the timestep and condition
+  # embedding (zero at init): a per-pixel path that a stem patch with as many pixels as
+  # channels (runlocal's 2x16 into 32) cannot give the UNet (docs/results.md).
+  c.unet.pixel_skip = False
   # Diagnostic oracle (issue 18): the denoiser also gets each clip's true sounding classes
   # (multi-hot, data.labels) added to its global condition, an upper bound for "the right
   # source". Training and evaluation only: generate and the demo have no labels and refuse it.

@@ -24,7 +24,7 @@ def tiny_config(**overrides) -> ml_collections.ConfigDict:
   c.unet = ml_collections.ConfigDict(dict(
       widths=(16, 32), attention_levels=(1,), level_scales=(0, 1), blocks_per_level=1,
       num_groups=4, num_heads=2, stem_patch=(2, 8), aligned_conditioning=True,
-      label_condition=False))
+      label_condition=False, pixel_skip=False))
   c.unet.update(overrides)
   c.data = ml_collections.ConfigDict(dict(num_frames=VIDEO_SHAPES[0][1], num_classes=K))
   return c
@@ -252,6 +252,33 @@ def test_label_oracle_changes_only_kept_conditions():
     model.apply(params, x, t, video)
   chex.assert_trees_all_close(model.apply(params, x, t, None),
                               model.apply(params, x, t, None, labels=labels))
+
+
+def test_pixel_skip_adds_a_per_bin_gain_times_the_input(tiny):
+  """unet.pixel_skip: the prediction plus g * x, g (B,F) projected from the embedding; zero
+  at init, so a run starts from the model without it."""
+  _, params, (x, t, video), _ = tiny
+  base = np.asarray(jax.jit(unet.build_unet(tiny_config(**RUN_LEVELS)).apply)(params, x, t,
+                                                                               video))
+  model = unet.build_unet(tiny_config(pixel_skip=True, **RUN_LEVELS))
+  init = jax.eval_shape(model.init, jax.random.key(0), x, t, video)['params']['pixel_skip']
+  emb_dim = 4 * RUN_LEVELS['widths'][0]
+  assert init['kernel'].shape == (emb_dim, F) and init['bias'].shape == (F,)
+  rng = np.random.default_rng(1)
+  apply = jax.jit(lambda skip: model.apply({'params': {**params['params'], 'pixel_skip': skip}},
+                                           x, t, video))
+  zero = {'kernel': jnp.zeros((emb_dim, F)), 'bias': jnp.zeros((F,))}
+  np.testing.assert_allclose(apply(zero), base, rtol=1e-5, atol=1e-6)
+  bias = jnp.asarray(rng.normal(size=F), jnp.float32)
+  np.testing.assert_allclose(apply({**zero, 'bias': bias}) - base, bias * np.asarray(x),
+                             rtol=1e-4, atol=1e-5)
+  # With a kernel the gain follows each example's embedding (its t): one gain per example and
+  # mel bin, the same at every time step.
+  skip = {'kernel': jnp.asarray(rng.normal(size=(emb_dim, F)), jnp.float32), 'bias': bias}
+  gain = (np.asarray(apply(skip)) - base) / np.asarray(x)
+  np.testing.assert_allclose(gain, np.broadcast_to(gain[:, :1], gain.shape), rtol=1e-3,
+                             atol=1e-3)
+  assert np.abs(gain[0, 0] - gain[1, 0]).max() > 1e-3
 
 
 def test_apply_in_chunks_is_the_same_function_and_gradient(tiny, monkeypatch):

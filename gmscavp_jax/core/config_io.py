@@ -54,6 +54,7 @@ _ADDED = {
     'eval.synthetic_defaults': {'num_classes': 16, 'num_test_clips': 512},
     'unet.label_condition': False,
     'unet.batch_chunk': 0,
+    'unet.pixel_skip': False,
     'model.video_stem': 'patchify',
     'loss.video_class_weight': 0.0,
     'mesh.data': -1,

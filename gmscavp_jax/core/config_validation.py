@@ -255,8 +255,8 @@ def _validate_generator(config: ml_collections.ConfigDict, num_scales: int) -> N
            f'a divisor of every unet width {widths}', u.num_heads)
   require(u.blocks_per_level >= 1, 'unet.blocks_per_level', 'a positive integer',
            u.blocks_per_level)
-  require(isinstance(u.label_condition, bool), 'unet.label_condition', 'True or False',
-           u.label_condition)
+  for name in ('label_condition', 'pixel_skip'):
+    require(isinstance(u[name], bool), f'unet.{name}', 'True or False', u[name])
   require(u.batch_chunk >= -1, 'unet.batch_chunk',
           '0 (the whole batch), a chunk size N > 0, or -1 (auto)', u.batch_chunk)
   require(d.training in ('joint', 'frozen', 'none'), 'diffusion.training',

@@ -63,6 +63,9 @@ class UNet(nn.Module):
     dtype: compute dtype; parameters and the output are float32.
     num_label_classes: K > 0 turns on the label oracle (unet.label_condition): the clip's
       multi-hot classes (B,K) join the global condition; 0 = off (no extra params).
+    pixel_skip: add g * x to the prediction, g (B,F) a zero-initialised projection of the
+      embedding (one coefficient per mel bin): a per-pixel path from the input to the output
+      that a patch stem with as many pixels as channels lacks (unet.pixel_skip).
   """
   widths: Sequence[int]
   attention_levels: Sequence[int]
@@ -76,6 +79,7 @@ class UNet(nn.Module):
   dtype: Dtype = jnp.float32
   remat: str = 'none'  # jax.checkpoint policy of the ResBlocks (layers.remat).
   num_label_classes: int = 0
+  pixel_skip: bool = False
 
   def _check_config(self) -> None:
     n = len(self.widths)
@@ -144,7 +148,11 @@ class UNet(nn.Module):
                                     drop_condition=drop_condition, length=x.shape[1]),
         down=lambda width, name: layers.Downsample2D(width, self.num_groups, dt, name=name),
         up=lambda width, name: blocks.Upsample(width, dt, name=name))
-    return self._read_out(h, x.shape)
+    out = self._read_out(h, x.shape)
+    if self.pixel_skip:
+      gain = blocks.dense(x.shape[-1], dt, 'pixel_skip', zero_init=True)(emb)
+      out = out + (gain[:, None, :] * x.astype(dt)).astype(jnp.float32)
+    return out
 
   # The parts of __call__ are nowrap: their ops stay in the module's profiler scope, so
   # profiles attribute them to the blocks by name (infra/profiling).
@@ -250,4 +258,5 @@ def build_unet(config: ml_collections.ConfigDict, dtype: Dtype = jnp.float32,
       dtype=dtype,
       remat=remat,
       num_label_classes=config.data.num_classes if u.label_condition else 0,
+      pixel_skip=u.pixel_skip,
   )

@@ -205,6 +205,8 @@ class TorchUNet(nn.Module):
         c = self.widths[i - 1]
     self.norm_out = nn.GroupNorm(g, c, eps=EPS)
     self.out_proj = _conv1x1(c, st * sf)
+    if u.pixel_skip:
+      self.pixel_skip = _linear(emb_dim, config.audio.n_mels)
     self._constants = {}
 
   def _attention_prefixes(self):
@@ -278,7 +280,10 @@ class TorchUNet(nn.Module):
     h = self.out_proj(F.silu(self.norm_out(h)))  # (B,st*sf,Ta',F'), channels (p,q).
     sx, sy = h.shape[2:]
     out = h.reshape(b, st, sf, sx, sy).permute(0, 3, 1, 4, 2).reshape(b, sx * st, sy * sf)
-    return out[:, :ta, :f]
+    out = out[:, :ta, :f]
+    if hasattr(self, 'pixel_skip'):
+      out = out + self.pixel_skip(emb)[:, None, :] * x
+    return out
 
 
 def _sinusoid(t: torch.Tensor, dim: int, max_period: float = 10_000.0) -> torch.Tensor:
