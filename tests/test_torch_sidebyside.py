@@ -81,7 +81,8 @@ def test_shuffle_rule_matches_upsample():
 def test_runlocal_params_convert_and_round_trip(runlocal):
   config, params = runlocal
   arrays = torch_layout.flax_to_torch(params, tuple(config.unet.stem_patch))
-  assert torch_layout.count(params) == 781_536 == sum(a.size for a in arrays.values())
+  assert torch_layout.count(params) == 798_048 == sum(a.size for a in arrays.values())
+  assert arrays['pixel_skip.weight'].shape == (128, 128)  # (n_mels, embedding) as nn.Linear.
   assert arrays['stem.proj.weight'].shape == (32, 1, 2, 16)
   assert arrays['down1.merge.proj.weight'].shape == (48, 32, 2, 2)
   assert arrays['up2_upsample.proj.weight'].shape == (192, 64, 1, 1)

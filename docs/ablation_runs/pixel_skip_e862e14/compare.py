@@ -1,0 +1,54 @@
+"""unet.pixel_skip against the same code without it, 3 seeds of msa_msd:runlocal: mean ± std,
+the 95% Welch interval of the difference (bold when it excludes 0) and the paired difference
+per seed (same seed: same data order and the same initial values of every other parameter).
+
+  python docs/ablation_runs/pixel_skip_e862e14/compare.py   # from the repository root
+"""
+import json
+import os
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.getcwd())
+from gmscavp_jax.tools import runs  # pylint: disable=wrong-import-position
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+KEYS = [('gen/class_acc', 'class acc %', 1), ('gen/kld', 'KLD', 2), ('gen/fad', 'FAD', 2),
+        ('gen/align_acc', 'Align Acc %', 1), ('gen/onset_f1@100ms', 'onset F1@100ms %', 1),
+        ('gen/onset_precision@100ms', 'onset precision@100ms %', 1),
+        ('gen/onset_recall@100ms', 'onset recall@100ms %', 1),
+        ('gen/onset_f1@50ms', 'onset F1@50ms %', 1),
+        ('gen/sync_offset_abs_s', 'sync offset, mean abs s', 3),
+        ('retrieval/v2a_R@1', 'v2a R@1 %', 1), ('retrieval/a2v_R@1', 'a2v R@1 %', 1)]
+
+
+def load(arm):
+  """{metric: [seed 0, 1, 2]}: generation from `evaluate`, retrieval from the trainer."""
+  out = {}
+  for s in range(3):
+    for part in ('eval', 'train'):
+      r = json.load(open(os.path.join(ROOT, f'{arm}_{part}_seed{s}', 'results.json')))
+      for k, _, _ in KEYS:
+        if k.startswith('gen/') == (part == 'eval'):
+          out.setdefault(k, []).append(float(r[k]))
+  return out
+
+
+def main():
+  base, skip = load('base'), load('pixel_skip')
+  print('| metric | base | pixel_skip | difference [95% Welch]; paired |')
+  print('| --- | --- | --- | --- |')
+  for k, label, d in KEYS:
+    x, y = skip[k], base[k]
+    lo, hi = runs.difference_interval(x, y)
+    paired = np.array(x) - np.array(y)
+    diff = f'{np.mean(x) - np.mean(y):+.{d}f} [{lo:+.{d}f}, {hi:+.{d}f}]'
+    cells = [f'{np.mean(v):.{d}f} ± {np.std(v, ddof=1):.{d}f}' for v in (y, x)]
+    cells.append((f'**{diff}**' if lo > 0 or hi < 0 else diff)
+                 + f'; {paired.mean():+.{d}f} ± {paired.std(ddof=1):.{d}f}')
+    print(f'| {label} | ' + ' | '.join(cells) + ' |')
+
+
+if __name__ == '__main__':
+  main()
