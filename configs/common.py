@@ -261,7 +261,8 @@ def base_config() -> ml_collections.ConfigDict:
   # (20 evaluations), 3 seeds (generation.md); --steps=10 for the best measured quality.
   c.eval.sample_steps = 5
   # Classifier-free guidance scale (1 = the conditional model alone, one UNet call per step);
-  # 5 from a guidance sweep of onset hit-rate against shuffled videos (docs/config_notes.md).
+  # 5 from a guidance sweep of onset hit-rate against shuffled videos (docs/config_notes.md);
+  # :runlocal uses 2 (below).
   c.eval.guidance = 5.0
   # () guides every step; (lo, hi) only steps with noise level sigma = sqrt((1-ab)/ab) in
   # (lo, hi] (hi None: no bound), the rest run the conditional model alone at half the cost
