@@ -58,9 +58,12 @@ def roughness(mel):
 def main(workdir, num_clips=64):
   config, mesh, models, params, step = state_lib.restore_workdir(
       workdir, restore=state_lib.restore_generator)
-  clips = generation.test_clips(config, num_clips)
+  # One set of test clips, real log-mels and samples serves all three parts (part 2 reads the
+  # first num_clips, part 3 the first 256).
+  clips = generation.test_clips(config, max(num_clips, 256))
   generator = sampling.Generator(config, mesh, models)
   real = generator.real_log_mel(clips['waveform'])
+  sampled = generator.generate(params, clips['frames'])
   n = min(32, num_clips)
   x0 = steps.normalise_mel(jnp.asarray(real[:n]), config)
   video = sampling.encode_video(params, jnp.asarray(clips['frames'][:n]), models=models)
@@ -80,15 +83,11 @@ def main(workdir, num_clips=64):
     kept = float(jnp.sum((x0_hat - x0) * eps) / jnp.sum(eps * eps)) / sigma
     rms = float(jnp.sqrt(jnp.mean((x0_hat - x0)**2)))
     print(f'{t:4d} {sigma:6.3f} {kept:5.2f} {tau2 / (tau2 + sigma**2):7.2f} {rms:10.3f}')
-  sampled = generator.generate(params, clips['frames'])
   for name, mel in (('real', real), ('sampled (eval.* defaults)', sampled)):
-    rough, high = roughness(np.asarray(mel))
+    rough, high = roughness(np.asarray(mel[:num_clips]))
     print(f'{name:>26}: roughness {rough:.2f}, top-quarter power {high:.1f}')
-  clips = generation.test_clips(config, 256)
   evalset, _ = classifier_training.load_or_train(config, None, mesh)
-  logits = [np.asarray(evalset.audio(m)['logits']) for m in
-            (generator.generate(params, clips['frames']),
-             generator.real_log_mel(clips['waveform']))]
+  logits = [np.asarray(evalset.audio(m[:256])['logits']) for m in (sampled, real)]
   p_gen = metrics.softmax(logits[0])
   entropy = float(np.mean(-np.sum(p_gen * np.log(np.clip(p_gen, 1e-12, None)), axis=1)))
   right = clips['labels'][np.arange(len(p_gen)), p_gen.argmax(1)] > 0
