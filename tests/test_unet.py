@@ -257,9 +257,8 @@ def test_label_oracle_changes_only_kept_conditions():
 def test_pixel_skip_adds_a_per_bin_gain_times_the_input(tiny):
   """unet.pixel_skip: the prediction plus g * x, g (B,F) projected from the embedding; zero
   at init, so a run starts from the model without it."""
-  _, params, (x, t, video), _ = tiny
-  base = np.asarray(jax.jit(unet.build_unet(tiny_config(**RUN_LEVELS)).apply)(params, x, t,
-                                                                               video))
+  base_model, params, (x, t, video), _ = tiny
+  base = np.asarray(jax.jit(base_model.apply)(params, x, t, video))
   model = unet.build_unet(tiny_config(pixel_skip=True, **RUN_LEVELS))
   init = jax.eval_shape(model.init, jax.random.key(0), x, t, video)['params']['pixel_skip']
   emb_dim = 4 * RUN_LEVELS['widths'][0]
