@@ -1,0 +1,54 @@
+"""Table 3 at the defaults of 53a350f (pixel skip, guidance 2, 5 sampler steps guided above
+noise level 1) against the last table (table3_x4_5f32c1d, msa_msd from encoder_lr_3996981:
+no pixel skip, guidance 5, 10 fully guided steps): per config, mean ± std over 3 seeds and
+the 95% Welch interval of new - old (bold when it excludes 0).
+
+  python docs/ablation_runs/table3_53a350f/compare.py   # from the repository root
+"""
+import json
+import os
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.getcwd())
+from gmscavp_jax.tools import runs  # pylint: disable=wrong-import-position
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+RUNS = os.path.dirname(HERE)
+CONFIGS = ('cavp', 'msa', 'msd', 'msa_msd')
+KEYS = [('gen/class_acc', 'class acc', 1), ('gen/kld', 'KLD', 2), ('gen/fad', 'FAD', 2),
+        ('gen/align_acc', 'Align Acc', 1), ('gen/onset_f1@100ms', 'onset F1@100', 1),
+        ('gen/onset_precision@100ms', 'onset precision@100', 1),
+        ('retrieval/v2a_R@1', 'v2a R@1', 1), ('retrieval/a2v_R@1', 'a2v R@1', 1)]
+
+
+def old_dir(name, seed):
+  if name == 'msa_msd':
+    return os.path.join(RUNS, 'encoder_lr_3996981', f'msa_msd_x4_seed{seed}')
+  return os.path.join(RUNS, 'table3_x4_5f32c1d', f'{name}-runlocal-seed{seed}')
+
+
+def load(path):
+  return json.load(open(os.path.join(path, 'results.json')))
+
+
+def main():
+  print('| config | ' + ' | '.join(label for _, label, _ in KEYS) + ' |')
+  print('| --- ' * (len(KEYS) + 1) + '|')
+  for name in CONFIGS:
+    new = [load(os.path.join(HERE, f'{name}-runlocal-seed{s}')) for s in range(3)]
+    old = [load(old_dir(name, s)) for s in range(3)]
+    now, diff = [], []
+    for k, _, d in KEYS:
+      x, y = [float(r[k]) for r in new], [float(r[k]) for r in old]
+      lo, hi = runs.difference_interval(x, y)
+      now.append(f'{np.mean(x):.{d}f} ± {np.std(x, ddof=1):.{d}f}')
+      cell = f'{np.mean(x) - np.mean(y):+.{d}f} [{lo:+.{d}f}, {hi:+.{d}f}]'
+      diff.append(f'**{cell}**' if lo > 0 or hi < 0 else cell)
+    print(f'| {name}, now | ' + ' | '.join(now) + ' |')
+    print(f'| {name}, now - then | ' + ' | '.join(diff) + ' |')
+
+
+if __name__ == '__main__':
+  main()
