@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from gmscavp_jax.tools import ablation
+from gmscavp_jax.tools import runs
 
 CONFIGS = ('cavp', 'msa', 'msd', 'msa_msd')
 # Per config: (KLD, Align Acc); seed s adds s * (0.1, 1.0). The paper's ordering holds for KLD
@@ -268,3 +269,13 @@ def test_main_exits_non_zero_on_failure(tmp_path, monkeypatch):
   assert fake.calls[-1][-1] == '--sampler=dpmpp2m'
   assert json.loads((tmp_path / 'msa-runlocal-seed0' / 'config.json').read_text()
                     )['train']['num_steps'] == 3
+
+
+def test_compared_cells_give_means_the_welch_interval_and_the_paired_difference():
+  base, new = [1.0, 2.0, 3.0], [5.0, 6.5, 7.0]
+  cells = runs.compared_cells(new, base, 1)
+  lo, hi = runs.difference_interval(new, base)
+  assert cells[0] == '2.0 ± 1.0' and cells[1] == '6.2 ± 1.0'
+  # Paired differences 4.0, 4.5, 4.0: mean 4.17, std 0.29; the Welch interval excludes 0 here.
+  assert lo > 0 and cells[2] == f'**+4.2 [{lo:+.1f}, {hi:+.1f}]**; +4.2 ± 0.3'
+  assert not runs.compared_cells([1.0, 3.0], [2.0, 2.5], 1)[2].startswith('**')

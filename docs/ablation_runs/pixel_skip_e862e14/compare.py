@@ -8,8 +8,6 @@ import json
 import os
 import sys
 
-import numpy as np
-
 sys.path.insert(0, os.getcwd())
 from gmscavp_jax.tools import runs  # pylint: disable=wrong-import-position
 
@@ -40,13 +38,7 @@ def main():
   print('| metric | base | pixel_skip | difference [95% Welch]; paired |')
   print('| --- | --- | --- | --- |')
   for k, label, d in KEYS:
-    x, y = skip[k], base[k]
-    lo, hi = runs.difference_interval(x, y)
-    paired = np.array(x) - np.array(y)
-    diff = f'{np.mean(x) - np.mean(y):+.{d}f} [{lo:+.{d}f}, {hi:+.{d}f}]'
-    cells = [f'{np.mean(v):.{d}f} ± {np.std(v, ddof=1):.{d}f}' for v in (y, x)]
-    cells.append((f'**{diff}**' if lo > 0 or hi < 0 else diff)
-                 + f'; {paired.mean():+.{d}f} ± {paired.std(ddof=1):.{d}f}')
+    cells = runs.compared_cells(skip[k], base[k], d)
     print(f'| {label} | ' + ' | '.join(cells) + ' |')
 
 
