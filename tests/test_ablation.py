@@ -279,3 +279,5 @@ def test_compared_cells_give_means_the_welch_interval_and_the_paired_difference(
   # Paired differences 4.0, 4.5, 4.0: mean 4.17, std 0.29; the Welch interval excludes 0 here.
   assert lo > 0 and cells[2] == f'**+4.2 [{lo:+.1f}, {hi:+.1f}]**; +4.2 ± 0.3'
   assert not runs.compared_cells([1.0, 3.0], [2.0, 2.5], 1)[2].startswith('**')
+  assert cells[2].startswith(runs.difference_cell(new, base, 1) + '; ')
+  assert runs.difference_cell([1.0, 3.0], [2.0, 2.5], 1).startswith('-0.2 [')

@@ -9,7 +9,6 @@ vector for all leaves, 'flatten'), and the loss's gradient alone ('grads'). Prin
 round's ms per call and the medians.
 """
 
-import functools
 import importlib
 import os
 import sys
@@ -34,20 +33,14 @@ def main(rounds=5):
   mel = steps.num_mel_frames(config)
   params = jax.device_put(lib.randomised_params(config, 0, mel))
   unet = unet_lib.build_unet(config)
-  _, _, tx = sxs.jax_functions(config)
+  # The side-by-side's loss: the UNet in chunks of unet.batch_chunk (8 on one CPU device).
+  _, loss, tx = sxs.jax_functions(config)
   batch = jax.device_put(lib.make_batch(config, 32, 0, mel))
   programs = {}
   for name, t in (('chain', tx), ('flatten', optax.flatten(tx))):
     _, step = unet_chunks.programs(config, unet, t, CHUNK)
     p = jax.tree.map(jnp.copy, params)
     programs[name] = (step, [p, t.init(p)])
-
-  def loss(p, b):
-    a, s = b['a'][:, None, None], b['s'][:, None, None]
-    pred = unet_lib.apply_in_chunks(functools.partial(unet.apply, {'params': p}), CHUNK,
-                                    a * b['x0'] + s * b['eps'], b['t'], lib.scales_of(b),
-                                    drop_condition=b['drop'])
-    return jnp.mean(jnp.square(pred - (a * b['eps'] - s * b['x0'])))
 
   grads = jax.jit(jax.value_and_grad(loss))
   times = {name: [] for name in (*programs, 'grads')}

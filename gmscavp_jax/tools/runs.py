@@ -165,16 +165,21 @@ def difference_interval(a: list, b: list, level: float = 0.95) -> tuple:
   return diff - half, diff + half
 
 
-def compared_cells(new: list, base: list, digits: int) -> list:
-  """Markdown cells comparing per-seed values: [base mean ± std, new mean ± std, new - base
-  with its 95% Welch interval (bold when it excludes 0) and the paired difference's mean ±
-  std (same seeds in the same order)]."""
+def difference_cell(new: list, base: list, digits: int) -> str:
+  """Markdown cell 'mean(new) - mean(base) [95% Welch interval]', bold when it excludes 0."""
   lo, hi = difference_interval(new, base)
+  d = digits
+  cell = f'{np.mean(new) - np.mean(base):+.{d}f} [{lo:+.{d}f}, {hi:+.{d}f}]'
+  return f'**{cell}**' if lo > 0 or hi < 0 else cell
+
+
+def compared_cells(new: list, base: list, digits: int) -> list:
+  """Markdown cells comparing per-seed values: [base mean ± std, new mean ± std,
+  `difference_cell` and the paired difference's mean ± std (same seeds in the same order)]."""
   paired = np.asarray(new, float) - np.asarray(base, float)
   d = digits
-  diff = f'{np.mean(new) - np.mean(base):+.{d}f} [{lo:+.{d}f}, {hi:+.{d}f}]'
   cells = [f'{np.mean(v):.{d}f} ± {np.std(v, ddof=1):.{d}f}' for v in (base, new)]
-  cells.append((f'**{diff}**' if lo > 0 or hi < 0 else diff)
+  cells.append(difference_cell(new, base, d)
                + f'; {paired.mean():+.{d}f} ± {paired.std(ddof=1):.{d}f}')
   return cells
 

@@ -42,10 +42,8 @@ def main():
     now, diff = [], []
     for k, _, d in KEYS:
       x, y = [float(r[k]) for r in new], [float(r[k]) for r in old]
-      lo, hi = runs.difference_interval(x, y)
       now.append(f'{np.mean(x):.{d}f} ± {np.std(x, ddof=1):.{d}f}')
-      cell = f'{np.mean(x) - np.mean(y):+.{d}f} [{lo:+.{d}f}, {hi:+.{d}f}]'
-      diff.append(f'**{cell}**' if lo > 0 or hi < 0 else cell)
+      diff.append(runs.difference_cell(x, y, d))
     print(f'| {name}, now | ' + ' | '.join(now) + ' |')
     print(f'| {name}, now - then | ' + ' | '.join(diff) + ' |')
 
