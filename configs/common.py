@@ -97,14 +97,6 @@ def base_config() -> ml_collections.ConfigDict:
   # video embedding against data.labels, so the video encoder must name the sounding
   # sources. 0 = off (no head, no params).
   c.loss.video_class_weight = 0.0
-  # Same-rhythm negatives (not in the paper): each video segment's softmax over audios gains
-  # one more candidate, its own clip's log-mel moved mel_shift_bins = (lo, hi) bins up or down
-  # the mel axis (data/negatives.py mel_shift): the positive's exact timing with a pitch and
-  # spectral envelope of no source in the video, so the encoders cannot match on timing
-  # alone and must keep what the source sounds and looks like (docs/results.md). Costs one
-  # more audio-encoder pass per step. False = off: the program without it.
-  c.loss.mel_shift_negatives = False
-  c.loss.mel_shift_bins = (4, 16)
   # Contrastive diffusion (CMMD, papers/002 eq. 4): L_MSD gains cdiff_weight (eta) times a
   # ranking term that asks the denoiser's error with a misaligned video condition to exceed
   # its error with the true one, on the same noisy input: per example

@@ -88,8 +88,6 @@ def test_unknown_variant_is_rejected():
     ('loss.cdiff_weight', -0.5, 'weight >= 0'),
     ('loss.cdiff_temperature', 0.0, 'positive tau'),
     ('loss.cdiff_kinds', ('shift', 'flip'), 'non-empty subset'),
-    ('loss.mel_shift_bins', (8, 4), r'0 < lo <= hi < audio.n_mels'),
-    ('loss.mel_shift_bins', (4, 500), r'0 < lo <= hi < audio.n_mels'),
     ('data.mixture', 'synthetic:0', 'weight'),
     ('data.mixture', 'synthetic[clips=10,bogus=1]:1', 'bogus'),
     ('data.mixture', 'synthetic:1,vggsound:1', "data_dir for the prepared dataset 'vggsound'"),

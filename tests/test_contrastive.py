@@ -110,30 +110,6 @@ class MsaLossTest(chex.TestCase, parameterized.TestCase):
     np.testing.assert_allclose(metrics['temperature/scale0'], tau, rtol=1e-6)
 
   @chex.variants(with_jit=True)
-  def test_audio_negatives_join_only_the_video_to_audio_softmax(self):
-    """One extra candidate per video: its own clip's negative audio (the mel-shift negative)."""
-    rng = np.random.default_rng(5)
-    a, n = (rng.normal(size=(6, 1, 1, 5)).astype(np.float32) for _ in range(2))
-    v = rng.normal(size=(6, 1, 2, 5)).astype(np.float32)
-    tau = 0.1
-    loss, metrics = self._loss([jnp.asarray(a)], [jnp.asarray(v)], jnp.array([tau]),
-                               audio_negatives=[jnp.asarray(n)])
-    unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)
-    ua, un, uv = unit(a[:, 0, 0]), unit(n[:, 0, 0]), unit(v[:, 0].mean(axis=1))
-    logits, neg = ua @ uv.T / tau, np.sum(un * uv, axis=-1) / tau
-    pos = np.diag(logits)
-    a2v = logsumexp(logits, axis=1) - pos
-    v2a = logsumexp(np.concatenate([logits, neg[None]], axis=0), axis=0) - pos
-    np.testing.assert_allclose(loss, np.mean(0.5 * (a2v + v2a)), rtol=1e-5)
-    np.testing.assert_allclose(metrics['acc_mel_shift/scale0'], np.mean(pos > neg))
-    plain, plain_metrics = self._loss([jnp.asarray(a)], [jnp.asarray(v)], jnp.array([tau]))
-    self.assertGreater(float(loss), float(plain))
-    self.assertNotIn('acc_mel_shift/scale0', plain_metrics)
-    with self.assertRaisesRegex(ValueError, '1 audio scales but 2 audio negatives'):
-      self._loss([jnp.asarray(a)], [jnp.asarray(v)], jnp.array([tau]),
-                 audio_negatives=[jnp.asarray(n)] * 2)
-
-  @chex.variants(with_jit=True)
   def test_scale_weights_and_metrics(self):
     audio, video = _random_scales(3)
     temps = jnp.array([0.1, 0.2, 0.3])

@@ -167,27 +167,3 @@ def test_shift_steps_from_seconds():
   assert negatives.shift_steps(0.2, 1.0, 4.0) == (1, 4)  # Full size: 0.8 frames rounds to 1.
   assert negatives.shift_steps(0.01, 0.05, 8.0) == (1, 1)  # A shift moves at least one step.
   assert negatives.shift_steps(0.2, 1.0, 8000) == (1600, 8000)  # The evaluator's waveforms.
-
-
-def test_mel_shift_moves_each_clip_along_the_mel_axis_and_fills_with_its_floor():
-  x = jnp.asarray(np.random.default_rng(3).normal(size=(8, 5, 12)), jnp.float32)
-  y, shift = negatives.mel_shift(jax.random.key(0), x, min_bins=2, max_bins=4)
-  assert y.shape == x.shape
-  x, y, shift = np.asarray(x), np.asarray(y), np.asarray(shift)
-  assert np.all((2 <= np.abs(shift)) & (np.abs(shift) <= 4))
-  assert (shift > 0).any() and (shift < 0).any()  # Both directions over 8 clips, this key.
-  for b, k in enumerate(shift):
-    floor = x[b].min()
-    if k > 0:  # Towards higher mels: bin f holds what was at f - k.
-      np.testing.assert_array_equal(y[b, :, k:], x[b, :, :-k])
-      np.testing.assert_array_equal(y[b, :, :k], floor)
-    else:
-      np.testing.assert_array_equal(y[b, :, :k], x[b, :, -k:])
-      np.testing.assert_array_equal(y[b, :, k:], floor)
-
-
-@pytest.mark.parametrize('bins', [(0, 3), (4, 3), (2, 12)])
-def test_mel_shift_bad_bins(bins):
-  with pytest.raises(ValueError, match='min_bins'):
-    negatives.mel_shift(jax.random.key(0), jnp.zeros((2, 5, 12)), min_bins=bins[0],
-                        max_bins=bins[1])

@@ -57,8 +57,6 @@ _ADDED = {
     'unet.pixel_skip': False,
     'model.video_stem': 'patchify',
     'loss.video_class_weight': 0.0,
-    'loss.mel_shift_negatives': False,
-    'loss.mel_shift_bins': (4, 16),
     'mesh.data': -1,
     'mesh.fsdp': 1,
     'mesh.fsdp_min_size': 2**16,

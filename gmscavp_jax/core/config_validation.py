@@ -40,7 +40,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
   _validate_mixture(config)
   _validate_audio(config.audio)
   _validate_model(config)
-  _validate_contrastive_loss(config.loss, num_scales, config.audio.n_mels)
+  _validate_contrastive_loss(config.loss, num_scales)
   _validate_generator(config, num_scales=num_scales)
   _validate_contrastive_diffusion(config)
   _validate_a2v(config, num_scales=num_scales)
@@ -107,10 +107,8 @@ def _validate_model(config: ml_collections.ConfigDict) -> None:
                     allow_empty=True)
 
 
-def _validate_contrastive_loss(l: ml_collections.ConfigDict, num_scales: int,
-                               num_mels: int) -> None:
-  """loss.*: L_MSA's scale weights, temperatures and mel-shift negatives, and the video class
-  head's weight."""
+def _validate_contrastive_loss(l: ml_collections.ConfigDict, num_scales: int) -> None:
+  """loss.*: L_MSA's scale weights and temperatures, and the video class head's weight."""
   require(len(l.scale_weights) in (0, num_scales), 'loss.scale_weights',
            f'empty or one weight per scale ({num_scales})', l.scale_weights)
   require(0 < l.temperature_min <= l.temperature_init <= l.temperature_max,
@@ -120,9 +118,6 @@ def _validate_contrastive_loss(l: ml_collections.ConfigDict, num_scales: int,
            l.adaptive_temperature)
   require(l.video_class_weight >= 0, 'loss.video_class_weight', 'a weight >= 0',
            l.video_class_weight)
-  bins = tuple(l.mel_shift_bins)
-  require(len(bins) == 2 and 0 < bins[0] <= bins[1] < num_mels, 'loss.mel_shift_bins',
-           f'(lo, hi) with 0 < lo <= hi < audio.n_mels={num_mels}', bins)
 
 
 def _validate_train(t: ml_collections.ConfigDict) -> None:

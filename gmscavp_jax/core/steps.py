@@ -27,7 +27,6 @@ from gmscavp_jax.core import phases
 from gmscavp_jax.core import train_state
 from gmscavp_jax.data import audio
 from gmscavp_jax.data import media
-from gmscavp_jax.data import negatives
 from gmscavp_jax.losses import contrastive
 from gmscavp_jax.models import alignment
 from gmscavp_jax.models import gmscavp
@@ -214,25 +213,6 @@ def denormalise_mel(x: jax.Array, config: ml_collections.ConfigDict) -> jax.Arra
   return x * config.diffusion.mel_std + config.diffusion.mel_mean
 
 
-# Folded into the step's key for the mel-shift negatives: a stream apart from the others, so
-# turning them on leaves every other draw of the step unchanged.
-_MEL_SHIFT_STREAM = 0x6d656c73
-
-
-def mel_shift_negatives(enc: dict, mel: jax.Array, rng: jax.Array, *, models: Models,
-                        config: ml_collections.ConfigDict) -> list[jax.Array] | None:
-  """The audio scales [(B,T_l,1,D)] of each clip's log-mel (B,Ta,F) moved along the mel axis
-  (negatives.mel_shift, loss.mel_shift_bins), L_MSA's same-rhythm negatives; None when
-  loss.mel_shift_negatives is off. The gradient flows through them into the audio encoder,
-  as through any negative of the contrastive loss."""
-  if not config.loss.mel_shift_negatives:
-    return None
-  lo, hi = config.loss.mel_shift_bins
-  shifted, _ = negatives.mel_shift(jax.random.fold_in(rng, _MEL_SHIFT_STREAM), mel,
-                                   min_bins=lo, max_bins=hi)
-  return models.encoders.apply(enc, shifted, method=gmscavp.GMSCAVP.embed_audio)
-
-
 def loss_fn(params, batch: dict, rng: jax.Array, *, models: Models,
             config: ml_collections.ConfigDict,
             phase: phases.Phase) -> tuple[jax.Array, dict]:
@@ -252,8 +232,7 @@ def loss_fn(params, batch: dict, rng: jax.Array, *, models: Models,
         scale_weights=None if weights is None else jnp.asarray(weights, jnp.float32),
         adaptive_weights=config.loss.adaptive_weights,
         adaptive_temperature=config.loss.adaptive_temperature,
-        adaptive_stop_gradient=config.loss.adaptive_stop_gradient,
-        audio_negatives=mel_shift_negatives(enc, mel, rng, models=models, config=config))
+        adaptive_stop_gradient=config.loss.adaptive_stop_gradient)
     total += config.loss.msa_weight * msa
     metrics.update(msa_metrics)
     if config.loss.video_class_weight > 0:

@@ -146,34 +146,3 @@ def make_negatives(rng: jax.Array, x: jax.Array, *, min_shift: int, max_shift: i
     negatives = jnp.where(_per_example(kind == index, x.ndim), candidates[name](), negatives)
   info = dict(kind=kind, shift=shift, split=split, other_first=other_first, partner=partner)
   return negatives, info
-
-
-def mel_shift(rng: jax.Array, log_mel: jax.Array, *, min_bins: int,
-              max_bins: int) -> tuple[jax.Array, jax.Array]:
-  """Each clip's log-mel moved up or down the mel axis: the same rhythm, another sound.
-
-  A shift of magnitude uniform in [min_bins, max_bins] mel bins with a random sign; the bins
-  it uncovers take the clip's own minimum (its floor: silence), not a wrap-around. Used as
-  the hardest negative of L_MSA (loss.mel_shift_negatives): an audio with exactly the
-  positive's timing whose pitch and spectral envelope belong to no source in the video, so
-  timing alone cannot tell it from the positive.
-
-  Args:
-    rng: PRNG key.
-    log_mel: (B, Ta, F) log-mel, mel on the last axis.
-    min_bins, max_bins: 0 < min_bins <= max_bins < F.
-  Returns:
-    (B, Ta, F) shifted log-mels and the (B,) signed shifts (positive: towards higher mels).
-  """
-  batch, _, num_mels = log_mel.shape
-  if not 0 < min_bins <= max_bins < num_mels:
-    raise ValueError(f'min_bins={min_bins}, max_bins={max_bins}: need '
-                     f'0 < min_bins <= max_bins < F={num_mels} (mel bins)')
-  keys = jax.random.split(rng)
-  magnitude = jax.random.randint(keys[0], (batch,), min_bins, max_bins + 1, jnp.int32)
-  shift = jnp.where(jax.random.bernoulli(keys[1], shape=(batch,)), magnitude, -magnitude)
-  source = jnp.arange(num_mels)[None, :] - shift[:, None]  # (B, F): the bin each came from.
-  inside = (source >= 0) & (source < num_mels)
-  moved = jnp.take_along_axis(log_mel, jnp.clip(source, 0, num_mels - 1)[:, None, :], axis=2)
-  floor = log_mel.min(axis=(1, 2), keepdims=True)
-  return jnp.where(inside[:, None, :], moved, floor), shift

@@ -21,13 +21,10 @@ def segment_embeddings(x: jnp.ndarray) -> jnp.ndarray:
   return m * jax.lax.rsqrt(jnp.maximum(jnp.sum(m * m, axis=-1, keepdims=True), 1e-12))
 
 
-def _scale_loss(audio: jnp.ndarray, video: jnp.ndarray, temperature: jnp.ndarray,
-                audio_negative: jnp.ndarray | None, *, adaptive_weights: bool,
-                adaptive_temperature: float,
-                adaptive_stop_gradient: bool) -> tuple[jnp.ndarray, dict[str, jnp.ndarray]]:
-  """One scale: (B,T_l,D) unit-norm audio/video segments (and optionally one extra audio
-  negative per segment, (B,T_l,D)) -> (loss, {'acc_a2v': in-batch top-1 accuracy, and with
-  the negative 'acc_mel_shift': how often the video prefers the true audio to it})."""
+def _scale_loss(audio: jnp.ndarray, video: jnp.ndarray, temperature: jnp.ndarray, *,
+                adaptive_weights: bool, adaptive_temperature: float,
+                adaptive_stop_gradient: bool) -> tuple[jnp.ndarray, jnp.ndarray]:
+  """One scale: (B,T_l,D) unit-norm audio/video segments -> (loss, a->v top-1 accuracy)."""
   b, t, _ = audio.shape
   n = b * t
   a, v = audio.reshape(n, -1), video.reshape(n, -1)
@@ -37,12 +34,6 @@ def _scale_loss(audio: jnp.ndarray, video: jnp.ndarray, temperature: jnp.ndarray
   pos = jnp.diagonal(logits)
   a2v = jax.nn.logsumexp(logits, axis=1) - pos
   v2a = jax.nn.logsumexp(logits, axis=0) - pos
-  metrics = {}
-  if audio_negative is not None:
-    # One more candidate for each video segment: its own audio's negative (same timing).
-    neg = jnp.sum(audio_negative.reshape(n, -1) * v, axis=-1) / temperature
-    v2a = jnp.logaddexp(v2a + pos, neg) - pos
-    metrics['acc_mel_shift'] = (pos > neg).mean()
   per_segment = (0.5 * (a2v + v2a)).reshape(b, t)
   if adaptive_weights:
     # Eq. 5: softmax over time of each segment's own audio-video cosine similarity.
@@ -52,16 +43,15 @@ def _scale_loss(audio: jnp.ndarray, video: jnp.ndarray, temperature: jnp.ndarray
       w = jax.lax.stop_gradient(w)
     # Scaled by T_l so uniform weights are exactly 1 (the plain mean over segments).
     per_segment = per_segment * (t * w)
-  metrics['acc_a2v'] = (jnp.argmax(logits, axis=1) == jnp.arange(n)).mean()
-  return per_segment.mean(), metrics
+  loss = per_segment.mean()
+  acc = (jnp.argmax(logits, axis=1) == jnp.arange(n)).mean()
+  return loss, acc
 
 
 def msa_loss(audio_scales: Sequence[jnp.ndarray], video_scales: Sequence[jnp.ndarray],
              temperatures: jnp.ndarray, *, scale_weights: Sequence[float] | None = None,
              adaptive_weights: bool = True, adaptive_temperature: float = 0.1,
-             adaptive_stop_gradient: bool = True,
-             audio_negatives: Sequence[jnp.ndarray] | None = None
-             ) -> tuple[jnp.ndarray, dict[str, jnp.ndarray]]:
+             adaptive_stop_gradient: bool = True) -> tuple[jnp.ndarray, dict[str, jnp.ndarray]]:
   """L_MSA = sum_l lambda_l L_CL,l over L scales.
 
   Args:
@@ -72,14 +62,10 @@ def msa_loss(audio_scales: Sequence[jnp.ndarray], video_scales: Sequence[jnp.nda
     adaptive_weights: weight segment t of clip i by T_l * softmax_t(cos_{l,i,t} / tau_w).
     adaptive_temperature: tau_w of eq. 5.
     adaptive_stop_gradient: treat the adaptive weights as constants.
-    audio_negatives: None, or L arrays (B,T_l,1,D) like audio_scales: one more audio
-      candidate for each video segment, the scale's embedding of its own clip's negative
-      (negatives.mel_shift: the same timing, another sound), in the video->audio softmax.
 
   Returns:
     (scalar loss, metrics) with metrics 'loss/msa', and per scale l 'loss/scale{l}'
-    (L_CL,l before lambda_l), 'temperature/scale{l}', 'acc_a2v/scale{l}' (in-batch top-1)
-    and, with audio_negatives, 'acc_mel_shift/scale{l}' (true audio above its negative).
+    (L_CL,l before lambda_l), 'temperature/scale{l}', 'acc_a2v/scale{l}' (in-batch top-1).
   """
   num_scales = len(audio_scales)
   if len(video_scales) != num_scales:
@@ -93,19 +79,15 @@ def msa_loss(audio_scales: Sequence[jnp.ndarray], video_scales: Sequence[jnp.nda
 
   total = jnp.zeros((), jnp.float32)
   metrics = {}
-  if audio_negatives is not None and len(audio_negatives) != num_scales:
-    raise ValueError(f'{num_scales} audio scales but {len(audio_negatives)} audio negatives')
   for l, (fa, fv) in enumerate(zip(audio_scales, video_scales)):
     a, v = segment_embeddings(fa), segment_embeddings(fv)
     chex.assert_equal_shape([a, v])
-    neg = None if audio_negatives is None else segment_embeddings(audio_negatives[l])
-    loss, scale_metrics = _scale_loss(a, v, temperatures[l], neg,
-                                      adaptive_weights=adaptive_weights,
-                                      adaptive_temperature=adaptive_temperature,
-                                      adaptive_stop_gradient=adaptive_stop_gradient)
+    loss, acc = _scale_loss(a, v, temperatures[l], adaptive_weights=adaptive_weights,
+                            adaptive_temperature=adaptive_temperature,
+                            adaptive_stop_gradient=adaptive_stop_gradient)
     total = total + scale_weights[l] * loss
     metrics[f'loss/scale{l}'] = loss
     metrics[f'temperature/scale{l}'] = temperatures[l]
-    metrics.update({f'{k}/scale{l}': x for k, x in scale_metrics.items()})
+    metrics[f'acc_a2v/scale{l}'] = acc
   metrics['loss/msa'] = total
   return total, metrics
