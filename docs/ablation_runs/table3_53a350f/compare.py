@@ -33,11 +33,12 @@ def load(path):
   return json.load(open(os.path.join(path, 'results.json')))
 
 
-def main():
+def table(new_dir, old_dir, label='then'):
+  """Prints the table: new_dir(name, seed) and old_dir(name, seed) are the runs' folders."""
   print('| config | ' + ' | '.join(label for _, label, _ in KEYS) + ' |')
   print('| --- ' * (len(KEYS) + 1) + '|')
   for name in CONFIGS:
-    new = [load(os.path.join(HERE, f'{name}-runlocal-seed{s}')) for s in range(3)]
+    new = [load(new_dir(name, s)) for s in range(3)]
     old = [load(old_dir(name, s)) for s in range(3)]
     now, diff = [], []
     for k, _, d in KEYS:
@@ -45,7 +46,11 @@ def main():
       now.append(f'{np.mean(x):.{d}f} ± {np.std(x, ddof=1):.{d}f}')
       diff.append(runs.difference_cell(x, y, d))
     print(f'| {name}, now | ' + ' | '.join(now) + ' |')
-    print(f'| {name}, now - then | ' + ' | '.join(diff) + ' |')
+    print(f'| {name}, now - {label} | ' + ' | '.join(diff) + ' |')
+
+
+def main():
+  table(lambda name, seed: os.path.join(HERE, f'{name}-runlocal-seed{seed}'), old_dir)
 
 
 if __name__ == '__main__':
