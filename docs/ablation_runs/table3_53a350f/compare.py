@@ -33,7 +33,7 @@ def load(path):
   return json.load(open(os.path.join(path, 'results.json')))
 
 
-def table(new_dir, old_dir, label='then'):
+def table(new_dir, old_dir, against='then'):
   """Prints the table: new_dir(name, seed) and old_dir(name, seed) are the runs' folders."""
   print('| config | ' + ' | '.join(label for _, label, _ in KEYS) + ' |')
   print('| --- ' * (len(KEYS) + 1) + '|')
@@ -46,7 +46,7 @@ def table(new_dir, old_dir, label='then'):
       now.append(f'{np.mean(x):.{d}f} ± {np.std(x, ddof=1):.{d}f}')
       diff.append(runs.difference_cell(x, y, d))
     print(f'| {name}, now | ' + ' | '.join(now) + ' |')
-    print(f'| {name}, now - {label} | ' + ' | '.join(diff) + ' |')
+    print(f'| {name}, now - {against} | ' + ' | '.join(diff) + ' |')
 
 
 def main():

@@ -18,7 +18,7 @@ _spec.loader.exec_module(before)
 
 def main():
   run = lambda folder: lambda name, seed: os.path.join(folder, f'{name}-runlocal-seed{seed}')
-  before.table(run(HERE), run(OLD), label='before')
+  before.table(run(HERE), run(OLD), against='before')
 
 
 if __name__ == '__main__':
