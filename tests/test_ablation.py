@@ -276,6 +276,7 @@ def test_compared_cells_give_means_the_welch_interval_and_the_paired_difference(
   cells = runs.compared_cells(new, base, 1)
   lo, hi = runs.difference_interval(new, base)
   assert cells[0] == '2.0 ± 1.0' and cells[1] == '6.2 ± 1.0'
+  assert runs.mean_std_cell(base, 1) == cells[0]
   # Paired differences 4.0, 4.5, 4.0: mean 4.17, std 0.29; the Welch interval excludes 0 here.
   assert lo > 0 and cells[2] == f'**+4.2 [{lo:+.1f}, {hi:+.1f}]**; +4.2 ± 0.3'
   assert not runs.compared_cells([1.0, 3.0], [2.0, 2.5], 1)[2].startswith('**')

@@ -165,6 +165,11 @@ def difference_interval(a: list, b: list, level: float = 0.95) -> tuple:
   return diff - half, diff + half
 
 
+def mean_std_cell(values: list, digits: int) -> str:
+  """Markdown cell 'mean ± sample std' of per-seed values."""
+  return f'{np.mean(values):.{digits}f} ± {np.std(values, ddof=1):.{digits}f}'
+
+
 def difference_cell(new: list, base: list, digits: int) -> str:
   """Markdown cell 'mean(new) - mean(base) [95% Welch interval]', bold when it excludes 0."""
   lo, hi = difference_interval(new, base)
@@ -177,11 +182,9 @@ def compared_cells(new: list, base: list, digits: int) -> list:
   """Markdown cells comparing per-seed values: [base mean ± std, new mean ± std,
   `difference_cell` and the paired difference's mean ± std (same seeds in the same order)]."""
   paired = np.asarray(new, float) - np.asarray(base, float)
-  d = digits
-  cells = [f'{np.mean(v):.{d}f} ± {np.std(v, ddof=1):.{d}f}' for v in (base, new)]
-  cells.append(difference_cell(new, base, d)
-               + f'; {paired.mean():+.{d}f} ± {paired.std(ddof=1):.{d}f}')
-  return cells
+  return [mean_std_cell(base, digits), mean_std_cell(new, digits),
+          difference_cell(new, base, digits)
+          + f'; {paired.mean():+.{digits}f} ± {paired.std(ddof=1):.{digits}f}']
 
 
 def finite(x):

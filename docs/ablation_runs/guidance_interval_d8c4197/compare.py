@@ -7,8 +7,6 @@ import json
 import os
 import sys
 
-import numpy as np
-
 sys.path.insert(0, os.getcwd())
 from gmscavp_jax.tools import runs  # pylint: disable=wrong-import-position
 
@@ -42,19 +40,14 @@ def main():
     cells = []
     for a in ARMS:
       v = list(data[a].get(k, {}).values())
-      cells.append(f'{np.mean(v):.{d}f} ± {np.std(v, ddof=1):.{d}f}' if len(v) > 1 else '—')
+      cells.append(runs.mean_std_cell(v, d) if len(v) > 1 else '—')
     for a in 'BCDEF':
       x, y = data[a].get(k, {}), data['A'].get(k, {})
       seeds = sorted(set(x) & set(y))
       if len(seeds) < 2:
         cells.append('—')
         continue
-      xa, ya = [x[s] for s in seeds], [y[s] for s in seeds]
-      lo, hi = runs.difference_interval(xa, ya)
-      paired = np.array(xa) - np.array(ya)
-      c = f'{np.mean(xa) - np.mean(ya):+.{d}f} [{lo:+.{d}f}, {hi:+.{d}f}]'
-      cells.append((f'**{c}**' if lo > 0 or hi < 0 else c)
-                   + f'; {paired.mean():+.{d}f} ± {paired.std(ddof=1):.{d}f}')
+      cells.append(runs.compared_cells([x[s] for s in seeds], [y[s] for s in seeds], d)[2])
     print(f'| {label} | ' + ' | '.join(cells) + ' |')
 
 

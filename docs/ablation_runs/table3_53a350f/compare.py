@@ -9,8 +9,6 @@ import json
 import os
 import sys
 
-import numpy as np
-
 sys.path.insert(0, os.getcwd())
 from gmscavp_jax.tools import runs  # pylint: disable=wrong-import-position
 
@@ -43,7 +41,7 @@ def table(new_dir, old_dir, against='then'):
     now, diff = [], []
     for k, _, d in KEYS:
       x, y = [float(r[k]) for r in new], [float(r[k]) for r in old]
-      now.append(f'{np.mean(x):.{d}f} ± {np.std(x, ddof=1):.{d}f}')
+      now.append(runs.mean_std_cell(x, d))
       diff.append(runs.difference_cell(x, y, d))
     print(f'| {name}, now | ' + ' | '.join(now) + ' |')
     print(f'| {name}, now - {against} | ' + ' | '.join(diff) + ' |')
