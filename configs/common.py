@@ -97,6 +97,15 @@ def base_config() -> ml_collections.ConfigDict:
   # video embedding against data.labels, so the video encoder must name the sounding
   # sources. 0 = off (no head, no params).
   c.loss.video_class_weight = 0.0
+  # Same-timing video negatives (not in the paper): each audio segment's softmax over videos
+  # gains one more candidate, its own clip's frames with every pixel's hue turned by one of
+  # hue_negative_angles (degrees; data/negatives.py hue_rotate): the positive's exact motion
+  # and flashes with another look, so the encoders cannot match on timing alone and must keep
+  # what the sounding source looks like (docs/results.md). Quarter turns map the synthetic
+  # world's four class hues onto each other, so its negatives look like real clips. Costs one
+  # more video-encoder pass per step. False = off: the program without it.
+  c.loss.hue_negatives = False
+  c.loss.hue_negative_angles = (90.0, 180.0, 270.0)
   # Contrastive diffusion (CMMD, papers/002 eq. 4): L_MSD gains cdiff_weight (eta) times a
   # ranking term that asks the denoiser's error with a misaligned video condition to exceed
   # its error with the true one, on the same noisy input: per example

@@ -108,7 +108,8 @@ def _validate_model(config: ml_collections.ConfigDict) -> None:
 
 
 def _validate_contrastive_loss(l: ml_collections.ConfigDict, num_scales: int) -> None:
-  """loss.*: L_MSA's scale weights and temperatures, and the video class head's weight."""
+  """loss.*: L_MSA's scale weights, temperatures and hue negatives, and the video class
+  head's weight."""
   require(len(l.scale_weights) in (0, num_scales), 'loss.scale_weights',
            f'empty or one weight per scale ({num_scales})', l.scale_weights)
   require(0 < l.temperature_min <= l.temperature_init <= l.temperature_max,
@@ -118,6 +119,9 @@ def _validate_contrastive_loss(l: ml_collections.ConfigDict, num_scales: int) ->
            l.adaptive_temperature)
   require(l.video_class_weight >= 0, 'loss.video_class_weight', 'a weight >= 0',
            l.video_class_weight)
+  angles = tuple(l.hue_negative_angles)
+  require(bool(angles) and all(0 < a < 360 for a in angles), 'loss.hue_negative_angles',
+          'one or more hue turns in (0, 360) degrees', angles)
 
 
 def _validate_train(t: ml_collections.ConfigDict) -> None:

@@ -27,6 +27,7 @@ from gmscavp_jax.core import phases
 from gmscavp_jax.core import train_state
 from gmscavp_jax.data import audio
 from gmscavp_jax.data import media
+from gmscavp_jax.data import negatives
 from gmscavp_jax.losses import contrastive
 from gmscavp_jax.models import alignment
 from gmscavp_jax.models import gmscavp
@@ -213,6 +214,24 @@ def denormalise_mel(x: jax.Array, config: ml_collections.ConfigDict) -> jax.Arra
   return x * config.diffusion.mel_std + config.diffusion.mel_mean
 
 
+# Folded into the step's key for the hue negatives: a stream apart from the others, so
+# turning them on leaves every other draw of the step unchanged.
+_HUE_STREAM = 0x68756573
+
+
+def hue_negatives(enc: dict, frames: jax.Array, rng: jax.Array, *, models: Models,
+                  config: ml_collections.ConfigDict) -> list[jax.Array] | None:
+  """The video scales [(B,T_l,S_l,D)] of each clip's frames (B,T,H,W,3) with their hue
+  turned (negatives.hue_rotate, loss.hue_negative_angles), L_MSA's same-timing negatives;
+  None when loss.hue_negatives is off. The gradient flows through them into the video
+  encoder, as through any negative of the contrastive loss."""
+  if not config.loss.hue_negatives:
+    return None
+  turned, _ = negatives.hue_rotate(jax.random.fold_in(rng, _HUE_STREAM), frames,
+                                   tuple(config.loss.hue_negative_angles))
+  return models.encoders.apply(enc, turned, method=gmscavp.GMSCAVP.embed_video)
+
+
 def loss_fn(params, batch: dict, rng: jax.Array, *, models: Models,
             config: ml_collections.ConfigDict,
             phase: phases.Phase) -> tuple[jax.Array, dict]:
@@ -232,7 +251,8 @@ def loss_fn(params, batch: dict, rng: jax.Array, *, models: Models,
         scale_weights=None if weights is None else jnp.asarray(weights, jnp.float32),
         adaptive_weights=config.loss.adaptive_weights,
         adaptive_temperature=config.loss.adaptive_temperature,
-        adaptive_stop_gradient=config.loss.adaptive_stop_gradient)
+        adaptive_stop_gradient=config.loss.adaptive_stop_gradient,
+        video_negatives=hue_negatives(enc, batch['frames'], rng, models=models, config=config))
     total += config.loss.msa_weight * msa
     metrics.update(msa_metrics)
     if config.loss.video_class_weight > 0:

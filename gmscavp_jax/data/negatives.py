@@ -146,3 +146,54 @@ def make_negatives(rng: jax.Array, x: jax.Array, *, min_shift: int, max_shift: i
     negatives = jnp.where(_per_example(kind == index, x.ndim), candidates[name](), negatives)
   info = dict(kind=kind, shift=shift, split=split, other_first=other_first, partner=partner)
   return negatives, info
+
+
+def _rgb_to_hsv(rgb: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """(..., 3) RGB in [0, 1] -> hue in [0, 1), saturation, value, each (...)."""
+  r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+  value, low = rgb.max(axis=-1), rgb.min(axis=-1)
+  delta = value - low
+  safe = jnp.where(delta > 0, delta, 1.0)
+  # The sector of the largest channel, and the position inside it (colorsys's formula).
+  hue = jnp.where(r >= value, (g - b) / safe,
+                  jnp.where(g >= value, 2.0 + (b - r) / safe, 4.0 + (r - g) / safe))
+  hue = jnp.where(delta > 0, (hue / 6.0) % 1.0, 0.0)
+  saturation = jnp.where(value > 0, delta / jnp.where(value > 0, value, 1.0), 0.0)
+  return hue, saturation, value
+
+
+def _hsv_to_rgb(hue: jax.Array, saturation: jax.Array, value: jax.Array) -> jax.Array:
+  """Hue in [0, 1), saturation, value (...) -> (..., 3) RGB in [0, 1]."""
+  k = (jnp.array([5.0, 3.0, 1.0]) + hue[..., None] * 6.0) % 6.0
+  return value[..., None] * (1.0 - saturation[..., None] *
+                             jnp.clip(jnp.minimum(k, 4.0 - k), 0.0, 1.0))
+
+
+def hue_rotate(rng: jax.Array, frames: jax.Array,
+               angles: tuple[float, ...]) -> tuple[jax.Array, jax.Array]:
+  """Each clip's frames with every pixel's hue turned by one angle drawn from `angles`.
+
+  The same motion, the same shapes, the same flashes, another colour: used as the hardest
+  video negative of L_MSA (loss.hue_negatives), a clip whose timing is exactly the
+  positive's, so an audio segment can tell it from its own video only by what the sounding
+  source looks like. Saturation and value are kept (grey pixels do not change).
+
+  Args:
+    rng: PRNG key.
+    frames: (B, T, H, W, 3) uint8 in [0, 255] or float in [0, 1].
+    angles: degrees, each in (0, 360); one is drawn uniformly per clip.
+  Returns:
+    (B, T, H, W, 3) rotated frames of frames' dtype, and the (B,) angles in degrees.
+  """
+  if not angles or not all(0 < a < 360 for a in angles):
+    raise ValueError(f'angles={tuple(angles)}: need one or more hue turns in (0, 360) degrees')
+  integer = jnp.issubdtype(frames.dtype, jnp.integer)
+  rgb = frames.astype(jnp.float32) / (255.0 if integer else 1.0)
+  turn = jnp.asarray(angles, jnp.float32)[
+      jax.random.randint(rng, (frames.shape[0],), 0, len(angles))]
+  hue, saturation, value = _rgb_to_hsv(rgb)
+  hue = (hue + turn.reshape((-1,) + (1,) * (hue.ndim - 1)) / 360.0) % 1.0
+  out = _hsv_to_rgb(hue, saturation, value)
+  if integer:
+    out = jnp.round(out * 255.0)
+  return out.astype(frames.dtype), turn

@@ -21,10 +21,13 @@ def segment_embeddings(x: jnp.ndarray) -> jnp.ndarray:
   return m * jax.lax.rsqrt(jnp.maximum(jnp.sum(m * m, axis=-1, keepdims=True), 1e-12))
 
 
-def _scale_loss(audio: jnp.ndarray, video: jnp.ndarray, temperature: jnp.ndarray, *,
-                adaptive_weights: bool, adaptive_temperature: float,
-                adaptive_stop_gradient: bool) -> tuple[jnp.ndarray, jnp.ndarray]:
-  """One scale: (B,T_l,D) unit-norm audio/video segments -> (loss, a->v top-1 accuracy)."""
+def _scale_loss(audio: jnp.ndarray, video: jnp.ndarray, temperature: jnp.ndarray,
+                video_negative: jnp.ndarray | None, *, adaptive_weights: bool,
+                adaptive_temperature: float,
+                adaptive_stop_gradient: bool) -> tuple[jnp.ndarray, dict[str, jnp.ndarray]]:
+  """One scale: (B,T_l,D) unit-norm audio/video segments (and optionally one extra video
+  negative per segment, (B,T_l,D)) -> (loss, {'acc_a2v': in-batch top-1 accuracy, and with
+  the negative 'acc_hue': how often the audio prefers its true video to it})."""
   b, t, _ = audio.shape
   n = b * t
   a, v = audio.reshape(n, -1), video.reshape(n, -1)
@@ -34,6 +37,12 @@ def _scale_loss(audio: jnp.ndarray, video: jnp.ndarray, temperature: jnp.ndarray
   pos = jnp.diagonal(logits)
   a2v = jax.nn.logsumexp(logits, axis=1) - pos
   v2a = jax.nn.logsumexp(logits, axis=0) - pos
+  metrics = {}
+  if video_negative is not None:
+    # One more candidate for each audio segment: its own clip's video negative (same timing).
+    neg = jnp.sum(video_negative.reshape(n, -1) * a, axis=-1) / temperature
+    a2v = jnp.logaddexp(a2v + pos, neg) - pos
+    metrics['acc_hue'] = (pos > neg).mean()
   per_segment = (0.5 * (a2v + v2a)).reshape(b, t)
   if adaptive_weights:
     # Eq. 5: softmax over time of each segment's own audio-video cosine similarity.
@@ -43,15 +52,16 @@ def _scale_loss(audio: jnp.ndarray, video: jnp.ndarray, temperature: jnp.ndarray
       w = jax.lax.stop_gradient(w)
     # Scaled by T_l so uniform weights are exactly 1 (the plain mean over segments).
     per_segment = per_segment * (t * w)
-  loss = per_segment.mean()
-  acc = (jnp.argmax(logits, axis=1) == jnp.arange(n)).mean()
-  return loss, acc
+  metrics['acc_a2v'] = (jnp.argmax(logits, axis=1) == jnp.arange(n)).mean()
+  return per_segment.mean(), metrics
 
 
 def msa_loss(audio_scales: Sequence[jnp.ndarray], video_scales: Sequence[jnp.ndarray],
              temperatures: jnp.ndarray, *, scale_weights: Sequence[float] | None = None,
              adaptive_weights: bool = True, adaptive_temperature: float = 0.1,
-             adaptive_stop_gradient: bool = True) -> tuple[jnp.ndarray, dict[str, jnp.ndarray]]:
+             adaptive_stop_gradient: bool = True,
+             video_negatives: Sequence[jnp.ndarray] | None = None
+             ) -> tuple[jnp.ndarray, dict[str, jnp.ndarray]]:
   """L_MSA = sum_l lambda_l L_CL,l over L scales.
 
   Args:
@@ -62,10 +72,14 @@ def msa_loss(audio_scales: Sequence[jnp.ndarray], video_scales: Sequence[jnp.nda
     adaptive_weights: weight segment t of clip i by T_l * softmax_t(cos_{l,i,t} / tau_w).
     adaptive_temperature: tau_w of eq. 5.
     adaptive_stop_gradient: treat the adaptive weights as constants.
+    video_negatives: None, or L arrays (B,T_l,S_l',D) like video_scales: one more video
+      candidate for each audio segment, the scale's embedding of its own clip's negative
+      (negatives.hue_rotate: the same timing, another look), in the audio->video softmax.
 
   Returns:
     (scalar loss, metrics) with metrics 'loss/msa', and per scale l 'loss/scale{l}'
-    (L_CL,l before lambda_l), 'temperature/scale{l}', 'acc_a2v/scale{l}' (in-batch top-1).
+    (L_CL,l before lambda_l), 'temperature/scale{l}', 'acc_a2v/scale{l}' (in-batch top-1)
+    and, with video_negatives, 'acc_hue/scale{l}' (true video above its negative).
   """
   num_scales = len(audio_scales)
   if len(video_scales) != num_scales:
@@ -79,15 +93,19 @@ def msa_loss(audio_scales: Sequence[jnp.ndarray], video_scales: Sequence[jnp.nda
 
   total = jnp.zeros((), jnp.float32)
   metrics = {}
+  if video_negatives is not None and len(video_negatives) != num_scales:
+    raise ValueError(f'{num_scales} video scales but {len(video_negatives)} video negatives')
   for l, (fa, fv) in enumerate(zip(audio_scales, video_scales)):
     a, v = segment_embeddings(fa), segment_embeddings(fv)
     chex.assert_equal_shape([a, v])
-    loss, acc = _scale_loss(a, v, temperatures[l], adaptive_weights=adaptive_weights,
-                            adaptive_temperature=adaptive_temperature,
-                            adaptive_stop_gradient=adaptive_stop_gradient)
+    neg = None if video_negatives is None else segment_embeddings(video_negatives[l])
+    loss, scale_metrics = _scale_loss(a, v, temperatures[l], neg,
+                                      adaptive_weights=adaptive_weights,
+                                      adaptive_temperature=adaptive_temperature,
+                                      adaptive_stop_gradient=adaptive_stop_gradient)
     total = total + scale_weights[l] * loss
     metrics[f'loss/scale{l}'] = loss
     metrics[f'temperature/scale{l}'] = temperatures[l]
-    metrics[f'acc_a2v/scale{l}'] = acc
+    metrics.update({f'{k}/scale{l}': x for k, x in scale_metrics.items()})
   metrics['loss/msa'] = total
   return total, metrics
