@@ -106,6 +106,13 @@ def base_config() -> ml_collections.ConfigDict:
   # more video-encoder pass per step. False = off: the program without it.
   c.loss.hue_negatives = False
   c.loss.hue_negative_angles = (90.0, 180.0, 270.0)
+  # Cross-time alignment (not in the paper): L gains cross_time_weight times a symmetric
+  # InfoNCE between each clip's audio segments and its video segments half a clip away, at
+  # scale cross_time_scale (which needs 2 or more segments; losses/contrastive.py
+  # cross_time_loss): windows that share the sources but not the instants, so the encoders
+  # must keep what the sources are, not only when they sound. 0 = off.
+  c.loss.cross_time_weight = 0.0
+  c.loss.cross_time_scale = 3
   # Contrastive diffusion (CMMD, papers/002 eq. 4): L_MSD gains cdiff_weight (eta) times a
   # ranking term that asks the denoiser's error with a misaligned video condition to exceed
   # its error with the true one, on the same noisy input: per example

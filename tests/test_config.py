@@ -88,6 +88,8 @@ def test_unknown_variant_is_rejected():
     ('loss.cdiff_weight', -0.5, 'weight >= 0'),
     ('loss.cdiff_temperature', 0.0, 'positive tau'),
     ('loss.cdiff_kinds', ('shift', 'flip'), 'non-empty subset'),
+    ('loss.hue_negative_angles', (), r'hue turns in \(0, 360\)'),
+    ('loss.hue_negative_angles', (90.0, 360.0), r'hue turns in \(0, 360\)'),
     ('data.mixture', 'synthetic:0', 'weight'),
     ('data.mixture', 'synthetic[clips=10,bogus=1]:1', 'bogus'),
     ('data.mixture', 'synthetic:1,vggsound:1', "data_dir for the prepared dataset 'vggsound'"),

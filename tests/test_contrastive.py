@@ -110,6 +110,30 @@ class MsaLossTest(chex.TestCase, parameterized.TestCase):
     np.testing.assert_allclose(metrics['temperature/scale0'], tau, rtol=1e-6)
 
   @chex.variants(with_jit=True)
+  def test_video_negatives_join_only_the_audio_to_video_softmax(self):
+    """One extra candidate per audio: its own clip's negative video (the hue negative)."""
+    rng = np.random.default_rng(5)
+    a = rng.normal(size=(6, 1, 1, 5)).astype(np.float32)
+    v, n = (rng.normal(size=(6, 1, 2, 5)).astype(np.float32) for _ in range(2))
+    tau = 0.1
+    loss, metrics = self._loss([jnp.asarray(a)], [jnp.asarray(v)], jnp.array([tau]),
+                               video_negatives=[jnp.asarray(n)])
+    unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)
+    ua, uv, un = unit(a[:, 0, 0]), unit(v[:, 0].mean(axis=1)), unit(n[:, 0].mean(axis=1))
+    logits, neg = ua @ uv.T / tau, np.sum(ua * un, axis=-1) / tau
+    pos = np.diag(logits)
+    a2v = logsumexp(np.concatenate([logits, neg[:, None]], axis=1), axis=1) - pos
+    v2a = logsumexp(logits, axis=0) - pos
+    np.testing.assert_allclose(loss, np.mean(0.5 * (a2v + v2a)), rtol=1e-5)
+    np.testing.assert_allclose(metrics['acc_hue/scale0'], np.mean(pos > neg))
+    plain, plain_metrics = self._loss([jnp.asarray(a)], [jnp.asarray(v)], jnp.array([tau]))
+    self.assertGreater(float(loss), float(plain))
+    self.assertNotIn('acc_hue/scale0', plain_metrics)
+    with self.assertRaisesRegex(ValueError, '1 video scales but 2 video negatives'):
+      self._loss([jnp.asarray(a)], [jnp.asarray(v)], jnp.array([tau]),
+                 video_negatives=[jnp.asarray(n)] * 2)
+
+  @chex.variants(with_jit=True)
   def test_scale_weights_and_metrics(self):
     audio, video = _random_scales(3)
     temps = jnp.array([0.1, 0.2, 0.3])

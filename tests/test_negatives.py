@@ -1,12 +1,15 @@
 """CMMD negatives: each transform on hand-made series, derangements, and make_negatives'
 info against a recomputation from the individual transforms."""
 
+import colorsys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from gmscavp_jax.data import negatives
+from gmscavp_jax.data import synthetic
 
 # Jitted once per static configuration: op-by-op dispatch compiles every primitive (~3 s).
 _make_negatives = jax.jit(negatives.make_negatives,
@@ -167,3 +170,37 @@ def test_shift_steps_from_seconds():
   assert negatives.shift_steps(0.2, 1.0, 4.0) == (1, 4)  # Full size: 0.8 frames rounds to 1.
   assert negatives.shift_steps(0.01, 0.05, 8.0) == (1, 1)  # A shift moves at least one step.
   assert negatives.shift_steps(0.2, 1.0, 8000) == (1600, 8000)  # The evaluator's waveforms.
+
+
+def test_hue_rotate_turns_each_clip_by_one_angle_and_keeps_saturation_and_value():
+  frames = np.random.default_rng(4).integers(0, 256, (6, 2, 3, 3, 3)).astype(np.uint8)
+  frames[:, :, 0, 0] = 77  # A grey pixel has no hue to turn.
+  turned, angle = negatives.hue_rotate(jax.random.key(1), jnp.asarray(frames), (90.0, 270.0))
+  turned, angle = np.asarray(turned), np.asarray(angle)
+  assert turned.dtype == np.uint8 and turned.shape == frames.shape
+  assert set(angle) == {90.0, 270.0}  # Both angles over 6 clips, this key.
+  for b in range(frames.shape[0]):
+    for idx in np.ndindex(*frames.shape[1:4]):
+      h, s, v = colorsys.rgb_to_hsv(*(frames[b][idx] / 255.0))
+      want = np.array(colorsys.hsv_to_rgb((h + angle[b] / 360.0) % 1.0, s, v)) * 255.0
+      np.testing.assert_allclose(turned[b][idx], want, atol=0.5 + 1e-3)
+  np.testing.assert_array_equal(turned[:, :, 0, 0], 77)
+  floats, _ = negatives.hue_rotate(jax.random.key(1), jnp.asarray(frames / 255.0), (90.0, 270.0))
+  np.testing.assert_allclose(np.asarray(floats) * 255.0, turned, atol=0.5 + 1e-3)
+
+
+def test_quarter_turns_map_the_synthetic_class_colours_onto_each_other():
+  """The default hue_negative_angles make the synthetic world's negatives look like clips of
+  its other classes: every class colour turned by 90, 180 or 270 degrees is a class colour."""
+  colours = synthetic.SyntheticAVSource(split='train', num_clips=4, seed=0).class_colours
+  for angle in (90.0, 180.0, 270.0):
+    turned, _ = negatives.hue_rotate(jax.random.key(0), jnp.asarray(colours[:, None]), (angle,))
+    gaps = np.abs(np.asarray(turned)[:, 0, None] - colours[None]).max(axis=-1)  # (K, K)
+    assert np.all(gaps.min(axis=1) < 1e-5)
+    assert not np.allclose(np.asarray(turned)[:, 0], colours)
+
+
+@pytest.mark.parametrize('angles', [(), (0.0,), (90.0, 360.0)])
+def test_hue_rotate_bad_angles(angles):
+  with pytest.raises(ValueError, match='hue turns'):
+    negatives.hue_rotate(jax.random.key(0), jnp.zeros((1, 1, 2, 2, 3)), angles)

@@ -59,6 +59,8 @@ _ADDED = {
     'loss.video_class_weight': 0.0,
     'loss.hue_negatives': False,
     'loss.hue_negative_angles': (90.0, 180.0, 270.0),
+    'loss.cross_time_weight': 0.0,
+    'loss.cross_time_scale': 3,
     'mesh.data': -1,
     'mesh.fsdp': 1,
     'mesh.fsdp_min_size': 2**16,

@@ -40,7 +40,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
   _validate_mixture(config)
   _validate_audio(config.audio)
   _validate_model(config)
-  _validate_contrastive_loss(config.loss, num_scales)
+  _validate_contrastive_loss(config.loss, [config.data.num_frames // p
+                                          for p in config.model.scale_pools])
   _validate_generator(config, num_scales=num_scales)
   _validate_contrastive_diffusion(config)
   _validate_a2v(config, num_scales=num_scales)
@@ -107,9 +108,10 @@ def _validate_model(config: ml_collections.ConfigDict) -> None:
                     allow_empty=True)
 
 
-def _validate_contrastive_loss(l: ml_collections.ConfigDict, num_scales: int) -> None:
-  """loss.*: L_MSA's scale weights, temperatures and hue negatives, and the video class
-  head's weight."""
+def _validate_contrastive_loss(l: ml_collections.ConfigDict, segments: list[int]) -> None:
+  """loss.*: L_MSA's scale weights, temperatures, hue negatives and cross-time term, and the
+  video class head's weight; `segments` holds each scale's T_l."""
+  num_scales = len(segments)
   require(len(l.scale_weights) in (0, num_scales), 'loss.scale_weights',
            f'empty or one weight per scale ({num_scales})', l.scale_weights)
   require(0 < l.temperature_min <= l.temperature_init <= l.temperature_max,
@@ -122,6 +124,12 @@ def _validate_contrastive_loss(l: ml_collections.ConfigDict, num_scales: int) ->
   angles = tuple(l.hue_negative_angles)
   require(bool(angles) and all(0 < a < 360 for a in angles), 'loss.hue_negative_angles',
           'one or more hue turns in (0, 360) degrees', angles)
+  require(l.cross_time_weight >= 0, 'loss.cross_time_weight', 'a weight >= 0',
+          l.cross_time_weight)
+  if l.cross_time_weight > 0:
+    require(0 <= l.cross_time_scale < num_scales and segments[l.cross_time_scale] >= 2,
+            'loss.cross_time_scale', f'a scale with 2 or more segments (T_l per scale: '
+            f'{tuple(segments)})', l.cross_time_scale)
 
 
 def _validate_train(t: ml_collections.ConfigDict) -> None:

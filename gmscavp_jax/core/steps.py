@@ -255,6 +255,12 @@ def loss_fn(params, batch: dict, rng: jax.Array, *, models: Models,
         video_negatives=hue_negatives(enc, batch['frames'], rng, models=models, config=config))
     total += config.loss.msa_weight * msa
     metrics.update(msa_metrics)
+    if config.loss.cross_time_weight > 0:
+      l = config.loss.cross_time_scale
+      cross, metrics['acc_cross_time'] = contrastive.cross_time_loss(
+          out['audio'][l], out['video'][l], out['temperature'][l])
+      metrics['loss/cross_time'] = cross
+      total += config.loss.cross_time_weight * cross
     if config.loss.video_class_weight > 0:
       bce = optax.sigmoid_binary_cross_entropy(out['video_class_logits'], batch['labels'])
       metrics['loss/video_class'] = bce.mean()

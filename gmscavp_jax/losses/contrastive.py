@@ -109,3 +109,35 @@ def msa_loss(audio_scales: Sequence[jnp.ndarray], video_scales: Sequence[jnp.nda
     metrics.update({f'{k}/scale{l}': x for k, x in scale_metrics.items()})
   metrics['loss/msa'] = total
   return total, metrics
+
+
+def cross_time_loss(audio: jnp.ndarray, video: jnp.ndarray,
+                    temperature: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
+  """Symmetric InfoNCE between each clip's audio segments and its video segments half a clip
+  away: "what" without "when" (not in the paper; loss.cross_time_weight).
+
+  Audio segment t of clip i is paired with video segment (t + T_l // 2) % T_l of the same clip,
+  and contrasted with that segment of every other clip of the batch (the same clip's other
+  segments are not candidates, so this never pushes L_MSA's aligned pairs apart). The two
+  windows share the sources but not the instants, so timing cannot tell the positive from the
+  negatives; what the sources look and sound like can.
+
+  Args:
+    audio: (B,T_l,1,D) one scale's audio features, T_l >= 2.
+    video: (B,T_l,S_l,D) the same scale's video features.
+    temperature: () the scale's tau.
+  Returns:
+    (scalar loss averaged over segments and both directions, top-1 accuracy of audio -> video).
+  """
+  a, v = segment_embeddings(audio), segment_embeddings(video)
+  chex.assert_equal_shape([a, v])
+  b, t, _ = a.shape
+  if t < 2:
+    raise ValueError(f'the cross-time loss needs a scale with 2 or more segments, got T_l={t}')
+  v = jnp.roll(v, -(t // 2), axis=1)  # v[:, s] is now video segment (s + T_l // 2) % T_l.
+  logits = jnp.einsum('itd,jtd->tij', a, v) / temperature.astype(jnp.float32)  # (T_l, B, B)
+  pos = jnp.diagonal(logits, axis1=1, axis2=2)  # (T_l, B)
+  a2v = jax.nn.logsumexp(logits, axis=2) - pos
+  v2a = jax.nn.logsumexp(logits, axis=1) - pos
+  acc = (jnp.argmax(logits, axis=2) == jnp.arange(b)[None]).mean()
+  return 0.5 * (a2v + v2a).mean(), acc
