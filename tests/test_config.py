@@ -90,6 +90,7 @@ def test_unknown_variant_is_rejected():
     ('loss.cdiff_kinds', ('shift', 'flip'), 'non-empty subset'),
     ('loss.hue_negative_angles', (), r'hue turns in \(0, 360\)'),
     ('loss.hue_negative_angles', (90.0, 360.0), r'hue turns in \(0, 360\)'),
+    ('loss.cross_time_weight', -1.0, 'weight >= 0'),
     ('data.mixture', 'synthetic:0', 'weight'),
     ('data.mixture', 'synthetic[clips=10,bogus=1]:1', 'bogus'),
     ('data.mixture', 'synthetic:1,vggsound:1', "data_dir for the prepared dataset 'vggsound'"),
@@ -101,6 +102,19 @@ def test_bad_values_name_the_field(field, value, message):
   with pytest.raises(errors.ConfigError, match=message) as e:
     config_validation.validate(config)
   assert f'config.{field.split(".")[0]}' in str(e.value)
+
+
+def test_cross_time_scale_needs_two_segments():
+  """The clip-level scale has one segment, so it cannot pair windows half a clip apart."""
+  config = tiny_config('msa_msd', **{'loss.cross_time_weight': 1.0})
+  config.loss.cross_time_scale = len(config.model.scale_pools) - 1
+  with pytest.raises(errors.ConfigError, match='2 or more segments') as e:
+    config_validation.validate(config)
+  assert 'config.loss.cross_time_scale' in str(e.value)
+  config.loss.cross_time_scale = 0
+  config_validation.validate(config)
+  config.loss.update(cross_time_weight=0.0, cross_time_scale=99)
+  config_validation.validate(config)  # Off: the scale is not used.
 
 
 @pytest.mark.parametrize('fields,message', [

@@ -133,6 +133,29 @@ class MsaLossTest(chex.TestCase, parameterized.TestCase):
       self._loss([jnp.asarray(a)], [jnp.asarray(v)], jnp.array([tau]),
                  video_negatives=[jnp.asarray(n)] * 2)
 
+  def test_cross_time_loss_pairs_each_audio_window_with_the_video_half_a_clip_away(self):
+    rng = np.random.default_rng(6)
+    a = rng.normal(size=(5, 4, 1, 3)).astype(np.float32)
+    v = rng.normal(size=(5, 4, 2, 3)).astype(np.float32)
+    tau = 0.2
+    loss, acc = jax.jit(contrastive.cross_time_loss)(jnp.asarray(a), jnp.asarray(v),
+                                                     jnp.asarray(tau))
+    unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)
+    ua, uv = unit(a[:, :, 0]), unit(v.mean(axis=2))
+    want, hits = [], []
+    for t in range(4):
+      # (B, B): the candidates are every clip's video at the same offset, never the same
+      # clip's other segments (L_MSA's aligned pairs are not pushed apart).
+      logits = ua[:, t] @ uv[:, (t + 2) % 4].T / tau
+      pos = np.diag(logits)
+      want.append(0.5 * (logsumexp(logits, axis=1) - pos + logsumexp(logits, axis=0) - pos))
+      hits.append(np.argmax(logits, axis=1) == np.arange(5))
+    np.testing.assert_allclose(loss, np.mean(want), rtol=1e-5)
+    np.testing.assert_allclose(acc, np.mean(hits))
+    with self.assertRaisesRegex(ValueError, '2 or more segments'):
+      contrastive.cross_time_loss(jnp.asarray(a[:, :1]), jnp.asarray(v[:, :1]),
+                                  jnp.asarray(tau))
+
   @chex.variants(with_jit=True)
   def test_scale_weights_and_metrics(self):
     audio, video = _random_scales(3)

@@ -207,3 +207,20 @@ def test_hue_negatives_enter_the_contrastive_loss():
     losses[on] = float(metrics['train/loss/msa'])
     assert ('train/acc_hue/scale0' in metrics) == on
   assert losses[True] > losses[False]
+
+
+def test_cross_time_loss_joins_the_contrastive_stage():
+  """loss.cross_time_weight adds its term, with its accuracy, to the same step's loss."""
+  config = tiny_config('msa', **SMALLEST, **{'loss.cross_time_weight': 0.5,
+                                             'loss.cross_time_scale': 0})
+  models = steps.build_models(config)
+  txs = {'encoders': optax.adam(1e-2), 'denoiser': optax.adam(1e-2)}
+  state = init_state(config, models, txs)
+  batch = pipeline.select(next(iter(pipeline.train_loader(config))), ('frames', 'waveform'))
+  step = jax.jit(functools.partial(steps.train_step, models=models, txs=txs, config=config,
+                                   phase=phases.CONTRASTIVE))
+  _, metrics = step(state, jax.tree.map(jnp.asarray, batch), jax.random.key(1))
+  cross = float(metrics['train/loss/cross_time'])
+  assert cross > 0.0 and 0.0 <= float(metrics['train/acc_cross_time']) <= 1.0
+  np.testing.assert_allclose(float(metrics['train/loss']),
+                             float(metrics['train/loss/msa']) + 0.5 * cross, rtol=1e-5)
