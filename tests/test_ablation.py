@@ -271,6 +271,20 @@ def test_main_exits_non_zero_on_failure(tmp_path, monkeypatch):
                     )['train']['num_steps'] == 3
 
 
+def test_comparison_table_has_one_row_of_compared_cells_per_metric():
+  base = {'a': [1.0, 2.0, 3.0], 'b': [0.5, 0.6, 0.7]}
+  new = {'a': [5.0, 6.5, 7.0], 'b': [0.4, 0.6, 0.9]}
+  keys = [('a', 'metric a', 1), ('b', 'metric b', 2)]
+  lines = runs.comparison_table(new, base, keys, 'old', 'new')
+  assert lines[0] == '| metric | old | new | difference [95% Welch]; paired | seeds 0 / 1 / 2 |'
+  assert lines[1] == '| --- | --- | --- | --- | --- |' and len(lines) == 4
+  assert lines[2] == ('| metric a | ' + ' | '.join(runs.compared_cells(new['a'], base['a'], 1))
+                      + ' | 5.0 / 6.5 / 7.0 |')
+  assert lines[3].endswith(' | 0.40 / 0.60 / 0.90 |')
+  short = runs.comparison_table(new, base, keys, 'old', 'new', per_seed=False)
+  assert short[0].endswith('| difference [95% Welch]; paired |') and short[1].count('---') == 4
+
+
 def test_compared_cells_give_means_the_welch_interval_and_the_paired_difference():
   base, new = [1.0, 2.0, 3.0], [5.0, 6.5, 7.0]
   cells = runs.compared_cells(new, base, 1)

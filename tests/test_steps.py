@@ -191,19 +191,24 @@ def test_video_class_loss_trains_a_head_on_the_clip_embedding():
   assert _changed(head, new.params['encoders']['video_class_head']['kernel'])
 
 
+def _contrastive_step_metrics(**overrides) -> dict:
+  """The metrics of one contrastive step of the tiny msa config with `overrides`."""
+  config = tiny_config('msa', **SMALLEST, **overrides)
+  models = steps.build_models(config)
+  txs = {'encoders': optax.adam(1e-2), 'denoiser': optax.adam(1e-2)}
+  state = init_state(config, models, txs)
+  batch = pipeline.select(next(iter(pipeline.train_loader(config))), ('frames', 'waveform'))
+  step = jax.jit(functools.partial(steps.train_step, models=models, txs=txs, config=config,
+                                   phase=phases.CONTRASTIVE))
+  return step(state, jax.tree.map(jnp.asarray, batch), jax.random.key(1))[1]
+
+
 def test_hue_negatives_enter_the_contrastive_loss():
   """loss.hue_negatives adds one same-timing video negative per audio segment: the MSA loss
   rises over the same step without them, with the per-scale accuracy logged."""
   losses = {}
   for on in (False, True):
-    config = tiny_config('msa', **SMALLEST, **{'loss.hue_negatives': on})
-    models = steps.build_models(config)
-    txs = {'encoders': optax.adam(1e-2), 'denoiser': optax.adam(1e-2)}
-    state = init_state(config, models, txs)
-    batch = pipeline.select(next(iter(pipeline.train_loader(config))), ('frames', 'waveform'))
-    step = jax.jit(functools.partial(steps.train_step, models=models, txs=txs, config=config,
-                                     phase=phases.CONTRASTIVE))
-    _, metrics = step(state, jax.tree.map(jnp.asarray, batch), jax.random.key(1))
+    metrics = _contrastive_step_metrics(**{'loss.hue_negatives': on})
     losses[on] = float(metrics['train/loss/msa'])
     assert ('train/acc_hue/scale0' in metrics) == on
   assert losses[True] > losses[False]
@@ -211,15 +216,8 @@ def test_hue_negatives_enter_the_contrastive_loss():
 
 def test_cross_time_loss_joins_the_contrastive_stage():
   """loss.cross_time_weight adds its term, with its accuracy, to the same step's loss."""
-  config = tiny_config('msa', **SMALLEST, **{'loss.cross_time_weight': 0.5,
-                                             'loss.cross_time_scale': 0})
-  models = steps.build_models(config)
-  txs = {'encoders': optax.adam(1e-2), 'denoiser': optax.adam(1e-2)}
-  state = init_state(config, models, txs)
-  batch = pipeline.select(next(iter(pipeline.train_loader(config))), ('frames', 'waveform'))
-  step = jax.jit(functools.partial(steps.train_step, models=models, txs=txs, config=config,
-                                   phase=phases.CONTRASTIVE))
-  _, metrics = step(state, jax.tree.map(jnp.asarray, batch), jax.random.key(1))
+  metrics = _contrastive_step_metrics(**{'loss.cross_time_weight': 0.5,
+                                         'loss.cross_time_scale': 0})
   cross = float(metrics['train/loss/cross_time'])
   assert cross > 0.0 and 0.0 <= float(metrics['train/acc_cross_time']) <= 1.0
   np.testing.assert_allclose(float(metrics['train/loss']),

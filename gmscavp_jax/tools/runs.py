@@ -187,6 +187,23 @@ def compared_cells(new: list, base: list, digits: int) -> list:
           + f'; {paired.mean():+.{digits}f} ± {paired.std(ddof=1):.{digits}f}']
 
 
+def comparison_table(new: dict, base: dict, keys: Sequence[tuple], base_label: str,
+                     new_label: str, per_seed: bool = True) -> list[str]:
+  """Markdown lines of a table comparing two run sets, one row per (key, label, digits) of
+  `keys` over the per-seed lists new[key] and base[key]: `compared_cells`, then (per_seed)
+  the new set's value of each seed."""
+  head = ['metric', base_label, new_label, 'difference [95% Welch]; paired']
+  if per_seed:
+    head.append('seeds ' + ' / '.join(str(i) for i in range(len(new[keys[0][0]]))))
+  lines = ['| ' + ' | '.join(head) + ' |', '| ' + ' | '.join('---' for _ in head) + ' |']
+  for key, label, digits in keys:
+    cells = compared_cells(new[key], base[key], digits)
+    if per_seed:
+      cells.append(' / '.join(f'{v:.{digits}f}' for v in new[key]))
+    lines.append(f'| {label} | ' + ' | '.join(cells) + ' |')
+  return lines
+
+
 def finite(x):
   """`x` with NaN/inf floats (a diverged metric) as None, so a report is strict JSON."""
   if isinstance(x, dict):

@@ -34,12 +34,8 @@ def load(arm):
 
 
 def main():
-  base, skip = load('base'), load('pixel_skip')
-  print('| metric | base | pixel_skip | difference [95% Welch]; paired |')
-  print('| --- | --- | --- | --- |')
-  for k, label, d in KEYS:
-    cells = runs.compared_cells(skip[k], base[k], d)
-    print(f'| {label} | ' + ' | '.join(cells) + ' |')
+  print('\n'.join(runs.comparison_table(load('pixel_skip'), load('base'), KEYS, 'base',
+                                        'pixel_skip', per_seed=False)))
 
 
 if __name__ == '__main__':

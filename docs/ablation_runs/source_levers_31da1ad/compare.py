@@ -33,14 +33,8 @@ def load(pattern):
 def main():
   base = load(BASE)
   for name, pattern in ARMS:
-    new = load(pattern)
-    print(f'\n| metric | default (b2427be) | {name} | difference [95% Welch]; paired | '
-          'seeds 0 / 1 / 2 |')
-    print('| --- | --- | --- | --- | --- |')
-    for k, label, d in KEYS:
-      cells = runs.compared_cells(new[k], base[k], d)
-      cells.append(' / '.join(f'{v:.{d}f}' for v in new[k]))
-      print(f'| {label} | ' + ' | '.join(cells) + ' |')
+    print('\n' + '\n'.join(runs.comparison_table(load(pattern), base, KEYS,
+                                                 'default (b2427be)', name)))
 
 
 if __name__ == '__main__':

@@ -45,14 +45,8 @@ def load_conv_wide():
 
 
 def main():
-  base, new = load_base(), load_conv_wide()
-  print('| metric | default (patchify, (16, 32)) | conv stem, (32, 64) | difference [95% Welch]; '
-        'paired | seeds 0 / 1 / 2 |')
-  print('| --- | --- | --- | --- | --- |')
-  for k, label, d in KEYS:
-    cells = runs.compared_cells(new[k], base[k], d)
-    cells.append(' / '.join(f'{v:.{d}f}' for v in new[k]))
-    print(f'| {label} | ' + ' | '.join(cells) + ' |')
+  print('\n'.join(runs.comparison_table(load_conv_wide(), load_base(), KEYS,
+                                        'default (patchify, (16, 32))', 'conv stem, (32, 64)')))
 
 
 if __name__ == '__main__':
