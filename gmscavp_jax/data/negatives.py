@@ -13,6 +13,9 @@ no longer matches its partner in the other modality:
 Pure jax.numpy and jit-compatible: shapes and the arguments of `make_negatives` other than
 `rng` and `x` are static. Shared by the alignment classifier (evaluators, on waveforms) and
 CMMD's contrastive diffusion loss (steps.py, on per-frame video features).
+
+`hue_rotate` makes the other kind: a negative with the positive's exact timing and another
+look (frames whose hue is turned), for L_MSA's same-timing negatives (loss.hue_negatives).
 """
 
 import math
