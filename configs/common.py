@@ -97,20 +97,15 @@ def base_config() -> ml_collections.ConfigDict:
   # video embedding against data.labels, so the video encoder must name the sounding
   # sources. 0 = off (no head, no params).
   c.loss.video_class_weight = 0.0
-  # Same-timing video negatives (not in the paper): each audio segment's softmax over videos
-  # gains one more candidate, its own clip's frames with every pixel's hue turned by one of
-  # hue_negative_angles (degrees; data/negatives.py hue_rotate): the positive's exact motion
-  # and flashes with another look, so the encoders cannot match on timing alone and must keep
-  # what the sounding source looks like (docs/results.md). Quarter turns map the synthetic
-  # world's four class hues onto each other, so its negatives look like real clips. Costs one
-  # more video-encoder pass per step. False = off: the program without it.
+  # Same-timing video negatives (not in the paper; docs/results.md): each audio segment's
+  # softmax over videos gains its own clip's frames with the hue turned by one of
+  # hue_negative_angles (negatives.hue_rotate; quarter turns keep the synthetic world's four
+  # class hues): timing alone cannot tell them apart. One more video-encoder pass per step.
   c.loss.hue_negatives = False
   c.loss.hue_negative_angles = (90.0, 180.0, 270.0)
-  # Cross-time alignment (not in the paper): L gains cross_time_weight times a symmetric
-  # InfoNCE between each clip's audio segments and its video segments half a clip away, at
-  # scale cross_time_scale (which needs 2 or more segments; losses/contrastive.py
-  # cross_time_loss): windows that share the sources but not the instants, so the encoders
-  # must keep what the sources are, not only when they sound. 0 = off.
+  # Cross-time term (not in the paper): L gains cross_time_weight times an InfoNCE between a
+  # clip's audio and its video half a clip away at scale cross_time_scale (2+ segments;
+  # contrastive.cross_time_loss): shared sources, no shared instants. 0 = off.
   c.loss.cross_time_weight = 0.0
   c.loss.cross_time_scale = 3
   # Contrastive diffusion (CMMD, papers/002 eq. 4): L_MSD gains cdiff_weight (eta) times a
