@@ -108,6 +108,7 @@ def base_config() -> ml_collections.ConfigDict:
   # contrastive.cross_time_loss): shared sources, no shared instants. 0 = off.
   c.loss.cross_time_weight = 0.0
   c.loss.cross_time_scale = 3
+  c.loss.cross_time_steps = 0  # > 0: the term counts only in the first this many steps.
   # Contrastive diffusion (CMMD, papers/002 eq. 4): L_MSD gains cdiff_weight (eta) times a
   # ranking term that asks the denoiser's error with a misaligned video condition to exceed
   # its error with the true one, on the same noisy input: per example

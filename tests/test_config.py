@@ -91,6 +91,7 @@ def test_unknown_variant_is_rejected():
     ('loss.hue_negative_angles', (), r'hue turns in \(0, 360\)'),
     ('loss.hue_negative_angles', (90.0, 360.0), r'hue turns in \(0, 360\)'),
     ('loss.cross_time_weight', -1.0, 'weight >= 0'),
+    ('loss.cross_time_steps', -1, 'step count >= 0'),
     ('data.mixture', 'synthetic:0', 'weight'),
     ('data.mixture', 'synthetic[clips=10,bogus=1]:1', 'bogus'),
     ('data.mixture', 'synthetic:1,vggsound:1', "data_dir for the prepared dataset 'vggsound'"),

@@ -191,12 +191,12 @@ def test_video_class_loss_trains_a_head_on_the_clip_embedding():
   assert _changed(head, new.params['encoders']['video_class_head']['kernel'])
 
 
-def _contrastive_step_metrics(**overrides) -> dict:
-  """The metrics of one contrastive step of the tiny msa config with `overrides`."""
+def _contrastive_step_metrics(step: int = 0, **overrides) -> dict:
+  """The metrics of contrastive step `step` of the tiny msa config with `overrides`."""
   config = tiny_config('msa', **SMALLEST, **overrides)
   models = steps.build_models(config)
   txs = {'encoders': optax.adam(1e-2), 'denoiser': optax.adam(1e-2)}
-  state = init_state(config, models, txs)
+  state = init_state(config, models, txs).replace(step=jnp.asarray(step, jnp.int32))
   batch = pipeline.select(next(iter(pipeline.train_loader(config))), ('frames', 'waveform'))
   step = jax.jit(functools.partial(steps.train_step, models=models, txs=txs, config=config,
                                    phase=phases.CONTRASTIVE))
@@ -222,3 +222,17 @@ def test_cross_time_loss_joins_the_contrastive_stage():
   assert cross > 0.0 and 0.0 <= float(metrics['train/acc_cross_time']) <= 1.0
   np.testing.assert_allclose(float(metrics['train/loss']),
                              float(metrics['train/loss/msa']) + 0.5 * cross, rtol=1e-5)
+
+
+def test_cross_time_loss_counts_only_before_cross_time_steps():
+  """loss.cross_time_steps=N: the term joins the loss at steps < N and leaves it from N on,
+  still logged."""
+  for step, joins in ((4, True), (5, False)):
+    metrics = _contrastive_step_metrics(step, **{'loss.cross_time_weight': 0.5,
+                                                 'loss.cross_time_scale': 0,
+                                                 'loss.cross_time_steps': 5})
+    cross = float(metrics['train/loss/cross_time'])
+    assert cross > 0.0
+    np.testing.assert_allclose(float(metrics['train/loss']),
+                               float(metrics['train/loss/msa']) + 0.5 * cross * joins,
+                               rtol=1e-5)

@@ -61,6 +61,7 @@ _ADDED = {
     'loss.hue_negative_angles': (90.0, 180.0, 270.0),
     'loss.cross_time_weight': 0.0,
     'loss.cross_time_scale': 3,
+    'loss.cross_time_steps': 0,
     'mesh.data': -1,
     'mesh.fsdp': 1,
     'mesh.fsdp_min_size': 2**16,

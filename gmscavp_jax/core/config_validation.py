@@ -123,6 +123,8 @@ def _validate_contrastive_loss(l: ml_collections.ConfigDict, segments: list[int]
           'one or more hue turns in (0, 360) degrees', angles)
   require(l.cross_time_weight >= 0, 'loss.cross_time_weight', 'a weight >= 0',
           l.cross_time_weight)
+  require(l.cross_time_steps >= 0, 'loss.cross_time_steps', 'a step count >= 0 (0 = every step)',
+          l.cross_time_steps)
   if l.cross_time_weight > 0:
     require(0 <= l.cross_time_scale < num_scales and segments[l.cross_time_scale] >= 2,
             'loss.cross_time_scale', f'a scale with 2 or more segments (T_l per scale: '

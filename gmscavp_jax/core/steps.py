@@ -233,9 +233,10 @@ def hue_negatives(enc: dict, frames: jax.Array, rng: jax.Array, *, models: Model
 
 
 def loss_fn(params, batch: dict, rng: jax.Array, *, models: Models,
-            config: ml_collections.ConfigDict,
-            phase: phases.Phase) -> tuple[jax.Array, dict]:
-  """The phase's loss of one global batch (contrastive negatives span the whole batch)."""
+            config: ml_collections.ConfigDict, phase: phases.Phase,
+            step: jax.Array | int = 0) -> tuple[jax.Array, dict]:
+  """The phase's loss of one global batch (contrastive negatives span the whole batch) at
+  training step `step` (the terms with a schedule read it)."""
   # A generator-stage batch may carry the frozen encoders' cached 'video_features'
   # (B,T,h,w,C, core/feature_cache.py) in place of its frames.
   chex.assert_rank(batch.get('frames', batch.get('video_features')), 5)
@@ -260,7 +261,9 @@ def loss_fn(params, batch: dict, rng: jax.Array, *, models: Models,
       cross, metrics['acc_cross_time'] = contrastive.cross_time_loss(
           out['audio'][l], out['video'][l], out['temperature'][l])
       metrics['loss/cross_time'] = cross
-      total += config.loss.cross_time_weight * cross
+      # loss.cross_time_steps > 0: on only while the encoders choose what to keep.
+      on = (step < config.loss.cross_time_steps) if config.loss.cross_time_steps else True
+      total += jnp.where(on, config.loss.cross_time_weight, 0.0) * cross
     if config.loss.video_class_weight > 0:
       bce = optax.sigmoid_binary_cross_entropy(out['video_class_logits'], batch['labels'])
       metrics['loss/video_class'] = bce.mean()
@@ -317,7 +320,7 @@ def train_step(state: train_state.TrainState, batch: dict, rng: jax.Array, *, mo
 
   def loss_of(trainable):
     return loss_fn({**params_in, **trainable}, batch, step_rng, models=models,
-                   config=config, phase=phase)
+                   config=config, phase=phase, step=state.step)
 
   (loss, metrics), grads = jax.value_and_grad(loss_of, has_aux=True)(
       {k: params_in[k] for k in trained})
