@@ -274,12 +274,18 @@ def sweep_cache(app: gr.Blocks, age_seconds: float | None) -> int:
 
 @contextlib.asynccontextmanager
 async def _sweeping(unused_fastapi_app, *, app: gr.Blocks, age_seconds: int):
-  """While the server runs, `sweep_cache` every tenth of `age_seconds`; all at the end."""
+  """While the server runs, `sweep_cache` every tenth of `age_seconds`; all at the end.
+
+  The sweep runs on the server's event loop, not in a thread: gradio's upload route makes a
+  content-hash folder and renames the upload into it with no await between, so on the loop
+  the sweep can neither remove that folder in between (the upload then fails) nor delete a
+  same-named upload that has just replaced a stale one. A sweep is a few stat calls per file.
+  """
   async def loop():
     while True:
       await asyncio.sleep(max(1, age_seconds // 10))
       try:
-        await asyncio.to_thread(sweep_cache, app, age_seconds)
+        sweep_cache(app, age_seconds)
       except Exception:  # pylint: disable=broad-except  (the next sweep tries again)
         logging.exception('sweeping the demo cache failed')
 
