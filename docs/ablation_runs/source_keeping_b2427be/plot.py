@@ -1,6 +1,6 @@
 """Generated-audio class accuracy against the colour the video encoder keeps (probes.csv: the
 trunk probe of docs/probes/video_trunk_probe.py and `evaluate`'s class accuracy; the 18 runs
-of b2427be, then the two source-keeping levers of ../source_levers_31da1ad/, 3 seeds each).
+of b2427be, then the source-keeping levers of ../source_levers_31da1ad/, 3 seeds each).
 
   python docs/ablation_runs/source_keeping_b2427be/plot.py   # writes docs/colour_vs_class.png
 """
@@ -23,7 +23,8 @@ def main():
   fig, ax = plt.subplots(figsize=(6.4, 4.4))
   styles = {'cavp ': ('s', 'C0'), 'msa ': ('^', 'C1'), 'msd ': ('v', 'C2'), 'msa_msd ': ('o', 'C3')}
   levers = {'hue negatives': ('D', 'C4'), 'cross-time 1.0': ('P', 'C5'),
-            'cross-time 0.25': ('X', 'C6')}
+            'cross-time 0.25': ('X', 'C6'), 'cross-time 1.0 to step 400': ('h', 'C7'),
+            'hue negatives + cross-time to step 400': ('*', 'C8')}
   lever_of = lambda r: next((k for k in levers if r['run'].endswith(k)), None)
   for lever, (marker, face) in levers.items():
     pick = [i for i, r in enumerate(rows) if lever_of(r) == lever]
