@@ -198,9 +198,9 @@ def _contrastive_step_metrics(step: int = 0, **overrides) -> dict:
   txs = {'encoders': optax.adam(1e-2), 'denoiser': optax.adam(1e-2)}
   state = init_state(config, models, txs).replace(step=jnp.asarray(step, jnp.int32))
   batch = pipeline.select(next(iter(pipeline.train_loader(config))), ('frames', 'waveform'))
-  step = jax.jit(functools.partial(steps.train_step, models=models, txs=txs, config=config,
-                                   phase=phases.CONTRASTIVE))
-  return step(state, jax.tree.map(jnp.asarray, batch), jax.random.key(1))[1]
+  train = jax.jit(functools.partial(steps.train_step, models=models, txs=txs, config=config,
+                                    phase=phases.CONTRASTIVE))
+  return train(state, jax.tree.map(jnp.asarray, batch), jax.random.key(1))[1]
 
 
 def test_hue_negatives_enter_the_contrastive_loss():
