@@ -20,7 +20,7 @@ from gmscavp_jax.models import pyramid
 
 COMPUTE_DTYPES = ('float32', 'bfloat16')
 REMAT_POLICIES = ('none', 'full', 'save_dots')
-# The checks' primitives, by their short names (vocoder_validation calls `require` from here).
+# The checks' primitives (core/config_checks.py), by the short names used below.
 require = config_checks.require
 _require_widths = config_checks.require_widths
 

@@ -21,6 +21,7 @@ import dataclasses
 from absl import logging
 import ml_collections
 
+from gmscavp_jax.core import config_checks
 from gmscavp_jax.core import config_validation
 from gmscavp_jax.data import pipeline
 from gmscavp_jax.infra import errors
@@ -58,7 +59,7 @@ def resolve(config: ml_collections.ConfigDict, prepared: PreparedSet | None) -> 
   value} of those set ({} for the synthetic benchmark, whose 0 is a ConfigError)."""
   if config.data.name == 'synthetic':
     for section, field in FIELDS:
-      config_validation.require(
+      config_checks.require(
           config[section][field] != READ_FROM_SET, f'{section}.{field}',
           f'a positive integer ({READ_FROM_SET}, read from the set, is for a prepared '
           "data.name, not 'synthetic')", READ_FROM_SET)
@@ -76,7 +77,7 @@ def resolve(config: ml_collections.ConfigDict, prepared: PreparedSet | None) -> 
       continue
     if field == 'num_classes' and not prepared.classes:
       # A set without classes serves all-zero labels of whatever width the config gives.
-      config_validation.require(
+      config_checks.require(
           config.data.num_classes != READ_FROM_SET, 'data.num_classes',
           f'a positive number of classes: the prepared dataset {prepared.path} names none',
           READ_FROM_SET)
@@ -94,11 +95,11 @@ def check_counts(config: ml_collections.ConfigDict, prepared: PreparedSet | None
     return
   path, sizes = prepared.path, prepared.sizes
   if prepared.classes:
-    config_validation.require(
+    config_checks.require(
         config.data.num_classes == len(prepared.classes), 'data.num_classes',
         f'{len(prepared.classes)}, the classes of the prepared dataset {path} (0 reads them)',
         config.data.num_classes)
-  config_validation.require(
+  config_checks.require(
       e.num_test_clips <= sizes[EVAL_SPLIT], 'eval.num_test_clips',
       f'at most {sizes[EVAL_SPLIT]}, the clips of split {EVAL_SPLIT!r} of {path} (0 reads the '
       'whole split)', e.num_test_clips)
@@ -108,7 +109,7 @@ def check_counts(config: ml_collections.ConfigDict, prepared: PreparedSet | None
     raise errors.ConfigError(
         f'config.data.name={config.data.name!r}: the prepared dataset {path} has no '
         f"'train' split (it has {sorted(sizes)})")
-  config_validation.require(
+  config_checks.require(
       t.batch_size <= sizes['train'], 'train.batch_size',
       f"at most {sizes['train']}, the clips of split 'train' of {path} (a batch would hold a "
       'clip twice)', t.batch_size)

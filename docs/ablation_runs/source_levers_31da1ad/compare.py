@@ -1,4 +1,4 @@
-"""The two source-keeping levers against the :runlocal default of b2427be, 3 seeds of
+"""The source-keeping levers against the :runlocal default of b2427be, 3 seeds of
 msa_msd:runlocal each at 1200 steps, evaluated as the ablation runner does (`evaluate
 --guidance=2.0`): mean ± std, the 95% Welch interval of the difference (bold when it excludes
 0) and the paired difference per seed (same seed: same data order and init). The default's
