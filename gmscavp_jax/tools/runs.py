@@ -187,6 +187,25 @@ def compared_cells(new: list, base: list, digits: int) -> list:
           + f'; {paired.mean():+.{digits}f} ± {paired.std(ddof=1):.{digits}f}']
 
 
+# (results.json key, label, digits): the generation and retrieval rows of a run-set comparison.
+COMPARED_KEYS = (
+    ('gen/class_acc', 'class acc %', 1), ('gen/kld', 'KLD', 2), ('gen/fad', 'FAD', 2),
+    ('gen/align_acc', 'Align Acc %', 1), ('gen/onset_f1@100ms', 'onset F1@100ms %', 1),
+    ('gen/onset_precision@100ms', 'onset precision@100ms %', 1),
+    ('gen/onset_recall@100ms', 'onset recall@100ms %', 1),
+    ('gen/sync_offset_abs_s', 'sync offset, mean abs s', 3),
+    ('retrieval/v2a_R@1', 'v2a R@1 %', 1), ('retrieval/a2v_R@1', 'a2v R@1 %', 1))
+
+
+def seed_values(pattern: str, keys: Sequence[tuple] = COMPARED_KEYS, seeds: int = 3) -> dict:
+  """{key: [value of seed 0, 1, ...]} read from pattern.format(seed)/results.json."""
+  results = [read_json(os.path.join(pattern.format(s), 'results.json')) for s in range(seeds)]
+  missing = [pattern.format(s) for s, r in enumerate(results) if r is None]
+  if missing:
+    raise FileNotFoundError(f'no results.json in {missing}')
+  return {k: [float(r[k]) for r in results] for k, *_ in keys}
+
+
 def comparison_table(new: dict, base: dict, keys: Sequence[tuple], base_label: str,
                      new_label: str, per_seed: bool = True) -> list[str]:
   """Markdown lines of a table comparing two run sets, one row per (key, label, digits) of

@@ -6,7 +6,6 @@ The default's runs are Table 3's msa_msd (../table3_53a350f/).
 
   python docs/ablation_runs/video_conv_wide_53a350f/compare.py   # from the repository root
 """
-import json
 import os
 import sys
 
@@ -15,37 +14,19 @@ from gmscavp_jax.tools import runs  # pylint: disable=wrong-import-position
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 BASE = os.path.join(os.path.dirname(HERE), 'table3_53a350f', 'msa_msd-runlocal-seed{}')
-KEYS = [('gen/class_acc', 'class acc %', 1), ('gen/kld', 'KLD', 2), ('gen/fad', 'FAD', 2),
-        ('gen/align_acc', 'Align Acc %', 1), ('gen/onset_f1@100ms', 'onset F1@100ms %', 1),
-        ('gen/onset_precision@100ms', 'onset precision@100ms %', 1),
-        ('gen/onset_recall@100ms', 'onset recall@100ms %', 1),
-        ('gen/sync_offset_abs_s', 'sync offset, mean abs s', 3),
-        ('retrieval/v2a_R@1', 'v2a R@1 %', 1), ('retrieval/a2v_R@1', 'a2v R@1 %', 1)]
-
-
-def read(path):
-  return json.load(open(os.path.join(path, 'results.json')))
-
-
-def load_base():
-  runs_ = [read(BASE.format(s)) for s in range(3)]
-  return {k: [float(r[k]) for r in runs_] for k, _, _ in KEYS}
+KEYS = runs.COMPARED_KEYS
 
 
 def load_conv_wide():
   """Generation from `evaluate` (conv_wide_eval_seedS), retrieval from the trainer."""
-  out = {}
-  for s in range(3):
-    for part in ('eval', 'train'):
-      r = read(os.path.join(HERE, f'conv_wide_{part}_seed{s}'))
-      for k, _, _ in KEYS:
-        if k.startswith('gen/') == (part == 'eval'):
-          out.setdefault(k, []).append(float(r[k]))
-  return out
+  gen = [key for key in KEYS if key[0].startswith('gen/')]
+  retrieval = [key for key in KEYS if key not in gen]
+  return {**runs.seed_values(os.path.join(HERE, 'conv_wide_eval_seed{}'), gen),
+          **runs.seed_values(os.path.join(HERE, 'conv_wide_train_seed{}'), retrieval)}
 
 
 def main():
-  print('\n'.join(runs.comparison_table(load_conv_wide(), load_base(), KEYS,
+  print('\n'.join(runs.comparison_table(load_conv_wide(), runs.seed_values(BASE), KEYS,
                                         'default (patchify, (16, 32))', 'conv stem, (32, 64)')))
 
 
