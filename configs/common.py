@@ -337,8 +337,7 @@ def apply_variant(c: ml_collections.ConfigDict, arg: str | None) -> ml_collectio
     # Keep the experiment's number of scales, remapped onto T = 16 frames.
     c.model.scale_pools = remap_pools(c.model.scale_pools, c.data.num_frames)
     c.model.scale_grids = tuple(c.model.scale_grids)[:len(c.model.scale_pools)]
-    # ~14 min on 2 idle cores; vs 1200: onset F1, R@1 up (3 seeds, docs/config_notes.md).
-    c.train.num_steps = 2_400
+    c.train.num_steps = 2_400  # ~14 min on 2 idle cores (docs/config_notes.md).
     c.train.batch_size = 32
     # 2.4k steps instead of the paper's ~100k: a 10x larger peak rate (full size keeps 1e-4).
     c.train.learning_rate = 1e-3
